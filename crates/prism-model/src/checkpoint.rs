@@ -1,0 +1,345 @@
+//! Hugging Face model folders: read `config.json`, weights (`model.safetensors`, sharded
+//! safetensors, or PyTorch `pytorch_model.bin`) and tokenizer files; write them back so that
+//! Python `transformers` loads what prism trained.
+//!
+//! Every weight is checked by name and shape: a missing, unexpected or wrongly shaped tensor,
+//! or a corrupt file, is an error naming the file and tensor, never a panic.
+
+use crate::error::{Error, Result};
+use crate::models::bert::{Bert, BertConfig};
+use crate::models::{Encoder, EncoderInput, EncoderOutput};
+use crate::nn::{Mode, ParamStore, Source};
+use crate::tokenizer::PrismTokenizer;
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Checkpoint key prefixes of transformers' task classes wrapping the base model.
+const BASE_PREFIXES: [&str; 2] = ["bert.", "roberta."];
+/// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
+const HEAD_PREFIXES: [&str; 6] = ["cls.", "lm_head.", "classifier.", "qa_outputs.", "pre_classifier.", "prism."];
+/// Buffers, not parameters, that older checkpoints carry.
+const IGNORED_KEYS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
+
+/// The configuration of any supported architecture, chosen by `model_type`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelConfig {
+    Bert(BertConfig),
+}
+
+impl ModelConfig {
+    /// Parse `config.json`, naming the file and the field at fault.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json(&text).map_err(|e| match e {
+            Error::InvalidConfig(msg) => Error::Config { path: path.to_path_buf(), msg },
+            other => other,
+        })
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::InvalidConfig(format!("line {} column {}: {e}", e.line(), e.column())))?;
+        let model_type = value.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert").to_string();
+        let cfg = match model_type.as_str() {
+            "bert" | "roberta" => {
+                let mut c: BertConfig = serde_json::from_value(value).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                c.model_type = model_type;
+                ModelConfig::Bert(c)
+            }
+            other => {
+                return Err(Error::InvalidConfig(format!(
+                    "`model_type` \"{other}\" is not supported (supported: bert, roberta)"
+                )))
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Bert(c) => c.validate(),
+        }
+    }
+
+    pub fn model_type(&self) -> &str {
+        match self {
+            ModelConfig::Bert(c) => &c.model_type,
+        }
+    }
+
+    /// transformers' class for the bare encoder.
+    pub fn base_architecture(&self) -> &'static str {
+        match self {
+            ModelConfig::Bert(c) if c.model_type == "roberta" => "RobertaModel",
+            ModelConfig::Bert(_) => "BertModel",
+        }
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.max_tokens(),
+        }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.hidden_size,
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        let s = match self {
+            ModelConfig::Bert(c) => serde_json::to_string_pretty(c),
+        };
+        s.map_err(|e| Error::InvalidConfig(e.to_string()))
+    }
+}
+
+/// An encoder of any supported family.
+pub enum AnyEncoder {
+    Bert(Bert),
+}
+
+impl Encoder for AnyEncoder {
+    fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
+        match self {
+            AnyEncoder::Bert(m) => m.word_embeddings(input_ids),
+        }
+    }
+    fn word_embedding_table(&self) -> &Tensor {
+        match self {
+            AnyEncoder::Bert(m) => m.word_embedding_table(),
+        }
+    }
+    fn forward_from_word_embeddings(&self, e: &Tensor, input: &EncoderInput, mode: &Mode) -> Result<EncoderOutput> {
+        match self {
+            AnyEncoder::Bert(m) => m.forward_from_word_embeddings(e, input, mode),
+        }
+    }
+    fn hidden_size(&self) -> usize {
+        match self {
+            AnyEncoder::Bert(m) => m.hidden_size(),
+        }
+    }
+}
+
+/// Normalise a checkpoint key: drop the task-class prefix and TF-era LayerNorm names.
+fn normalise_key(key: &str) -> String {
+    let mut k = key;
+    for p in BASE_PREFIXES {
+        if let Some(rest) = k.strip_prefix(p) {
+            k = rest;
+            break;
+        }
+    }
+    let k = k.to_string();
+    if k.contains("LayerNorm.") {
+        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+    } else {
+        k
+    }
+}
+
+fn checkpoint_err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Checkpoint { path: path.to_path_buf(), msg: msg.to_string() }
+}
+
+/// Run a reader that might panic on malformed bytes, turning a panic into an error.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(checkpoint_err(path, e)),
+        Err(_) => Err(checkpoint_err(path, "the reader failed on malformed data")),
+    }
+}
+
+fn read_safetensors(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let tensors = guarded(path, || candle_core::safetensors::load_buffer(&data, &Device::Cpu))?;
+    out.extend(tensors);
+    Ok(())
+}
+
+/// Read every tensor of the checkpoint in `dir`, with normalised names.
+pub fn read_weights(dir: &Path) -> Result<Source> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let bin = dir.join("pytorch_model.bin");
+    let mut raw = HashMap::new();
+    let path = if single.is_file() {
+        read_safetensors(&single, &mut raw)?;
+        single
+    } else if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| checkpoint_err(&index, e))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| checkpoint_err(&index, "no `weight_map` object"))?;
+        let mut shards: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        for shard in shards {
+            read_safetensors(&dir.join(shard), &mut raw)?;
+        }
+        index
+    } else if bin.is_file() {
+        let tensors = guarded(&bin, || candle_core::pickle::read_all(&bin))?;
+        raw.extend(tensors);
+        bin
+    } else {
+        return Err(checkpoint_err(dir, "no model.safetensors, model.safetensors.index.json or pytorch_model.bin"));
+    };
+    let mut tensors = HashMap::with_capacity(raw.len());
+    for (k, v) in raw {
+        let key = normalise_key(&k);
+        if IGNORED_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        tensors.insert(key, v);
+    }
+    Ok(Source { path, tensors })
+}
+
+/// A model loaded from (or destined for) a Hugging Face folder.
+pub struct PretrainedModel {
+    pub config: ModelConfig,
+    pub encoder: AnyEncoder,
+    pub params: ParamStore,
+    pub tokenizer: Option<PrismTokenizer>,
+    /// Tensors of task heads found in the checkpoint, by name, for the heads that use them.
+    pub head_tensors: Vec<(String, Tensor)>,
+    /// The folder it was loaded from.
+    pub dir: Option<PathBuf>,
+}
+
+impl PretrainedModel {
+    /// Load config, weights and tokenizer from an HF model folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+        }
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let source = read_weights(dir)?;
+        let source_path = source.path.clone();
+        let params = ParamStore::from_source(source, device, 0);
+        let encoder = match &config {
+            ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
+        };
+        let mut head_tensors = Vec::new();
+        for (name, t) in params.unused_source_tensors() {
+            if HEAD_PREFIXES.iter().any(|p| name.starts_with(p)) {
+                head_tensors.push((name, t));
+            } else {
+                return Err(Error::UnexpectedWeight {
+                    path: source_path,
+                    name,
+                    shape: t.dims().to_vec(),
+                    model: config.base_architecture().to_string(),
+                });
+            }
+        }
+        let has_tokenizer = ["tokenizer.json", "vocab.txt", "vocab.json"].iter().any(|f| dir.join(f).is_file());
+        let tokenizer = if has_tokenizer { Some(PrismTokenizer::load(dir, config.max_tokens())?) } else { None };
+        Ok(Self { config, encoder, params, tokenizer, head_tensors, dir: Some(dir.to_path_buf()) })
+    }
+
+    /// A freshly initialised model (weights drawn from `seed`) with an optional tokenizer.
+    pub fn fresh(config: ModelConfig, tokenizer: Option<PrismTokenizer>, device: &Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let params = ParamStore::fresh(device, seed);
+        let encoder = match &config {
+            ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
+        };
+        Ok(Self { config, encoder, params, tokenizer, head_tensors: Vec::new(), dir: None })
+    }
+
+    pub fn tokenizer(&self) -> Result<&PrismTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer {
+            path: self.dir.clone().unwrap_or_default(),
+            msg: "this model folder has no tokenizer files".into(),
+        })
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.params.num_parameters()
+    }
+
+    /// Write the folder: `config.json`, `model.safetensors`, tokenizer files. Each file is
+    /// written to a temporary name and renamed, so an interrupted save never leaves a torn file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for (k, v) in self.params.tensors() {
+            tensors.insert(k, v.contiguous()?);
+        }
+        for (k, v) in &self.head_tensors {
+            tensors.insert(k.clone(), v.contiguous()?);
+        }
+        let weights = dir.join("model.safetensors");
+        let tmp = dir.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| checkpoint_err(&tmp, e))?;
+        std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+
+        let mut config = self.config.clone();
+        match &mut config {
+            ModelConfig::Bert(c) => {
+                if c.architectures.is_empty() || self.head_tensors.is_empty() {
+                    c.architectures = vec![self.config.base_architecture().to_string()];
+                }
+            }
+        }
+        write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
+
+        if let Some(tok) = &self.tokenizer {
+            tok.save(dir)?;
+            if let Some(src) = &self.dir {
+                for f in ["vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+                    let from = src.join(f);
+                    if from.is_file() && src != dir {
+                        std::fs::copy(&from, dir.join(f)).map_err(|e| Error::io(&from, e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_normalised() {
+        assert_eq!(normalise_key("bert.encoder.layer.0.output.LayerNorm.gamma"), "encoder.layer.0.output.LayerNorm.weight");
+        assert_eq!(normalise_key("roberta.embeddings.LayerNorm.beta"), "embeddings.LayerNorm.bias");
+        assert_eq!(normalise_key("cls.predictions.bias"), "cls.predictions.bias");
+    }
+
+    #[test]
+    fn config_errors_name_the_problem() {
+        let e = ModelConfig::from_json(
+            r#"{"model_type":"bert","vocab_size":10,"hidden_size":30,"num_hidden_layers":1,"num_attention_heads":4,"intermediate_size":8}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`hidden_size` 30 is not divisible by `num_attention_heads` 4"), "{e}");
+        let e = ModelConfig::from_json(r#"{"model_type":"gpt2"}"#).unwrap_err().to_string();
+        assert!(e.contains("gpt2") && e.contains("supported"), "{e}");
+        let e = ModelConfig::from_json(r#"{"model_type":"bert","vocab_size":10}"#).unwrap_err().to_string();
+        assert!(e.contains("hidden_size"), "{e}");
+    }
+}

@@ -1,0 +1,23 @@
+//! prism-model: BERT and RoBERTa encoders on candle, with fused CPU ops that have a backward
+//! pass, Hugging Face checkpoint and tokenizer I/O, and gradients with respect to embeddings.
+//!
+//! # Shape letters
+//! Tensor shapes in docs and `// (..)` comments use: B batch, T tokens, C channels (hidden
+//! size), H attention heads, D head size (C / H), F feed-forward size, V vocabulary, L layers.
+
+pub mod checkpoint;
+pub mod error;
+pub mod fetch;
+pub mod grad;
+pub mod models;
+pub mod nn;
+pub mod ops;
+pub mod tokenizer;
+
+pub use checkpoint::{AnyEncoder, ModelConfig, PretrainedModel};
+pub use error::{Error, Result};
+pub use grad::{embedding_gradients, EmbeddingGrads};
+pub use models::bert::{mean_pool, Bert, BertConfig, Flavor};
+pub use models::{Encoder, EncoderInput, EncoderOutput};
+pub use nn::{Mode, ParamStore};
+pub use tokenizer::{Encoded, PrismTokenizer};

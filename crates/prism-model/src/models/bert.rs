@@ -1,0 +1,467 @@
+//! BERT (Devlin et al. 2019) and RoBERTa (Liu et al. 2019), mirroring transformers'
+//! `BertModel` / `RobertaModel`: post-LayerNorm blocks, exact erf GELU, additive attention mask,
+//! token-type embeddings and a tanh pooler. RoBERTa differs only in its embeddings: position ids
+//! count from `pad_token_id + 1` and skip padding.
+
+use super::{Encoder, EncoderInput, EncoderOutput};
+use crate::error::{Error, Result};
+use crate::nn::{Embedding, LayerNorm, Linear, Mode, ParamBuilder};
+use crate::ops;
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+fn default_pos_type() -> String {
+    "absolute".into()
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+
+/// `config.json` of a BERT or RoBERTa model, with transformers' key names. Keys prism does not
+/// use are kept in `extra` and written back unchanged.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    #[serde(default)]
+    pub model_type: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "default_pos_type")]
+    pub position_embedding_type: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The two embedding conventions this file implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Bert,
+    Roberta,
+}
+
+impl BertConfig {
+    pub fn flavor(&self) -> Flavor {
+        match self.model_type.as_str() {
+            "roberta" | "xlm-roberta" | "camembert" => Flavor::Roberta,
+            _ => Flavor::Bert,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Check the sizes before anything is allocated.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        for (k, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v == 0 {
+                return bad(format!("`{k}` must be positive"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "`hidden_size` {} is not divisible by `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        for (k, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("`{k}` {p} must be in [0, 1)"));
+            }
+        }
+        if self.position_embedding_type != "absolute" {
+            return bad(format!(
+                "`position_embedding_type` \"{}\" is not supported (only \"absolute\")",
+                self.position_embedding_type
+            ));
+        }
+        Activation::parse(&self.hidden_act)?;
+        if self.flavor() == Flavor::Roberta {
+            let pad = self.pad_token_id.unwrap_or(1) as usize;
+            if pad + 2 > self.max_position_embeddings {
+                return bad(format!(
+                    "RoBERTa positions start at pad_token_id + 1 = {} but `max_position_embeddings` is {}",
+                    pad + 1,
+                    self.max_position_embeddings
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest input, in tokens, that the position table allows.
+    pub fn max_tokens(&self) -> usize {
+        match self.flavor() {
+            Flavor::Bert => self.max_position_embeddings,
+            Flavor::Roberta => self.max_position_embeddings - self.pad_token_id.unwrap_or(1) as usize - 1,
+        }
+    }
+}
+
+/// The feed-forward non-linearity named by `hidden_act`.
+#[derive(Clone, Copy, Debug)]
+pub enum Activation {
+    /// Exact `x * Phi(x)`.
+    Gelu,
+    /// The tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    Relu,
+}
+
+impl Activation {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
+            "relu" => Ok(Self::Relu),
+            other => Err(Error::InvalidConfig(format!(
+                "`hidden_act` \"{other}\" is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+            ))),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Gelu => ops::gelu_erf(x)?,
+            Self::GeluTanh => x.gelu()?,
+            Self::Relu => x.relu()?,
+        })
+    }
+}
+
+struct Embeddings {
+    word: Embedding,
+    position: Embedding,
+    token_type: Embedding,
+    norm: LayerNorm,
+    dropout: f64,
+    flavor: Flavor,
+    pad: u32,
+}
+
+impl Embeddings {
+    fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let std = cfg.initializer_range;
+        // transformers gives word embeddings `padding_idx = pad_token_id`, and RoBERTa's
+        // position embeddings the same padding index.
+        let pad = cfg.pad_token_id;
+        let pos_pad = if cfg.flavor() == Flavor::Roberta { Some(pad.unwrap_or(1)) } else { None };
+        Ok(Self {
+            word: Embedding::load(&pb.pp("word_embeddings"), cfg.vocab_size, cfg.hidden_size, std)?.with_padding_idx(pad),
+            position: Embedding::load(&pb.pp("position_embeddings"), cfg.max_position_embeddings, cfg.hidden_size, std)?
+                .with_padding_idx(pos_pad),
+            token_type: Embedding::load(&pb.pp("token_type_embeddings"), cfg.type_vocab_size, cfg.hidden_size, std)?,
+            norm: LayerNorm::load(&pb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            dropout: cfg.hidden_dropout_prob,
+            flavor: cfg.flavor(),
+            pad: cfg.pad_token_id.unwrap_or(match cfg.flavor() {
+                Flavor::Roberta => 1,
+                Flavor::Bert => 0,
+            }),
+        })
+    }
+
+    /// Position ids: 0..T for BERT; for RoBERTa, transformers'
+    /// `create_position_ids_from_input_ids`: `cumsum(id != pad) * (id != pad) + pad`.
+    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let dev = input_ids.device();
+        match self.flavor {
+            Flavor::Bert => Ok(Tensor::arange(0u32, t as u32, dev)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?),
+            Flavor::Roberta => {
+                let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+                let mut pos = Vec::with_capacity(b * t);
+                for row in ids {
+                    let mut count = 0u32;
+                    for id in row {
+                        if id != self.pad {
+                            count += 1;
+                            pos.push(count + self.pad);
+                        } else {
+                            pos.push(self.pad);
+                        }
+                    }
+                }
+                Ok(Tensor::from_vec(pos, (b, t), dev)?)
+            }
+        }
+    }
+
+    fn forward(&self, word: &Tensor, input: &EncoderInput, mode: &Mode) -> Result<Tensor> {
+        let (b, t, _) = word.dims3()?;
+        let max = self.position.weight.dim(0)?;
+        let pos = self.position_ids(&input.input_ids)?; // (B, T)
+        let last = pos.max_keepdim(1)?.max(0)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+        if last.first().is_some_and(|&m| m as usize >= max) {
+            return Err(Error::Input(format!(
+                "input of {t} tokens is longer than the model's position table allows ({max} positions)"
+            )));
+        }
+        let types = match &input.token_type_ids {
+            Some(tt) => tt.to_dtype(DType::U32)?,
+            None => Tensor::zeros((b, t), DType::U32, word.device())?,
+        };
+        let e = word
+            .broadcast_add(&self.position.forward(&pos)?)?
+            .broadcast_add(&self.token_type.forward(&types)?)?; // (B, T, C)
+        let e = self.norm.forward(&e)?;
+        mode.dropout(&e, self.dropout)
+    }
+}
+
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    out: Linear,
+    norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+    attn_dropout: f64,
+    hidden_dropout: f64,
+}
+
+impl SelfAttention {
+    fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let (c, std) = (cfg.hidden_size, cfg.initializer_range);
+        let s = pb.pp("self");
+        let o = pb.pp("output");
+        Ok(Self {
+            query: Linear::load(&s.pp("query"), c, c, std)?,
+            key: Linear::load(&s.pp("key"), c, c, std)?,
+            value: Linear::load(&s.pp("value"), c, c, std)?,
+            out: Linear::load(&o.pp("dense"), c, c, std)?,
+            norm: LayerNorm::load(&o.pp("LayerNorm"), c, cfg.layer_norm_eps)?,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            attn_dropout: cfg.attention_probs_dropout_prob,
+            hidden_dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// Returns the block output (B, T, C) and the attention probabilities (B, H, T, T).
+    fn forward(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        let (b, t, c) = x.dims3()?;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?) // (B, H, T, D)
+        };
+        let q = split(self.query.forward(x)?)?;
+        let k = split(self.key.forward(x)?)?;
+        let v = split(self.value.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?; // (B, H, T, T)
+        let probs = ops::masked_softmax(&scores, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let dropped = mode.dropout(&probs, self.attn_dropout)?;
+        let ctx = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
+        let h = mode.dropout(&self.out.forward(&ctx)?, self.hidden_dropout)?;
+        Ok((self.norm.forward(&(h + x)?)?, probs))
+    }
+}
+
+struct Layer {
+    attention: SelfAttention,
+    intermediate: Linear,
+    output: Linear,
+    norm: LayerNorm,
+    act: Activation,
+    dropout: f64,
+}
+
+impl Layer {
+    fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
+        let (c, f, std) = (cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range);
+        Ok(Self {
+            attention: SelfAttention::load(&pb.pp("attention"), cfg)?,
+            intermediate: Linear::load(&pb.pp("intermediate").pp("dense"), c, f, std)?,
+            output: Linear::load(&pb.pp("output").pp("dense"), f, c, std)?,
+            norm: LayerNorm::load(&pb.pp("output").pp("LayerNorm"), c, cfg.layer_norm_eps)?,
+            act: Activation::parse(&cfg.hidden_act)?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+        let (a, probs) = self.attention.forward(x, mask, mode)?;
+        let h = self.act.forward(&self.intermediate.forward(&a)?)?; // (B, T, F)
+        let h = mode.dropout(&self.output.forward(&h)?, self.dropout)?;
+        Ok((self.norm.forward(&(h + a)?)?, probs))
+    }
+}
+
+/// A BERT or RoBERTa encoder with its (optional) pooler.
+pub struct Bert {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    config: BertConfig,
+}
+
+impl Bert {
+    /// Build the encoder under checkpoint key names (`embeddings.*`, `encoder.layer.N.*`,
+    /// `pooler.dense.*`). When loading a checkpoint that has no pooler, the model has none.
+    pub fn load(pb: &ParamBuilder, config: &BertConfig) -> Result<Self> {
+        config.validate()?;
+        let embeddings = Embeddings::load(&pb.pp("embeddings"), config)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(&pb.pp(format!("encoder.layer.{i}")), config))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if pb.is_fresh() || pb.source_has("pooler.dense.weight") {
+            Some(Linear::load(&pb.pp("pooler.dense"), config.hidden_size, config.hidden_size, config.initializer_range)?)
+        } else {
+            None
+        };
+        Ok(Self { embeddings, layers, pooler, config: config.clone() })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+}
+
+/// transformers' extended attention mask: 0 where attended, the dtype's minimum where padded.
+///
+/// # Shapes
+/// (B, T) -> (B, T) f32
+pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(DType::F32)?;
+    Ok(((1.0 - m)? * f32::MIN as f64)?)
+}
+
+impl Encoder for Bert {
+    fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
+        self.embeddings.word.forward(input_ids)
+    }
+
+    fn word_embedding_table(&self) -> &Tensor {
+        &self.embeddings.word.weight
+    }
+
+    /// # Shapes
+    /// `word_embeds`: (B, T, C) -> last hidden state (B, T, C), pooler output (B, C)
+    fn forward_from_word_embeddings(
+        &self,
+        word_embeds: &Tensor,
+        input: &EncoderInput,
+        mode: &Mode,
+    ) -> Result<EncoderOutput> {
+        let (b, t) = input.input_ids.dims2()?;
+        if input.attention_mask.dims() != [b, t] {
+            return Err(Error::Input(format!(
+                "attention_mask {:?} does not match input_ids {:?}",
+                input.attention_mask.dims(),
+                input.input_ids.dims()
+            )));
+        }
+        let mask = additive_mask(&input.attention_mask)?; // (B, T)
+        let mut h = self.embeddings.forward(word_embeds, input, mode)?; // (B, T, C)
+        let mut hidden_states = input.output_hidden_states.then(|| vec![h.clone()]);
+        let mut attentions = input.output_attentions.then(Vec::new);
+        for layer in &self.layers {
+            let (next, probs) = layer.forward(&h, &mask, mode)?;
+            h = next;
+            if let Some(hs) = hidden_states.as_mut() {
+                hs.push(h.clone());
+            }
+            if let Some(a) = attentions.as_mut() {
+                a.push(probs);
+            }
+        }
+        let pooler_output = match &self.pooler {
+            Some(p) => Some(p.forward(&h.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?), // (B, C)
+            None => None,
+        };
+        Ok(EncoderOutput { last_hidden_state: h, pooler_output, hidden_states, attentions })
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+}
+
+/// Mean of the hidden states over real (unmasked) tokens, as sentence-transformers pools.
+///
+/// # Shapes
+/// `hidden`: (B, T, C), `attention_mask`: (B, T) -> (B, C)
+pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(D::Minus1)?; // (B, T, 1)
+    let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (B, C)
+    let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (B, 1)
+    Ok(summed.broadcast_div(&counts)?)
+}
+
+/// A tiny configuration for tests and examples.
+pub fn tiny_config(flavor: Flavor) -> BertConfig {
+    BertConfig {
+        model_type: match flavor {
+            Flavor::Bert => "bert".into(),
+            Flavor::Roberta => "roberta".into(),
+        },
+        architectures: vec![],
+        vocab_size: 100,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        hidden_act: "gelu".into(),
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        max_position_embeddings: 64,
+        type_vocab_size: if flavor == Flavor::Bert { 2 } else { 1 },
+        initializer_range: 0.02,
+        layer_norm_eps: 1e-12,
+        pad_token_id: Some(if flavor == Flavor::Bert { 0 } else { 1 }),
+        position_embedding_type: "absolute".into(),
+        extra: Default::default(),
+    }
+}
+

@@ -1,0 +1,79 @@
+//! Encoder model families and the types their forward passes share.
+
+pub mod bert;
+
+use crate::error::Result;
+use crate::nn::Mode;
+use candle_core::Tensor;
+
+/// A batch of tokenised inputs.
+///
+/// # Shapes
+/// `input_ids`, `attention_mask`, `token_type_ids`: (B, T); the mask is 1 for real tokens and 0
+/// for padding (any integer or float dtype).
+#[derive(Clone, Debug)]
+pub struct EncoderInput {
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub token_type_ids: Option<Tensor>,
+    /// Return every layer's hidden states (embedding output first, as transformers does).
+    pub output_hidden_states: bool,
+    /// Return every layer's attention probabilities, (B, H, T, T) each.
+    pub output_attentions: bool,
+}
+
+impl EncoderInput {
+    pub fn new(input_ids: Tensor, attention_mask: Tensor) -> Self {
+        Self { input_ids, attention_mask, token_type_ids: None, output_hidden_states: false, output_attentions: false }
+    }
+
+    pub fn with_token_type_ids(mut self, t: Tensor) -> Self {
+        self.token_type_ids = Some(t);
+        self
+    }
+
+    pub fn with_outputs(mut self, hidden_states: bool, attentions: bool) -> Self {
+        self.output_hidden_states = hidden_states;
+        self.output_attentions = attentions;
+        self
+    }
+}
+
+/// What an encoder returns.
+///
+/// # Shapes
+/// `last_hidden_state`: (B, T, C); `pooler_output`: (B, C); `hidden_states`: L+1 of (B, T, C);
+/// `attentions`: L of (B, H, T, T).
+#[derive(Clone, Debug)]
+pub struct EncoderOutput {
+    pub last_hidden_state: Tensor,
+    pub pooler_output: Option<Tensor>,
+    pub hidden_states: Option<Vec<Tensor>>,
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+/// What every encoder family provides. The split between word embeddings and the rest lets
+/// gradient-based attribution and adversarial training work on the embedding output
+/// (see [`crate::grad`]).
+pub trait Encoder: Send + Sync {
+    /// The word (token) embedding lookup alone. (B, T) -> (B, T, C)
+    fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor>;
+
+    /// The table behind [`Encoder::word_embeddings`], (V, C).
+    fn word_embedding_table(&self) -> &Tensor;
+
+    /// Everything after the word-embedding lookup, starting from `word_embeds` (B, T, C).
+    fn forward_from_word_embeddings(
+        &self,
+        word_embeds: &Tensor,
+        input: &EncoderInput,
+        mode: &Mode,
+    ) -> Result<EncoderOutput>;
+
+    fn forward(&self, input: &EncoderInput, mode: &Mode) -> Result<EncoderOutput> {
+        let e = self.word_embeddings(&input.input_ids)?;
+        self.forward_from_word_embeddings(&e, input, mode)
+    }
+
+    fn hidden_size(&self) -> usize;
+}

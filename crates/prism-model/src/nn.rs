@@ -1,0 +1,370 @@
+//! Parameters and the small layers built on them: a named parameter store that either
+//! initialises fresh weights or takes them from a checkpoint (checking every name and shape),
+//! linear, embedding and layer-norm layers, and seeded dropout.
+
+use crate::error::{Error, Result};
+use crate::ops;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// How a parameter is initialised when no checkpoint provides it (BERT's `_init_weights`).
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    Normal(f64),
+    Const(f64),
+}
+
+/// Tensors read from a checkpoint, keyed by their normalised names.
+#[derive(Debug)]
+pub struct Source {
+    pub path: PathBuf,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    vars: BTreeMap<String, Var>,
+    used: BTreeSet<String>,
+}
+
+/// All trainable parameters of a model, by checkpoint name, in a stable order.
+///
+/// Cloning is cheap and shares the parameters (like candle's `VarMap`).
+#[derive(Clone)]
+pub struct ParamStore {
+    inner: Arc<Mutex<StoreInner>>,
+    source: Option<Arc<Source>>,
+    rng: Arc<Mutex<StdRng>>,
+    device: Device,
+}
+
+impl ParamStore {
+    /// A store that initialises every parameter afresh from `seed`.
+    pub fn fresh(device: &Device, seed: u64) -> Self {
+        Self {
+            inner: Arc::default(),
+            source: None,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+            device: device.clone(),
+        }
+    }
+
+    /// A store that takes every parameter from `source`; a parameter the source lacks is an
+    /// error unless the caller asks for it with [`ParamBuilder::get_or_init`].
+    pub fn from_source(source: Source, device: &Device, seed: u64) -> Self {
+        Self { source: Some(Arc::new(source)), ..Self::fresh(device, seed) }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn root(&self) -> ParamBuilder {
+        ParamBuilder { store: self.clone(), prefix: String::new() }
+    }
+
+    /// Every parameter, by name, in lexicographic order.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let inner = self.inner.lock().expect("parameter store lock poisoned");
+        inner.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.inner.lock().expect("parameter store lock poisoned").vars.get(name).cloned()
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Source tensors that no parameter asked for, by name (e.g. task heads for later use).
+    pub fn unused_source_tensors(&self) -> Vec<(String, Tensor)> {
+        let Some(src) = &self.source else { return Vec::new() };
+        let inner = self.inner.lock().expect("parameter store lock poisoned");
+        let mut out: Vec<_> = src
+            .tensors
+            .iter()
+            .filter(|(k, _)| !inner.used.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn source_path(&self) -> Option<&PathBuf> {
+        self.source.as_ref().map(|s| &s.path)
+    }
+
+    pub fn source_has(&self, name: &str) -> bool {
+        self.source.as_ref().is_some_and(|s| s.tensors.contains_key(name))
+    }
+
+    /// The current values, detached, keyed by name (for saving).
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.vars().into_iter().map(|(k, v)| (k, v.as_detached_tensor())).collect()
+    }
+
+    fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let t = match init {
+            Init::Const(c) => Tensor::full(c as f32, shape, &self.device)?,
+            Init::Normal(std) => {
+                let mut rng = self.rng.lock().expect("rng lock poisoned");
+                let v: Vec<f32> = (0..n).map(|_| (normal(&mut *rng) * std) as f32).collect();
+                Tensor::from_vec(v, shape, &self.device)?
+            }
+        };
+        Ok(t)
+    }
+
+    fn get_var(&self, name: &str, shape: &[usize], init: Init, required: bool) -> Result<Tensor> {
+        if let Some(v) = self.get(name) {
+            if v.dims() != shape {
+                return Err(Error::InvalidConfig(format!(
+                    "parameter `{name}` requested with shape {shape:?} and {:?}",
+                    v.dims()
+                )));
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let value = match self.source.as_ref().and_then(|s| s.tensors.get(name).map(|t| (s, t))) {
+            Some((src, t)) => {
+                if t.dims() != shape {
+                    return Err(Error::ShapeMismatch {
+                        path: src.path.clone(),
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                t.to_dtype(DType::F32)?.to_device(&self.device)?
+            }
+            None => match &self.source {
+                Some(src) if required => {
+                    return Err(Error::MissingWeight {
+                        path: src.path.clone(),
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                    })
+                }
+                _ => self.init_tensor(shape, init)?,
+            },
+        };
+        let var = Var::from_tensor(&value)?;
+        let t = var.as_tensor().clone();
+        let mut inner = self.inner.lock().expect("parameter store lock poisoned");
+        inner.used.insert(name.to_string());
+        inner.vars.insert(name.to_string(), var);
+        Ok(t)
+    }
+}
+
+/// Standard normal sample (Box-Muller), so that initialisation depends only on the seed.
+fn normal(rng: &mut StdRng) -> f64 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random::<f64>();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// A view of a [`ParamStore`] under a name prefix, mirroring checkpoint key paths.
+#[derive(Clone)]
+pub struct ParamBuilder {
+    store: ParamStore,
+    prefix: String,
+}
+
+impl ParamBuilder {
+    pub fn pp(&self, name: impl AsRef<str>) -> Self {
+        Self { store: self.store.clone(), prefix: self.path(name.as_ref()) }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.store.device
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// A parameter that must come from the checkpoint when loading one.
+    pub fn get(&self, shape: &[usize], name: &str, init: Init) -> Result<Tensor> {
+        self.store.get_var(&self.path(name), shape, init, true)
+    }
+
+    /// A parameter that is initialised when the checkpoint lacks it (a new task head).
+    pub fn get_or_init(&self, shape: &[usize], name: &str, init: Init) -> Result<Tensor> {
+        self.store.get_var(&self.path(name), shape, init, false)
+    }
+
+    /// Whether the checkpoint being loaded has this tensor.
+    pub fn source_has(&self, name: &str) -> bool {
+        self.store.source_has(&self.path(name))
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        self.store.source.is_none()
+    }
+}
+
+/// `y = x W^T + b`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+        let weight = pb.get(&[out_dim, in_dim], "weight", Init::Normal(std))?;
+        let bias = Some(pb.get(&[out_dim], "bias", Init::Const(0.0))?);
+        Ok(Self { weight, bias })
+    }
+
+    /// # Shapes
+    /// `x`: (..., in) -> (..., out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims.split_last().ok_or_else(|| Error::Input("linear: scalar input".into()))?;
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, *last))?; // (N, in)
+        let mut y = x2.matmul(&self.weight.t()?)?; // (N, out)
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.weight.dim(0)?);
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// A lookup table of row vectors.
+///
+/// Like PyTorch's `nn.Embedding(padding_idx=..)`, the row at `padding_idx` receives no
+/// gradient, so the padding vector stays what the checkpoint says.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    pub weight: Tensor,
+    pub padding_idx: Option<u32>,
+}
+
+impl Embedding {
+    pub fn load(pb: &ParamBuilder, n: usize, dim: usize, std: f64) -> Result<Self> {
+        Ok(Self { weight: pb.get(&[n, dim], "weight", Init::Normal(std))?, padding_idx: None })
+    }
+
+    pub fn with_padding_idx(mut self, idx: Option<u32>) -> Self {
+        self.padding_idx = idx;
+        self
+    }
+
+    /// # Shapes
+    /// `ids`: (B, T) integer -> (B, T, C)
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (n, dim) = self.weight.dims2()?;
+        let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
+        let host: Vec<u32> = flat.to_vec1()?;
+        if let Some(&bad) = host.iter().find(|&&i| i as usize >= n) {
+            return Err(Error::Input(format!("token id {bad} is out of range for an embedding table of {n} rows")));
+        }
+        let mut shape = ids.dims().to_vec();
+        shape.push(dim);
+        let rows = self.weight.index_select(&flat, 0)?; // (N, C)
+        let rows = match self.padding_idx {
+            Some(p) if host.contains(&p) => {
+                // Same values; the gradient reaches the table only through non-padding rows.
+                let keep: Vec<f32> = host.iter().map(|&i| if i == p { 0.0 } else { 1.0 }).collect();
+                let keep = Tensor::from_vec(keep, (host.len(), 1), ids.device())?.to_dtype(rows.dtype())?;
+                (rows.broadcast_mul(&keep)? + rows.detach().broadcast_mul(&(1.0 - &keep)?)?)?
+            }
+            _ => rows,
+        };
+        Ok(rows.reshape(shape)?)
+    }
+}
+
+/// Layer normalisation with learned scale and shift, under HF's `LayerNorm.weight/bias` names.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(pb: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: pb.get(&[dim], "weight", Init::Const(1.0))?,
+            bias: pb.get(&[dim], "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+}
+
+/// A seeded source of dropout masks, shared by every layer of one model in one run.
+#[derive(Clone, Debug)]
+pub struct DropoutRng(Arc<Mutex<StdRng>>);
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))))
+    }
+
+    /// Inverted dropout: zero each element with probability `p`, scale the rest by 1/(1-p).
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        if p >= 1.0 {
+            return Err(Error::InvalidConfig(format!("dropout probability {p} must be below 1")));
+        }
+        let keep = (1.0 / (1.0 - p)) as f32;
+        let n = x.elem_count();
+        let mask: Vec<f32> = {
+            let mut rng = self.0.lock().expect("dropout rng lock poisoned");
+            (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+}
+
+/// Whether a forward pass trains (dropout on, drawing masks from the given generator) or
+/// evaluates (dropout off, deterministic).
+#[derive(Clone, Debug)]
+pub enum Mode {
+    Eval,
+    Train(DropoutRng),
+}
+
+impl Mode {
+    pub fn train(seed: u64) -> Self {
+        Mode::Train(DropoutRng::new(seed))
+    }
+
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self {
+            Mode::Eval => Ok(x.clone()),
+            Mode::Train(rng) => rng.dropout(x, p),
+        }
+    }
+
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+}

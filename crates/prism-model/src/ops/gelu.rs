@@ -1,0 +1,113 @@
+//! Exact (erf) GELU, `x * Phi(x)` (Hendrycks & Gimpel 2016), as BERT's `hidden_act = "gelu"`.
+
+use super::{contiguous_f32, for_each_row};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi), the normal density's constant.
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// `0.5 * x * (1 + erf(x / sqrt(2)))`, element-wise, with a backward pass.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(GeluErf)
+    } else {
+        // candle's own gelu_erf has a backward pass on every backend.
+        x.gelu_erf()
+    }
+}
+
+#[inline]
+fn phi_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f64(x * FRAC_1_SQRT_2))
+}
+
+/// Width of the blocks the element-wise kernels hand to threads.
+const BLOCK: usize = 4096;
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "prism-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s, l)?;
+        let mut out = vec![0f32; x.len()];
+        let n = x.len();
+        for_each_row(&mut out, BLOCK.min(n.max(1)), |r, y| {
+            let start = r * BLOCK.min(n.max(1));
+            for (j, v) in y.iter_mut().enumerate() {
+                let xv = x[start + j] as f64;
+                *v = (xv * phi_cdf(xv)) as f32;
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBwd)?))
+    }
+}
+
+/// `dx = dy * (Phi(x) + x * phi(x))`.
+struct GeluErfBwd;
+
+impl CustomOp2 for GeluErfBwd {
+    fn name(&self) -> &'static str {
+        "prism-gelu-erf-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s1, l1)?;
+        let dy = contiguous_f32(self.name(), s2, l2)?;
+        let n = x.len();
+        let width = BLOCK.min(n.max(1));
+        let mut out = vec![0f32; n];
+        for_each_row(&mut out, width, |r, dx| {
+            let start = r * width;
+            for (j, v) in dx.iter_mut().enumerate() {
+                let xv = x[start + j] as f64;
+                let pdf = INV_SQRT_2PI * (-0.5 * xv * xv).exp();
+                *v = (dy[start + j] as f64 * (phi_cdf(xv) + xv * pdf)) as f32;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::check_grad;
+    use candle_core::Device;
+
+    #[test]
+    fn forward_matches_candle() {
+        let dev = Device::Cpu;
+        // 10_007 elements: not a multiple of the block width, and large enough to run in parallel.
+        let x = Tensor::randn(0f32, 3.0, 10_007, &dev).unwrap();
+        let d: f32 = (gelu_erf(&x).unwrap() - x.gelu_erf().unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-5, "max diff {d}");
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let x = Tensor::randn(0f32, 2.0, (4, 9), &Device::Cpu).unwrap();
+        check_grad(&x, gelu_erf, 2e-2);
+    }
+}

@@ -1,0 +1,233 @@
+//! Layer normalisation over the last dimension (Ba et al. 2016) with a fused backward pass.
+//!
+//! candle's `layer_norm` is a fused kernel without a backward pass: parameters upstream of it
+//! silently get no gradient (candle issues 2168, 3011, 3752). This op computes the forward in one
+//! pass per row and the backward (dx, dgamma, dbeta) in one more.
+
+use super::{contiguous_f32, for_each_row, PAR_MIN_ELEMS};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// `y = (x - mean) / sqrt(var + eps) * gamma + beta` over the last dimension of `x`.
+///
+/// # Shapes
+/// `x`: (..., C); `gamma`, `beta`: (C); result: same as `x`.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    let c = x.dim(D::Minus1)?;
+    if gamma.dims() != [c] || beta.dims() != [c] {
+        candle_core::bail!(
+            "layer_norm: gamma {:?} and beta {:?} must both be [{c}] for input {:?}",
+            gamma.dims(),
+            beta.dims(),
+            x.dims()
+        )
+    }
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps })
+    } else {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xhat = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+        xhat.broadcast_mul(gamma)?.broadcast_add(beta)
+    }
+}
+
+/// Mean and reciprocal standard deviation of one row, accumulated in f64 for stability.
+#[inline]
+fn moments(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "prism-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s1, l1)?;
+        let g = contiguous_f32(self.name(), s2, l2)?;
+        let b = contiguous_f32(self.name(), s3, l3)?;
+        let c = g.len();
+        let mut out = vec![0f32; x.len()];
+        let eps = self.eps;
+        for_each_row(&mut out, c, |r, y| {
+            let xr = &x[r * c..(r + 1) * c];
+            let (mean, rstd) = moments(xr, eps);
+            for j in 0..c {
+                y[j] = (xr[j] - mean) * rstd * g[j] + b[j];
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.dim(0)?;
+        let n = x.elem_count();
+        if x.device().is_cpu() {
+            let packed = x.apply_op3_no_bwd(&gamma.contiguous()?, &grad.contiguous()?, &LayerNormBwd { eps: self.eps })?;
+            let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+            let dg = packed.narrow(0, n, c)?;
+            let db = packed.narrow(0, n + c, c)?;
+            Ok((Some(dx), Some(dg), Some(db)))
+        } else {
+            candle_core::bail!("prism-layer-norm backward only runs on CPU")
+        }
+    }
+}
+
+/// Backward of [`LayerNorm`]: returns `dx` (flattened) followed by `dgamma` and `dbeta`.
+struct LayerNormBwd {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "prism-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(self.name(), s1, l1)?;
+        let g = contiguous_f32(self.name(), s2, l2)?;
+        let dy = contiguous_f32(self.name(), s3, l3)?;
+        let c = g.len();
+        let n = x.len();
+        let rows = n / c;
+        let eps = self.eps;
+        let mut out = vec![0f32; n + 2 * c];
+        let (dx, dparams) = out.split_at_mut(n);
+
+        // dx needs only its own row; dgamma/dbeta are reductions over rows, accumulated in
+        // per-block partial sums and then added up.
+        let block_rows = if n >= PAR_MIN_ELEMS {
+            rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(1)
+        } else {
+            rows.max(1)
+        };
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block_rows * c)
+            .enumerate()
+            .map(|(blk, dx_block)| {
+                let mut acc = vec![0f32; 2 * c];
+                let mut xhat = vec![0f32; c];
+                for (i, dxr) in dx_block.chunks_mut(c).enumerate() {
+                    let r = blk * block_rows + i;
+                    let xr = &x[r * c..(r + 1) * c];
+                    let dyr = &dy[r * c..(r + 1) * c];
+                    let (mean, rstd) = moments(xr, eps);
+                    let mut sum_dxhat = 0f64;
+                    let mut sum_dxhat_xhat = 0f64;
+                    for j in 0..c {
+                        xhat[j] = (xr[j] - mean) * rstd;
+                        let dxhat = dyr[j] * g[j];
+                        sum_dxhat += dxhat as f64;
+                        sum_dxhat_xhat += (dxhat * xhat[j]) as f64;
+                        acc[j] += dyr[j] * xhat[j];
+                        acc[c + j] += dyr[j];
+                    }
+                    let m1 = (sum_dxhat / c as f64) as f32;
+                    let m2 = (sum_dxhat_xhat / c as f64) as f32;
+                    for j in 0..c {
+                        dxr[j] = rstd * (dyr[j] * g[j] - m1 - xhat[j] * m2);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            for (d, v) in dparams.iter_mut().zip(p) {
+                *d += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::check_grad;
+    use candle_core::{Device, Var};
+
+    fn reference(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Tensor {
+        let mean = x.mean_keepdim(D::Minus1).unwrap();
+        let xc = x.broadcast_sub(&mean).unwrap();
+        let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let xhat = xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
+        xhat.broadcast_mul(g).unwrap().broadcast_add(b).unwrap()
+    }
+
+    #[test]
+    fn forward_matches_composite() {
+        let dev = Device::Cpu;
+        for rows in [3usize, 2048] {
+            let x = Tensor::randn(0.5f32, 2.0, (rows, 24), &dev).unwrap();
+            let g = Tensor::randn(1f32, 0.3, 24, &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.3, 24, &dev).unwrap();
+            let y = layer_norm(&x, &g, &b, 1e-12).unwrap();
+            let r = reference(&x, &g, &b, 1e-12);
+            let d: f32 = (y - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(d < 1e-5, "max diff {d}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (5, 7), &dev).unwrap();
+        let g = Tensor::randn(1f32, 0.3, 7, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.3, 7, &dev).unwrap();
+        check_grad(&x, |x| layer_norm(x, &g, &b, 1e-5), 2e-2);
+        check_grad(&g, |g| layer_norm(&x, g, &b, 1e-5), 2e-2);
+        check_grad(&b, |b| layer_norm(&x, &g, b, 1e-5), 2e-2);
+    }
+
+    #[test]
+    fn gradients_match_composite_on_large_input() {
+        // Exercises the multi-threaded reduction of dgamma/dbeta.
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (1500, 32), &dev).unwrap()).unwrap();
+        let g = Var::from_tensor(&Tensor::randn(1f32, 0.3, 32, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 32, &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (1500, 32), &dev).unwrap();
+        let fused = (layer_norm(&x, &g, &b, 1e-12).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let comp = (reference(&x, &g, &b, 1e-12) * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &g, &b] {
+            let a = fused.get(v.as_tensor()).unwrap();
+            let r = comp.get(v.as_tensor()).unwrap();
+            let scale: f32 = r.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let d: f32 = (a - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert!(d <= 1e-4 * scale.max(1.0), "max diff {d} (scale {scale})");
+        }
+    }
+}

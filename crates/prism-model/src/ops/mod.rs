@@ -1,0 +1,109 @@
+//! Fused CPU kernels that candle only ships without a backward pass (DESIGN.md, "Known traps").
+//!
+//! Each op is a candle `CustomOp` with a multi-threaded `cpu_fwd` and a `bwd` that is itself one
+//! fused kernel. On non-CPU devices the public functions fall back to compositions of candle
+//! primitives, which all have a backward pass, so training works everywhere and is fast on CPU.
+
+mod gelu;
+mod layer_norm;
+mod softmax;
+
+pub use gelu::gelu_erf;
+pub use layer_norm::layer_norm;
+pub use softmax::{masked_softmax, softmax_last_dim};
+
+use candle_core::{CpuStorage, Layout, Result};
+use rayon::prelude::*;
+
+/// Below this many elements the kernels run on the calling thread: rayon's fork/join costs more
+/// than it saves on tiny tensors.
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 14;
+
+/// The f32 contents of `storage` as laid out by `layout`, which must be contiguous.
+pub(crate) fn contiguous_f32<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => {
+            use candle_core::backend::BackendStorage;
+            candle_core::bail!("{op}: only f32 is supported on CPU, got {:?}", other.dtype())
+        }
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Apply `f(row_index, in_rows..., out_row)` to every row of width `width`, in parallel when the
+/// work is large enough.
+pub(crate) fn for_each_row<F>(out: &mut [f32], width: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if width == 0 {
+        return;
+    }
+    if out.len() >= PAR_MIN_ELEMS {
+        // Hand each task a block of rows so that per-task overhead is amortised.
+        let rows = out.len() / width;
+        let threads = rayon::current_num_threads().max(1);
+        let rows_per_task = rows.div_ceil(threads * 4).max(1);
+        out.par_chunks_mut(rows_per_task * width)
+            .enumerate()
+            .for_each(|(task, block)| {
+                for (i, row) in block.chunks_mut(width).enumerate() {
+                    f(task * rows_per_task + i, row);
+                }
+            });
+    } else {
+        for (i, row) in out.chunks_mut(width).enumerate() {
+            f(i, row);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Central finite differences for checking custom backward passes.
+    use candle_core::{Device, Tensor, Var};
+
+    /// Compare the analytic gradient of `sum(f(x) * w)` with central differences on a few
+    /// coordinates of `x`, in f64 arithmetic over an f32 op.
+    pub fn check_grad<F>(x: &Tensor, f: F, tol: f64)
+    where
+        F: Fn(&Tensor) -> candle_core::Result<Tensor>,
+    {
+        let dev = Device::Cpu;
+        let var = Var::from_tensor(x).unwrap();
+        let y = f(var.as_tensor()).unwrap();
+        let w = Tensor::randn(0f32, 1f32, y.shape(), &dev).unwrap();
+        let loss = (y * &w).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let base: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let eval = |v: &[f32]| -> f64 {
+            let t = Tensor::from_slice(v, x.shape(), &dev).unwrap();
+            let y = f(&t).unwrap();
+            let p: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+            p.iter().zip(wv.iter()).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let h = 1e-2f32;
+        let n = base.len();
+        let step = (n / 17).max(1);
+        for i in (0..n).step_by(step) {
+            let mut plus = base.clone();
+            plus[i] += h;
+            let mut minus = base.clone();
+            minus[i] -= h;
+            let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h as f64);
+            let analytic = g[i] as f64;
+            let err = (numeric - analytic).abs() / (1.0 + numeric.abs());
+            assert!(err < tol, "coordinate {i}: analytic {analytic} vs numeric {numeric}");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A thin wrapper over Hugging Face `tokenizers`: loads whatever a model folder has
+//! (`tokenizer.json`, or BERT's `vocab.txt`, or RoBERTa's `vocab.json` + `merges.txt`) and
+//! returns ids with character offsets, type ids and special-token marks.
+
+use crate::error::{Error, Result};
+use crate::models::EncoderInput;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+/// One tokenised input (a text or a text pair).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Encoded {
+    pub tokens: Vec<String>,
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// Character offsets `(start, end)` into the text the token came from (byte offsets are
+    /// converted to chars by `tokenizers`); (0, 0) for special tokens.
+    pub offsets: Vec<(usize, usize)>,
+    /// Which sequence each token came from: 0, 1, or none for special tokens.
+    pub sequence_ids: Vec<Option<usize>>,
+    pub special_tokens_mask: Vec<u32>,
+    /// Whether the input was cut to fit the model's maximum length.
+    pub truncated: bool,
+}
+
+/// The tokenizer of a model folder.
+#[derive(Clone)]
+pub struct PrismTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+    pad_id: u32,
+    max_len: usize,
+}
+
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() }
+}
+
+/// `do_lower_case` from `tokenizer_config.json`, defaulting to true as BERT's uncased models do.
+fn lower_case(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
+        .unwrap_or(true)
+}
+
+impl PrismTokenizer {
+    /// Load the tokenizer in `dir`, truncating inputs to `max_len` tokens (specials included).
+    pub fn load(dir: &Path, max_len: usize) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let vocab_txt = dir.join("vocab.txt");
+        let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let (inner, path) = if json.is_file() {
+            (Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?, json)
+        } else if vocab_txt.is_file() {
+            (Self::bert_from_vocab(&vocab_txt, lower_case(dir))?, vocab_txt)
+        } else if vocab_json.is_file() && merges.is_file() {
+            (Self::roberta_from_bpe(&vocab_json, &merges)?, vocab_json)
+        } else {
+            return Err(Error::Tokenizer {
+                path: dir.to_path_buf(),
+                msg: "no tokenizer.json, vocab.txt, or vocab.json + merges.txt".into(),
+            });
+        };
+        Self::from_tokenizer(inner, path, max_len)
+    }
+
+    /// Wrap an already-built `tokenizers::Tokenizer`.
+    pub fn from_tokenizer(mut inner: Tokenizer, path: PathBuf, max_len: usize) -> Result<Self> {
+        let pad_id = ["[PAD]", "<pad>", "<PAD>"]
+            .iter()
+            .find_map(|t| inner.token_to_id(t))
+            .unwrap_or(0);
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                ..Default::default()
+            }))
+            .map_err(|e| tok_err(&path, e))?;
+        Ok(Self { inner, path, pad_id, max_len })
+    }
+
+    fn bert_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> {
+        let model = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| tok_err(vocab, e))?;
+        let mut tk = Tokenizer::new(model);
+        let id = |t: &str| tk.token_to_id(t).ok_or_else(|| tok_err(vocab, format!("vocabulary has no {t} token")));
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        tk.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+            .map_err(|e| tok_err(vocab, e))?;
+        tk.with_pre_tokenizer(Some(BertPreTokenizer));
+        tk.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        tk.with_decoder(Some(WordPieceDecoder::default()));
+        Ok(tk)
+    }
+
+    fn roberta_from_bpe(vocab: &Path, merges: &Path) -> Result<Tokenizer> {
+        let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| tok_err(vocab, e))?;
+        let mut tk = Tokenizer::new(model);
+        let id = |t: &str| tk.token_to_id(t).ok_or_else(|| tok_err(vocab, format!("vocabulary has no {t} token")));
+        let (cls, sep) = (id("<s>")?, id("</s>")?);
+        tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tk.with_post_processor(Some(
+            RobertaProcessing::new(("</s>".into(), sep), ("<s>".into(), cls)).trim_offsets(true).add_prefix_space(false),
+        ));
+        tk.with_decoder(Some(ByteLevelDecoder::default()));
+        Ok(tk)
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Tokenise a text, or a text pair (NLI premise + hypothesis, QA question + context).
+    pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
+        let enc = match pair {
+            Some(b) => self.inner.encode((text, b), true),
+            None => self.inner.encode(text, true),
+        }
+        .map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Encoded {
+            tokens: enc.get_tokens().to_vec(),
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
+            sequence_ids: enc.get_sequence_ids(),
+            special_tokens_mask: enc.get_special_tokens_mask().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
+        })
+    }
+
+    /// Pad a batch on the right to its longest member and build the model input.
+    ///
+    /// # Shapes
+    /// result tensors: (B, T) with T the longest encoding
+    pub fn batch(&self, encs: &[Encoded], device: &Device) -> Result<EncoderInput> {
+        batch_encodings(encs, self.pad_id, device)
+    }
+
+    /// Write `tokenizer.json` (the format Python `tokenizers` and transformers load) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut tk = self.inner.clone();
+        tk.with_truncation(None).map_err(|e| tok_err(&self.path, e))?;
+        let out = dir.join("tokenizer.json");
+        tk.save(&out, true).map_err(|e| tok_err(&out, e))?;
+        Ok(())
+    }
+}
+
+/// Right-pad encodings with `pad_id` into (B, T) id, mask and type-id tensors.
+pub fn batch_encodings(encs: &[Encoded], pad_id: u32, device: &Device) -> Result<EncoderInput> {
+    if encs.is_empty() {
+        return Err(Error::Input("empty batch".into()));
+    }
+    let t = encs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let b = encs.len();
+    let mut ids = vec![pad_id; b * t];
+    let mut mask = vec![0u32; b * t];
+    let mut types = vec![0u32; b * t];
+    for (i, e) in encs.iter().enumerate() {
+        for (j, &id) in e.ids.iter().enumerate() {
+            ids[i * t + j] = id;
+            mask[i * t + j] = 1;
+            types[i * t + j] = e.type_ids.get(j).copied().unwrap_or(0);
+        }
+    }
+    Ok(EncoderInput::new(Tensor::from_vec(ids, (b, t), device)?, Tensor::from_vec(mask, (b, t), device)?)
+        .with_token_type_ids(Tensor::from_vec(types, (b, t), device)?))
+}
