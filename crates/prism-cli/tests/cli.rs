@@ -1,0 +1,78 @@
+//! The `prism` binary end to end on the tiny fixtures.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn prism(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_prism")).args(args).env("PRISM_HOME", std::env::temp_dir().join("prism-cli-test-home")).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn embed_prints_json_embeddings_and_similarities() {
+    let m = fixtures().join("tiny-bert");
+    let (ok, out, err) = prism(&["embed", m.to_str().unwrap(), "A gorgeous movie.", "A dull remake.", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dim"], 32);
+    assert_eq!(v["embeddings"].as_array().unwrap().len(), 2);
+    assert_eq!(v["embeddings"][0]["mean"].as_array().unwrap().len(), 32);
+    let c = v["cosine_mean"][0][0].as_f64().unwrap();
+    assert!((c - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn info_and_tokenize_work_on_a_folder() {
+    let m = fixtures().join("tiny-roberta");
+    let (ok, out, err) = prism(&["info", m.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["architecture"], "RobertaModel");
+    assert_eq!(v["parameters"], 33152);
+    let (ok, out, err) = prism(&["tokenize", m.to_str().unwrap(), "The man walks.", "A man.", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tokens"][0], "<s>");
+    assert_eq!(v["ids"].as_array().unwrap().len(), v["offsets"].as_array().unwrap().len());
+}
+
+#[test]
+fn convert_writes_a_loadable_folder() {
+    let out = tempfile::tempdir().unwrap();
+    let m = fixtures().join("tiny-bert-bin");
+    let (ok, _, err) = prism(&["convert", m.to_str().unwrap(), out.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.path().join("model.safetensors").is_file());
+    let (ok, _, err) = prism(&["info", out.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    let (ok, _, err) = prism(&["info", "/definitely/not/here"]);
+    assert!(!ok);
+    assert!(err.starts_with("error: ") && err.contains("/definitely/not/here"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("tiny-bert/config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
+    let (ok, _, err) = prism(&["embed", dir.path().to_str().unwrap(), "x"]);
+    assert!(!ok);
+    assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [&["fetch", "model"][..], &["info"], &["tokenize"], &["embed"], &["convert"]] {
+        let mut args: Vec<&str> = sub.to_vec();
+        args.push("--help");
+        let (ok, out, err) = prism(&args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(out.contains("Usage"), "{args:?}: {out}");
+    }
+}

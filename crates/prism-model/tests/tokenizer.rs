@@ -1,0 +1,78 @@
+//! Tokenizers against transformers' fast tokenizers: ids, tokens, offsets and type ids, loaded
+//! from `tokenizer.json` and from the legacy vocabulary files.
+
+mod common;
+use common::*;
+use prism_model::PrismTokenizer;
+use std::path::Path;
+
+#[derive(serde::Deserialize)]
+struct Case {
+    text: String,
+    pair: Option<String>,
+    ids: Vec<u32>,
+    tokens: Vec<String>,
+    offsets: Vec<(usize, usize)>,
+    type_ids: Vec<u32>,
+}
+
+fn check(dir: &Path, expected: &str, check_offsets: bool) {
+    let tok = PrismTokenizer::load(dir, 512).unwrap();
+    let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(fixtures().join(expected)).unwrap()).unwrap();
+    assert!(cases.len() >= 6);
+    for c in cases {
+        let e = tok.encode(&c.text, c.pair.as_deref()).unwrap();
+        assert_eq!(e.ids, c.ids, "{}: ids", c.text);
+        assert_eq!(e.tokens, c.tokens, "{}: tokens", c.text);
+        assert_eq!(e.type_ids, c.type_ids, "{}: type ids", c.text);
+        if check_offsets {
+            assert_eq!(e.offsets, c.offsets, "{}: offsets", c.text);
+        }
+    }
+}
+
+fn only(fixture: &str, files: &[&str]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in files {
+        std::fs::copy(fixtures().join(fixture).join(f), tmp.path().join(f)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn bert_tokenizer_json_matches_transformers() {
+    check(&fixtures().join("tiny-bert"), "tiny-bert_tokenizer_expected.json", true);
+}
+
+#[test]
+fn bert_vocab_txt_matches_transformers() {
+    let d = only("tiny-bert", &["vocab.txt", "tokenizer_config.json"]);
+    check(d.path(), "tiny-bert_tokenizer_expected.json", true);
+}
+
+#[test]
+fn roberta_tokenizer_json_matches_transformers() {
+    check(&fixtures().join("tiny-roberta"), "tiny-roberta_tokenizer_expected.json", true);
+}
+
+#[test]
+fn roberta_vocab_and_merges_match_transformers() {
+    let d = only("tiny-roberta", &["vocab.json", "merges.txt"]);
+    check(d.path(), "tiny-roberta_tokenizer_expected.json", true);
+}
+
+#[test]
+fn long_input_is_truncated_and_flagged() {
+    let tok = PrismTokenizer::load(&fixtures().join("tiny-bert"), 16).unwrap();
+    let e = tok.encode(&"the movie ".repeat(50), None).unwrap();
+    assert_eq!(e.ids.len(), 16);
+    assert!(e.truncated);
+    assert_eq!(e.tokens.last().unwrap(), "[SEP]");
+}
+
+#[test]
+fn missing_tokenizer_files_are_an_error_naming_the_folder() {
+    let d = tempfile::tempdir().unwrap();
+    let e = PrismTokenizer::load(d.path(), 8).err().unwrap().to_string();
+    assert!(e.contains(&d.path().display().to_string()) && e.contains("vocab.txt"), "{e}");
+}
