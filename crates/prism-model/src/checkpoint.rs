@@ -276,8 +276,10 @@ impl PretrainedModel {
         for (k, v) in self.params.tensors() {
             tensors.insert(k, v.contiguous()?);
         }
+        // Head tensors a task head has since taken over are parameters now: keep their
+        // current (trained) values, not the ones read at load time.
         for (k, v) in &self.head_tensors {
-            tensors.insert(k.clone(), v.contiguous()?);
+            tensors.entry(k.clone()).or_insert(v.contiguous()?);
         }
         let weights = dir.join("model.safetensors");
         let tmp = dir.join(".model.safetensors.tmp");

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod fetch;
 pub mod grad;
+pub mod heads;
 pub mod models;
 pub mod nn;
 pub mod ops;

@@ -63,6 +63,11 @@ impl ParamStore {
         &self.device
     }
 
+    /// Re-seed the generator that initialises parameters not found in the checkpoint.
+    pub fn reseed(&self, seed: u64) {
+        *self.rng.lock().expect("rng lock poisoned") = StdRng::seed_from_u64(seed);
+    }
+
     pub fn root(&self) -> ParamBuilder {
         ParamBuilder { store: self.clone(), prefix: String::new() }
     }
@@ -229,6 +234,13 @@ impl Linear {
     pub fn load(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
         let weight = pb.get(&[out_dim, in_dim], "weight", Init::Normal(std))?;
         let bias = Some(pb.get(&[out_dim], "bias", Init::Const(0.0))?);
+        Ok(Self { weight, bias })
+    }
+
+    /// Like [`Linear::load`], but initialised when the checkpoint lacks it (a new task head).
+    pub fn load_or_init(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+        let weight = pb.get_or_init(&[out_dim, in_dim], "weight", Init::Normal(std))?;
+        let bias = Some(pb.get_or_init(&[out_dim], "bias", Init::Const(0.0))?);
         Ok(Self { weight, bias })
     }
 

@@ -34,6 +34,20 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+impl Encoded {
+    fn from_encoding(enc: &tokenizers::Encoding, truncated: bool) -> Self {
+        Encoded {
+            tokens: enc.get_tokens().to_vec(),
+            ids: enc.get_ids().to_vec(),
+            type_ids: enc.get_type_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
+            sequence_ids: enc.get_sequence_ids(),
+            special_tokens_mask: enc.get_special_tokens_mask().to_vec(),
+            truncated,
+        }
+    }
+}
+
 /// The tokenizer of a model folder.
 #[derive(Clone)]
 pub struct PrismTokenizer {
@@ -149,6 +163,11 @@ impl PrismTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// A copy that truncates to `max_len` tokens instead (at most the model's maximum).
+    pub fn with_max_len(&self, max_len: usize) -> Result<Self> {
+        Self::from_tokenizer(self.inner.clone(), self.path.clone(), max_len.min(self.max_len))
+    }
+
     /// Tokenise a text, or a text pair (NLI premise + hypothesis, QA question + context).
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
         let enc = match pair {
@@ -156,15 +175,34 @@ impl PrismTokenizer {
             None => self.inner.encode(text, true),
         }
         .map_err(|e| Error::Encode(e.to_string()))?;
-        Ok(Encoded {
-            tokens: enc.get_tokens().to_vec(),
-            ids: enc.get_ids().to_vec(),
-            type_ids: enc.get_type_ids().to_vec(),
-            offsets: enc.get_offsets().to_vec(),
-            sequence_ids: enc.get_sequence_ids(),
-            special_tokens_mask: enc.get_special_tokens_mask().to_vec(),
-            truncated: !enc.get_overflowing().is_empty(),
-        })
+        Ok(Encoded::from_encoding(&enc, !enc.get_overflowing().is_empty()))
+    }
+
+    /// Question + context windows for extractive QA: the context is cut into windows of at
+    /// most `max_len` tokens (question included) that overlap by `stride` tokens, as
+    /// transformers' `doc_stride`; offsets of context tokens index into `context`.
+    pub fn encode_windows(&self, question: &str, context: &str, stride: usize) -> Result<Vec<Encoded>> {
+        let mut tk = self.inner.clone();
+        tk.with_truncation(Some(TruncationParams {
+            max_length: self.max_len,
+            strategy: TruncationStrategy::OnlySecond,
+            stride,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Encode(format!("question too long for a {}-token window with stride {stride}: {e}", self.max_len)))?;
+        let enc = tk.encode((question, context), true).map_err(|e| Error::Encode(e.to_string()))?;
+        let mut out = vec![Encoded::from_encoding(&enc, false)];
+        for o in enc.get_overflowing() {
+            out.push(Encoded::from_encoding(o, false));
+        }
+        Ok(out)
+    }
+
+    /// Tokenise pre-split words (token classification); also returns, per token, the index of
+    /// the word it came from (`None` for special tokens).
+    pub fn encode_words(&self, words: &[String]) -> Result<(Encoded, Vec<Option<u32>>)> {
+        let enc = self.inner.encode(words, true).map_err(|e| Error::Encode(e.to_string()))?;
+        Ok((Encoded::from_encoding(&enc, !enc.get_overflowing().is_empty()), enc.get_word_ids().to_vec()))
     }
 
     /// Pad a batch on the right to its longest member and build the model input.

@@ -1,0 +1,10 @@
+//! Task heads on top of an encoder. Each is built under a checkpoint prefix (prism saves them as
+//! `prism.heads.<task>.*`) and returns logits; losses live in prism-train.
+
+mod sequence;
+mod span;
+mod token;
+
+pub use sequence::SequenceHead;
+pub use span::SpanHead;
+pub use token::TokenHead;

@@ -1,0 +1,410 @@
+//! Training data: the example type every task kind reads, and readers for JSONL, CSV/TSV and
+//! SQuAD v1.1 JSON. A malformed line is an error naming the file, line and field.
+
+pub mod registry;
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::io::BufRead;
+use std::path::Path;
+
+/// One answer of an extractive QA example: its text and character offset in the context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    pub start: usize,
+}
+
+/// What an example is labelled with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// A class name (classification, NLI).
+    Label(String),
+    /// A real value (regression).
+    Value(f64),
+    /// Answers in `text_b`, the context (QA); empty for unanswerable or unlabelled.
+    Answers(Vec<Answer>),
+    /// One tag per pre-split token (token classification).
+    Tags(Vec<String>),
+    /// Unlabelled (prediction, or unlabelled target-domain text).
+    None,
+}
+
+/// One example. For QA, `text` is the question and `text_b` the context; for token
+/// classification, `tokens` holds the words.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Example {
+    /// 1-based line (JSONL/CSV) or question index (SQuAD) it came from, for error messages.
+    pub line: usize,
+    pub id: Option<String>,
+    pub text: String,
+    pub text_b: Option<String>,
+    pub tokens: Vec<String>,
+    pub target: Target,
+}
+
+/// Which fields hold what, for a task's data files.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Fields {
+    #[serde(default = "d_text")]
+    pub text: String,
+    /// Second text of a pair (NLI hypothesis); `premise`/`hypothesis` are found by default.
+    #[serde(default)]
+    pub text_b: Option<String>,
+    #[serde(default = "d_label")]
+    pub label: String,
+    #[serde(default = "d_tokens")]
+    pub tokens: String,
+    #[serde(default = "d_tags")]
+    pub tags: String,
+}
+
+fn d_text() -> String {
+    "text".into()
+}
+fn d_label() -> String {
+    "label".into()
+}
+fn d_tokens() -> String {
+    "tokens".into()
+}
+fn d_tags() -> String {
+    "tags".into()
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Self { text: d_text(), text_b: None, label: d_label(), tokens: d_tokens(), tags: d_tags() }
+    }
+}
+
+/// What shape of target to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Label,
+    Value,
+    Answers,
+    Tags,
+}
+
+/// Read a data file, choosing the format by extension: `.jsonl`, `.csv`, `.tsv`, or `.json`
+/// (SQuAD v1.1).
+pub fn read_file(path: &Path, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Vec<Example>> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let examples = match ext.as_str() {
+        "jsonl" | "ndjson" => read_jsonl(path, fields, kind, pair)?,
+        "csv" => read_delimited(path, b',', fields, kind, pair)?,
+        "tsv" | "txt" => read_delimited(path, b'\t', fields, kind, pair)?,
+        "json" => read_squad(path)?,
+        other => {
+            return Err(Error::File {
+                path: path.to_path_buf(),
+                msg: format!("unknown data format `.{other}` (use .jsonl, .csv, .tsv, or SQuAD .json)"),
+            })
+        }
+    };
+    if examples.is_empty() {
+        return Err(Error::File { path: path.to_path_buf(), msg: "no examples".into() });
+    }
+    Ok(examples)
+}
+
+/// Field-by-field access to one record, for JSON objects and CSV rows alike.
+trait Record {
+    fn get_str(&self, field: &str) -> Option<Result<String, String>>;
+    fn get_value(&self, field: &str) -> Option<Result<f64, String>>;
+    fn get_list(&self, field: &str) -> Option<Result<Vec<String>, String>>;
+}
+
+impl Record for serde_json::Map<String, serde_json::Value> {
+    fn get_str(&self, field: &str) -> Option<Result<String, String>> {
+        self.get(field).filter(|v| !v.is_null()).map(|v| match v {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            serde_json::Value::Bool(b) => Ok(b.to_string()),
+            other => Err(format!("expected a string, found {other}")),
+        })
+    }
+    fn get_value(&self, field: &str) -> Option<Result<f64, String>> {
+        self.get(field).filter(|v| !v.is_null()).map(|v| match v {
+            serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a finite number")),
+            serde_json::Value::String(s) => s.trim().parse::<f64>().map_err(|_| format!("expected a number, found \"{s}\"")),
+            other => Err(format!("expected a number, found {other}")),
+        })
+    }
+    fn get_list(&self, field: &str) -> Option<Result<Vec<String>, String>> {
+        self.get(field).filter(|v| !v.is_null()).map(|v| match v {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("expected a list of strings, found {x}")))
+                .collect(),
+            other => Err(format!("expected a list of strings, found {other}")),
+        })
+    }
+}
+
+struct CsvRow<'a> {
+    headers: &'a csv::StringRecord,
+    row: &'a csv::StringRecord,
+}
+
+impl Record for CsvRow<'_> {
+    fn get_str(&self, field: &str) -> Option<Result<String, String>> {
+        let i = self.headers.iter().position(|h| h == field)?;
+        self.row.get(i).map(|s| Ok(s.to_string()))
+    }
+    fn get_value(&self, field: &str) -> Option<Result<f64, String>> {
+        self.get_str(field).map(|s| {
+            let s = s?;
+            s.trim().parse::<f64>().map_err(|_| format!("expected a number, found \"{s}\""))
+        })
+    }
+    fn get_list(&self, field: &str) -> Option<Result<Vec<String>, String>> {
+        self.get_str(field).map(|s| Ok(s?.split_whitespace().map(str::to_string).collect()))
+    }
+}
+
+/// Default names of the second text of a pair, tried in order.
+const PAIR_FIELDS: [&str; 4] = ["text_b", "hypothesis", "text2", "sentence2"];
+const FIRST_FIELDS: [&str; 3] = ["premise", "sentence1", "question"];
+
+fn example_from(rec: &dyn Record, path: &Path, line: usize, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Example> {
+    let err = |field: &str, msg: String| Error::data(path, line, field, msg);
+    let str_field = |name: &str| -> Result<Option<String>> { rec.get_str(name).transpose().map_err(|m| err(name, m)) };
+    let mut ex = Example { line, id: str_field("id")?, text: String::new(), text_b: None, tokens: Vec::new(), target: Target::None };
+    if kind == TargetKind::Tags {
+        ex.tokens = match rec.get_list(&fields.tokens) {
+            Some(r) => r.map_err(|m| err(&fields.tokens, m))?,
+            None => return Err(err(&fields.tokens, "missing".into())),
+        };
+        ex.text = ex.tokens.join(" ");
+        if let Some(tags) = rec.get_list(&fields.tags) {
+            let tags = tags.map_err(|m| err(&fields.tags, m))?;
+            if tags.len() != ex.tokens.len() {
+                return Err(err(&fields.tags, format!("{} tags for {} tokens", tags.len(), ex.tokens.len())));
+            }
+            ex.target = Target::Tags(tags);
+        }
+        return Ok(ex);
+    }
+    // The first text: the configured field, or a pair's conventional first field.
+    let mut text = str_field(&fields.text)?;
+    if text.is_none() && pair {
+        for f in FIRST_FIELDS {
+            if let Some(t) = str_field(f)? {
+                text = Some(t);
+                break;
+            }
+        }
+    }
+    ex.text = text.ok_or_else(|| err(&fields.text, "missing".into()))?;
+    if pair {
+        let b = match &fields.text_b {
+            Some(f) => str_field(f)?.ok_or_else(|| err(f, "missing".into()))?,
+            None => {
+                let mut found = None;
+                for f in PAIR_FIELDS {
+                    if let Some(t) = str_field(f)? {
+                        found = Some(t);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| err(PAIR_FIELDS[0], format!("missing (pair tasks need one of {PAIR_FIELDS:?} or `fields.text_b`)")))?
+            }
+        };
+        ex.text_b = Some(b);
+    }
+    ex.target = match kind {
+        TargetKind::Label => match str_field(&fields.label)? {
+            Some(l) => Target::Label(l),
+            None => Target::None,
+        },
+        TargetKind::Value => match rec.get_value(&fields.label) {
+            Some(v) => {
+                let v = v.map_err(|m| err(&fields.label, m))?;
+                if !v.is_finite() {
+                    return Err(err(&fields.label, format!("{v} is not finite")));
+                }
+                Target::Value(v)
+            }
+            None => Target::None,
+        },
+        TargetKind::Answers | TargetKind::Tags => Target::None,
+    };
+    Ok(ex)
+}
+
+/// One JSON object per line; blank lines are skipped.
+pub fn read_jsonl(path: &Path, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Vec<Example>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&line)
+            .map_err(|e| Error::data(path, line_no, "(line)", format!("not a JSON object: {e}")))?;
+        out.push(example_from(&obj, path, line_no, fields, kind, pair)?);
+    }
+    Ok(out)
+}
+
+/// CSV or TSV with a header row naming the columns.
+pub fn read_delimited(path: &Path, delim: u8, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Vec<Example>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delim)
+        .flexible(false)
+        .quoting(delim == b',')
+        .from_path(path)
+        .map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string() })?;
+    let headers = rdr.headers().map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string() })?.clone();
+    let mut out = Vec::new();
+    for (i, row) in rdr.records().enumerate() {
+        let line_no = i + 2;
+        let row = row.map_err(|e| Error::data(path, line_no, "(row)", e.to_string()))?;
+        let rec = CsvRow { headers: &headers, row: &row };
+        out.push(example_from(&rec, path, line_no, fields, kind, pair).map_err(|e| match e {
+            Error::Data { path, line, field, msg } if msg == "missing" => Error::Data {
+                path,
+                line,
+                field: field.clone(),
+                msg: format!("no column `{field}` (columns: {})", headers.iter().collect::<Vec<_>>().join(", ")),
+            },
+            other => other,
+        })?);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct SquadFile {
+    data: Vec<SquadArticle>,
+}
+#[derive(Deserialize)]
+pub(crate) struct SquadArticle {
+    pub paragraphs: Vec<SquadParagraph>,
+}
+#[derive(Deserialize)]
+pub(crate) struct SquadParagraph {
+    pub context: String,
+    pub qas: Vec<SquadQa>,
+}
+#[derive(Deserialize)]
+pub(crate) struct SquadQa {
+    pub id: String,
+    pub question: String,
+    #[serde(default)]
+    pub answers: Vec<SquadAnswer>,
+}
+#[derive(Deserialize)]
+pub(crate) struct SquadAnswer {
+    pub text: String,
+    pub answer_start: usize,
+}
+
+/// SQuAD v1.1 JSON: one example per question; every answer's offset is checked.
+pub fn read_squad(path: &Path) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let file: SquadFile = serde_json::from_str(&text).map_err(|e| Error::data(path, e.line(), "(json)", e.to_string()))?;
+    let mut out = Vec::new();
+    for art in file.data {
+        for para in art.paragraphs {
+            let chars: Vec<char> = para.context.chars().collect();
+            for qa in para.qas {
+                let n = out.len() + 1;
+                let mut answers = Vec::new();
+                for a in qa.answers {
+                    let len = a.text.chars().count();
+                    let span: String = chars.iter().skip(a.answer_start).take(len).collect();
+                    if span != a.text {
+                        return Err(Error::data(path, n, "answers", format!(
+                            "question {}: answer \"{}\" is not at character {} of its context", qa.id, a.text, a.answer_start
+                        )));
+                    }
+                    answers.push(Answer { text: a.text, start: a.answer_start });
+                }
+                out.push(Example {
+                    line: n,
+                    id: Some(qa.id),
+                    text: qa.question,
+                    text_b: Some(para.context.clone()),
+                    tokens: Vec::new(),
+                    target: Target::Answers(answers),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(ext: &str, body: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn jsonl_reads_texts_pairs_values_and_tags() {
+        let f = file(".jsonl", "{\"text\": \"good\", \"label\": \"pos\"}\n\n{\"text\": \"bad\", \"label\": \"neg\"}\n");
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!(ex[1].line, 3);
+        assert_eq!(ex[1].target, Target::Label("neg".into()));
+        let f = file(".jsonl", "{\"premise\": \"a\", \"hypothesis\": \"b\", \"label\": \"entailment\"}\n");
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, true).unwrap();
+        assert_eq!((ex[0].text.as_str(), ex[0].text_b.as_deref()), ("a", Some("b")));
+        let f = file(".jsonl", "{\"text\": \"x\", \"label\": -2.5}\n");
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Value, false).unwrap();
+        assert_eq!(ex[0].target, Target::Value(-2.5));
+        let f = file(".jsonl", "{\"tokens\": [\"Ada\", \"Lovelace\"], \"tags\": [\"B-PER\", \"I-PER\"]}\n");
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Tags, false).unwrap();
+        assert_eq!(ex[0].target, Target::Tags(vec!["B-PER".into(), "I-PER".into()]));
+    }
+
+    #[test]
+    fn malformed_jsonl_names_file_line_and_field() {
+        let f = file(".jsonl", "{\"text\": \"ok\", \"label\": \"pos\"}\n{\"text\": \"broken\", \"label\": \n");
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap_err().to_string();
+        assert!(e.contains(&format!("{}:2:", f.path().display())) && e.contains("not a JSON object"), "{e}");
+        let f = file(".jsonl", "{\"txt\": \"typo\", \"label\": \"pos\"}\n");
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap_err().to_string();
+        assert!(e.contains(":1: field `text`: missing"), "{e}");
+        let f = file(".jsonl", "{\"text\": \"x\", \"label\": \"high\"}\n");
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Value, false).unwrap_err().to_string();
+        assert!(e.contains("field `label`") && e.contains("expected a number"), "{e}");
+        let f = file(".jsonl", "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n");
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Tags, false).unwrap_err().to_string();
+        assert!(e.contains("1 tags for 2 tokens"), "{e}");
+    }
+
+    #[test]
+    fn csv_and_tsv_use_named_columns() {
+        let f = file(".csv", "sentence,score\n\"Hello, world\",1\nBye,0\n");
+        let fields = Fields { text: "sentence".into(), label: "score".into(), ..Default::default() };
+        let ex = read_file(f.path(), &fields, TargetKind::Label, false).unwrap();
+        assert_eq!(ex[0].text, "Hello, world");
+        assert_eq!(ex[1].line, 3);
+        let f = file(".tsv", "review\tstars\ngreat\t5\n");
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap_err().to_string();
+        assert!(e.contains(":2: field `text`: no column `text` (columns: review, stars)"), "{e}");
+    }
+
+    #[test]
+    fn squad_answers_are_checked_against_the_context() {
+        let good = r#"{"data":[{"title":"t","paragraphs":[{"context":"Denver won the game.","qas":[{"id":"q1","question":"Who won?","answers":[{"text":"Denver","answer_start":0}]}]}]}]}"#;
+        let f = file(".json", good);
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Answers, true).unwrap();
+        assert_eq!(ex[0].target, Target::Answers(vec![Answer { text: "Denver".into(), start: 0 }]));
+        let f = file(".json", &good.replace("\"answer_start\":0", "\"answer_start\":3"));
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Answers, true).unwrap_err().to_string();
+        assert!(e.contains("field `answers`") && e.contains("q1"), "{e}");
+    }
+}

@@ -1,0 +1,36 @@
+//! The error type of prism-train: bad data names its file, line and field.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}:{line}: field `{field}`: {msg}")]
+    Data { path: PathBuf, line: usize, field: String, msg: String },
+    #[error("{path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Config(String),
+    #[error("fetch {name}: {msg}")]
+    Fetch { name: String, msg: String },
+    #[error(transparent)]
+    Model(#[from] prism_model::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    pub(crate) fn data(path: impl Into<PathBuf>, line: usize, field: &str, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), line, field: field.to_string(), msg: msg.into() }
+    }
+}
