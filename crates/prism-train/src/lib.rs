@@ -2,9 +2,13 @@
 //! their heads, losses and metrics, AdamW with schedules, and the multi-task trainer with exact
 //! resume.
 
+pub mod config;
 pub mod data;
 pub mod error;
+pub mod model;
 pub mod optim;
+pub mod report;
 pub mod tasks;
+pub mod trainer;
 
 pub use error::{Error, Result};

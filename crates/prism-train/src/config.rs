@@ -1,0 +1,277 @@
+//! The training config: one TOML file naming the model, the tasks with their data, sampling,
+//! optimiser and schedule. Unknown keys are errors, so a typo never silently falls back to a
+//! default.
+
+use crate::data::Fields;
+use crate::error::{Error, Result};
+use crate::optim::Schedule;
+use crate::tasks::TaskKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+fn d_seed() -> u64 {
+    42
+}
+fn d_batch() -> usize {
+    16
+}
+fn d_one() -> usize {
+    1
+}
+fn d_lr() -> f64 {
+    5e-5
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_warmup() -> f64 {
+    0.1
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_eval_batch() -> usize {
+    64
+}
+fn d_weight() -> f64 {
+    1.0
+}
+fn d_max_len() -> usize {
+    128
+}
+fn d_stride() -> usize {
+    64
+}
+fn d_temperature() -> f64 {
+    2.0
+}
+
+/// How the next batch's task is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingKind {
+    /// Every task equally often.
+    Uniform,
+    /// In proportion to training-set size.
+    Proportional,
+    /// p ∝ n^(1/T) (T = 1 proportional, T → ∞ uniform).
+    #[default]
+    Temperature,
+    /// p ∝ n^α with α falling linearly from 1 to 0.2 over training (Stickland & Murray 2019).
+    Annealed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    #[serde(default)]
+    pub kind: SamplingKind,
+    #[serde(default = "d_temperature")]
+    pub temperature: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self { kind: SamplingKind::default(), temperature: d_temperature() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// `task.metric`, e.g. `sentiment.accuracy`; higher is better unless it is a loss or mse.
+    pub metric: String,
+    /// Evaluations without improvement before stopping.
+    pub patience: usize,
+}
+
+/// One task of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    pub name: String,
+    pub kind: TaskKind,
+    /// A fetched data set subset, `NAME/SUBSET` (e.g. `vader/movie_binary`): uses its
+    /// train/dev/test files under $PRISM_HOME, fetching them on first use.
+    #[serde(default)]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub train: Option<PathBuf>,
+    #[serde(default)]
+    pub dev: Option<PathBuf>,
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Class names in output order; read from the training data (sorted) when absent.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    #[serde(default = "d_max_len")]
+    pub max_length: usize,
+    #[serde(default = "d_stride")]
+    pub doc_stride: usize,
+    /// Multiplies the task's sampling probability.
+    #[serde(default = "d_weight")]
+    pub weight: f64,
+    #[serde(default)]
+    pub fields: Fields,
+    /// Use at most this many training examples (the first ones, after a seeded shuffle).
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    /// Evaluate on at most this many dev/test examples.
+    #[serde(default)]
+    pub max_eval_examples: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A model folder or a registered name (`minilm`).
+    pub model: String,
+    /// Where checkpoints, logs, the final model and reports go.
+    pub output: PathBuf,
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    /// Optimiser updates.
+    pub steps: usize,
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    /// Micro-batches per update.
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    /// Warm-up, as a fraction of `steps` (< 1) or a number of steps (>= 1).
+    #[serde(default = "d_warmup")]
+    pub warmup: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this (0 turns clipping off).
+    #[serde(default = "d_clip")]
+    pub max_grad_norm: f64,
+    /// Evaluate every N updates (0: only at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Write the resumable checkpoint every N updates (0: at each evaluation and the end).
+    #[serde(default)]
+    pub checkpoint_every: usize,
+    #[serde(default = "d_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default)]
+    pub sampling: Sampling,
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
+    #[serde(rename = "task")]
+    pub tasks: Vec<TaskConfig>,
+}
+
+impl TrainConfig {
+    /// Parse a TOML file; relative data paths and `output` are taken relative to its folder.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string().trim().replace('\n', " ") })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut cfg.output);
+        for t in &mut cfg.tasks {
+            for p in [&mut t.train, &mut t.dev, &mut t.test].into_iter().flatten() {
+                fix(p);
+            }
+        }
+        if base.join(&cfg.model).is_dir() && Path::new(&cfg.model).is_relative() {
+            cfg.model = base.join(&cfg.model).to_string_lossy().to_string();
+        }
+        cfg.validate().map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string() })?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.tasks.is_empty() {
+            return bad("no [[task]] entries".into());
+        }
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("`steps`, `batch_size` and `grad_accum` must be positive".into());
+        }
+        if !(self.lr > 0.0) {
+            return bad(format!("`lr` {} must be positive", self.lr));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.tasks {
+            if !names.insert(&t.name) {
+                return bad(format!("task name `{}` is used twice", t.name));
+            }
+            if t.data.is_none() && t.train.is_none() {
+                return bad(format!("task `{}` needs `data = \"NAME/SUBSET\"` or a `train` file", t.name));
+            }
+            if !(t.weight > 0.0) {
+                return bad(format!("task `{}`: `weight` must be positive", t.name));
+            }
+        }
+        if let Some(es) = &self.early_stopping {
+            let Some((task, _)) = es.metric.split_once('.') else {
+                return bad(format!("early_stopping.metric `{}` must be `task.metric`", es.metric));
+            };
+            if !self.tasks.iter().any(|t| t.name == task) {
+                return bad(format!("early_stopping.metric names unknown task `{task}`"));
+            }
+        }
+        if self.sampling.kind == SamplingKind::Temperature && !(self.sampling.temperature > 0.0) {
+            return bad("sampling.temperature must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn warmup_steps(&self) -> usize {
+        if self.warmup >= 1.0 {
+            self.warmup as usize
+        } else {
+            (self.warmup * self.steps as f64).round() as usize
+        }
+    }
+}
+
+/// Sampling probabilities over tasks with training-set sizes `sizes` and weights `weights`, at
+/// `progress` in [0, 1] through training.
+pub fn task_probabilities(sampling: &Sampling, sizes: &[usize], weights: &[f64], progress: f64) -> Vec<f64> {
+    let exponent = match sampling.kind {
+        SamplingKind::Uniform => 0.0,
+        SamplingKind::Proportional => 1.0,
+        SamplingKind::Temperature => 1.0 / sampling.temperature,
+        SamplingKind::Annealed => 1.0 - 0.8 * progress.clamp(0.0, 1.0),
+    };
+    let raw: Vec<f64> = sizes.iter().zip(weights).map(|(&n, &w)| w * (n.max(1) as f64).powf(exponent)).collect();
+    let total: f64 = raw.iter().sum();
+    raw.iter().map(|r| r / total).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_rules() {
+        let s = |kind, t| Sampling { kind, temperature: t };
+        let p = task_probabilities(&s(SamplingKind::Uniform, 1.0), &[100, 900], &[1.0, 1.0], 0.0);
+        assert_eq!(p, vec![0.5, 0.5]);
+        let p = task_probabilities(&s(SamplingKind::Proportional, 1.0), &[100, 900], &[1.0, 1.0], 0.0);
+        assert!((p[0] - 0.1).abs() < 1e-12);
+        let p = task_probabilities(&s(SamplingKind::Temperature, 2.0), &[100, 900], &[1.0, 1.0], 0.0);
+        assert!((p[0] - 10.0 / 40.0).abs() < 1e-12);
+        let start = task_probabilities(&s(SamplingKind::Annealed, 1.0), &[100, 900], &[1.0, 1.0], 0.0);
+        let end = task_probabilities(&s(SamplingKind::Annealed, 1.0), &[100, 900], &[1.0, 1.0], 1.0);
+        assert!((start[0] - 0.1).abs() < 1e-12 && end[0] > 0.35);
+    }
+
+    #[test]
+    fn config_errors_are_specific() {
+        let e = toml::from_str::<TrainConfig>("model = \"m\"\noutput = \"o\"\nsteps = 5\nbatchsize = 3\n[[task]]\nname = \"a\"\nkind = \"classification\"\ntrain = \"x.jsonl\"\n").unwrap_err().to_string();
+        assert!(e.contains("batchsize"), "{e}");
+        let cfg: TrainConfig = toml::from_str("model = \"m\"\noutput = \"o\"\nsteps = 5\n[[task]]\nname = \"a\"\nkind = \"classification\"\n").unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("needs `data"));
+    }
+}

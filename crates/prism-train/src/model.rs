@@ -1,0 +1,99 @@
+//! A shared encoder with one head per task, saved as an HF folder plus `prism.json`.
+
+use crate::error::{Error, Result};
+use crate::tasks::{EvalResult, Feature, Prediction, Task, TaskSpec};
+use crate::data::Example;
+use candle_core::Device;
+use prism_model::checkpoint::write_atomic;
+use prism_model::{AnyEncoder, Encoder, Mode, ModelConfig, PretrainedModel};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `prism.json`: what prism needs beyond the HF files to use the task heads.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PrismJson {
+    pub prism_version: String,
+    pub tasks: Vec<TaskSpec>,
+}
+
+pub struct MultiTaskModel {
+    pub base: PretrainedModel,
+    pub tasks: Vec<Task>,
+}
+
+fn head_dropout(cfg: &ModelConfig) -> f64 {
+    match cfg {
+        ModelConfig::Bert(c) => c.hidden_dropout_prob,
+    }
+}
+
+fn has_pooler(enc: &AnyEncoder) -> bool {
+    match enc {
+        AnyEncoder::Bert(b) => b.has_pooler(),
+    }
+}
+
+impl MultiTaskModel {
+    /// Put heads for `specs` on `base`; heads found in the checkpoint are loaded, others are
+    /// initialised from `seed`.
+    pub fn new(base: PretrainedModel, specs: Vec<TaskSpec>, seed: u64) -> Result<Self> {
+        base.params.reseed(seed);
+        let tok = base.tokenizer()?.clone();
+        let hidden = base.config.hidden_size();
+        let pooler = has_pooler(&base.encoder);
+        let dropout = head_dropout(&base.config);
+        let root = base.params.root();
+        let tasks = specs.into_iter().map(|s| Task::new(s, &root, &tok, hidden, pooler, dropout)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { base, tasks })
+    }
+
+    /// Load a folder written by [`MultiTaskModel::save`] (or any HF folder, with no tasks).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let base = PretrainedModel::load(dir, device)?;
+        let pj = dir.join("prism.json");
+        let specs = if pj.is_file() {
+            let text = std::fs::read_to_string(&pj).map_err(|e| Error::io(&pj, e))?;
+            let p: PrismJson = serde_json::from_str(&text).map_err(|e| Error::Data { path: pj.clone(), line: e.line(), field: "(json)".into(), msg: e.to_string() })?;
+            p.tasks
+        } else {
+            Vec::new()
+        };
+        let model = Self::new(base, specs, 0)?;
+        // Every head must have come from the checkpoint: a missing head tensor means a damaged folder.
+        for t in &model.tasks {
+            let prefix = format!("prism.heads.{}.", t.spec.name);
+            if !model.base.params.vars().iter().any(|(k, _)| k.starts_with(&prefix)) || model.base.params.vars().iter().filter(|(k, _)| k.starts_with(&prefix)).any(|(k, _)| !model.base.params.source_has(k)) {
+                return Err(Error::File { path: dir.to_path_buf(), msg: format!("prism.json lists task `{}` but its head weights `{prefix}*` are missing", t.spec.name) });
+            }
+        }
+        Ok(model)
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        self.base.save(dir)?;
+        let pj = PrismJson { prism_version: env!("CARGO_PKG_VERSION").into(), tasks: self.tasks.iter().map(|t| t.spec.clone()).collect() };
+        write_atomic(&dir.join("prism.json"), serde_json::to_string_pretty(&pj).unwrap_or_default().as_bytes())?;
+        Ok(())
+    }
+
+    pub fn task_index(&self, name: &str) -> Result<usize> {
+        self.tasks.iter().position(|t| t.spec.name == name).ok_or_else(|| {
+            let names: Vec<_> = self.tasks.iter().map(|t| t.spec.name.as_str()).collect();
+            Error::Config(format!("no task `{name}` (tasks: {})", names.join(", ")))
+        })
+    }
+
+    /// Predictions of task `ti` for `examples`.
+    pub fn predict(&self, ti: usize, examples: &[Example], feats: &[Feature], batch_size: usize) -> Result<Vec<Prediction>> {
+        let dev = self.base.params.device().clone();
+        let enc = &self.base.encoder;
+        self.tasks[ti].predict(examples, feats, batch_size, &dev, |input| Ok(enc.forward(input, &Mode::Eval)?))
+    }
+
+    /// Featurise, predict and score task `ti` on `examples`.
+    pub fn evaluate(&self, ti: usize, examples: &[Example], path: &Path, batch_size: usize) -> Result<EvalResult> {
+        let feats = self.tasks[ti].featurize(examples, path)?;
+        let preds = self.predict(ti, examples, &feats, batch_size)?;
+        Ok(self.tasks[ti].score(examples, &preds))
+    }
+}

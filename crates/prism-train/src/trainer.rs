@@ -1,0 +1,542 @@
+//! The multi-task training loop, readable top to bottom like nanoGPT's train.py. Each update:
+//! sample a task, take its next batch, forward, loss, backward (accumulating micro-batches),
+//! clip, AdamW step on the scheduled learning rate; every so often evaluate and checkpoint.
+//!
+//! Determinism and exact resume: every random choice at update `s` (task, dropout masks) comes
+//! from a generator seeded by `(seed, s)`, and each task's data order from `(seed, task,
+//! epoch)`, so the resumable state is small: the step, each task's position in its data, the
+//! optimiser moments, and the early-stopping bookkeeping. Checkpoints are written to a
+//! temporary folder and renamed into place.
+
+use crate::config::{task_probabilities, TrainConfig};
+use crate::data::{self, Example, Target};
+use crate::error::{Error, Result};
+use crate::model::MultiTaskModel;
+use crate::optim::{lr_at, AdamW, AdamWConfig};
+use crate::tasks::{EvalResult, Feature, TaskKind, TaskSpec};
+use candle_core::backprop::GradStore;
+use candle_core::Device;
+use prism_model::checkpoint::write_atomic;
+use prism_model::{fetch, Encoder, Mode, PretrainedModel};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A generator for one purpose at one point of the run (SplitMix64 over the inputs).
+pub fn rng_for(seed: u64, a: u64, b: u64) -> StdRng {
+    let mut z = seed ^ a.wrapping_mul(0x9E3779B97F4A7C15) ^ b.wrapping_mul(0xC2B2AE3D27D4EB4F);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+    StdRng::seed_from_u64(z ^ (z >> 31))
+}
+
+const STREAM_TASK: u64 = 1;
+const STREAM_DROPOUT: u64 = 2;
+const STREAM_ORDER: u64 = 3;
+const STREAM_SUBSET: u64 = 4;
+
+/// One task's data, read and featurised once.
+pub struct TaskData {
+    pub train_path: PathBuf,
+    pub train: Vec<Example>,
+    pub train_feats: Vec<Feature>,
+    pub dev_path: Option<PathBuf>,
+    pub dev: Vec<Example>,
+    pub test_path: Option<PathBuf>,
+    pub test: Vec<Example>,
+}
+
+/// Where a task is in its shuffled data.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub pos: usize,
+}
+
+/// Everything besides weights and optimiser moments that a resumed run needs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub step: usize,
+    pub cursors: Vec<Cursor>,
+    pub adam_t: u64,
+    pub best: Option<(usize, f64)>,
+    pub bad_evals: usize,
+    pub stopped_early: bool,
+    /// Length of metrics.jsonl when the checkpoint was written; later lines are dropped on resume.
+    pub log_bytes: u64,
+    pub elapsed_s: f64,
+    pub config: TrainConfig,
+}
+
+/// Options of one invocation (not part of the config: they do not change the result).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Start over even if a checkpoint exists.
+    pub restart: bool,
+    /// Stop (as if interrupted) after this many updates in this invocation.
+    pub stop_after: Option<usize>,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub steps: usize,
+    pub completed: bool,
+    pub stopped_early: bool,
+    pub best: Option<(usize, f64)>,
+    pub best_metric: String,
+    pub train_seconds: f64,
+    pub tasks: BTreeMap<String, TaskReport>,
+    pub model_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub kind: TaskKind,
+    pub labels: Vec<String>,
+    pub train_examples: usize,
+    pub dev: Option<EvalResult>,
+    pub test: Option<EvalResult>,
+}
+
+fn resolve_splits(t: &crate::config::TaskConfig) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+    if let Some(spec) = &t.data {
+        let (name, subset) = spec.split_once('/').ok_or_else(|| Error::Config(format!("task `{}`: data `{spec}` must be NAME/SUBSET", t.name)))?;
+        data::registry::fetch_dataset(name, false)?;
+        let dir = data::registry::data_dir(name);
+        let ext = if name == "squad" { "json" } else { "jsonl" };
+        let p = |split: &str| dir.join(format!("{subset}.{split}.{ext}"));
+        if !p("train").is_file() {
+            return Err(Error::Config(format!("task `{}`: data set `{name}` has no subset `{subset}` ({} missing)", t.name, p("train").display())));
+        }
+        let opt = |split: &str| Some(p(split)).filter(|x| x.is_file());
+        return Ok((t.train.clone().unwrap_or(p("train")), t.dev.clone().or(opt("dev")), t.test.clone().or(opt("test"))));
+    }
+    let train = t.train.clone().ok_or_else(|| Error::Config(format!("task `{}` has no training data", t.name)))?;
+    Ok((train, t.dev.clone(), t.test.clone()))
+}
+
+/// Labels of a classification or tagging task: as configured, or those of the training data
+/// (sorted; `O` first for tags).
+fn infer_labels(kind: TaskKind, examples: &[Example]) -> Vec<String> {
+    let mut set = BTreeSet::new();
+    for ex in examples {
+        match &ex.target {
+            Target::Label(l) => {
+                set.insert(l.clone());
+            }
+            Target::Tags(t) => set.extend(t.iter().cloned()),
+            _ => {}
+        }
+    }
+    let mut labels: Vec<String> = set.into_iter().collect();
+    if kind == TaskKind::Token {
+        if let Some(i) = labels.iter().position(|l| l == "O") {
+            let o = labels.remove(i);
+            labels.insert(0, o);
+        }
+    }
+    labels
+}
+
+fn cap(mut v: Vec<Example>, n: Option<usize>, seed: u64, salt: u64) -> Vec<Example> {
+    if let Some(n) = n {
+        if v.len() > n {
+            v.shuffle(&mut rng_for(seed, STREAM_SUBSET, salt));
+            v.truncate(n);
+        }
+    }
+    v
+}
+
+/// Read every task's data and build the model with its heads.
+pub fn prepare(cfg: &TrainConfig, device: &Device) -> Result<(MultiTaskModel, Vec<TaskData>)> {
+    let dir = fetch::resolve_model(&cfg.model)?;
+    let base = PretrainedModel::load(&dir, device)?;
+    prepare_with(cfg, base)
+}
+
+pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTaskModel, Vec<TaskData>)> {
+    let mut specs = Vec::new();
+    let mut raw = Vec::new();
+    for (ti, t) in cfg.tasks.iter().enumerate() {
+        let (train_path, dev_path, test_path) = resolve_splits(t)?;
+        let kind = t.kind.target_kind();
+        let pair = t.kind.is_pair();
+        let train = data::read_file(&train_path, &t.fields, kind, pair)?;
+        let train = cap(train, t.max_train_examples, cfg.seed, ti as u64);
+        let read_opt = |p: &Option<PathBuf>, salt: u64| -> Result<Vec<Example>> {
+            match p {
+                Some(p) => Ok(cap(data::read_file(p, &t.fields, kind, pair)?, t.max_eval_examples, cfg.seed, salt)),
+                None => Ok(Vec::new()),
+            }
+        };
+        let dev = read_opt(&dev_path, 1000 + ti as u64)?;
+        let test = read_opt(&test_path, 2000 + ti as u64)?;
+        if let Some(ex) = train.iter().find(|e| e.target == Target::None) {
+            return Err(Error::data(&train_path, ex.line, &t.fields.label, "missing (training examples need a label)"));
+        }
+        let labels = match (&t.labels, t.kind) {
+            (Some(l), _) => l.clone(),
+            (None, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token) => infer_labels(t.kind, &train),
+            (None, _) => Vec::new(),
+        };
+        specs.push(TaskSpec { name: t.name.clone(), kind: t.kind, labels, max_length: t.max_length, doc_stride: t.doc_stride });
+        raw.push((train_path, train, dev_path, dev, test_path, test));
+    }
+    let model = MultiTaskModel::new(base, specs, cfg.seed)?;
+    let mut out = Vec::new();
+    for (ti, (train_path, train, dev_path, dev, test_path, test)) in raw.into_iter().enumerate() {
+        let train_feats = model.tasks[ti].featurize(&train, &train_path)?;
+        // Unknown labels in dev/test are errors too, found before any training.
+        if let Some(p) = &dev_path {
+            model.tasks[ti].featurize(&dev, p)?;
+        }
+        if let Some(p) = &test_path {
+            model.tasks[ti].featurize(&test, p)?;
+        }
+        out.push(TaskData { train_path, train, train_feats, dev_path, dev, test_path, test });
+    }
+    Ok((model, out))
+}
+
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint-last")
+}
+
+/// Replace `dst` by the folder `tmp` as atomically as the file system allows: rename the old
+/// one aside, rename the new one in, then delete the old one.
+fn swap_dir(tmp: &Path, dst: &Path) -> Result<()> {
+    let old = dst.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
+    }
+    std::fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn save_checkpoint(out: &Path, model: &MultiTaskModel, opt: &AdamW, state: &TrainerState) -> Result<()> {
+    let tmp = out.join(".checkpoint-tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    model.save(&tmp)?;
+    let opt_path = tmp.join("optimizer.safetensors");
+    candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File { path: opt_path.clone(), msg: e.to_string() })?;
+    write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state).unwrap_or_default().as_bytes())?;
+    swap_dir(&tmp, &checkpoint_dir(out))
+}
+
+/// The checkpoint to resume from, if any (a crash between the two renames of [`swap_dir`]
+/// leaves only the `.old` copy).
+fn find_checkpoint(out: &Path) -> Option<PathBuf> {
+    let dir = checkpoint_dir(out);
+    [dir.clone(), dir.with_extension("old")].into_iter().find(|d| d.join("trainer_state.json").is_file())
+}
+
+fn higher_is_better(metric: &str) -> bool {
+    !(metric.ends_with("mse") || metric.ends_with("loss"))
+}
+
+/// Evaluate every task on its dev set; returns results and the selection score.
+fn evaluate_dev(model: &MultiTaskModel, data: &[TaskData], cfg: &TrainConfig) -> Result<(BTreeMap<String, EvalResult>, f64)> {
+    let mut res = BTreeMap::new();
+    for (ti, d) in data.iter().enumerate() {
+        if let Some(p) = &d.dev_path {
+            res.insert(model.tasks[ti].spec.name.clone(), model.evaluate(ti, &d.dev, p, cfg.eval_batch_size)?);
+        }
+    }
+    // Selection: the configured metric, else the mean of each task's main metric.
+    if let Some(es) = &cfg.early_stopping {
+        let (task, metric) = es.metric.split_once('.').unwrap_or((&es.metric, ""));
+        let v = res.get(task).and_then(|r| r.metrics.get(metric)).copied().ok_or_else(|| Error::Config(format!("early_stopping.metric `{}`: no such dev metric", es.metric)))?;
+        return Ok((res, if higher_is_better(metric) { v } else { -v }));
+    }
+    let mains: Vec<f64> = model
+        .tasks
+        .iter()
+        .filter_map(|t| res.get(&t.spec.name).and_then(|r| r.metrics.get(t.spec.kind.main_metric())).copied())
+        .collect();
+    let score = if mains.is_empty() { 0.0 } else { mains.iter().sum::<f64>() / mains.len() as f64 };
+    Ok((res, score))
+}
+
+struct Log {
+    file: std::fs::File,
+}
+
+impl Log {
+    fn open(path: &Path, keep_bytes: u64) -> Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path).map_err(|e| Error::io(path, e))?;
+        file.set_len(keep_bytes).map_err(|e| Error::io(path, e))?;
+        Ok(Self { file })
+    }
+    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        let mut line = v.to_string();
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(|e| Error::io("metrics.jsonl", e))
+    }
+    fn len(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// Train as configured, resuming from `output/checkpoint-last` when it exists.
+pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Report> {
+    let out = cfg.output.clone();
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    if opts.restart {
+        for d in ["checkpoint-last", "checkpoint-last.old", ".checkpoint-tmp", "best", "model"] {
+            let _ = std::fs::remove_dir_all(out.join(d));
+        }
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    }
+    let resume = find_checkpoint(&out);
+    let (mut model, data) = prepare(cfg, device)?;
+    let mut state = TrainerState {
+        step: 0,
+        cursors: vec![Cursor::default(); data.len()],
+        adam_t: 0,
+        best: None,
+        bad_evals: 0,
+        stopped_early: false,
+        log_bytes: 0,
+        elapsed_s: 0.0,
+        config: cfg.clone(),
+    };
+    let mut opt_state = None;
+    if let Some(ck) = &resume {
+        let sp = ck.join("trainer_state.json");
+        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+        let saved: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File { path: sp.clone(), msg: format!("corrupt trainer state: {e}") })?;
+        if saved.config != *cfg {
+            return Err(Error::File { path: sp, msg: "the config changed since this checkpoint was written; run with --restart to start over".into() });
+        }
+        // Weights (encoder and heads) come from the checkpoint.
+        let base = PretrainedModel::load(ck, device)?;
+        model = MultiTaskModel::new(base, model.tasks.iter().map(|t| t.spec.clone()).collect(), cfg.seed)?;
+        let op = ck.join("optimizer.safetensors");
+        opt_state = Some((candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File { path: op.clone(), msg: format!("corrupt optimizer state: {e}") })?, op));
+        state = saved;
+    }
+    let mut opt = AdamW::new(model.base.params.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
+    if let Some((t, p)) = opt_state {
+        opt.load_state(&t, state.adam_t, &p)?;
+    }
+    let mut log = Log::open(&out.join("metrics.jsonl"), state.log_bytes)?;
+    if resume.is_some() {
+        eprintln!("resuming from step {} ({})", state.step, checkpoint_dir(&out).display());
+    }
+
+    let sizes: Vec<usize> = data.iter().map(|d| d.train_feats.len()).collect();
+    let weights: Vec<f64> = cfg.tasks.iter().map(|t| t.weight).collect();
+    let warmup = cfg.warmup_steps();
+    let names: Vec<String> = model.tasks.iter().map(|t| t.spec.name.clone()).collect();
+    let bar = progress_bar(opts.progress, cfg.steps, state.step);
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let mut running: Vec<Option<f64>> = vec![None; data.len()];
+    let mut examples_seen = 0usize;
+    let mut this_run = 0usize;
+
+    while state.step < cfg.steps && !state.stopped_early {
+        if opts.stop_after.is_some_and(|n| this_run >= n) {
+            break;
+        }
+        let step = state.step;
+        let lr = lr_at(step, cfg.lr, warmup, cfg.steps, cfg.schedule);
+        let mut grads: Option<GradStore> = None;
+        let mut step_loss = Vec::new();
+        for micro in 0..cfg.grad_accum {
+            // -- sample a task
+            let probs = task_probabilities(&cfg.sampling, &sizes, &weights, step as f64 / cfg.steps as f64);
+            let mut rng = rng_for(cfg.seed, STREAM_TASK, (step * cfg.grad_accum + micro) as u64);
+            let u: f64 = rng.random();
+            let mut ti = probs.len() - 1;
+            let mut acc = 0.0;
+            for (i, p) in probs.iter().enumerate() {
+                acc += p;
+                if u < acc {
+                    ti = i;
+                    break;
+                }
+            }
+            // -- its next batch
+            let batch_feats = next_batch(&data[ti].train_feats, &mut state.cursors[ti], cfg.batch_size, cfg.seed, ti);
+            let batch = model.tasks[ti].batch(&batch_feats, device)?;
+            examples_seen += batch_feats.len();
+            // -- forward, loss, backward
+            let mode = Mode::train(rng_for(cfg.seed, STREAM_DROPOUT, (step * cfg.grad_accum + micro) as u64).random());
+            let enc = model.base.encoder.forward(&batch.input, &mode)?;
+            let loss = model.tasks[ti].loss(&enc, &batch, &mode)?;
+            let lv: f32 = loss.to_scalar()?;
+            if !lv.is_finite() {
+                return Err(Error::Config(format!("step {step}: task `{}` loss is {lv}; lower the learning rate", names[ti])));
+            }
+            step_loss.push((ti, lv as f64));
+            let g = loss.backward()?;
+            grads = Some(match grads {
+                None => g,
+                Some(mut acc) => {
+                    acc.extend(g)?;
+                    acc
+                }
+            });
+        }
+        let grads = grads.ok_or_else(|| Error::Config("no gradient".into()))?;
+        // -- clip (the norm of the averaged micro-batch gradient) and step
+        let avg = 1.0 / cfg.grad_accum as f64;
+        let norm = opt.grad_norm(&grads)? * avg;
+        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm { cfg.max_grad_norm / norm } else { 1.0 };
+        opt.step(&grads, lr, avg * clip)?;
+        state.step += 1;
+        this_run += 1;
+        state.adam_t = opt.t;
+        state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+        for &(ti, l) in &step_loss {
+            running[ti] = Some(running[ti].map_or(l, |r| 0.9 * r + 0.1 * l));
+            log.write(serde_json::json!({"step": state.step, "task": names[ti], "loss": l, "lr": lr, "grad_norm": norm, "elapsed_s": state.elapsed_s}))?;
+        }
+        if let Some(b) = &bar {
+            let losses: Vec<String> = names.iter().zip(&running).filter_map(|(n, r)| r.map(|r| format!("{n} {r:.3}"))).collect();
+            let rate = examples_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            b.set_message(format!("{} | {rate:.1} ex/s", losses.join(" | ")));
+            b.set_position(state.step as u64);
+        }
+        // -- evaluate
+        let last = state.step == cfg.steps;
+        if (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last {
+            let (res, score) = evaluate_dev(&model, &data, cfg)?;
+            for (task, r) in &res {
+                log.write(serde_json::json!({"step": state.step, "task": task, "split": "dev", "metrics": r.metrics}))?;
+            }
+            if state.best.is_none_or(|(_, b)| score > b) {
+                state.best = Some((state.step, score));
+                state.bad_evals = 0;
+                let tmp = out.join(".best-tmp");
+                let _ = std::fs::remove_dir_all(&tmp);
+                model.save(&tmp)?;
+                swap_dir(&tmp, &out.join("best"))?;
+            } else {
+                state.bad_evals += 1;
+                if cfg.early_stopping.as_ref().is_some_and(|es| state.bad_evals >= es.patience) {
+                    state.stopped_early = true;
+                }
+            }
+            if let Some(b) = &bar {
+                let summary: Vec<String> = res.iter().map(|(t, r)| format!("{t}: {}", fmt_metrics(&r.metrics))).collect();
+                b.println(format!("step {:>6}  dev  {}", state.step, summary.join("  ")));
+            }
+        }
+        // -- checkpoint
+        let every = if cfg.checkpoint_every > 0 { cfg.checkpoint_every } else { cfg.eval_every };
+        if (every > 0 && state.step % every == 0) || last || state.stopped_early {
+            state.log_bytes = log.len();
+            save_checkpoint(&out, &model, &opt, &state)?;
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let completed = state.step >= cfg.steps || state.stopped_early;
+    if !completed {
+        // Interrupted on request: the last checkpoint is the resume point.
+        state.log_bytes = log.len();
+        save_checkpoint(&out, &model, &opt, &state)?;
+        return Ok(Report {
+            steps: state.step,
+            completed,
+            stopped_early: false,
+            best: state.best,
+            best_metric: String::new(),
+            train_seconds: state.elapsed_s,
+            tasks: BTreeMap::new(),
+            model_dir: checkpoint_dir(&out),
+        });
+    }
+
+    // Final model: the best dev checkpoint when early stopping selects one, else the last.
+    let final_model = if cfg.early_stopping.is_some() && out.join("best").is_dir() { MultiTaskModel::load(&out.join("best"), device)? } else { model };
+    let model_dir = out.join("model");
+    let tmp = out.join(".model-tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    final_model.save(&tmp)?;
+    swap_dir(&tmp, &model_dir)?;
+    let best_metric = match &cfg.early_stopping {
+        Some(es) => es.metric.clone(),
+        None => "mean of each task's main dev metric".to_string(),
+    };
+    let mut tasks = BTreeMap::new();
+    for (ti, d) in data.iter().enumerate() {
+        let t = &final_model.tasks[ti];
+        let dev = match &d.dev_path {
+            Some(p) => Some(final_model.evaluate(ti, &d.dev, p, cfg.eval_batch_size)?),
+            None => None,
+        };
+        let test = match &d.test_path {
+            Some(p) => Some(final_model.evaluate(ti, &d.test, p, cfg.eval_batch_size)?),
+            None => None,
+        };
+        tasks.insert(t.spec.name.clone(), TaskReport { kind: t.spec.kind, labels: t.spec.labels.clone(), train_examples: d.train.len(), dev, test });
+    }
+    let report = Report { steps: state.step, completed, stopped_early: state.stopped_early, best: state.best, best_metric, train_seconds: state.elapsed_s, tasks, model_dir };
+    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;
+    crate::report::write_html(&out, &report, &out.join("metrics.jsonl"))?;
+    Ok(report)
+}
+
+pub fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
+    m.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The next `n` features of a task in its per-epoch shuffled order, advancing the cursor.
+fn next_batch<'a>(feats: &'a [Feature], cur: &mut Cursor, n: usize, seed: u64, ti: usize) -> Vec<&'a Feature> {
+    let mut out = Vec::with_capacity(n);
+    let mut order = epoch_order(feats.len(), seed, ti, cur.epoch);
+    while out.len() < n {
+        if cur.pos >= feats.len() {
+            cur.epoch += 1;
+            cur.pos = 0;
+            order = epoch_order(feats.len(), seed, ti, cur.epoch);
+        }
+        out.push(&feats[order[cur.pos]]);
+        cur.pos += 1;
+    }
+    out
+}
+
+fn epoch_order(n: usize, seed: u64, ti: usize, epoch: u64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    v.shuffle(&mut rng_for(seed, STREAM_ORDER, ((ti as u64) << 32) | epoch));
+    v
+}
+
+fn progress_bar(enabled: bool, total: usize, at: usize) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    b.set_position(at as u64);
+    Some(b)
+}
+
+/// The flat parameter vector of a model (for comparing runs).
+pub fn flat_params(model: &MultiTaskModel) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for (_, v) in model.base.params.vars() {
+        out.extend(v.as_tensor().flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,206 @@
+//! The multi-task trainer end to end on the tiny fixture model and hand-written data: every task
+//! kind at once, determinism, exact resume after an interruption, and bad-data errors.
+
+use candle_core::Device;
+use prism_train::config::TrainConfig;
+use prism_train::model::MultiTaskModel;
+use prism_train::trainer::{flat_params, train, RunOptions};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn config(out: &Path, steps: usize, extra_tasks: &str) -> TrainConfig {
+    let f = fixtures();
+    let d = f.join("data");
+    let text = format!(
+        r#"
+model = "{model}"
+output = "{out}"
+seed = 7
+steps = {steps}
+batch_size = 4
+grad_accum = 2
+lr = 2e-3
+warmup = 0.2
+eval_every = 5
+checkpoint_every = 3
+
+[sampling]
+kind = "annealed"
+
+[[task]]
+name = "sentiment"
+kind = "classification"
+train = "{d}/sentiment.train.jsonl"
+dev = "{d}/sentiment.dev.jsonl"
+max_length = 32
+
+[[task]]
+name = "nli"
+kind = "pair_classification"
+train = "{d}/nli.train.jsonl"
+dev = "{d}/nli.dev.jsonl"
+max_length = 48
+{extra_tasks}
+"#,
+        model = f.join("tiny-bert").display(),
+        out = out.display(),
+        d = d.display(),
+    );
+    let cfg: TrainConfig = toml::from_str(&text).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+fn all_kinds() -> String {
+    let d = fixtures().join("data");
+    format!(
+        r#"
+[[task]]
+name = "rating"
+kind = "regression"
+train = "{d}/rating.train.jsonl"
+dev = "{d}/rating.dev.jsonl"
+max_length = 32
+
+[[task]]
+name = "ner"
+kind = "token"
+train = "{d}/ner.train.jsonl"
+dev = "{d}/ner.dev.jsonl"
+max_length = 32
+
+[[task]]
+name = "qa"
+kind = "qa"
+train = "{d}/qa.train.json"
+dev = "{d}/qa.train.json"
+max_length = 32
+doc_stride = 8
+"#,
+        d = d.display()
+    )
+}
+
+#[test]
+fn every_task_kind_trains_together_and_the_folder_predicts() {
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(out.path(), 12, &all_kinds());
+    let report = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(report.completed);
+    assert_eq!(report.tasks.len(), 5);
+    for (name, t) in &report.tasks {
+        let dev = t.dev.as_ref().unwrap_or_else(|| panic!("{name}: no dev result"));
+        assert!(!dev.metrics.is_empty(), "{name}");
+        assert!(dev.metrics.values().all(|v| v.is_finite()), "{name}: {:?}", dev.metrics);
+    }
+    assert!(report.tasks["qa"].dev.as_ref().unwrap().metrics.contains_key("exact_match"));
+    assert!(report.tasks["sentiment"].dev.as_ref().unwrap().confusion.is_some());
+    for f in ["metrics.jsonl", "report.json", "report.html", "model/prism.json", "model/model.safetensors", "best/prism.json"] {
+        assert!(out.path().join(f).is_file(), "{f} missing");
+    }
+    let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Confusion matrix"));
+    // The saved folder carries its heads: reloading gives the same predictions.
+    let m = MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap();
+    assert_eq!(m.tasks.len(), 5);
+    let ti = m.task_index("sentiment").unwrap();
+    let d = fixtures().join("data/sentiment.dev.jsonl");
+    let ex = prism_train::data::read_file(&d, &Default::default(), prism_train::data::TargetKind::Label, false).unwrap();
+    let r = m.evaluate(ti, &ex, &d, 8).unwrap();
+    assert_eq!(r.metrics["accuracy"], report.tasks["sentiment"].dev.as_ref().unwrap().metrics["accuracy"]);
+}
+
+#[test]
+fn same_config_and_seed_give_the_same_weights() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    train(&config(a.path(), 6, ""), &Device::Cpu, &RunOptions::default()).unwrap();
+    train(&config(b.path(), 6, ""), &Device::Cpu, &RunOptions::default()).unwrap();
+    let pa = flat_params(&MultiTaskModel::load(&a.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    let pb = flat_params(&MultiTaskModel::load(&b.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(pa, pb);
+    // And training moved them away from the initial checkpoint.
+    let init = prism_model::PretrainedModel::load(&fixtures().join("tiny-bert"), &Device::Cpu).unwrap();
+    let w0: Vec<f32> = init.params.get("encoder.layer.0.output.dense.weight").unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let m = MultiTaskModel::load(&a.path().join("model"), &Device::Cpu).unwrap();
+    let w1: Vec<f32> = m.base.params.get("encoder.layer.0.output.dense.weight").unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    assert_ne!(w0, w1);
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    let full = tempfile::tempdir().unwrap();
+    train(&config(full.path(), 10, ""), &Device::Cpu, &RunOptions::default()).unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let cfg = config(split.path(), 10, "");
+    let first = train(&cfg, &Device::Cpu, &RunOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    assert!(!first.completed);
+    assert_eq!(first.steps, 4);
+    let second = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(second.completed);
+    assert_eq!(second.steps, 10);
+    let pa = flat_params(&MultiTaskModel::load(&full.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    let pb = flat_params(&MultiTaskModel::load(&split.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(pa, pb, "resumed run must end at the uninterrupted run's weights");
+    // The metrics log has each step exactly once.
+    let count = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count();
+    assert_eq!(count(full.path()), count(split.path()));
+}
+
+#[test]
+fn a_changed_config_is_not_silently_resumed() {
+    let out = tempfile::tempdir().unwrap();
+    train(&config(out.path(), 6, ""), &Device::Cpu, &RunOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    let mut cfg = config(out.path(), 6, "");
+    cfg.lr = 1e-3;
+    let e = train(&cfg, &Device::Cpu, &RunOptions::default()).err().unwrap().to_string();
+    assert!(e.contains("trainer_state.json") && e.contains("--restart"), "{e}");
+    train(&cfg, &Device::Cpu, &RunOptions { restart: true, ..Default::default() }).unwrap();
+}
+
+#[test]
+fn training_fits_the_training_set() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(out.path(), 60, "");
+    cfg.tasks.truncate(1);
+    cfg.tasks[0].dev = cfg.tasks[0].train.clone();
+    cfg.eval_every = 0;
+    let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    let acc = r.tasks["sentiment"].dev.as_ref().unwrap().metrics["accuracy"];
+    assert!(acc >= 0.9, "training accuracy {acc}");
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn bad_data_is_an_error_with_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |train_file: PathBuf, labels: Option<Vec<String>>| -> String {
+        let mut cfg = config(&tmp.path().join("out"), 2, "");
+        cfg.tasks.truncate(1);
+        cfg.tasks[0].train = Some(train_file);
+        cfg.tasks[0].dev = None;
+        cfg.tasks[0].labels = labels;
+        train(&cfg, &Device::Cpu, &RunOptions { restart: true, ..Default::default() }).err().expect("should fail").to_string()
+    };
+    let bad_json = write(tmp.path(), "bad.jsonl", "{\"text\": \"ok\", \"label\": \"positive\"}\n{\"text\": \"oops\" \"label\": \"negative\"}\n");
+    let e = run(bad_json.clone(), None);
+    assert!(e.contains(&format!("{}:2:", bad_json.display())) && e.contains("not a JSON object"), "{e}");
+    let unknown = write(tmp.path(), "unknown.jsonl", "{\"text\": \"ok\", \"label\": \"positive\"}\n{\"text\": \"meh\", \"label\": \"neutral\"}\n");
+    let e = run(unknown.clone(), Some(vec!["negative".into(), "positive".into()]));
+    assert!(e.contains(&format!("{}:2: field `label`: unknown label \"neutral\"", unknown.display())), "{e}");
+    let csv = write(tmp.path(), "cols.csv", "sentence,label\nfine,positive\n");
+    let e = run(csv.clone(), None);
+    assert!(e.contains(&format!("{}:2: field `text`: no column `text` (columns: sentence, label)", csv.display())), "{e}");
+    let unlabelled = write(tmp.path(), "nolabel.jsonl", "{\"text\": \"ok\"}\n");
+    let e = run(unlabelled.clone(), None);
+    assert!(e.contains(&format!("{}:1: field `label`: missing", unlabelled.display())), "{e}");
+}
