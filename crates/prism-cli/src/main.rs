@@ -9,6 +9,8 @@ use prism_model::{mean_pool, Encoder, Mode, PretrainedModel};
 use serde_json::json;
 use std::path::PathBuf;
 
+mod train_cmd;
+
 #[derive(Parser)]
 #[command(name = "prism", version, about = "Load, train and explain BERT/RoBERTa encoders", long_about = None)]
 struct Cli {
@@ -58,6 +60,68 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
     },
+    /// Multi-task fine-tuning from a TOML config; resumes from the last checkpoint if the run
+    /// was interrupted.
+    Train {
+        /// The training config (see examples/*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Discard any checkpoint in the output folder and start over.
+        #[arg(long)]
+        restart: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the final report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evaluate a trained model's task head on a data file (JSONL, CSV/TSV or SQuAD JSON).
+    Eval {
+        /// A folder written by `prism train` (with prism.json).
+        #[arg(long)]
+        model: String,
+        /// Task to evaluate (needed when the model has several).
+        #[arg(long)]
+        task: Option<String>,
+        /// Labelled data file.
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every task head of a trained model on a text.
+    Predict {
+        /// A folder written by `prism train` (with prism.json).
+        #[arg(long)]
+        model: String,
+        /// The text (NLI premise, QA question; words split on spaces for tagging).
+        text: String,
+        /// Second text for pair tasks (NLI hypothesis, QA context).
+        #[arg(long)]
+        text2: Option<String>,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The main job end to end: fetch MiniLM and three real data sets, fine-tune one encoder on
+    /// all three tasks, evaluate, and write an HTML report.
+    Demo {
+        /// Output folder (default: runs/demo).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the number of updates (the default run takes about ten minutes on 2 cores).
+        #[arg(long)]
+        steps: Option<usize>,
+        #[arg(long)]
+        restart: bool,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Load a model folder and write it back as config.json + model.safetensors + tokenizer
     /// (e.g. to turn a pytorch_model.bin into safetensors).
     Convert {
@@ -79,6 +143,16 @@ enum FetchWhat {
         #[arg(long)]
         force: bool,
         /// List the registered models.
+        #[arg(long)]
+        list: bool,
+    },
+    /// A data set: converted to JSONL train/dev/test splits under $PRISM_HOME/data/NAME.
+    Data {
+        /// vader, bbc, nli or squad (see --list).
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         list: bool,
     },
@@ -131,6 +205,11 @@ fn run(cli: Cli) -> Result<()> {
             let dir = fetch::fetch_model(&name, force)?;
             println!("{}", dir.display());
         }
+        Command::Fetch { what: FetchWhat::Data { name, force, list } } => train_cmd::fetch_data(name, force, list)?,
+        Command::Train { config, restart, quiet, json } => train_cmd::train(&config, restart, !quiet, json, &dev)?,
+        Command::Eval { model, task, data, batch_size, json } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
+        Command::Predict { model, text, text2, task, json } => train_cmd::predict(&model, &text, text2.as_deref(), task.as_deref(), json, &dev)?,
+        Command::Demo { out, steps, restart, quiet } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,
         Command::Info(args) => info(&args, &dev)?,
         Command::Tokenize { model, text, text2 } => {
             let m = load(&model.model, &dev)?;

@@ -1,0 +1,140 @@
+//! `prism fetch data`, `prism train`, `prism eval`, `prism predict` and `prism demo`.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use prism_train::config::TrainConfig;
+use prism_train::data::{self, registry, Example, Target};
+use prism_train::model::MultiTaskModel;
+use prism_train::tasks::TaskKind;
+use prism_train::trainer::{self, fmt_metrics, Report, RunOptions};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// The demo's config, embedded so `prism demo` works from any directory.
+pub const DEMO_TOML: &str = include_str!("../../../examples/demo.toml");
+
+pub fn fetch_data(name: Option<String>, force: bool, list: bool) -> Result<()> {
+    if list {
+        for d in registry::DATASETS {
+            println!("{:<7} {}\n        source: {}", d.name, d.description, d.source);
+        }
+        return Ok(());
+    }
+    let name = name.unwrap_or_default();
+    let written = registry::fetch_dataset(&name, force)?;
+    println!("{} -> {}", name, registry::data_dir(&name).display());
+    for w in written {
+        println!("  {:>7} rows  {}", w.rows, w.path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report, out: &Path) {
+    println!("\n{} updates in {:.0} s{}", r.steps, r.train_seconds, if r.stopped_early { " (stopped early)" } else { "" });
+    println!("{:<12} {:<20} {:>7} {:>5}  metrics", "task", "kind", "train", "split");
+    for (name, t) in &r.tasks {
+        for (split, res) in [("dev", &t.dev), ("test", &t.test)] {
+            if let Some(res) = res {
+                println!("{:<12} {:<20} {:>7} {:>5}  {}", name, format!("{:?}", t.kind), t.train_examples, split, fmt_metrics(&res.metrics));
+            }
+        }
+    }
+    println!("\nmodel:   {}", r.model_dir.display());
+    println!("report:  {}", out.join("report.html").display());
+    println!("metrics: {}", out.join("metrics.jsonl").display());
+}
+
+pub fn train(config: &Path, restart: bool, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+    let cfg = TrainConfig::from_file(config)?;
+    run_training(&cfg, restart, progress, json_out, dev)
+}
+
+fn run_training(cfg: &TrainConfig, restart: bool, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+    let report = trainer::train(cfg, dev, &RunOptions { restart, stop_after: None, progress })?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, &cfg.output);
+    }
+    Ok(())
+}
+
+pub fn demo(out: Option<PathBuf>, steps: Option<usize>, restart: bool, progress: bool, dev: &Device) -> Result<()> {
+    let mut cfg: TrainConfig = toml::from_str(DEMO_TOML).context("the embedded demo config")?;
+    if let Some(o) = out {
+        cfg.output = o;
+    }
+    if let Some(s) = steps {
+        cfg.steps = s;
+        cfg.eval_every = cfg.eval_every.min(s);
+    }
+    cfg.validate()?;
+    eprintln!("prism demo: fine-tuning MiniLM on sentiment (vader movie reviews), topic (BBC News) and NLI (presuppositions) at once");
+    eprintln!("            {} updates of {} examples; output in {}", cfg.steps, cfg.batch_size, cfg.output.display());
+    run_training(&cfg, restart, progress, false, dev)
+}
+
+fn load(model: &str, dev: &Device) -> Result<MultiTaskModel> {
+    let dir = prism_model::fetch::resolve_model(model)?;
+    let m = MultiTaskModel::load(&dir, dev)?;
+    if m.tasks.is_empty() {
+        bail!("{}: no prism.json with task heads (train one with `prism train`)", dir.display());
+    }
+    Ok(m)
+}
+
+pub fn eval(model: &str, task: Option<&str>, data_file: &Path, batch_size: usize, json_out: bool, dev: &Device) -> Result<()> {
+    let m = load(model, dev)?;
+    let ti = match task {
+        Some(t) => m.task_index(t)?,
+        None if m.tasks.len() == 1 => 0,
+        None => bail!("this model has {} tasks; choose one with --task ({})", m.tasks.len(), m.tasks.iter().map(|t| t.spec.name.as_str()).collect::<Vec<_>>().join(", ")),
+    };
+    let spec = &m.tasks[ti].spec;
+    let examples = data::read_file(data_file, &Default::default(), spec.kind.target_kind(), spec.kind.is_pair())?;
+    let r = m.evaluate(ti, &examples, data_file, batch_size)?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&json!({"task": spec.name, "data": data_file, "result": r}))?);
+    } else {
+        println!("{} on {} ({} examples): {}", spec.name, data_file.display(), r.examples, fmt_metrics(&r.metrics));
+    }
+    Ok(())
+}
+
+pub fn predict(model: &str, text: &str, text2: Option<&str>, task: Option<&str>, json_out: bool, dev: &Device) -> Result<()> {
+    let m = load(model, dev)?;
+    let mut results = Vec::new();
+    for (ti, t) in m.tasks.iter().enumerate() {
+        if task.is_some_and(|n| n != t.spec.name) {
+            continue;
+        }
+        let needs_pair = t.spec.kind.is_pair();
+        if needs_pair && text2.is_none() {
+            results.push(json!({"task": t.spec.name, "skipped": format!("{:?} needs a second text (--text2)", t.spec.kind)}));
+            continue;
+        }
+        let ex = Example {
+            line: 1,
+            id: None,
+            text: text.to_string(),
+            text_b: if needs_pair { text2.map(str::to_string) } else { None },
+            tokens: if t.spec.kind == TaskKind::Token { text.split_whitespace().map(str::to_string).collect() } else { Vec::new() },
+            target: Target::None,
+        };
+        let examples = [ex];
+        let feats = t.featurize(&examples, Path::new("(command line)"))?;
+        let p = m.predict(ti, &examples, &feats, 8)?;
+        results.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p[0]}));
+    }
+    if task.is_some() && results.is_empty() {
+        m.task_index(task.unwrap_or_default())?;
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            println!("{}: {}", r["task"].as_str().unwrap_or("?"), if r["skipped"].is_null() { r["prediction"].to_string() } else { r["skipped"].to_string() });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `prism train / predict / eval` end to end, including a run killed with SIGKILL and resumed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn prism() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prism"));
+    c.env("PRISM_HOME", std::env::temp_dir().join("prism-cli-test-home"));
+    c
+}
+
+fn write_config(dir: &Path, out: &str, steps: usize) -> PathBuf {
+    let f = fixtures();
+    let d = f.join("data");
+    let text = format!(
+        "model = \"{}\"\noutput = \"{out}\"\nsteps = {steps}\nbatch_size = 4\nlr = 1e-3\ncheckpoint_every = 10\n\n[[task]]\nname = \"sentiment\"\nkind = \"classification\"\ntrain = \"{}\"\ndev = \"{}\"\nmax_length = 32\n\n[[task]]\nname = \"nli\"\nkind = \"pair_classification\"\ntrain = \"{}\"\ndev = \"{}\"\nmax_length = 48\n",
+        f.join("tiny-bert").display(),
+        d.join("sentiment.train.jsonl").display(),
+        d.join("sentiment.dev.jsonl").display(),
+        d.join("nli.train.jsonl").display(),
+        d.join("nli.dev.jsonl").display(),
+    );
+    let p = dir.join(format!("{out}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model/model.safetensors")).unwrap()
+}
+
+#[test]
+fn train_predict_eval_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "run", 20);
+    let out = prism().args(["train", "--config", cfg.to_str().unwrap(), "--quiet", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["steps"], 20);
+    let model = tmp.path().join("run/model");
+    let out = prism().args(["predict", "--model", model.to_str().unwrap(), "A gorgeous movie.", "--text2", "A movie.", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let label = v[0]["prediction"]["label"].as_str().unwrap();
+    assert!(label == "positive" || label == "negative");
+    let p: f64 = v[0]["prediction"]["probabilities"].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).sum();
+    assert!((p - 1.0).abs() < 1e-4);
+    let data = fixtures().join("data/sentiment.dev.jsonl");
+    let out = prism().args(["eval", "--model", model.to_str().unwrap(), "--task", "sentiment", "--data", data.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["result"]["metrics"]["accuracy"], report["tasks"]["sentiment"]["dev"]["metrics"]["accuracy"]);
+    let out = prism().args(["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one with --task (sentiment, nli)"));
+}
+
+#[test]
+fn a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 400;
+    let full = write_config(tmp.path(), "full", steps);
+    let st = prism().args(["train", "--config", full.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+
+    let cfg = write_config(tmp.path(), "killed", steps);
+    let mut child = prism().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).spawn().unwrap();
+    let state = tmp.path().join("killed/checkpoint-last/trainer_state.json");
+    let t0 = Instant::now();
+    let mut killed_at = None;
+    while t0.elapsed() < Duration::from_secs(120) {
+        if let Ok(s) = std::fs::read_to_string(&state) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&s) {
+                let step = v["step"].as_u64().unwrap_or(0);
+                if step >= 20 {
+                    child.kill().unwrap(); // SIGKILL
+                    killed_at = Some(step);
+                    break;
+                }
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    let killed_at = killed_at.expect("the run finished before it could be killed");
+    assert!((killed_at as usize) < steps);
+    let out = prism().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from step"));
+    assert_eq!(weights(&tmp.path().join("full")), weights(&tmp.path().join("killed")));
+}
