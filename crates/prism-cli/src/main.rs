@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 mod train_cmd;
 
+
 #[derive(Parser)]
 #[command(name = "prism", version, about = "Load, train and explain BERT/RoBERTa encoders", long_about = None)]
 struct Cli {

@@ -325,7 +325,8 @@ impl Task {
             let refs: Vec<&Feature> = chunk.iter().collect();
             let b = self.batch(&refs, device)?;
             let out = forward(&b.input)?;
-            let logits = self.logits(&out, &Mode::Eval)?.to_device(&Device::Cpu)?;
+            // Detached: a kept tensor would otherwise keep its whole forward graph alive.
+            let logits = self.logits(&out, &Mode::Eval)?.detach().to_device(&Device::Cpu)?;
             for i in 0..chunk.len() {
                 logits_per_feature.push(logits.get(i)?);
             }
