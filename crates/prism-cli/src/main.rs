@@ -109,6 +109,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train the config's tasks single-task and multi-task with equal update budgets over
+    /// several seeds and print both results side by side.
+    Experiment {
+        /// A training config listing the tasks (e.g. examples/mtl_vs_single.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Seeds, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        seeds: Vec<u64>,
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The main job end to end: fetch MiniLM and three real data sets, fine-tune one encoder on
     /// all three tasks, evaluate, and write an HTML report.
     Demo {
@@ -210,6 +224,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train { config, restart, quiet, json } => train_cmd::train(&config, restart, !quiet, json, &dev)?,
         Command::Eval { model, task, data, batch_size, json } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
         Command::Predict { model, text, text2, task, json } => train_cmd::predict(&model, &text, text2.as_deref(), task.as_deref(), json, &dev)?,
+        Command::Experiment { config, seeds, quiet, json } => train_cmd::experiment(&config, &seeds, !quiet, json, &dev)?,
         Command::Demo { out, steps, restart, quiet } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,
         Command::Info(args) => info(&args, &dev)?,
         Command::Tokenize { model, text, text2 } => {

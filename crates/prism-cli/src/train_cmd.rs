@@ -138,3 +138,22 @@ pub fn predict(model: &str, text: &str, text2: Option<&str>, task: Option<&str>,
     }
     Ok(())
 }
+
+pub fn experiment(config: &Path, seeds: &[u64], progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+    if seeds.is_empty() {
+        bail!("--seeds needs at least one seed");
+    }
+    let cfg = TrainConfig::from_file(config)?;
+    let rows = prism_train::experiment::mtl_vs_single(&cfg, seeds, dev, progress)?;
+    let table = prism_train::experiment::format_table(&rows, &cfg, seeds);
+    let out = cfg.output.join("mtl_vs_single.txt");
+    std::fs::create_dir_all(&cfg.output).with_context(|| cfg.output.display().to_string())?;
+    std::fs::write(&out, &table).with_context(|| out.display().to_string())?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{table}");
+        println!("(also written to {})", out.display());
+    }
+    Ok(())
+}

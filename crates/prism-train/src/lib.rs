@@ -5,6 +5,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod experiment;
 pub mod model;
 pub mod optim;
 pub mod report;
