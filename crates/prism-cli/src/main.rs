@@ -9,6 +9,7 @@ use prism_model::{mean_pool, Encoder, Mode, PretrainedModel};
 use serde_json::json;
 use std::path::PathBuf;
 
+mod explain_cmd;
 mod train_cmd;
 
 
@@ -123,6 +124,55 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain predictions: which tokens made a task head decide what it did.
+    Explain {
+        /// A folder written by `prism train` (with prism.json).
+        #[arg(long)]
+        model: String,
+        /// The task head to explain (needed when the model has several).
+        #[arg(long)]
+        task: Option<String>,
+        /// Methods, comma-separated: saliency, grad_x_input, smoothgrad, ig, attention, rollout,
+        /// flow, occlusion, lime, kernel_shap.
+        #[arg(long, value_delimiter = ',', default_value = "ig,saliency,rollout")]
+        method: Vec<String>,
+        /// The text to explain (or use --input).
+        text: Option<String>,
+        /// Second text for pair tasks.
+        #[arg(long)]
+        text2: Option<String>,
+        /// A JSONL/CSV data file; its first --limit examples are explained.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// What to explain: a class name (default: the predicted one), `value`, `start:N`,
+        /// `end:N`, or `N:TAG`.
+        #[arg(long)]
+        target: Option<String>,
+        /// Integrated-gradients steps.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Integrated-gradients rule: gausslegendre, riemann_left/right/middle/trapezoid.
+        #[arg(long, default_value = "gausslegendre")]
+        rule: String,
+        /// Write a self-contained HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Aggregate sub-word scores to words.
+        #[arg(long)]
+        words: bool,
+        /// Score each method's faithfulness (comprehensiveness, sufficiency, deletion and
+        /// insertion AUC) against a random baseline.
+        #[arg(long)]
+        faithfulness: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// The main job end to end: fetch MiniLM and three real data sets, fine-tune one encoder on
     /// all three tasks, evaluate, and write an HTML report.
     Demo {
@@ -225,6 +275,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { model, task, data, batch_size, json } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
         Command::Predict { model, text, text2, task, json } => train_cmd::predict(&model, &text, text2.as_deref(), task.as_deref(), json, &dev)?,
         Command::Experiment { config, seeds, quiet, json } => train_cmd::experiment(&config, &seeds, !quiet, json, &dev)?,
+        Command::Explain { model, task, method, text, text2, input, limit, target, steps, rule, html, json, words, faithfulness, seed, quiet } => {
+            let args = explain_cmd::ExplainArgs { model, task, methods: method, text, text2, input, limit, target, steps, rule, html, json, words, faithfulness, seed, progress: !quiet };
+            explain_cmd::explain(&args, &dev)?
+        }
         Command::Demo { out, steps, restart, quiet } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,
         Command::Info(args) => info(&args, &dev)?,
         Command::Tokenize { model, text, text2 } => {

@@ -1,0 +1,166 @@
+//! `prism explain`: attributions for one text or a JSONL file, as a table, JSON or an HTML report,
+//! optionally with the faithfulness table.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use prism_explain::faithfulness::{self, Faithfulness};
+use prism_explain::gradient::{IntegratedGradients, Rule};
+use prism_explain::render::{html_report, ExampleView};
+use prism_explain::{aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method, Target};
+use prism_train::data;
+use prism_train::model::MultiTaskModel;
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub struct ExplainArgs {
+    pub model: String,
+    pub task: Option<String>,
+    pub methods: Vec<String>,
+    pub text: Option<String>,
+    pub text2: Option<String>,
+    pub input: Option<PathBuf>,
+    pub limit: usize,
+    pub target: Option<String>,
+    pub steps: usize,
+    pub rule: String,
+    pub html: Option<PathBuf>,
+    pub json: bool,
+    pub words: bool,
+    pub faithfulness: bool,
+    pub seed: u64,
+    pub progress: bool,
+}
+
+fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {
+    if matches!(name, "ig" | "integrated_gradients") {
+        return Ok(Box::new(IntegratedGradients { steps: a.steps, rule: Rule::parse(&a.rule)?, ..Default::default() }));
+    }
+    Ok(method_by_name(name, a.seed)?)
+}
+
+pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
+    let dir = prism_model::fetch::resolve_model(&a.model)?;
+    let mt = MultiTaskModel::load(&dir, dev)?;
+    if mt.tasks.is_empty() {
+        bail!("{}: no prism.json with task heads (train one with `prism train`)", dir.display());
+    }
+    let m = ExplainModel::new(&mt, a.task.as_deref())?;
+    let methods: Vec<Box<dyn Method>> = a.methods.iter().map(|n| build_method(n.trim(), a)).collect::<Result<_>>()?;
+    // Inputs: the text, or the first `limit` examples of a JSONL/CSV file.
+    let mut inputs: Vec<(String, Option<String>)> = Vec::new();
+    match (&a.text, &a.input) {
+        (Some(t), None) => inputs.push((t.clone(), a.text2.clone())),
+        (None, Some(p)) => {
+            let spec = &mt.tasks[m.task].spec;
+            let kind = match spec.kind.target_kind() {
+                data::TargetKind::Answers | data::TargetKind::Tags => spec.kind.target_kind(),
+                _ => data::TargetKind::Label,
+            };
+            let ex = data::read_file(p, &Default::default(), kind, spec.kind.is_pair()).or_else(|_| data::read_file(p, &Default::default(), data::TargetKind::Value, spec.kind.is_pair()))?;
+            for e in ex.into_iter().take(a.limit) {
+                inputs.push((e.text, e.text_b));
+            }
+        }
+        _ => bail!("give a TEXT or --input FILE (not both)"),
+    }
+    let bar = if a.progress && !a.json {
+        let b = indicatif::ProgressBar::new((inputs.len() * methods.len()) as u64);
+        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
+        Some(b)
+    } else {
+        None
+    };
+    let mut views = Vec::new();
+    let mut all: Vec<Vec<Attributions>> = Vec::new();
+    let mut faith: Vec<(String, Vec<Faithfulness>)> = methods.iter().map(|mm| (mm.name().to_string(), Vec::new())).collect();
+    if a.faithfulness {
+        faith.push(("random".into(), Vec::new()));
+    }
+    let mut seconds: Vec<f64> = vec![0.0; methods.len()];
+    for (ei, (text, text2)) in inputs.iter().enumerate() {
+        let x = m.encode(text, text2.as_deref())?;
+        let target = match &a.target {
+            None => m.default_target(&x)?,
+            Some(t) => parse_target(&m, t)?,
+        };
+        let mut attrs = Vec::new();
+        for (mi, method) in methods.iter().enumerate() {
+            if let Some(b) = &bar {
+                b.set_message(format!("example {} {}", ei + 1, method.name()));
+            }
+            let t0 = Instant::now();
+            let at = method.attribute(&m, &x, &target).with_context(|| format!("{} on example {}", method.name(), ei + 1))?;
+            seconds[mi] += t0.elapsed().as_secs_f64();
+            if a.faithfulness {
+                faith[mi].1.push(faithfulness::evaluate(&m, &x, &target, &at, 32)?);
+            }
+            attrs.push(at);
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+        }
+        if a.faithfulness {
+            let r = faithfulness::random_attributions(&m, &x, &target, a.seed + ei as u64);
+            let last = faith.len() - 1;
+            faith[last].1.push(faithfulness::evaluate(&m, &x, &target, &r, 32)?);
+        }
+        let texts: Vec<&str> = x.texts.iter().map(|s| s.as_str()).collect();
+        let shown: Vec<Attributions> = if a.words { attrs.iter().map(|at| aggregate_words(at, &texts)).collect() } else { attrs.clone() };
+        let prediction = format!("{} (F = {:.4})", m.describe(&target), attrs.first().map_or(f32::NAN, |at| at.output));
+        let att = if a.html.is_some() { Some(attention::attention_maps(&m, &x)?) } else { None };
+        views.push(ExampleView { text: text.clone(), text2: text2.clone(), prediction, attributions: shown.clone(), attention: att });
+        all.push(shown);
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let table: Vec<(String, Faithfulness)> = faith.iter().map(|(n, rows)| (n.clone(), faithfulness::mean(rows))).collect();
+    if let Some(p) = &a.html {
+        let html = html_report(&format!("prism explain: {}", dir.display()), &views, if a.faithfulness { Some(&table) } else { None });
+        std::fs::write(p, html).with_context(|| p.display().to_string())?;
+        eprintln!("wrote {}", p.display());
+    }
+    if a.json {
+        let v = serde_json::json!({"examples": all, "faithfulness": if a.faithfulness { serde_json::to_value(&table)? } else { serde_json::Value::Null }});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for (view, attrs) in views.iter().zip(&all) {
+        println!("{}{}", view.text, view.text2.as_ref().map(|t| format!(" || {t}")).unwrap_or_default());
+        println!("  prediction: {}", view.prediction);
+        for at in attrs {
+            let cells: Vec<String> = at.tokens.iter().zip(&at.scores).map(|(t, s)| format!("{t}:{s:+.3}")).collect();
+            let delta = at.delta.map(|d| format!(" [delta {d:+.1e}]")).unwrap_or_default();
+            println!("  {:<13}{} {}", at.method, delta, cells.join(" "));
+        }
+    }
+    println!("\nseconds per example: {}", methods.iter().zip(&seconds).map(|(mm, s)| format!("{} {:.3}", mm.name(), s / inputs.len().max(1) as f64)).collect::<Vec<_>>().join(", "));
+    if a.faithfulness {
+        println!("\nfaithfulness over {} examples (comprehensiveness and insertion AUC: higher is better; sufficiency and deletion AUC: lower is better)", inputs.len());
+        println!("{:<14} {:>17} {:>11} {:>12} {:>13}", "method", "comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc");
+        for (n, f) in &table {
+            println!("{:<14} {:>17.4} {:>11.4} {:>12.4} {:>13.4}", n, f.comprehensiveness, f.sufficiency, f.deletion_auc, f.insertion_auc);
+        }
+    }
+    Ok(())
+}
+
+/// `--target`: a class or tag name, `start:N` / `end:N` for QA, `N:TAG` for tagging, `value`.
+fn parse_target(m: &ExplainModel, s: &str) -> Result<Target> {
+    if s == "value" {
+        return Ok(Target::Value);
+    }
+    if let Some(p) = s.strip_prefix("start:") {
+        return Ok(Target::AnswerStart { position: p.parse().context("--target start:N")? });
+    }
+    if let Some(p) = s.strip_prefix("end:") {
+        return Ok(Target::AnswerEnd { position: p.parse().context("--target end:N")? });
+    }
+    if let Some((p, tag)) = s.split_once(':') {
+        let position = p.parse().context("--target N:TAG")?;
+        let tag = m.labels().iter().position(|l| l == tag).with_context(|| format!("unknown tag `{tag}` (tags: {})", m.labels().join(", ")))?;
+        return Ok(Target::Tag { position, tag });
+    }
+    let class = m.labels().iter().position(|l| l == s).with_context(|| format!("unknown class `{s}` (classes: {})", m.labels().join(", ")))?;
+    Ok(Target::Class { class })
+}
