@@ -24,6 +24,7 @@ pub struct ExplainArgs {
     pub steps: usize,
     pub rule: String,
     pub html: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
     pub json: bool,
     pub words: bool,
     pub faithfulness: bool,
@@ -119,6 +120,16 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         let html = html_report(&format!("prism explain: {}", dir.display()), &views, if a.faithfulness { Some(&table) } else { None });
         std::fs::write(p, html).with_context(|| p.display().to_string())?;
         eprintln!("wrote {}", p.display());
+    }
+    if let Some(dir) = &a.svg {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+        for (i, attrs) in all.iter().enumerate() {
+            for at in attrs {
+                let p = dir.join(format!("{:03}-{}.svg", i + 1, at.method));
+                std::fs::write(&p, prism_explain::render::heatmap_svg(at)).with_context(|| p.display().to_string())?;
+            }
+        }
+        eprintln!("wrote {} SVG files to {}", all.iter().map(|v| v.len()).sum::<usize>(), dir.display());
     }
     if a.json {
         let v = serde_json::json!({"examples": all, "faithfulness": if a.faithfulness { serde_json::to_value(&table)? } else { serde_json::Value::Null }});

@@ -159,6 +159,9 @@ enum Command {
         /// Write a self-contained HTML report here.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Write one SVG heatmap per example and method into this folder.
+        #[arg(long)]
+        svg: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         /// Aggregate sub-word scores to words.
@@ -275,8 +278,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval { model, task, data, batch_size, json } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
         Command::Predict { model, text, text2, task, json } => train_cmd::predict(&model, &text, text2.as_deref(), task.as_deref(), json, &dev)?,
         Command::Experiment { config, seeds, quiet, json } => train_cmd::experiment(&config, &seeds, !quiet, json, &dev)?,
-        Command::Explain { model, task, method, text, text2, input, limit, target, steps, rule, html, json, words, faithfulness, seed, quiet } => {
-            let args = explain_cmd::ExplainArgs { model, task, methods: method, text, text2, input, limit, target, steps, rule, html, json, words, faithfulness, seed, progress: !quiet };
+        Command::Explain { model, task, method, text, text2, input, limit, target, steps, rule, html, svg, json, words, faithfulness, seed, quiet } => {
+            let args = explain_cmd::ExplainArgs { model, task, methods: method, text, text2, input, limit, target, steps, rule, html, svg, json, words, faithfulness, seed, progress: !quiet };
             explain_cmd::explain(&args, &dev)?
         }
         Command::Demo { out, steps, restart, quiet } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,

@@ -42,6 +42,11 @@ fn explain_reads_a_data_file_and_aggregates_words() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["examples"].as_array().unwrap().len(), 3);
+    let svg = tempfile::tempdir().unwrap();
+    let (ok, _, err) = prism(&["explain", "--model", m.to_str().unwrap(), "--method", "saliency", "--svg", svg.path().to_str().unwrap(), "--quiet", "A dull remake."]);
+    assert!(ok, "{err}");
+    let s = std::fs::read_to_string(svg.path().join("001-saliency.svg")).unwrap();
+    assert!(s.starts_with("<svg") && s.contains("dull"));
     assert_eq!(v["examples"][0][0]["target"], "class positive");
 }
 
