@@ -94,9 +94,10 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
     }
     let mut h = String::new();
     h.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><title>prism training report</title><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}figcaption{font-weight:600}.cm td{min-width:2.5em}</style></head><body>");
-    let _ = write!(h, "<h1>prism training report</h1><p>{} updates in {:.0} s{}; model: <code>{}</code>. Best dev score ({}) at step {}.</p>",
-        report.steps, report.train_seconds, if report.stopped_early { " (stopped early)" } else { "" }, escape(&report.model_dir.display().to_string()), escape(&report.best_metric),
-        report.best.map_or("-".to_string(), |b| b.0.to_string()));
+    let _ = write!(h, "<h1>prism training report</h1><p>{} updates in {:.0} s{}; evaluated model: <code>{}</code> ({}). Best dev score ({}) at step {}, kept in <code>best/</code>.</p>",
+        report.steps, report.train_seconds, if report.stopped_early { " (stopped early)" } else { "" }, escape(&report.model_dir.display().to_string()),
+        if report.final_is_best { "the best dev checkpoint" } else { "the last update" },
+        escape(&report.best_metric), report.best.map_or("-".to_string(), |b| b.0.to_string()));
     h.push_str("<h2>Results</h2><table><tr><th>task</th><th>kind</th><th>train</th><th>split</th><th>examples</th><th>metrics</th></tr>");
     for (name, t) in &report.tasks {
         for (split, r) in [("dev", &t.dev), ("test", &t.test)] {

@@ -92,6 +92,9 @@ pub struct Report {
     pub stopped_early: bool,
     pub best: Option<(usize, f64)>,
     pub best_metric: String,
+    /// Whether `model_dir` holds the best dev checkpoint (early stopping) or the last update.
+    #[serde(default)]
+    pub final_is_best: bool,
     pub train_seconds: f64,
     pub tasks: BTreeMap<String, TaskReport>,
     pub model_dir: PathBuf,
@@ -456,6 +459,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             stopped_early: false,
             best: state.best,
             best_metric: String::new(),
+            final_is_best: false,
             train_seconds: state.elapsed_s,
             tasks: BTreeMap::new(),
             model_dir: checkpoint_dir(&out),
@@ -463,7 +467,8 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     }
 
     // Final model: the best dev checkpoint when early stopping selects one, else the last.
-    let final_model = if cfg.early_stopping.is_some() && out.join("best").is_dir() { MultiTaskModel::load(&out.join("best"), device)? } else { model };
+    let final_is_best = cfg.early_stopping.is_some() && out.join("best").is_dir();
+    let final_model = if final_is_best { MultiTaskModel::load(&out.join("best"), device)? } else { model };
     let model_dir = out.join("model");
     let tmp = out.join(".model-tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -486,7 +491,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         };
         tasks.insert(t.spec.name.clone(), TaskReport { kind: t.spec.kind, labels: t.spec.labels.clone(), train_examples: d.train.len(), dev, test });
     }
-    let report = Report { steps: state.step, completed, stopped_early: state.stopped_early, best: state.best, best_metric, train_seconds: state.elapsed_s, tasks, model_dir };
+    let report = Report { steps: state.step, completed, stopped_early: state.stopped_early, best: state.best, best_metric, final_is_best, train_seconds: state.elapsed_s, tasks, model_dir };
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;
     crate::report::write_html(&out, &report, &out.join("metrics.jsonl"))?;
     Ok(report)

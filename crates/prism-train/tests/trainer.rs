@@ -204,3 +204,17 @@ fn bad_data_is_an_error_with_file_line_and_field() {
     let e = run(unlabelled.clone(), None);
     assert!(e.contains(&format!("{}:1: field `label`: missing", unlabelled.display())), "{e}");
 }
+
+#[test]
+fn early_stopping_stops_and_keeps_the_best_checkpoint() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(out.path(), 50, "");
+    cfg.lr = 1e-12; // the dev metric cannot improve after the first evaluation
+    cfg.eval_every = 2;
+    cfg.early_stopping = Some(prism_train::config::EarlyStopping { metric: "sentiment.accuracy".into(), patience: 1 });
+    let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(r.stopped_early);
+    assert_eq!(r.steps, 4);
+    assert!(r.final_is_best);
+    assert_eq!(r.best.unwrap().0, 2);
+}
