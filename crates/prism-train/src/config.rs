@@ -113,6 +113,9 @@ pub struct TaskConfig {
     pub weight: f64,
     #[serde(default)]
     pub fields: Fields,
+    /// The training loss of a classification task (`[task.loss] kind = "gce"`, ...).
+    #[serde(default)]
+    pub loss: crate::loss::LossConfig,
     /// Use at most this many training examples (the first ones, after a seeded shuffle).
     #[serde(default)]
     pub max_train_examples: Option<usize>,

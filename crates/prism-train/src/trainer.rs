@@ -194,7 +194,16 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         specs.push(TaskSpec { name: t.name.clone(), kind: t.kind, labels, max_length: t.max_length, doc_stride: t.doc_stride });
         raw.push((train_path, train, dev_path, dev, test_path, test));
     }
-    let model = MultiTaskModel::new(base, specs, cfg.seed)?;
+    let mut model = MultiTaskModel::new(base, specs, cfg.seed)?;
+    for (task, tc) in model.tasks.iter_mut().zip(&cfg.tasks) {
+        if tc.loss != crate::loss::LossConfig::CrossEntropy {
+            if !matches!(tc.kind, TaskKind::Classification | TaskKind::PairClassification) {
+                return Err(Error::Config(format!("task `{}`: `loss` applies to classification tasks only", tc.name)));
+            }
+            tc.loss.validate(task.spec.labels.len())?;
+        }
+        task.loss_config = tc.loss.clone();
+    }
     let mut out = Vec::new();
     for (ti, (train_path, train, dev_path, dev, test_path, test)) in raw.into_iter().enumerate() {
         let train_feats = model.tasks[ti].featurize(&train, &train_path)?;
@@ -324,7 +333,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         }
         // Weights (encoder and heads) come from the checkpoint.
         let base = PretrainedModel::load(ck, device)?;
+        let losses: Vec<_> = model.tasks.iter().map(|t| t.loss_config.clone()).collect();
         model = MultiTaskModel::new(base, model.tasks.iter().map(|t| t.spec.clone()).collect(), cfg.seed)?;
+        for (t, l) in model.tasks.iter_mut().zip(losses) {
+            t.loss_config = l;
+        }
         let op = ck.join("optimizer.safetensors");
         opt_state = Some((candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File { path: op.clone(), msg: format!("corrupt optimizer state: {e}") })?, op));
         state = saved;

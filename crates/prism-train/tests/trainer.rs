@@ -163,6 +163,20 @@ fn a_changed_config_is_not_silently_resumed() {
 }
 
 #[test]
+fn robust_losses_are_configured_per_task() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(out.path(), 4, "");
+    cfg.tasks[0].loss = toml::from_str("kind = \"gce\"\nq = 0.5").unwrap();
+    cfg.tasks[1].loss = toml::from_str("kind = \"focal\"\ngamma = 2.0").unwrap();
+    let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(r.completed);
+    let mut bad = config(out.path(), 4, "");
+    bad.tasks[0].loss = toml::from_str("kind = \"gce\"\nq = 0.0").unwrap();
+    let e = train(&bad, &Device::Cpu, &RunOptions { restart: true, ..Default::default() }).err().unwrap().to_string();
+    assert!(e.contains("GCE q"), "{e}");
+}
+
+#[test]
 fn training_fits_the_training_set() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(out.path(), 60, "");

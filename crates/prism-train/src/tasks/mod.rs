@@ -127,6 +127,8 @@ pub struct Task {
     pub spec: TaskSpec,
     head: Head,
     tokenizer: PrismTokenizer,
+    /// The classification training loss (cross-entropy unless configured).
+    pub loss_config: crate::loss::LossConfig,
 }
 
 /// What a task predicts for one example.
@@ -170,7 +172,7 @@ impl Task {
             TaskKind::Token => Head::Token(TokenHead::load(&pb, hidden, spec.labels.len(), dropout, std)?),
         };
         let tokenizer = tokenizer.with_max_len(spec.max_length)?;
-        Ok(Self { spec, head, tokenizer })
+        Ok(Self { spec, head, tokenizer, loss_config: Default::default() })
     }
 
     fn label_id(&self, label: &str, ex: &Example, path: &std::path::Path, field: &str) -> Result<u32> {
@@ -296,7 +298,7 @@ impl Task {
     pub fn loss(&self, enc: &EncoderOutput, batch: &Batch, mode: &Mode) -> Result<Tensor> {
         let logits = self.logits(enc, mode)?;
         Ok(match &batch.targets {
-            BatchTargets::Classes(y) => cross_entropy(&logits, y)?,
+            BatchTargets::Classes(y) => self.loss_config.loss(&logits, y)?,
             BatchTargets::Values(y) => (logits.squeeze(1)? - y)?.sqr()?.mean_all()?,
             BatchTargets::Spans(s, e) => {
                 // Padding positions are excluded from the softmax, as transformers does implicitly

@@ -1,0 +1,10 @@
+//! Losses as plain functions over logits and labels: the cross-entropy family and the robust
+//! losses for noisy labels (label smoothing, focal, generalized and symmetric cross-entropy),
+//! plus the gradient-reversal op for domain-adversarial training. Each has a PyTorch parity
+//! fixture and a finite-difference test.
+
+mod grl;
+mod robust;
+
+pub use grl::{dann_lambda, grad_reverse};
+pub use robust::{focal, generalized_ce, label_smoothed_ce, symmetric_ce, LossConfig};
