@@ -74,7 +74,7 @@ function draw(c, m, cell) {
   const t = m.length; c.width = t * cell; c.height = t * cell;
   const g = c.getContext('2d');
   for (let i = 0; i < t; i++) for (let j = 0; j < t; j++) {
-    const v = m[i][j]; g.fillStyle = 'rgba(31,119,180,' + Math.min(1, v).toFixed(3) + ')';
+    const v = m[i][j] / 255; g.fillStyle = 'rgba(31,119,180,' + v.toFixed(3) + ')';
     g.fillRect(j * cell, i * cell, cell, cell);
   }
 }
@@ -114,8 +114,12 @@ pub fn html_report(title: &str, examples: &[ExampleView], faithfulness: Option<&
         }
         if let Some(att) = &ex.attention {
             let tokens = ex.attributions.first().map(|a| a.tokens.clone()).unwrap_or_default();
-            let _ = write!(h, "<details><summary>attention: layers (rows) x heads (columns), click one to enlarge</summary><div class=\"grid\" id=\"grid{i}\"></div></details>");
-            let _ = write!(h, "<script type=\"application/json\" class=\"att\" data-grid=\"grid{i}\">{}</script>", script_json(&serde_json::json!({"att": att, "tokens": tokens})));
+            let open = if i == 0 { " open" } else { "" };
+            let _ = write!(h, "<details{open}><summary>attention: layers (rows) x heads (columns), click one to enlarge</summary><div class=\"grid\" id=\"grid{i}\"></div></details>");
+            // Quantised to 0..255: the page stays small (20 examples of MiniLM attention
+            // would be 24 MB as full-precision JSON) and the colour scale has 256 levels anyway.
+            let q: Vec<Vec<Vec<Vec<u8>>>> = att.iter().map(|l| l.iter().map(|hd| hd.iter().map(|r| r.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()).collect()).collect()).collect();
+            let _ = write!(h, "<script type=\"application/json\" class=\"att\" data-grid=\"grid{i}\">{}</script>", script_json(&serde_json::json!({"att": q, "tokens": tokens})));
         }
         h.push_str("</div>");
     }
