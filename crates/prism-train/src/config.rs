@@ -116,6 +116,10 @@ pub struct TaskConfig {
     /// The training loss of a classification task (`[task.loss] kind = "gce"`, ...).
     #[serde(default)]
     pub loss: crate::loss::LossConfig,
+    /// Adversarial training / consistency regularisation (`[task.adversarial] kind = "fgm"`,
+    /// "pgd", "free_lb", "smart", "r_drop").
+    #[serde(default)]
+    pub adversarial: Option<crate::loss::AdversarialConfig>,
     /// Use at most this many training examples (the first ones, after a seeded shuffle).
     #[serde(default)]
     pub max_train_examples: Option<usize>,

@@ -203,6 +203,12 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
             tc.loss.validate(task.spec.labels.len())?;
         }
         task.loss_config = tc.loss.clone();
+        if let Some(adv) = &tc.adversarial {
+            if matches!(adv, crate::loss::AdversarialConfig::Smart { .. } | crate::loss::AdversarialConfig::RDrop { .. }) && matches!(tc.kind, TaskKind::Qa | TaskKind::Token) {
+                return Err(Error::Config(format!("task `{}`: SMART and R-Drop apply to classification and regression tasks", tc.name)));
+            }
+        }
+        task.adversarial = tc.adversarial.clone();
     }
     let mut out = Vec::new();
     for (ti, (train_path, train, dev_path, dev, test_path, test)) in raw.into_iter().enumerate() {
@@ -333,10 +339,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         }
         // Weights (encoder and heads) come from the checkpoint.
         let base = PretrainedModel::load(ck, device)?;
-        let losses: Vec<_> = model.tasks.iter().map(|t| t.loss_config.clone()).collect();
+        let losses: Vec<_> = model.tasks.iter().map(|t| (t.loss_config.clone(), t.adversarial.clone())).collect();
         model = MultiTaskModel::new(base, model.tasks.iter().map(|t| t.spec.clone()).collect(), cfg.seed)?;
-        for (t, l) in model.tasks.iter_mut().zip(losses) {
+        for (t, (l, a)) in model.tasks.iter_mut().zip(losses) {
             t.loss_config = l;
+            t.adversarial = a;
         }
         let op = ck.join("optimizer.safetensors");
         opt_state = Some((candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File { path: op.clone(), msg: format!("corrupt optimizer state: {e}") })?, op));
@@ -369,7 +376,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         let step = state.step;
         let lr = lr_at(step, cfg.lr, warmup, cfg.steps, cfg.schedule);
         let mut grads: Option<GradStore> = None;
-        let mut step_loss = Vec::new();
+        let mut step_loss: Vec<(usize, f64, Option<f64>)> = Vec::new();
         for micro in 0..cfg.grad_accum {
             // -- sample a task
             let probs = task_probabilities(&cfg.sampling, &sizes, &weights, step as f64 / cfg.steps as f64);
@@ -389,15 +396,30 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             let batch = model.tasks[ti].batch(&batch_feats, device)?;
             examples_seen += batch_feats.len();
             // -- forward, loss, backward
-            let mode = Mode::train(rng_for(cfg.seed, STREAM_DROPOUT, (step * cfg.grad_accum + micro) as u64).random());
-            let enc = model.base.encoder.forward(&batch.input, &mode)?;
-            let loss = model.tasks[ti].loss(&enc, &batch, &mode)?;
-            let lv: f32 = loss.to_scalar()?;
-            if !lv.is_finite() {
+            let micro_seed = rng_for(cfg.seed, STREAM_DROPOUT, (step * cfg.grad_accum + micro) as u64).random::<u64>();
+            let mode = Mode::train(micro_seed);
+            let task = &model.tasks[ti];
+            let (g, lv, extra) = match &task.adversarial {
+                None => {
+                    let enc = model.base.encoder.forward(&batch.input, &mode)?;
+                    let loss = task.loss(&enc, &batch, &mode)?;
+                    let lv = loss.to_scalar::<f32>()? as f64;
+                    (loss.backward()?, lv, None)
+                }
+                Some(adv) => {
+                    let fns = crate::loss::TaskFns {
+                        logits: &|o, m| task.logits(o, m),
+                        loss: &|l| task.loss_from_logits(l, &batch),
+                        divergence: &|a, b| task.divergence(a, b),
+                    };
+                    let (g, l) = crate::loss::adversarial_step(&model.base.encoder, &batch.input, &mode, adv, &fns, micro_seed ^ 0xADF)?;
+                    (g, l.task, l.extra)
+                }
+            };
+            if !lv.is_finite() || extra.is_some_and(|x: f64| !x.is_finite()) {
                 return Err(Error::Config(format!("step {step}: task `{}` loss is {lv}; lower the learning rate", names[ti])));
             }
-            step_loss.push((ti, lv as f64));
-            let g = loss.backward()?;
+            step_loss.push((ti, lv, extra));
             grads = Some(match grads {
                 None => g,
                 Some(mut acc) => {
@@ -416,9 +438,13 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         this_run += 1;
         state.adam_t = opt.t;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        for &(ti, l) in &step_loss {
+        for &(ti, l, extra) in &step_loss {
             running[ti] = Some(running[ti].map_or(l, |r| 0.9 * r + 0.1 * l));
-            log.write(serde_json::json!({"step": state.step, "task": names[ti], "loss": l, "lr": lr, "grad_norm": norm, "elapsed_s": state.elapsed_s}))?;
+            let mut rec = serde_json::json!({"step": state.step, "task": names[ti], "loss": l, "lr": lr, "grad_norm": norm, "elapsed_s": state.elapsed_s});
+            if let Some(x) = extra {
+                rec["adversarial_loss"] = serde_json::json!(x);
+            }
+            log.write(rec)?;
         }
         if let Some(b) = &bar {
             let losses: Vec<String> = names.iter().zip(&running).filter_map(|(n, r)| r.map(|r| format!("{n} {r:.3}"))).collect();

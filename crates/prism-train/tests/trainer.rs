@@ -177,6 +177,28 @@ fn robust_losses_are_configured_per_task() {
 }
 
 #[test]
+fn every_adversarial_method_trains_and_logs_its_loss() {
+    for kind in ["kind = \"fgm\"\nepsilon = 0.5", "kind = \"pgd\"\nsteps = 2", "kind = \"free_lb\"\nsteps = 2\nmax_norm = 1.0", "kind = \"smart\"", "kind = \"r_drop\"\nalpha = 2.0"] {
+        let out = tempfile::tempdir().unwrap();
+        let mut cfg = config(out.path(), 3, "");
+        cfg.tasks[0].adversarial = Some(toml::from_str(kind).unwrap());
+        cfg.tasks[1].adversarial = Some(toml::from_str(kind).unwrap());
+        let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert!(r.completed);
+        let log = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+        assert!(log.contains("adversarial_loss"), "{kind}");
+        // Deterministic like plain training.
+        let again = tempfile::tempdir().unwrap();
+        let mut cfg2 = cfg.clone();
+        cfg2.output = again.path().to_path_buf();
+        train(&cfg2, &Device::Cpu, &RunOptions::default()).unwrap();
+        let pa = flat_params(&MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+        let pb = flat_params(&MultiTaskModel::load(&again.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(pa, pb, "{kind}");
+    }
+}
+
+#[test]
 fn training_fits_the_training_set() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(out.path(), 60, "");

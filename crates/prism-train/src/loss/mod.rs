@@ -3,8 +3,10 @@
 //! plus the gradient-reversal op for domain-adversarial training. Each has a PyTorch parity
 //! fixture and a finite-difference test.
 
+mod adversarial;
 mod grl;
 mod robust;
 
+pub use adversarial::{adversarial_step, project_l2, symmetric_kl, AdversarialConfig, StepLosses, TaskFns};
 pub use grl::{dann_lambda, grad_reverse};
 pub use robust::{focal, generalized_ce, label_smoothed_ce, symmetric_ce, LossConfig};

@@ -129,6 +129,8 @@ pub struct Task {
     tokenizer: PrismTokenizer,
     /// The classification training loss (cross-entropy unless configured).
     pub loss_config: crate::loss::LossConfig,
+    /// Adversarial training or consistency regularisation, when configured.
+    pub adversarial: Option<crate::loss::AdversarialConfig>,
 }
 
 /// What a task predicts for one example.
@@ -172,7 +174,7 @@ impl Task {
             TaskKind::Token => Head::Token(TokenHead::load(&pb, hidden, spec.labels.len(), dropout, std)?),
         };
         let tokenizer = tokenizer.with_max_len(spec.max_length)?;
-        Ok(Self { spec, head, tokenizer, loss_config: Default::default() })
+        Ok(Self { spec, head, tokenizer, loss_config: Default::default(), adversarial: None })
     }
 
     fn label_id(&self, label: &str, ex: &Example, path: &std::path::Path, field: &str) -> Result<u32> {
@@ -297,8 +299,13 @@ impl Task {
     /// The training loss of a batch (mean over examples, or tokens for tagging).
     pub fn loss(&self, enc: &EncoderOutput, batch: &Batch, mode: &Mode) -> Result<Tensor> {
         let logits = self.logits(enc, mode)?;
+        self.loss_from_logits(&logits, batch)
+    }
+
+    /// The loss of the head's output [`Task::logits`] for a batch.
+    pub fn loss_from_logits(&self, logits: &Tensor, batch: &Batch) -> Result<Tensor> {
         Ok(match &batch.targets {
-            BatchTargets::Classes(y) => self.loss_config.loss(&logits, y)?,
+            BatchTargets::Classes(y) => self.loss_config.loss(logits, y)?,
             BatchTargets::Values(y) => (logits.squeeze(1)? - y)?.sqr()?.mean_all()?,
             BatchTargets::Spans(s, e) => {
                 // Padding positions are excluded from the softmax, as transformers does implicitly
@@ -314,6 +321,16 @@ impl Task {
             }
             BatchTargets::None => return Err(Error::Config(format!("task `{}`: batch has unlabelled examples", self.spec.name))),
         })
+    }
+
+    /// A symmetric divergence between two outputs of the head, for SMART and R-Drop:
+    /// symmetric KL for classification, squared difference for regression.
+    pub fn divergence(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self.spec.kind {
+            TaskKind::Classification | TaskKind::PairClassification => crate::loss::symmetric_kl(a, b),
+            TaskKind::Regression => Ok((a - b)?.sqr()?.mean_all()?),
+            other => Err(Error::Config(format!("task `{}`: SMART and R-Drop need a sequence-level output, not {other:?}", self.spec.name))),
+        }
     }
 
     /// Predictions for `examples` (features must come from [`Task::featurize`] of the same
