@@ -85,6 +85,28 @@ pub struct EarlyStopping {
     pub patience: usize,
 }
 
+/// Domain-adversarial training of a task (`[task.dann]`): unlabelled target-domain text, a
+/// domain classifier behind gradient reversal, lambda = 2 / (1 + exp(-gamma p)) - 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DannConfig {
+    /// Target-domain data: `NAME/SUBSET` of a fetched set (its train split; labels unused) or a
+    /// JSONL/CSV file.
+    pub target: String,
+    /// Weight of the domain loss.
+    #[serde(default = "d_weight")]
+    pub weight: f64,
+    #[serde(default = "d_gamma")]
+    pub gamma: f64,
+    /// Use at most this many target examples.
+    #[serde(default)]
+    pub max_examples: Option<usize>,
+}
+
+fn d_gamma() -> f64 {
+    10.0
+}
+
 /// One task of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +142,12 @@ pub struct TaskConfig {
     /// "pgd", "free_lb", "smart", "r_drop").
     #[serde(default)]
     pub adversarial: Option<crate::loss::AdversarialConfig>,
+    #[serde(default)]
+    pub dann: Option<DannConfig>,
+    /// More labelled sets to evaluate at the end (e.g. other domains): `NAME/SUBSET` (its test
+    /// split) or files.
+    #[serde(default)]
+    pub extra_test: Vec<String>,
     /// Use at most this many training examples (the first ones, after a seeded shuffle).
     #[serde(default)]
     pub max_train_examples: Option<usize>,
@@ -214,6 +242,12 @@ impl TrainConfig {
             }
             if t.data.is_none() && t.train.is_none() {
                 return bad(format!("task `{}` needs `data = \"NAME/SUBSET\"` or a `train` file", t.name));
+            }
+            if t.dann.is_some() && t.adversarial.is_some() {
+                return bad(format!("task `{}`: use either `dann` or `adversarial`, not both", t.name));
+            }
+            if t.dann.is_some() && !matches!(t.kind, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression) {
+                return bad(format!("task `{}`: DANN needs a sequence-level task", t.name));
             }
             if !(t.weight > 0.0) {
                 return bad(format!("task `{}`: `weight` must be positive", t.name));

@@ -49,6 +49,10 @@ pub struct TaskData {
     pub dev: Vec<Example>,
     pub test_path: Option<PathBuf>,
     pub test: Vec<Example>,
+    /// Unlabelled target-domain features (DANN).
+    pub dann_feats: Vec<Feature>,
+    /// Extra labelled evaluation sets: (name, file, examples).
+    pub extra_test: Vec<(String, PathBuf, Vec<Example>)>,
 }
 
 /// Where a task is in its shuffled data.
@@ -63,6 +67,9 @@ pub struct Cursor {
 pub struct TrainerState {
     pub step: usize,
     pub cursors: Vec<Cursor>,
+    /// Positions in each task's DANN target data.
+    #[serde(default)]
+    pub dann_cursors: Vec<Cursor>,
     pub adam_t: u64,
     pub best: Option<(usize, f64)>,
     pub bad_evals: usize,
@@ -107,6 +114,8 @@ pub struct TaskReport {
     pub train_examples: usize,
     pub dev: Option<EvalResult>,
     pub test: Option<EvalResult>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_test: BTreeMap<String, EvalResult>,
 }
 
 fn resolve_splits(t: &crate::config::TaskConfig) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
@@ -124,6 +133,25 @@ fn resolve_splits(t: &crate::config::TaskConfig) -> Result<(PathBuf, Option<Path
     }
     let train = t.train.clone().ok_or_else(|| Error::Config(format!("task `{}` has no training data", t.name)))?;
     Ok((train, t.dev.clone(), t.test.clone()))
+}
+
+/// A `NAME/SUBSET` of a fetched data set (its `split` file, fetched on first use) or a file path.
+fn resolve_spec(spec: &str, split: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(spec);
+    if p.is_file() {
+        return Ok(p);
+    }
+    let (name, subset) = spec.split_once('/').ok_or_else(|| Error::Config(format!("`{spec}` is neither a file nor NAME/SUBSET")))?;
+    if !data::registry::DATASETS.iter().any(|d| d.name == name) {
+        return Err(Error::Config(format!("`{spec}` is neither a file nor a known data set")));
+    }
+    data::registry::fetch_dataset(name, false)?;
+    let ext = if name == "squad" { "json" } else { "jsonl" };
+    let f = data::registry::data_dir(name).join(format!("{subset}.{split}.{ext}"));
+    if !f.is_file() {
+        return Err(Error::Config(format!("data set `{name}` has no `{subset}` {split} split ({} missing)", f.display())));
+    }
+    Ok(f)
 }
 
 /// Labels of a classification or tagging task: as configured, or those of the training data
@@ -192,7 +220,24 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
             (None, _) => Vec::new(),
         };
         specs.push(TaskSpec { name: t.name.clone(), kind: t.kind, labels, max_length: t.max_length, doc_stride: t.doc_stride });
-        raw.push((train_path, train, dev_path, dev, test_path, test));
+        let mut extra = Vec::new();
+        for spec in &t.extra_test {
+            let p = resolve_spec(spec, "test")?;
+            extra.push((spec.clone(), p.clone(), read_opt(&Some(p), 3000 + ti as u64)?));
+        }
+        let dann = match &t.dann {
+            Some(d) => {
+                let p = resolve_spec(&d.target, "train")?;
+                let ex = data::read_file(&p, &t.fields, kind, pair)?;
+                let ex: Vec<Example> = cap(ex, d.max_examples, cfg.seed, 4000 + ti as u64).into_iter().map(|mut e| {
+                    e.target = Target::None;
+                    e
+                }).collect();
+                Some((p, ex))
+            }
+            None => None,
+        };
+        raw.push((train_path, train, dev_path, dev, test_path, test, extra, dann));
     }
     let mut model = MultiTaskModel::new(base, specs, cfg.seed)?;
     for (task, tc) in model.tasks.iter_mut().zip(&cfg.tasks) {
@@ -211,8 +256,15 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         task.adversarial = tc.adversarial.clone();
     }
     let mut out = Vec::new();
-    for (ti, (train_path, train, dev_path, dev, test_path, test)) in raw.into_iter().enumerate() {
+    for (ti, (train_path, train, dev_path, dev, test_path, test, extra_test, dann)) in raw.into_iter().enumerate() {
         let train_feats = model.tasks[ti].featurize(&train, &train_path)?;
+        for (_, p, ex) in &extra_test {
+            model.tasks[ti].featurize(ex, p)?;
+        }
+        let dann_feats = match &dann {
+            Some((p, ex)) => model.tasks[ti].featurize(ex, p)?,
+            None => Vec::new(),
+        };
         // Unknown labels in dev/test are errors too, found before any training.
         if let Some(p) = &dev_path {
             model.tasks[ti].featurize(&dev, p)?;
@@ -220,7 +272,7 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         if let Some(p) = &test_path {
             model.tasks[ti].featurize(&test, p)?;
         }
-        out.push(TaskData { train_path, train, train_feats, dev_path, dev, test_path, test });
+        out.push(TaskData { train_path, train, train_feats, dev_path, dev, test_path, test, dann_feats, extra_test });
     }
     Ok((model, out))
 }
@@ -321,6 +373,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     let mut state = TrainerState {
         step: 0,
         cursors: vec![Cursor::default(); data.len()],
+        dann_cursors: vec![Cursor::default(); data.len()],
         adam_t: 0,
         best: None,
         bad_evals: 0,
@@ -349,6 +402,16 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         opt_state = Some((candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File { path: op.clone(), msg: format!("corrupt optimizer state: {e}") })?, op));
         state = saved;
     }
+    if state.dann_cursors.len() != data.len() {
+        state.dann_cursors = vec![Cursor::default(); data.len()];
+    }
+    // Domain classifiers of DANN tasks (parameters of the store, so AdamW and checkpoints see them).
+    let hidden = model.base.config.hidden_size();
+    let domain_heads: Vec<Option<prism_model::heads::DomainHead>> = cfg
+        .tasks
+        .iter()
+        .map(|t| t.dann.as_ref().map(|_| prism_model::heads::DomainHead::load(&model.base.params.root().pp("prism.heads").pp(&t.name).pp("domain"), hidden, 0.02)).transpose())
+        .collect::<prism_model::Result<_>>()?;
     let mut opt = AdamW::new(model.base.params.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
     if let Some((t, p)) = opt_state {
         opt.load_state(&t, state.adam_t, &p)?;
@@ -376,7 +439,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         let step = state.step;
         let lr = lr_at(step, cfg.lr, warmup, cfg.steps, cfg.schedule);
         let mut grads: Option<GradStore> = None;
-        let mut step_loss: Vec<(usize, f64, Option<f64>)> = Vec::new();
+        let mut step_loss: Vec<(usize, f64, Option<f64>, Option<(f64, f64)>)> = Vec::new();
         for micro in 0..cfg.grad_accum {
             // -- sample a task
             let probs = task_probabilities(&cfg.sampling, &sizes, &weights, step as f64 / cfg.steps as f64);
@@ -399,14 +462,41 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             let micro_seed = rng_for(cfg.seed, STREAM_DROPOUT, (step * cfg.grad_accum + micro) as u64).random::<u64>();
             let mode = Mode::train(micro_seed);
             let task = &model.tasks[ti];
-            let (g, lv, extra) = match &task.adversarial {
-                None => {
+            let mut dann_log = None;
+            let (g, lv, extra) = match (&task.adversarial, &domain_heads[ti], &cfg.tasks[ti].dann) {
+                (None, Some(head), Some(dc)) => {
+                    // -- DANN: task loss on the source batch + domain loss on source and target
+                    // batches through gradient reversal.
+                    let lambda = crate::loss::dann_lambda(step as f64 / cfg.steps as f64, dc.gamma);
+                    let tgt_feats = next_batch(&data[ti].dann_feats, &mut state.dann_cursors[ti], batch_feats.len(), cfg.seed ^ 0xD, ti);
+                    let tgt = task.batch(&tgt_feats, device)?;
+                    let enc_s = model.base.encoder.forward(&batch.input, &mode)?;
+                    let loss = task.loss(&enc_s, &batch, &mode)?;
+                    let enc_t = model.base.encoder.forward(&tgt.input, &mode)?;
+                    let pooled = |o: &prism_model::EncoderOutput| -> Result<candle_core::Tensor> {
+                        Ok(match &o.pooler_output {
+                            Some(p) => p.clone(),
+                            None => o.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?,
+                        })
+                    };
+                    let both = candle_core::Tensor::cat(&[pooled(&enc_s)?, pooled(&enc_t)?], 0)?;
+                    let logits = head.forward(&crate::loss::grad_reverse(&both, lambda)?)?;
+                    let ns = batch_feats.len();
+                    let labels: Vec<u32> = (0..ns).map(|_| 0).chain((0..tgt_feats.len()).map(|_| 1)).collect();
+                    let dl = crate::tasks::cross_entropy(&logits, &candle_core::Tensor::new(labels, device)?)?;
+                    let total = (&loss + (&dl * dc.weight)?)?;
+                    let lv = loss.to_scalar::<f32>()? as f64;
+                    let dv = dl.to_scalar::<f32>()? as f64;
+                    dann_log = Some((dv, lambda));
+                    (total.backward()?, lv, None)
+                }
+                (None, _, _) => {
                     let enc = model.base.encoder.forward(&batch.input, &mode)?;
                     let loss = task.loss(&enc, &batch, &mode)?;
                     let lv = loss.to_scalar::<f32>()? as f64;
                     (loss.backward()?, lv, None)
                 }
-                Some(adv) => {
+                (Some(adv), _, _) => {
                     let fns = crate::loss::TaskFns {
                         logits: &|o, m| task.logits(o, m),
                         loss: &|l| task.loss_from_logits(l, &batch),
@@ -419,7 +509,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             if !lv.is_finite() || extra.is_some_and(|x: f64| !x.is_finite()) {
                 return Err(Error::Config(format!("step {step}: task `{}` loss is {lv}; lower the learning rate", names[ti])));
             }
-            step_loss.push((ti, lv, extra));
+            step_loss.push((ti, lv, extra, dann_log));
             grads = Some(match grads {
                 None => g,
                 Some(mut acc) => {
@@ -438,11 +528,15 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         this_run += 1;
         state.adam_t = opt.t;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        for &(ti, l, extra) in &step_loss {
+        for &(ti, l, extra, dann_log) in &step_loss {
             running[ti] = Some(running[ti].map_or(l, |r| 0.9 * r + 0.1 * l));
             let mut rec = serde_json::json!({"step": state.step, "task": names[ti], "loss": l, "lr": lr, "grad_norm": norm, "elapsed_s": state.elapsed_s});
             if let Some(x) = extra {
                 rec["adversarial_loss"] = serde_json::json!(x);
+            }
+            if let Some((domain_loss, lambda)) = dann_log {
+                rec["domain_loss"] = serde_json::json!(domain_loss);
+                rec["lambda"] = serde_json::json!(lambda);
             }
             log.write(rec)?;
         }
@@ -528,7 +622,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             Some(p) => Some(final_model.evaluate(ti, &d.test, p, cfg.eval_batch_size)?),
             None => None,
         };
-        tasks.insert(t.spec.name.clone(), TaskReport { kind: t.spec.kind, labels: t.spec.labels.clone(), train_examples: d.train.len(), dev, test });
+        let mut extra_test = BTreeMap::new();
+        for (name, p, ex) in &d.extra_test {
+            extra_test.insert(name.clone(), final_model.evaluate(ti, ex, p, cfg.eval_batch_size)?);
+        }
+        tasks.insert(t.spec.name.clone(), TaskReport { kind: t.spec.kind, labels: t.spec.labels.clone(), train_examples: d.train.len(), dev, test, extra_test });
     }
     let report = Report { steps: state.step, completed, stopped_early: state.stopped_early, best: state.best, best_metric, final_is_best, train_seconds: state.elapsed_s, tasks, model_dir };
     write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;

@@ -199,6 +199,34 @@ fn every_adversarial_method_trains_and_logs_its_loss() {
 }
 
 #[test]
+fn dann_trains_with_an_unlabelled_target_domain_and_reports_extra_test_sets() {
+    let out = tempfile::tempdir().unwrap();
+    let d = fixtures().join("data");
+    let mut cfg = config(out.path(), 6, "");
+    cfg.tasks[0].dann = Some(prism_train::config::DannConfig { target: d.join("rating.train.jsonl").display().to_string(), weight: 1.0, gamma: 10.0, max_examples: None });
+    cfg.tasks[0].extra_test = vec![d.join("sentiment.train.jsonl").display().to_string()];
+    let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    let extra = &r.tasks["sentiment"].extra_test;
+    assert_eq!(extra.len(), 1);
+    assert!(extra.values().next().unwrap().metrics.contains_key("accuracy"));
+    let log = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let dann_lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("domain_loss").is_some()).collect();
+    assert!(!dann_lines.is_empty());
+    assert!(dann_lines.iter().all(|v| v["lambda"].as_f64().unwrap() >= 0.0 && v["lambda"].as_f64().unwrap() < 1.0));
+    // The domain classifier is saved with the model and reloads, and the run resumes exactly.
+    let m = MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap();
+    assert!(m.base.head_tensors.iter().any(|(k, _)| k.starts_with("prism.heads.sentiment.domain.")));
+    let split = tempfile::tempdir().unwrap();
+    let mut cfg2 = cfg.clone();
+    cfg2.output = split.path().to_path_buf();
+    train(&cfg2, &Device::Cpu, &RunOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    train(&cfg2, &Device::Cpu, &RunOptions::default()).unwrap();
+    let pa = flat_params(&m).unwrap();
+    let pb = flat_params(&MultiTaskModel::load(&split.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(pa, pb);
+}
+
+#[test]
 fn training_fits_the_training_set() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(out.path(), 60, "");

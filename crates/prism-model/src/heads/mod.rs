@@ -1,10 +1,12 @@
 //! Task heads on top of an encoder. Each is built under a checkpoint prefix (prism saves them as
 //! `prism.heads.<task>.*`) and returns logits; losses live in prism-train.
 
+mod domain;
 mod sequence;
 mod span;
 mod token;
 
+pub use domain::DomainHead;
 pub use sequence::SequenceHead;
 pub use span::SpanHead;
 pub use token::TokenHead;
