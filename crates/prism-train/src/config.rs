@@ -107,6 +107,21 @@ fn d_gamma() -> f64 {
     10.0
 }
 
+/// Seeded noise for robustness evaluation: character-level typos (swap, drop, insert or replace
+/// one letter) in `typo_rate` of the words, then each word dropped with `word_dropout`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Perturbation {
+    #[serde(default = "d_typo")]
+    pub typo_rate: f64,
+    #[serde(default = "d_typo")]
+    pub word_dropout: f64,
+}
+
+fn d_typo() -> f64 {
+    0.1
+}
+
 /// One task of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +159,12 @@ pub struct TaskConfig {
     pub adversarial: Option<crate::loss::AdversarialConfig>,
     #[serde(default)]
     pub dann: Option<DannConfig>,
+    /// Flip this fraction of the training labels to another class (seeded), to study label noise.
+    #[serde(default)]
+    pub label_noise: Option<f64>,
+    /// Also evaluate on a perturbed copy of the dev set (seeded typos and word dropout).
+    #[serde(default)]
+    pub perturbed_dev: Option<Perturbation>,
     /// More labelled sets to evaluate at the end (e.g. other domains): `NAME/SUBSET` (its test
     /// split) or files.
     #[serde(default)]
@@ -248,6 +269,11 @@ impl TrainConfig {
             }
             if t.dann.is_some() && !matches!(t.kind, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression) {
                 return bad(format!("task `{}`: DANN needs a sequence-level task", t.name));
+            }
+            if let Some(p) = t.label_noise {
+                if !(0.0..1.0).contains(&p) || !matches!(t.kind, TaskKind::Classification | TaskKind::PairClassification) {
+                    return bad(format!("task `{}`: label_noise {p} must be in [0, 1) on a classification task", t.name));
+                }
             }
             if !(t.weight > 0.0) {
                 return bad(format!("task `{}`: `weight` must be positive", t.name));

@@ -202,7 +202,7 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         let kind = t.kind.target_kind();
         let pair = t.kind.is_pair();
         let train = data::read_file(&train_path, &t.fields, kind, pair)?;
-        let train = cap(train, t.max_train_examples, cfg.seed, ti as u64);
+        let mut train = cap(train, t.max_train_examples, cfg.seed, ti as u64);
         let read_opt = |p: &Option<PathBuf>, salt: u64| -> Result<Vec<Example>> {
             match p {
                 Some(p) => Ok(cap(data::read_file(p, &t.fields, kind, pair)?, t.max_eval_examples, cfg.seed, salt)),
@@ -219,8 +219,27 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
             (None, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token) => infer_labels(t.kind, &train),
             (None, _) => Vec::new(),
         };
+        if let Some(p) = t.label_noise {
+            data::flip_labels(&mut train, &labels, p, cfg.seed ^ 0x5EED ^ ti as u64);
+        }
         specs.push(TaskSpec { name: t.name.clone(), kind: t.kind, labels, max_length: t.max_length, doc_stride: t.doc_stride });
         let mut extra = Vec::new();
+        if let (Some(pt), Some(dp)) = (&t.perturbed_dev, &dev_path) {
+            use rand::SeedableRng;
+            let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x7E57 ^ ti as u64);
+            let noisy: Vec<Example> = dev
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    e.text = data::perturb_text(&e.text, pt.typo_rate, pt.word_dropout, &mut rng);
+                    if let Some(b) = &e.text_b {
+                        e.text_b = Some(data::perturb_text(b, pt.typo_rate, pt.word_dropout, &mut rng));
+                    }
+                    e
+                })
+                .collect();
+            extra.push(("dev_perturbed".to_string(), dp.clone(), noisy));
+        }
         for spec in &t.extra_test {
             let p = resolve_spec(spec, "test")?;
             extra.push((spec.clone(), p.clone(), read_opt(&Some(p), 3000 + ti as u64)?));

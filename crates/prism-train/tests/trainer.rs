@@ -227,6 +227,18 @@ fn dann_trains_with_an_unlabelled_target_domain_and_reports_extra_test_sets() {
 }
 
 #[test]
+fn label_noise_and_a_perturbed_dev_copy_are_configurable() {
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(out.path(), 3, "");
+    cfg.tasks[0].label_noise = Some(0.4);
+    cfg.tasks[0].perturbed_dev = Some(prism_train::config::Perturbation { typo_rate: 0.5, word_dropout: 0.1 });
+    let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(r.tasks["sentiment"].extra_test.contains_key("dev_perturbed"));
+    cfg.tasks[0].label_noise = Some(1.5);
+    assert!(cfg.validate().unwrap_err().to_string().contains("label_noise"));
+}
+
+#[test]
 fn training_fits_the_training_set() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(out.path(), 60, "");

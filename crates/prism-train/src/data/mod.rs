@@ -338,6 +338,59 @@ pub fn read_squad(path: &Path) -> Result<Vec<Example>> {
     Ok(out)
 }
 
+/// Flip a fraction `p` of the labels to a different label drawn uniformly from `labels`
+/// (seeded); returns how many were flipped.
+pub fn flip_labels(examples: &mut [Example], labels: &[String], p: f64, seed: u64) -> usize {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut flipped = 0;
+    for ex in examples.iter_mut() {
+        if let Target::Label(l) = &ex.target {
+            let u: f64 = rng.random();
+            if u < p && labels.len() > 1 {
+                let others: Vec<&String> = labels.iter().filter(|x| *x != l).collect();
+                let pick = others[rng.random_range(0..others.len())].clone();
+                ex.target = Target::Label(pick);
+                flipped += 1;
+            }
+        }
+    }
+    flipped
+}
+
+/// A seeded noisy copy of `text`: a character-level typo (swap, drop, insert or replace one
+/// letter) in `typo_rate` of the words, then each word dropped with probability `word_dropout`
+/// (never all of them).
+pub fn perturb_text(text: &str, typo_rate: f64, word_dropout: f64, rng: &mut rand::rngs::StdRng) -> String {
+    use rand::Rng;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    for w in &words {
+        if rng.random::<f64>() < word_dropout {
+            continue;
+        }
+        let mut chars: Vec<char> = w.chars().collect();
+        let letters: Vec<usize> = (0..chars.len()).filter(|&i| chars[i].is_alphabetic()).collect();
+        if !letters.is_empty() && rng.random::<f64>() < typo_rate {
+            let i = letters[rng.random_range(0..letters.len())];
+            let c = (b'a' + rng.random_range(0..26u8)) as char;
+            match rng.random_range(0..4) {
+                0 if i + 1 < chars.len() => chars.swap(i, i + 1),
+                1 if chars.len() > 1 => {
+                    chars.remove(i);
+                }
+                2 => chars.insert(i, c),
+                _ => chars[i] = c,
+            }
+        }
+        out.push(chars.into_iter().collect());
+    }
+    if out.is_empty() {
+        return text.to_string();
+    }
+    out.join(" ")
+}
+
 /// Character offset of `text` in `context`: `given` when it is there; otherwise (a few SQuAD
 /// answers carry stray whitespace or an offset that is off by a little) the occurrence of the
 /// trimmed text nearest to `given`.
@@ -397,6 +450,24 @@ mod tests {
         let f = file(".jsonl", "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n");
         let e = read_file(f.path(), &Fields::default(), TargetKind::Tags, false).unwrap_err().to_string();
         assert!(e.contains("1 tags for 2 tokens"), "{e}");
+    }
+
+    #[test]
+    fn label_flips_and_perturbations_are_seeded() {
+        let labels = vec!["neg".to_string(), "pos".to_string()];
+        let make = || (0..1000).map(|i| Example { line: i, id: None, text: String::new(), text_b: None, tokens: vec![], target: Target::Label("pos".into()) }).collect::<Vec<_>>();
+        let (mut a, mut b) = (make(), make());
+        let n = flip_labels(&mut a, &labels, 0.2, 3);
+        assert_eq!(n, flip_labels(&mut b, &labels, 0.2, 3));
+        assert_eq!(a, b);
+        assert!((150..250).contains(&n), "{n}");
+        assert!(a.iter().filter(|e| e.target == Target::Label("neg".into())).count() == n);
+        use rand::SeedableRng;
+        let t = "the quick brown fox jumps over the lazy dog again and again";
+        let p1 = perturb_text(t, 0.5, 0.1, &mut rand::rngs::StdRng::seed_from_u64(1));
+        let p2 = perturb_text(t, 0.5, 0.1, &mut rand::rngs::StdRng::seed_from_u64(1));
+        assert_eq!(p1, p2);
+        assert_ne!(p1, t);
     }
 
     #[test]
