@@ -176,6 +176,25 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train several configs over several seeds and tabulate each task's final metrics
+    /// (mean ± std), e.g. the robust-training comparisons in examples/robust/.
+    Sweep {
+        /// Training configs (repeat --config).
+        #[arg(long, required = true)]
+        config: Vec<PathBuf>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        seeds: Vec<u64>,
+        /// Only these metrics (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        metric: Vec<String>,
+        /// Also write the table here (Markdown).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The main job end to end: fetch MiniLM and three real data sets, fine-tune one encoder on
     /// all three tasks, evaluate, and write an HTML report.
     Demo {
@@ -282,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
             let args = explain_cmd::ExplainArgs { model, task, methods: method, text, text2, input, limit, target, steps, rule, html, svg, json, words, faithfulness, seed, progress: !quiet };
             explain_cmd::explain(&args, &dev)?
         }
+        Command::Sweep { config, seeds, metric, out, quiet, json } => train_cmd::sweep(&config, &seeds, &metric, out.as_deref(), !quiet, json, &dev)?,
         Command::Demo { out, steps, restart, quiet } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,
         Command::Info(args) => info(&args, &dev)?,
         Command::Tokenize { model, text, text2 } => {

@@ -157,3 +157,24 @@ pub fn experiment(config: &Path, seeds: &[u64], progress: bool, json_out: bool, 
     }
     Ok(())
 }
+
+pub fn sweep(configs: &[PathBuf], seeds: &[u64], metrics: &[String], out: Option<&Path>, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+    if seeds.is_empty() {
+        bail!("--seeds needs at least one seed");
+    }
+    let cfgs = configs
+        .iter()
+        .map(|p| Ok((p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), TrainConfig::from_file(p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = prism_train::experiment::sweep(&cfgs, seeds, dev, progress, metrics)?;
+    let table = prism_train::experiment::format_sweep(&rows, seeds);
+    if let Some(p) = out {
+        std::fs::write(p, &table).with_context(|| p.display().to_string())?;
+    }
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}

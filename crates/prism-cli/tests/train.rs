@@ -98,3 +98,19 @@ fn a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from step"));
     assert_eq!(weights(&tmp.path().join("full")), weights(&tmp.path().join("killed")));
 }
+
+#[test]
+fn sweep_tabulates_configs_over_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = write_config(tmp.path(), "a", 3);
+    let b = write_config(tmp.path(), "b", 4);
+    let table = tmp.path().join("sweep.md");
+    let out = prism()
+        .args(["sweep", "--config", a.to_str().unwrap(), "--config", b.to_str().unwrap(), "--seeds", "1,2", "--metric", "accuracy", "--quiet", "--out", table.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = std::fs::read_to_string(table).unwrap();
+    assert!(t.contains("| a | sentiment | dev | accuracy |") && t.contains("| b | nli | dev | accuracy |"), "{t}");
+    assert!(tmp.path().join("a/seed-2/model/prism.json").is_file());
+}

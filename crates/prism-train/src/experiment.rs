@@ -64,6 +64,65 @@ pub fn mtl_vs_single(cfg: &TrainConfig, seeds: &[u64], device: &Device, progress
     Ok(rows.into_values().collect())
 }
 
+/// One cell of a sweep: a config's metric on one split of one task, over seeds.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepRow {
+    pub config: String,
+    pub task: String,
+    pub split: String,
+    pub metric: String,
+    pub values: Vec<f64>,
+}
+
+/// Train every config with every seed (outputs under `output/seed-S`) and collect each task's
+/// final metrics on dev, test and the extra test sets.
+pub fn sweep(configs: &[(String, TrainConfig)], seeds: &[u64], device: &Device, progress: bool, metrics: &[String]) -> Result<Vec<SweepRow>> {
+    let mut rows: BTreeMap<(usize, String, String, String), SweepRow> = BTreeMap::new();
+    for (ci, (name, cfg)) in configs.iter().enumerate() {
+        for &seed in seeds {
+            let mut c = cfg.clone();
+            c.seed = seed;
+            c.output = cfg.output.join(format!("seed-{seed}"));
+            let r = train(&c, device, &RunOptions { progress, ..Default::default() })?;
+            for (task, t) in &r.tasks {
+                let mut splits: Vec<(String, &crate::tasks::EvalResult)> = Vec::new();
+                if let Some(d) = &t.dev {
+                    splits.push(("dev".into(), d));
+                }
+                if let Some(d) = &t.test {
+                    splits.push(("test".into(), d));
+                }
+                for (k, v) in &t.extra_test {
+                    splits.push((k.clone(), v));
+                }
+                for (split, res) in splits {
+                    for (metric, v) in &res.metrics {
+                        if !metrics.is_empty() && !metrics.contains(metric) {
+                            continue;
+                        }
+                        rows.entry((ci, task.clone(), split.clone(), metric.clone()))
+                            .or_insert_with(|| SweepRow { config: name.clone(), task: task.clone(), split: split.clone(), metric: metric.clone(), values: vec![] })
+                            .values
+                            .push(*v);
+                    }
+                }
+            }
+        }
+    }
+    Ok(rows.into_values().collect())
+}
+
+/// A sweep as a Markdown table (mean ± sample std over seeds).
+pub fn format_sweep(rows: &[SweepRow], seeds: &[u64]) -> String {
+    let mut s = format!("seeds {seeds:?}; mean ± std\n\n| config | task | split | metric | mean ± std | values |\n|---|---|---|---|---|---|\n");
+    for r in rows {
+        let (m, sd) = mean_std(&r.values);
+        let vals: Vec<String> = r.values.iter().map(|v| format!("{v:.4}")).collect();
+        s.push_str(&format!("| {} | {} | {} | {} | {m:.4} ± {sd:.4} | {} |\n", r.config, r.task, r.split, r.metric, vals.join(", ")));
+    }
+    s
+}
+
 /// The side-by-side table as text.
 pub fn format_table(rows: &[Row], cfg: &TrainConfig, seeds: &[u64]) -> String {
     let mut s = format!(
