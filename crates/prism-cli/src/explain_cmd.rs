@@ -80,6 +80,9 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
     let mut seconds: Vec<f64> = vec![0.0; methods.len()];
     for (ei, (text, text2)) in inputs.iter().enumerate() {
         let x = m.encode(text, text2.as_deref())?;
+        if x.enc.truncated {
+            eprintln!("warning: example {} is longer than the model's {} tokens; only the first {} are explained", ei + 1, m.tokenizer()?.max_len(), x.enc.ids.len());
+        }
         let target = match &a.target {
             None => m.default_target(&x)?,
             Some(t) => parse_target(&m, t)?,
