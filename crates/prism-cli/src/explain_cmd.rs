@@ -6,7 +6,9 @@ use candle_core::Device;
 use prism_explain::faithfulness::{self, Faithfulness};
 use prism_explain::gradient::{IntegratedGradients, Rule};
 use prism_explain::render::{html_report, ExampleView};
-use prism_explain::{aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method, Target};
+use prism_explain::{
+    aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method, Target,
+};
 use prism_train::data;
 use prism_train::model::MultiTaskModel;
 use std::path::PathBuf;
@@ -34,7 +36,11 @@ pub struct ExplainArgs {
 
 fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {
     if matches!(name, "ig" | "integrated_gradients") {
-        return Ok(Box::new(IntegratedGradients { steps: a.steps, rule: Rule::parse(&a.rule)?, ..Default::default() }));
+        return Ok(Box::new(IntegratedGradients {
+            steps: a.steps,
+            rule: Rule::parse(&a.rule)?,
+            ..Default::default()
+        }));
     }
     Ok(method_by_name(name, a.seed)?)
 }
@@ -43,10 +49,17 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
     let dir = prism_model::fetch::resolve_model(&a.model)?;
     let mt = MultiTaskModel::load(&dir, dev)?;
     if mt.tasks.is_empty() {
-        bail!("{}: no prism.json with task heads (train one with `prism train`)", dir.display());
+        bail!(
+            "{}: no prism.json with task heads (train one with `prism train`)",
+            dir.display()
+        );
     }
     let m = ExplainModel::new(&mt, a.task.as_deref())?;
-    let methods: Vec<Box<dyn Method>> = a.methods.iter().map(|n| build_method(n.trim(), a)).collect::<Result<_>>()?;
+    let methods: Vec<Box<dyn Method>> = a
+        .methods
+        .iter()
+        .map(|n| build_method(n.trim(), a))
+        .collect::<Result<_>>()?;
     // Inputs: the text, or the first `limit` examples of a JSONL/CSV file.
     let mut inputs: Vec<(String, Option<String>)> = Vec::new();
     match (&a.text, &a.input) {
@@ -57,7 +70,16 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
                 data::TargetKind::Answers | data::TargetKind::Tags => spec.kind.target_kind(),
                 _ => data::TargetKind::Label,
             };
-            let ex = data::read_file(p, &Default::default(), kind, spec.kind.is_pair()).or_else(|_| data::read_file(p, &Default::default(), data::TargetKind::Value, spec.kind.is_pair()))?;
+            let ex = data::read_file(p, &Default::default(), kind, spec.kind.is_pair()).or_else(
+                |_| {
+                    data::read_file(
+                        p,
+                        &Default::default(),
+                        data::TargetKind::Value,
+                        spec.kind.is_pair(),
+                    )
+                },
+            )?;
             for e in ex.into_iter().take(a.limit) {
                 inputs.push((e.text, e.text_b));
             }
@@ -66,14 +88,23 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
     }
     let bar = if a.progress && !a.json {
         let b = indicatif::ProgressBar::new((inputs.len() * methods.len()) as u64);
-        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
         Some(b)
     } else {
         None
     };
     let mut views = Vec::new();
     let mut all: Vec<Vec<Attributions>> = Vec::new();
-    let mut faith: Vec<(String, Vec<Faithfulness>)> = methods.iter().map(|mm| (mm.name().to_string(), Vec::new())).collect();
+    let mut faith: Vec<(String, Vec<Faithfulness>)> = methods
+        .iter()
+        .map(|mm| (mm.name().to_string(), Vec::new()))
+        .collect();
     if a.faithfulness {
         faith.push(("random".into(), Vec::new()));
     }
@@ -93,10 +124,14 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
                 b.set_message(format!("example {} {}", ei + 1, method.name()));
             }
             let t0 = Instant::now();
-            let at = method.attribute(&m, &x, &target).with_context(|| format!("{} on example {}", method.name(), ei + 1))?;
+            let at = method
+                .attribute(&m, &x, &target)
+                .with_context(|| format!("{} on example {}", method.name(), ei + 1))?;
             seconds[mi] += t0.elapsed().as_secs_f64();
             if a.faithfulness {
-                faith[mi].1.push(faithfulness::evaluate(&m, &x, &target, &at, 32)?);
+                faith[mi]
+                    .1
+                    .push(faithfulness::evaluate(&m, &x, &target, &at, 32)?);
             }
             attrs.push(at);
             if let Some(b) = &bar {
@@ -106,21 +141,48 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         if a.faithfulness {
             let r = faithfulness::random_attributions(&m, &x, &target, a.seed + ei as u64);
             let last = faith.len() - 1;
-            faith[last].1.push(faithfulness::evaluate(&m, &x, &target, &r, 32)?);
+            faith[last]
+                .1
+                .push(faithfulness::evaluate(&m, &x, &target, &r, 32)?);
         }
         let texts: Vec<&str> = x.texts.iter().map(|s| s.as_str()).collect();
-        let shown: Vec<Attributions> = if a.words { attrs.iter().map(|at| aggregate_words(at, &texts)).collect() } else { attrs.clone() };
-        let prediction = format!("{} (F = {:.4})", m.describe(&target), attrs.first().map_or(f32::NAN, |at| at.output));
-        let att = if a.html.is_some() { Some(attention::attention_maps(&m, &x)?) } else { None };
-        views.push(ExampleView { text: text.clone(), text2: text2.clone(), prediction, attributions: shown.clone(), attention: att });
+        let shown: Vec<Attributions> = if a.words {
+            attrs.iter().map(|at| aggregate_words(at, &texts)).collect()
+        } else {
+            attrs.clone()
+        };
+        let prediction = format!(
+            "{} (F = {:.4})",
+            m.describe(&target),
+            attrs.first().map_or(f32::NAN, |at| at.output)
+        );
+        let att = if a.html.is_some() {
+            Some(attention::attention_maps(&m, &x)?)
+        } else {
+            None
+        };
+        views.push(ExampleView {
+            text: text.clone(),
+            text2: text2.clone(),
+            prediction,
+            attributions: shown.clone(),
+            attention: att,
+        });
         all.push(shown);
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let table: Vec<(String, Faithfulness)> = faith.iter().map(|(n, rows)| (n.clone(), faithfulness::mean(rows))).collect();
+    let table: Vec<(String, Faithfulness)> = faith
+        .iter()
+        .map(|(n, rows)| (n.clone(), faithfulness::mean(rows)))
+        .collect();
     if let Some(p) = &a.html {
-        let html = html_report(&format!("prism explain: {}", dir.display()), &views, if a.faithfulness { Some(&table) } else { None });
+        let html = html_report(
+            &format!("prism explain: {}", dir.display()),
+            &views,
+            if a.faithfulness { Some(&table) } else { None },
+        );
         std::fs::write(p, html).with_context(|| p.display().to_string())?;
         eprintln!("wrote {}", p.display());
     }
@@ -129,10 +191,15 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         for (i, attrs) in all.iter().enumerate() {
             for at in attrs {
                 let p = dir.join(format!("{:03}-{}.svg", i + 1, at.method));
-                std::fs::write(&p, prism_explain::render::heatmap_svg(at)).with_context(|| p.display().to_string())?;
+                std::fs::write(&p, prism_explain::render::heatmap_svg(at))
+                    .with_context(|| p.display().to_string())?;
             }
         }
-        eprintln!("wrote {} SVG files to {}", all.iter().map(|v| v.len()).sum::<usize>(), dir.display());
+        eprintln!(
+            "wrote {} SVG files to {}",
+            all.iter().map(|v| v.len()).sum::<usize>(),
+            dir.display()
+        );
     }
     if a.json {
         let v = serde_json::json!({"examples": all, "faithfulness": if a.faithfulness { serde_json::to_value(&table)? } else { serde_json::Value::Null }});
@@ -140,20 +207,49 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         return Ok(());
     }
     for (view, attrs) in views.iter().zip(&all) {
-        println!("{}{}", view.text, view.text2.as_ref().map(|t| format!(" || {t}")).unwrap_or_default());
+        println!(
+            "{}{}",
+            view.text,
+            view.text2
+                .as_ref()
+                .map(|t| format!(" || {t}"))
+                .unwrap_or_default()
+        );
         println!("  prediction: {}", view.prediction);
         for at in attrs {
-            let cells: Vec<String> = at.tokens.iter().zip(&at.scores).map(|(t, s)| format!("{t}:{s:+.3}")).collect();
-            let delta = at.delta.map(|d| format!(" [delta {d:+.1e}]")).unwrap_or_default();
+            let cells: Vec<String> = at
+                .tokens
+                .iter()
+                .zip(&at.scores)
+                .map(|(t, s)| format!("{t}:{s:+.3}"))
+                .collect();
+            let delta = at
+                .delta
+                .map(|d| format!(" [delta {d:+.1e}]"))
+                .unwrap_or_default();
             println!("  {:<13}{} {}", at.method, delta, cells.join(" "));
         }
     }
-    println!("\nseconds per example: {}", methods.iter().zip(&seconds).map(|(mm, s)| format!("{} {:.3}", mm.name(), s / inputs.len().max(1) as f64)).collect::<Vec<_>>().join(", "));
+    println!(
+        "\nseconds per example: {}",
+        methods
+            .iter()
+            .zip(&seconds)
+            .map(|(mm, s)| format!("{} {:.3}", mm.name(), s / inputs.len().max(1) as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if a.faithfulness {
         println!("\nfaithfulness over {} examples (comprehensiveness and insertion AUC: higher is better; sufficiency and deletion AUC: lower is better)", inputs.len());
-        println!("{:<14} {:>17} {:>11} {:>12} {:>13}", "method", "comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc");
+        println!(
+            "{:<14} {:>17} {:>11} {:>12} {:>13}",
+            "method", "comprehensiveness", "sufficiency", "deletion_auc", "insertion_auc"
+        );
         for (n, f) in &table {
-            println!("{:<14} {:>17.4} {:>11.4} {:>12.4} {:>13.4}", n, f.comprehensiveness, f.sufficiency, f.deletion_auc, f.insertion_auc);
+            println!(
+                "{:<14} {:>17.4} {:>11.4} {:>12.4} {:>13.4}",
+                n, f.comprehensiveness, f.sufficiency, f.deletion_auc, f.insertion_auc
+            );
         }
     }
     Ok(())
@@ -165,16 +261,27 @@ fn parse_target(m: &ExplainModel, s: &str) -> Result<Target> {
         return Ok(Target::Value);
     }
     if let Some(p) = s.strip_prefix("start:") {
-        return Ok(Target::AnswerStart { position: p.parse().context("--target start:N")? });
+        return Ok(Target::AnswerStart {
+            position: p.parse().context("--target start:N")?,
+        });
     }
     if let Some(p) = s.strip_prefix("end:") {
-        return Ok(Target::AnswerEnd { position: p.parse().context("--target end:N")? });
+        return Ok(Target::AnswerEnd {
+            position: p.parse().context("--target end:N")?,
+        });
     }
     if let Some((p, tag)) = s.split_once(':') {
         let position = p.parse().context("--target N:TAG")?;
-        let tag = m.labels().iter().position(|l| l == tag).with_context(|| format!("unknown tag `{tag}` (tags: {})", m.labels().join(", ")))?;
+        let tag =
+            m.labels().iter().position(|l| l == tag).with_context(|| {
+                format!("unknown tag `{tag}` (tags: {})", m.labels().join(", "))
+            })?;
         return Ok(Target::Tag { position, tag });
     }
-    let class = m.labels().iter().position(|l| l == s).with_context(|| format!("unknown class `{s}` (classes: {})", m.labels().join(", ")))?;
+    let class = m
+        .labels()
+        .iter()
+        .position(|l| l == s)
+        .with_context(|| format!("unknown class `{s}` (classes: {})", m.labels().join(", ")))?;
     Ok(Target::Class { class })
 }

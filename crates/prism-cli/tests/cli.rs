@@ -8,14 +8,31 @@ fn fixtures() -> PathBuf {
 }
 
 fn prism(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_prism")).args(args).env("PRISM_HOME", std::env::temp_dir().join("prism-cli-test-home")).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(args)
+        .env(
+            "PRISM_HOME",
+            std::env::temp_dir().join("prism-cli-test-home"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
 fn embed_prints_json_embeddings_and_similarities() {
     let m = fixtures().join("tiny-bert");
-    let (ok, out, err) = prism(&["embed", m.to_str().unwrap(), "A gorgeous movie.", "A dull remake.", "--json"]);
+    let (ok, out, err) = prism(&[
+        "embed",
+        m.to_str().unwrap(),
+        "A gorgeous movie.",
+        "A dull remake.",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["dim"], 32);
@@ -33,11 +50,20 @@ fn info_and_tokenize_work_on_a_folder() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["architecture"], "RobertaModel");
     assert_eq!(v["parameters"], 33152);
-    let (ok, out, err) = prism(&["tokenize", m.to_str().unwrap(), "The man walks.", "A man.", "--json"]);
+    let (ok, out, err) = prism(&[
+        "tokenize",
+        m.to_str().unwrap(),
+        "The man walks.",
+        "A man.",
+        "--json",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["tokens"][0], "<s>");
-    assert_eq!(v["ids"].as_array().unwrap().len(), v["offsets"].as_array().unwrap().len());
+    assert_eq!(
+        v["ids"].as_array().unwrap().len(),
+        v["offsets"].as_array().unwrap().len()
+    );
 }
 
 #[test]
@@ -55,20 +81,36 @@ fn convert_writes_a_loadable_folder() {
 fn errors_are_one_clear_line() {
     let (ok, _, err) = prism(&["info", "/definitely/not/here"]);
     assert!(!ok);
-    assert!(err.starts_with("error: ") && err.contains("/definitely/not/here"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("/definitely/not/here"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("tiny-bert/config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-bert/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
     let (ok, _, err) = prism(&["embed", dir.path().to_str().unwrap(), "x"]);
     assert!(!ok);
-    assert!(err.contains("model.safetensors") && err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("corrupt"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in [&["fetch", "model"][..], &["info"], &["tokenize"], &["embed"], &["convert"]] {
+    for sub in [
+        &["fetch", "model"][..],
+        &["info"],
+        &["tokenize"],
+        &["embed"],
+        &["convert"],
+    ] {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");
         let (ok, out, err) = prism(&args);

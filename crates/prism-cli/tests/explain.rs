@@ -8,8 +8,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn prism(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_prism")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    let out = Command::new(env!("CARGO_BIN_EXE_prism"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -17,8 +24,16 @@ fn explain_writes_json_and_an_escaped_html_report() {
     let m = fixtures().join("tiny-bert-cls");
     let html = tempfile::NamedTempFile::with_suffix(".html").unwrap();
     let (ok, out, err) = prism(&[
-        "explain", "--model", m.to_str().unwrap(), "--method", "ig,saliency,occlusion,rollout", "--json", "--faithfulness",
-        "--html", html.path().to_str().unwrap(), "<script>alert('x')</script> a gorgeous movie",
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "ig,saliency,occlusion,rollout",
+        "--json",
+        "--faithfulness",
+        "--html",
+        html.path().to_str().unwrap(),
+        "<script>alert('x')</script> a gorgeous movie",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -26,10 +41,20 @@ fn explain_writes_json_and_an_escaped_html_report() {
     assert_eq!(ex.as_array().unwrap().len(), 4);
     assert_eq!(ex[0]["method"], "ig");
     assert!(ex[0]["delta"].as_f64().unwrap().abs() < 1e-3);
-    assert_eq!(ex[0]["tokens"].as_array().unwrap().len(), ex[0]["scores"].as_array().unwrap().len());
-    assert_eq!(v["faithfulness"].as_array().unwrap().len(), 5, "four methods plus the random baseline");
+    assert_eq!(
+        ex[0]["tokens"].as_array().unwrap().len(),
+        ex[0]["scores"].as_array().unwrap().len()
+    );
+    assert_eq!(
+        v["faithfulness"].as_array().unwrap().len(),
+        5,
+        "four methods plus the random baseline"
+    );
     let page = std::fs::read_to_string(html.path()).unwrap();
-    assert!(!page.contains("<script>alert"), "unescaped input in the report");
+    assert!(
+        !page.contains("<script>alert"),
+        "unescaped input in the report"
+    );
     assert!(page.contains("&lt;script&gt;alert"));
     assert!(page.contains("Faithfulness"));
 }
@@ -38,12 +63,36 @@ fn explain_writes_json_and_an_escaped_html_report() {
 fn explain_reads_a_data_file_and_aggregates_words() {
     let m = fixtures().join("tiny-bert-cls");
     let data = fixtures().join("data/sentiment.dev.jsonl");
-    let (ok, out, err) = prism(&["explain", "--model", m.to_str().unwrap(), "--input", data.to_str().unwrap(), "--limit", "3", "--method", "grad_x_input", "--words", "--json", "--target", "positive"]);
+    let (ok, out, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        data.to_str().unwrap(),
+        "--limit",
+        "3",
+        "--method",
+        "grad_x_input",
+        "--words",
+        "--json",
+        "--target",
+        "positive",
+    ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["examples"].as_array().unwrap().len(), 3);
     let svg = tempfile::tempdir().unwrap();
-    let (ok, _, err) = prism(&["explain", "--model", m.to_str().unwrap(), "--method", "saliency", "--svg", svg.path().to_str().unwrap(), "--quiet", "A dull remake."]);
+    let (ok, _, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "saliency",
+        "--svg",
+        svg.path().to_str().unwrap(),
+        "--quiet",
+        "A dull remake.",
+    ]);
     assert!(ok, "{err}");
     let s = std::fs::read_to_string(svg.path().join("001-saliency.svg")).unwrap();
     assert!(s.starts_with("<svg") && s.contains("dull"));
@@ -53,10 +102,30 @@ fn explain_reads_a_data_file_and_aggregates_words() {
 #[test]
 fn explain_rejects_unknown_methods_and_targets_with_the_choices() {
     let m = fixtures().join("tiny-bert-cls");
-    let (ok, _, err) = prism(&["explain", "--model", m.to_str().unwrap(), "--method", "deeplift", "x"]);
+    let (ok, _, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "deeplift",
+        "x",
+    ]);
     assert!(!ok);
-    assert!(err.contains("unknown method `deeplift`") && err.contains("kernel_shap"), "{err}");
-    let (ok, _, err) = prism(&["explain", "--model", m.to_str().unwrap(), "--target", "neutral", "x"]);
+    assert!(
+        err.contains("unknown method `deeplift`") && err.contains("kernel_shap"),
+        "{err}"
+    );
+    let (ok, _, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--target",
+        "neutral",
+        "x",
+    ]);
     assert!(!ok);
-    assert!(err.contains("unknown class `neutral` (classes: negative, positive)"), "{err}");
+    assert!(
+        err.contains("unknown class `neutral` (classes: negative, positive)"),
+        "{err}"
+    );
 }

@@ -10,7 +10,10 @@ fn fixtures() -> PathBuf {
 
 fn prism() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_prism"));
-    c.env("PRISM_HOME", std::env::temp_dir().join("prism-cli-test-home"));
+    c.env(
+        "PRISM_HOME",
+        std::env::temp_dir().join("prism-cli-test-home"),
+    );
     c
 }
 
@@ -38,27 +41,90 @@ fn weights(dir: &Path) -> Vec<u8> {
 fn train_predict_eval_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_config(tmp.path(), "run", 20);
-    let out = prism().args(["train", "--config", cfg.to_str().unwrap(), "--quiet", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = prism()
+        .args([
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--quiet",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["steps"], 20);
     let model = tmp.path().join("run/model");
-    let out = prism().args(["predict", "--model", model.to_str().unwrap(), "A gorgeous movie.", "--text2", "A movie.", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = prism()
+        .args([
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "A gorgeous movie.",
+            "--text2",
+            "A movie.",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
     let label = v[0]["prediction"]["label"].as_str().unwrap();
     assert!(label == "positive" || label == "negative");
-    let p: f64 = v[0]["prediction"]["probabilities"].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).sum();
+    let p: f64 = v[0]["prediction"]["probabilities"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
     assert!((p - 1.0).abs() < 1e-4);
     let data = fixtures().join("data/sentiment.dev.jsonl");
-    let out = prism().args(["eval", "--model", model.to_str().unwrap(), "--task", "sentiment", "--data", data.to_str().unwrap(), "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = prism()
+        .args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--task",
+            "sentiment",
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["result"]["metrics"]["accuracy"], report["tasks"]["sentiment"]["dev"]["metrics"]["accuracy"]);
-    let out = prism().args(["eval", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]).output().unwrap();
+    assert_eq!(
+        v["result"]["metrics"]["accuracy"],
+        report["tasks"]["sentiment"]["dev"]["metrics"]["accuracy"]
+    );
+    let out = prism()
+        .args([
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("choose one with --task (sentiment, nli)"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("choose one with --task (sentiment, nli)")
+    );
 }
 
 #[test]
@@ -66,11 +132,21 @@ fn a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let steps = 400;
     let full = write_config(tmp.path(), "full", steps);
-    let st = prism().args(["train", "--config", full.to_str().unwrap(), "--quiet"]).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st = prism()
+        .args(["train", "--config", full.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 
     let cfg = write_config(tmp.path(), "killed", steps);
-    let mut child = prism().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).spawn().unwrap();
+    let mut child = prism()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
+        .spawn()
+        .unwrap();
     let state = tmp.path().join("killed/checkpoint-last/trainer_state.json");
     let t0 = Instant::now();
     let mut killed_at = None;
@@ -93,10 +169,20 @@ fn a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights() {
     let _ = child.wait();
     let killed_at = killed_at.expect("the run finished before it could be killed");
     assert!((killed_at as usize) < steps);
-    let out = prism().args(["train", "--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = prism()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from step"));
-    assert_eq!(weights(&tmp.path().join("full")), weights(&tmp.path().join("killed")));
+    assert_eq!(
+        weights(&tmp.path().join("full")),
+        weights(&tmp.path().join("killed"))
+    );
 }
 
 #[test]
@@ -106,11 +192,32 @@ fn sweep_tabulates_configs_over_seeds() {
     let b = write_config(tmp.path(), "b", 4);
     let table = tmp.path().join("sweep.md");
     let out = prism()
-        .args(["sweep", "--config", a.to_str().unwrap(), "--config", b.to_str().unwrap(), "--seeds", "1,2", "--metric", "accuracy", "--quiet", "--out", table.to_str().unwrap()])
+        .args([
+            "sweep",
+            "--config",
+            a.to_str().unwrap(),
+            "--config",
+            b.to_str().unwrap(),
+            "--seeds",
+            "1,2",
+            "--metric",
+            "accuracy",
+            "--quiet",
+            "--out",
+            table.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = std::fs::read_to_string(table).unwrap();
-    assert!(t.contains("| a | sentiment | dev | accuracy |") && t.contains("| b | nli | dev | accuracy |"), "{t}");
+    assert!(
+        t.contains("| a | sentiment | dev | accuracy |")
+            && t.contains("| b | nli | dev | accuracy |"),
+        "{t}"
+    );
     assert!(tmp.path().join("a/seed-2/model/prism.json").is_file());
 }

@@ -25,18 +25,31 @@ pub const SENTENCES: [&str; 8] = [
 fn main() {
     let dir = fetch::resolve_model("minilm").expect("fetch minilm");
     let base = PretrainedModel::load(&dir, &Device::Cpu).expect("load minilm");
-    let spec = TaskSpec { name: "sentiment".into(), kind: TaskKind::Classification, labels: vec!["negative".into(), "positive".into()], max_length: 128, doc_stride: 64 };
+    let spec = TaskSpec {
+        name: "sentiment".into(),
+        kind: TaskKind::Classification,
+        labels: vec!["negative".into(), "positive".into()],
+        max_length: 128,
+        doc_stride: 64,
+    };
     let mt = MultiTaskModel::new(base, vec![spec], 0).expect("head");
     let m = ExplainModel::new(&mt, None).expect("task");
-    let inputs: Vec<_> = SENTENCES.iter().map(|s| m.encode(s, None).expect("encode")).collect();
+    let inputs: Vec<_> = SENTENCES
+        .iter()
+        .map(|s| m.encode(s, None).expect("encode"))
+        .collect();
     let tokens: usize = inputs.iter().map(|x| x.enc.ids.len()).sum();
     let mut results = Vec::new();
     for batch in [16usize, 50] {
-        let ig = IntegratedGradients { batch_size: batch, ..Default::default() };
+        let ig = IntegratedGradients {
+            batch_size: batch,
+            ..Default::default()
+        };
         let run = || {
             let t0 = Instant::now();
             for x in &inputs {
-                ig.attribute(&m, x, &Target::Class { class: 1 }).expect("ig");
+                ig.attribute(&m, x, &Target::Class { class: 1 })
+                    .expect("ig");
             }
             t0.elapsed().as_secs_f64()
         };
@@ -51,5 +64,7 @@ fn main() {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }

@@ -53,7 +53,13 @@ fn auc(ys: &[f64]) -> f64 {
 }
 
 /// Faithfulness of one attribution of `x` for `target`.
-pub fn evaluate(m: &ExplainModel, x: &ExplainInput, target: &Target, a: &Attributions, batch_size: usize) -> Result<Faithfulness> {
+pub fn evaluate(
+    m: &ExplainModel,
+    x: &ExplainInput,
+    target: &Target,
+    a: &Attributions,
+    batch_size: usize,
+) -> Result<Faithfulness> {
     let order = ranking(a, x);
     let n = order.len();
     let t = x.enc.ids.len();
@@ -65,17 +71,25 @@ pub fn evaluate(m: &ExplainModel, x: &ExplainInput, target: &Target, a: &Attribu
         v
     };
     let mut rows: Vec<(Vec<u32>, Vec<u32>)> = vec![subsequence(x, &vec![true; t])];
-    let ks: Vec<usize> = BINS.iter().map(|b| ((b * n as f64).ceil() as usize).clamp(1, n.max(1))).collect();
+    let ks: Vec<usize> = BINS
+        .iter()
+        .map(|b| ((b * n as f64).ceil() as usize).clamp(1, n.max(1)))
+        .collect();
     for &k in &ks {
         let keep_top = top(k);
         let without: Vec<bool> = (0..t).map(|j| !keep_top[j]).collect();
         rows.push(subsequence(x, &without));
         rows.push(subsequence(x, &keep_top));
     }
-    let curve_ks: Vec<usize> = (0..=CURVE_STEPS).map(|i| (i * n).div_ceil(CURVE_STEPS)).collect();
+    let curve_ks: Vec<usize> = (0..=CURVE_STEPS)
+        .map(|i| (i * n).div_ceil(CURVE_STEPS))
+        .collect();
     for &k in &curve_ks {
         let keep_top = top(k);
-        rows.push(subsequence(x, &(0..t).map(|j| !keep_top[j]).collect::<Vec<_>>()));
+        rows.push(subsequence(
+            x,
+            &(0..t).map(|j| !keep_top[j]).collect::<Vec<_>>(),
+        ));
         rows.push(subsequence(x, &keep_top));
     }
     let f = forward_rows(m, &rows, target, batch_size)?;
@@ -98,7 +112,12 @@ pub fn evaluate(m: &ExplainModel, x: &ExplainInput, target: &Target, a: &Attribu
 }
 
 /// F for variable-length variants of `x` (right-padded in batches).
-fn forward_rows(m: &ExplainModel, rows: &[(Vec<u32>, Vec<u32>)], target: &Target, batch_size: usize) -> Result<Vec<f64>> {
+fn forward_rows(
+    m: &ExplainModel,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    target: &Target,
+    batch_size: usize,
+) -> Result<Vec<f64>> {
     let tok = m.tokenizer()?;
     let mut out = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(batch_size.max(1)) {
@@ -115,13 +134,22 @@ fn forward_rows(m: &ExplainModel, rows: &[(Vec<u32>, Vec<u32>)], target: &Target
             })
             .collect();
         let input = tok.batch(&encs, m.device())?;
-        out.extend(m.f_from_input(&input, target)?.into_iter().map(|v| v as f64));
+        out.extend(
+            m.f_from_input(&input, target)?
+                .into_iter()
+                .map(|v| v as f64),
+        );
     }
     Ok(out)
 }
 
 /// A random attribution (seeded), the baseline every method should beat.
-pub fn random_attributions(m: &ExplainModel, x: &ExplainInput, target: &Target, seed: u64) -> Attributions {
+pub fn random_attributions(
+    m: &ExplainModel,
+    x: &ExplainInput,
+    target: &Target,
+    seed: u64,
+) -> Attributions {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let scores = (0..x.enc.ids.len()).map(|_| rng.random::<f32>()).collect();

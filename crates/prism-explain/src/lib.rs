@@ -62,7 +62,11 @@ pub fn word_spans(a: &Attributions) -> Vec<(usize, usize)> {
     while i < a.tokens.len() {
         let mut j = i + 1;
         if a.sequence_ids[i].is_some() {
-            while j < a.tokens.len() && a.sequence_ids[j] == a.sequence_ids[i] && a.offsets[j].0 == a.offsets[j - 1].1 && a.offsets[j].0 != a.offsets[j].1 {
+            while j < a.tokens.len()
+                && a.sequence_ids[j] == a.sequence_ids[i]
+                && a.offsets[j].0 == a.offsets[j - 1].1
+                && a.offsets[j].0 != a.offsets[j].1
+            {
                 j += 1;
             }
         }
@@ -75,12 +79,22 @@ pub fn word_spans(a: &Attributions) -> Vec<(usize, usize)> {
 /// Word-level attributions: scores summed over each word's sub-word tokens; the word text is
 /// cut from `texts` by offsets.
 pub fn aggregate_words(a: &Attributions, texts: &[&str]) -> Attributions {
-    let mut out = Attributions { tokens: vec![], offsets: vec![], sequence_ids: vec![], scores: vec![], ..a.clone() };
+    let mut out = Attributions {
+        tokens: vec![],
+        offsets: vec![],
+        sequence_ids: vec![],
+        scores: vec![],
+        ..a.clone()
+    };
     for (s, e) in word_spans(a) {
         let seq = a.sequence_ids[s];
         let (start, end) = (a.offsets[s].0, a.offsets[e - 1].1);
         let word = match seq {
-            Some(k) if k < texts.len() => texts[k].chars().skip(start).take(end.saturating_sub(start)).collect(),
+            Some(k) if k < texts.len() => texts[k]
+                .chars()
+                .skip(start)
+                .take(end.saturating_sub(start))
+                .collect(),
             _ => a.tokens[s].clone(),
         };
         out.tokens.push(word);
@@ -92,12 +106,28 @@ pub fn aggregate_words(a: &Attributions, texts: &[&str]) -> Attributions {
 }
 
 /// The names `--method` accepts.
-pub const METHODS: [&str; 10] = ["saliency", "grad_x_input", "smoothgrad", "ig", "attention", "rollout", "flow", "occlusion", "lime", "kernel_shap"];
+pub const METHODS: [&str; 10] = [
+    "saliency",
+    "grad_x_input",
+    "smoothgrad",
+    "ig",
+    "attention",
+    "rollout",
+    "flow",
+    "occlusion",
+    "lime",
+    "kernel_shap",
+];
 
 /// An attribution method, configured.
 pub trait Method: Send + Sync {
     fn name(&self) -> &'static str;
-    fn attribute(&self, model: &ExplainModel, input: &ExplainInput, target: &Target) -> Result<Attributions>;
+    fn attribute(
+        &self,
+        model: &ExplainModel,
+        input: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions>;
 }
 
 /// A method by name with its default options (seeded where it samples).
@@ -108,14 +138,28 @@ pub fn method_by_name(name: &str, seed: u64) -> Result<Box<dyn Method>> {
     Ok(match name {
         "saliency" => Box::new(Saliency),
         "grad_x_input" | "gxi" => Box::new(GradientXInput),
-        "smoothgrad" => Box::new(SmoothGrad { seed, ..Default::default() }),
+        "smoothgrad" => Box::new(SmoothGrad {
+            seed,
+            ..Default::default()
+        }),
         "ig" | "integrated_gradients" => Box::new(IntegratedGradients::default()),
         "attention" => Box::new(RawAttention::default()),
         "rollout" => Box::new(AttentionRollout),
         "flow" => Box::new(AttentionFlow),
         "occlusion" => Box::new(Occlusion::default()),
-        "lime" => Box::new(Lime { seed, ..Default::default() }),
-        "kernel_shap" | "shap" => Box::new(KernelShap { seed, ..Default::default() }),
-        other => return Err(Error::UnknownMethod { name: other.into(), available: METHODS.join(", ") }),
+        "lime" => Box::new(Lime {
+            seed,
+            ..Default::default()
+        }),
+        "kernel_shap" | "shap" => Box::new(KernelShap {
+            seed,
+            ..Default::default()
+        }),
+        other => {
+            return Err(Error::UnknownMethod {
+                name: other.into(),
+                available: METHODS.join(", "),
+            })
+        }
     })
 }

@@ -46,7 +46,11 @@ impl<'a> ExplainModel<'a> {
             None if model.tasks.len() == 1 => 0,
             None => {
                 let names: Vec<_> = model.tasks.iter().map(|t| t.spec.name.as_str()).collect();
-                return Err(Error::Invalid(format!("the model has {} tasks; choose one ({})", names.len(), names.join(", "))));
+                return Err(Error::Invalid(format!(
+                    "the model has {} tasks; choose one ({})",
+                    names.len(),
+                    names.join(", ")
+                )));
             }
         };
         Ok(Self { model, task })
@@ -71,7 +75,9 @@ impl<'a> ExplainModel<'a> {
     /// Tokenise a text (or a pair) for this task, truncated to the model's maximum length.
     pub fn encode(&self, text: &str, text2: Option<&str>) -> Result<ExplainInput> {
         let enc = self.tokenizer()?.encode(text, text2)?;
-        let input = self.tokenizer()?.batch(std::slice::from_ref(&enc), self.device())?;
+        let input = self
+            .tokenizer()?
+            .batch(std::slice::from_ref(&enc), self.device())?;
         let mut texts = vec![text.to_string()];
         texts.extend(text2.map(str::to_string));
         Ok(ExplainInput { enc, input, texts })
@@ -79,11 +85,16 @@ impl<'a> ExplainModel<'a> {
 
     pub fn describe(&self, target: &Target) -> String {
         match target {
-            Target::Class { class } => format!("class {}", self.labels().get(*class).map_or("?", |s| s)),
+            Target::Class { class } => {
+                format!("class {}", self.labels().get(*class).map_or("?", |s| s))
+            }
             Target::Value => "regression value".into(),
             Target::AnswerStart { position } => format!("answer start at token {position}"),
             Target::AnswerEnd { position } => format!("answer end at token {position}"),
-            Target::Tag { position, tag } => format!("tag {} at token {position}", self.labels().get(*tag).map_or("?", |s| s)),
+            Target::Tag { position, tag } => format!(
+                "tag {} at token {position}",
+                self.labels().get(*tag).map_or("?", |s| s)
+            ),
         }
     }
 
@@ -92,29 +103,48 @@ impl<'a> ExplainModel<'a> {
         let t = input.enc.ids.len();
         let n = self.labels().len();
         let ok = match (self.kind(), target) {
-            (TaskKind::Classification | TaskKind::PairClassification, Target::Class { class }) => *class < n,
+            (TaskKind::Classification | TaskKind::PairClassification, Target::Class { class }) => {
+                *class < n
+            }
             (TaskKind::Regression, Target::Value) => true,
-            (TaskKind::Qa, Target::AnswerStart { position } | Target::AnswerEnd { position }) => *position < t,
+            (TaskKind::Qa, Target::AnswerStart { position } | Target::AnswerEnd { position }) => {
+                *position < t
+            }
             (TaskKind::Token, Target::Tag { position, tag }) => *position < t && *tag < n,
             _ => false,
         };
         if ok {
             Ok(())
         } else {
-            Err(Error::Invalid(format!("target {target:?} does not fit a {:?} task with {n} labels and {t} tokens", self.kind())))
+            Err(Error::Invalid(format!(
+                "target {target:?} does not fit a {:?} task with {n} labels and {t} tokens",
+                self.kind()
+            )))
         }
     }
 
     /// F from the head's raw output (B, ...) for each row: (B).
     fn select(&self, logits: &Tensor, target: &Target) -> Result<Tensor> {
         Ok(match target {
-            Target::Class { class } => prism_model::ops::softmax_last_dim(logits)?.narrow(1, *class, 1)?.squeeze(1)?,
+            Target::Class { class } => prism_model::ops::softmax_last_dim(logits)?
+                .narrow(1, *class, 1)?
+                .squeeze(1)?,
             Target::Value => logits.narrow(1, 0, 1)?.squeeze(1)?,
-            Target::AnswerStart { position } => logits.narrow(1, *position, 1)?.squeeze(1)?.narrow(1, 0, 1)?.squeeze(1)?,
-            Target::AnswerEnd { position } => logits.narrow(1, *position, 1)?.squeeze(1)?.narrow(1, 1, 1)?.squeeze(1)?,
+            Target::AnswerStart { position } => logits
+                .narrow(1, *position, 1)?
+                .squeeze(1)?
+                .narrow(1, 0, 1)?
+                .squeeze(1)?,
+            Target::AnswerEnd { position } => logits
+                .narrow(1, *position, 1)?
+                .squeeze(1)?
+                .narrow(1, 1, 1)?
+                .squeeze(1)?,
             Target::Tag { position, tag } => {
                 let row = logits.narrow(1, *position, 1)?.squeeze(1)?; // (B, n)
-                prism_model::ops::softmax_last_dim(&row)?.narrow(1, *tag, 1)?.squeeze(1)?
+                prism_model::ops::softmax_last_dim(&row)?
+                    .narrow(1, *tag, 1)?
+                    .squeeze(1)?
             }
         })
     }
@@ -133,35 +163,75 @@ impl<'a> ExplainModel<'a> {
 
     /// Word embeddings of the input (1, T, C).
     pub fn embeddings(&self, input: &ExplainInput) -> Result<Tensor> {
-        Ok(self.model.base.encoder.word_embeddings(&input.input.input_ids)?.detach())
+        Ok(self
+            .model
+            .base
+            .encoder
+            .word_embeddings(&input.input.input_ids)?
+            .detach())
     }
 
     /// F and dF/d(embeddings) for each row of `embeds` (S, T, C), all rows of the same input.
-    pub fn gradients(&self, embeds: &Tensor, input: &ExplainInput, target: &Target) -> Result<(Tensor, Vec<f32>)> {
+    pub fn gradients(
+        &self,
+        embeds: &Tensor,
+        input: &ExplainInput,
+        target: &Target,
+    ) -> Result<(Tensor, Vec<f32>)> {
         let s = embeds.dim(0)?;
         let rep = Self::repeat(&input.input, s)?;
         let head = &self.model.tasks[self.task];
         let mut f_vals = Vec::new();
-        let g = embedding_gradients(&self.model.base.encoder, &rep, &Mode::Eval, Some(&embeds.detach()), false, |out| {
-            let logits = head.logits(out, &Mode::Eval).map_err(|e| prism_model::Error::Input(e.to_string()))?;
-            let f = self.select(&logits, target).map_err(|e| prism_model::Error::Input(e.to_string()))?;
-            f_vals = f.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            Ok(f.sum_all()?)
-        })?;
+        let g = embedding_gradients(
+            &self.model.base.encoder,
+            &rep,
+            &Mode::Eval,
+            Some(&embeds.detach()),
+            false,
+            |out| {
+                let logits = head
+                    .logits(out, &Mode::Eval)
+                    .map_err(|e| prism_model::Error::Input(e.to_string()))?;
+                let f = self
+                    .select(&logits, target)
+                    .map_err(|e| prism_model::Error::Input(e.to_string()))?;
+                f_vals = f.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                Ok(f.sum_all()?)
+            },
+        )?;
         Ok((g.grad, f_vals))
     }
 
     /// F for each row of `embeds` (S, T, C), no gradients.
-    pub fn f_from_embeds(&self, embeds: &Tensor, input: &ExplainInput, target: &Target) -> Result<Vec<f32>> {
+    pub fn f_from_embeds(
+        &self,
+        embeds: &Tensor,
+        input: &ExplainInput,
+        target: &Target,
+    ) -> Result<Vec<f32>> {
         let rep = Self::repeat(&input.input, embeds.dim(0)?)?;
-        let out = self.model.base.encoder.forward_from_word_embeddings(&embeds.detach(), &rep, &Mode::Eval)?;
+        let out = self.model.base.encoder.forward_from_word_embeddings(
+            &embeds.detach(),
+            &rep,
+            &Mode::Eval,
+        )?;
         let logits = self.model.tasks[self.task].logits(&out, &Mode::Eval)?;
-        Ok(self.select(&logits, target)?.detach().to_dtype(DType::F32)?.to_vec1()?)
+        Ok(self
+            .select(&logits, target)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
     }
 
     /// F for variants of the input whose token ids are `rows` (same length, same mask), in
     /// batches of `batch_size`.
-    pub fn f_from_ids(&self, rows: &[Vec<u32>], input: &ExplainInput, target: &Target, batch_size: usize) -> Result<Vec<f32>> {
+    pub fn f_from_ids(
+        &self,
+        rows: &[Vec<u32>],
+        input: &ExplainInput,
+        target: &Target,
+        batch_size: usize,
+    ) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(rows.len());
         let t = input.enc.ids.len();
         for chunk in rows.chunks(batch_size.max(1)) {
@@ -170,7 +240,12 @@ impl<'a> ExplainModel<'a> {
             rep.input_ids = Tensor::from_vec(flat, (chunk.len(), t), self.device())?;
             let enc = self.model.base.encoder.forward(&rep, &Mode::Eval)?;
             let logits = self.model.tasks[self.task].logits(&enc, &Mode::Eval)?;
-            out.extend(self.select(&logits, target)?.detach().to_dtype(DType::F32)?.to_vec1::<f32>()?);
+            out.extend(
+                self.select(&logits, target)?
+                    .detach()
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?,
+            );
         }
         Ok(out)
     }
@@ -180,34 +255,57 @@ impl<'a> ExplainModel<'a> {
     pub fn f_from_input(&self, input: &EncoderInput, target: &Target) -> Result<Vec<f32>> {
         let enc = self.model.base.encoder.forward(input, &Mode::Eval)?;
         let logits = self.model.tasks[self.task].logits(&enc, &Mode::Eval)?;
-        Ok(self.select(&logits, target)?.detach().to_dtype(DType::F32)?.to_vec1()?)
+        Ok(self
+            .select(&logits, target)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
     }
 
     /// The target a user most likely means: the predicted class (or tag at `position`), the
     /// regression value, or the predicted answer start.
     pub fn default_target(&self, input: &ExplainInput) -> Result<Target> {
         let enc = self.model.base.encoder.forward(&input.input, &Mode::Eval)?;
-        let logits = self.model.tasks[self.task].logits(&enc, &Mode::Eval)?.detach();
+        let logits = self.model.tasks[self.task]
+            .logits(&enc, &Mode::Eval)?
+            .detach();
         Ok(match self.kind() {
-            TaskKind::Classification | TaskKind::PairClassification => Target::Class { class: logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0] as usize },
+            TaskKind::Classification | TaskKind::PairClassification => Target::Class {
+                class: logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0] as usize,
+            },
             TaskKind::Regression => Target::Value,
             TaskKind::Qa => {
                 // Best start among context tokens.
                 let start: Vec<f32> = logits.narrow(2, 0, 1)?.flatten_all()?.to_vec1()?;
-                let pos = (0..start.len()).filter(|&j| input.enc.sequence_ids[j] == Some(1)).max_by(|&a, &b| start[a].total_cmp(&start[b])).unwrap_or(0);
+                let pos = (0..start.len())
+                    .filter(|&j| input.enc.sequence_ids[j] == Some(1))
+                    .max_by(|&a, &b| start[a].total_cmp(&start[b]))
+                    .unwrap_or(0);
                 Target::AnswerStart { position: pos }
             }
             TaskKind::Token => {
-                let pos = (0..input.enc.ids.len()).find(|&j| input.enc.sequence_ids[j].is_some()).unwrap_or(0);
+                let pos = (0..input.enc.ids.len())
+                    .find(|&j| input.enc.sequence_ids[j].is_some())
+                    .unwrap_or(0);
                 let row: Vec<f32> = logits.narrow(1, pos, 1)?.flatten_all()?.to_vec1()?;
-                let tag = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0);
+                let tag = (0..row.len())
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap_or(0);
                 Target::Tag { position: pos, tag }
             }
         })
     }
 
     /// An [`crate::Attributions`] skeleton for this input.
-    pub fn attributions(&self, input: &ExplainInput, method: &str, target: &Target, scores: Vec<f32>, output: f32, delta: Option<f32>) -> crate::Attributions {
+    pub fn attributions(
+        &self,
+        input: &ExplainInput,
+        method: &str,
+        target: &Target,
+        scores: Vec<f32>,
+        output: f32,
+        delta: Option<f32>,
+    ) -> crate::Attributions {
         crate::Attributions {
             tokens: input.enc.tokens.clone(),
             offsets: input.enc.offsets.clone(),
@@ -228,18 +326,29 @@ impl<'a> ExplainModel<'a> {
             .ids
             .iter()
             .enumerate()
-            .map(|(j, &id)| if keep[j] || input.enc.special_tokens_mask[j] == 1 { id } else { replacement })
+            .map(|(j, &id)| {
+                if keep[j] || input.enc.special_tokens_mask[j] == 1 {
+                    id
+                } else {
+                    replacement
+                }
+            })
             .collect()
     }
 
     /// Positions that perturbation methods may remove (not special tokens).
     pub fn features(input: &ExplainInput) -> Vec<usize> {
-        (0..input.enc.ids.len()).filter(|&j| input.enc.special_tokens_mask[j] == 0).collect()
+        (0..input.enc.ids.len())
+            .filter(|&j| input.enc.special_tokens_mask[j] == 0)
+            .collect()
     }
 
     /// The id used for removed tokens: `[MASK]`/`<mask>` when the vocabulary has one, else pad.
     pub fn mask_id(&self) -> Result<u32> {
         let tok = self.tokenizer()?;
-        Ok(["[MASK]", "<mask>"].iter().find_map(|t| tok.token_to_id(t)).unwrap_or(tok.pad_id()))
+        Ok(["[MASK]", "<mask>"]
+            .iter()
+            .find_map(|t| tok.token_to_id(t))
+            .unwrap_or(tok.pad_id()))
     }
 }

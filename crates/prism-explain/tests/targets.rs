@@ -51,7 +51,11 @@ max_length = 32
 
     let cases: Vec<(&str, &str, Option<&str>)> = vec![
         ("rating", "A gorgeous, witty movie.", None),
-        ("qa", "Where did the cast stay?", Some("The cast stayed in Paris for two years.")),
+        (
+            "qa",
+            "Where did the cast stay?",
+            Some("The cast stayed in Paris for two years."),
+        ),
         ("ner", "Ada Lovelace walks into a bar in London", None),
     ];
     for (task, text, text2) in cases {
@@ -59,25 +63,46 @@ max_length = 32
         let x = m.encode(text, text2).unwrap();
         let mut targets = vec![m.default_target(&x).unwrap()];
         if task == "qa" {
-            let pos = x.enc.sequence_ids.iter().position(|s| *s == Some(1)).unwrap();
+            let pos = x
+                .enc
+                .sequence_ids
+                .iter()
+                .position(|s| *s == Some(1))
+                .unwrap();
             targets.push(Target::AnswerEnd { position: pos + 1 });
         }
         for target in targets {
             match (task, &target) {
-                ("rating", Target::Value) | ("qa", Target::AnswerStart { .. } | Target::AnswerEnd { .. }) | ("ner", Target::Tag { .. }) => {}
+                ("rating", Target::Value)
+                | ("qa", Target::AnswerStart { .. } | Target::AnswerEnd { .. })
+                | ("ner", Target::Tag { .. }) => {}
                 other => panic!("unexpected default target {other:?}"),
             }
-            let ig = IntegratedGradients::default().attribute(&m, &x, &target).unwrap();
-            assert!(ig.delta.unwrap().abs() < 1e-2, "{task}: IG delta {:?}", ig.delta);
+            let ig = IntegratedGradients::default()
+                .attribute(&m, &x, &target)
+                .unwrap();
+            assert!(
+                ig.delta.unwrap().abs() < 1e-2,
+                "{task}: IG delta {:?}",
+                ig.delta
+            );
             for name in ["saliency", "occlusion", "kernel_shap", "rollout"] {
-                let a = method_by_name(name, 0).unwrap().attribute(&m, &x, &target).unwrap();
+                let a = method_by_name(name, 0)
+                    .unwrap()
+                    .attribute(&m, &x, &target)
+                    .unwrap();
                 assert_eq!(a.scores.len(), x.enc.ids.len(), "{task} {name}");
                 assert!(a.scores.iter().all(|s| s.is_finite()), "{task} {name}");
             }
         }
         // A target that does not fit the task is refused with a message.
         let bad = Target::Class { class: 5 };
-        let e = method_by_name("saliency", 0).unwrap().attribute(&m, &x, &bad).err().unwrap().to_string();
+        let e = method_by_name("saliency", 0)
+            .unwrap()
+            .attribute(&m, &x, &bad)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("does not fit"), "{e}");
     }
 }

@@ -18,7 +18,14 @@ use std::path::{Path, PathBuf};
 /// Checkpoint key prefixes of transformers' task classes wrapping the base model.
 const BASE_PREFIXES: [&str; 2] = ["bert.", "roberta."];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
-const HEAD_PREFIXES: [&str; 6] = ["cls.", "lm_head.", "classifier.", "qa_outputs.", "pre_classifier.", "prism."];
+const HEAD_PREFIXES: [&str; 6] = [
+    "cls.",
+    "lm_head.",
+    "classifier.",
+    "qa_outputs.",
+    "pre_classifier.",
+    "prism.",
+];
 /// Buffers, not parameters, that older checkpoints carry.
 const IGNORED_KEYS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
 
@@ -33,18 +40,27 @@ impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text).map_err(|e| match e {
-            Error::InvalidConfig(msg) => Error::Config { path: path.to_path_buf(), msg },
+            Error::InvalidConfig(msg) => Error::Config {
+                path: path.to_path_buf(),
+                msg,
+            },
             other => other,
         })
     }
 
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::InvalidConfig(format!("line {} column {}: {e}", e.line(), e.column())))?;
-        let model_type = value.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert").to_string();
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+            Error::InvalidConfig(format!("line {} column {}: {e}", e.line(), e.column()))
+        })?;
+        let model_type = value
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("bert")
+            .to_string();
         let cfg = match model_type.as_str() {
             "bert" | "roberta" => {
-                let mut c: BertConfig = serde_json::from_value(value).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                let mut c: BertConfig = serde_json::from_value(value)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
                 c.model_type = model_type;
                 ModelConfig::Bert(c)
             }
@@ -114,7 +130,12 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Bert(m) => m.word_embedding_table(),
         }
     }
-    fn forward_from_word_embeddings(&self, e: &Tensor, input: &EncoderInput, mode: &Mode) -> Result<EncoderOutput> {
+    fn forward_from_word_embeddings(
+        &self,
+        e: &Tensor,
+        input: &EncoderInput,
+        mode: &Mode,
+    ) -> Result<EncoderOutput> {
         match self {
             AnyEncoder::Bert(m) => m.forward_from_word_embeddings(e, input, mode),
         }
@@ -137,14 +158,18 @@ fn normalise_key(key: &str) -> String {
     }
     let k = k.to_string();
     if k.contains("LayerNorm.") {
-        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        k.replace("LayerNorm.gamma", "LayerNorm.weight")
+            .replace("LayerNorm.beta", "LayerNorm.bias")
     } else {
         k
     }
 }
 
 fn checkpoint_err(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::Checkpoint { path: path.to_path_buf(), msg: msg.to_string() }
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
 }
 
 /// Run a reader that might panic on malformed bytes, turning a panic into an error.
@@ -158,7 +183,9 @@ fn guarded<T>(path: &Path, f: impl FnOnce() -> candle_core::Result<T>) -> Result
 
 fn read_safetensors(path: &Path, out: &mut HashMap<String, Tensor>) -> Result<()> {
     let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let tensors = guarded(path, || candle_core::safetensors::load_buffer(&data, &Device::Cpu))?;
+    let tensors = guarded(path, || {
+        candle_core::safetensors::load_buffer(&data, &Device::Cpu)
+    })?;
     out.extend(tensors);
     Ok(())
 }
@@ -174,7 +201,8 @@ pub fn read_weights(dir: &Path) -> Result<Source> {
         single
     } else if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| checkpoint_err(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| checkpoint_err(&index, e))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -191,7 +219,10 @@ pub fn read_weights(dir: &Path) -> Result<Source> {
         raw.extend(tensors);
         bin
     } else {
-        return Err(checkpoint_err(dir, "no model.safetensors, model.safetensors.index.json or pytorch_model.bin"));
+        return Err(checkpoint_err(
+            dir,
+            "no model.safetensors, model.safetensors.index.json or pytorch_model.bin",
+        ));
     };
     let mut tensors = HashMap::with_capacity(raw.len());
     for (k, v) in raw {
@@ -220,7 +251,10 @@ impl PretrainedModel {
     /// Load config, weights and tokenizer from an HF model folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found")));
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model folder not found"),
+            ));
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let source = read_weights(dir)?;
@@ -242,19 +276,44 @@ impl PretrainedModel {
                 });
             }
         }
-        let has_tokenizer = ["tokenizer.json", "vocab.txt", "vocab.json"].iter().any(|f| dir.join(f).is_file());
-        let tokenizer = if has_tokenizer { Some(PrismTokenizer::load(dir, config.max_tokens())?) } else { None };
-        Ok(Self { config, encoder, params, tokenizer, head_tensors, dir: Some(dir.to_path_buf()) })
+        let has_tokenizer = ["tokenizer.json", "vocab.txt", "vocab.json"]
+            .iter()
+            .any(|f| dir.join(f).is_file());
+        let tokenizer = if has_tokenizer {
+            Some(PrismTokenizer::load(dir, config.max_tokens())?)
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            encoder,
+            params,
+            tokenizer,
+            head_tensors,
+            dir: Some(dir.to_path_buf()),
+        })
     }
 
     /// A freshly initialised model (weights drawn from `seed`) with an optional tokenizer.
-    pub fn fresh(config: ModelConfig, tokenizer: Option<PrismTokenizer>, device: &Device, seed: u64) -> Result<Self> {
+    pub fn fresh(
+        config: ModelConfig,
+        tokenizer: Option<PrismTokenizer>,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         config.validate()?;
         let params = ParamStore::fresh(device, seed);
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
         };
-        Ok(Self { config, encoder, params, tokenizer, head_tensors: Vec::new(), dir: None })
+        Ok(Self {
+            config,
+            encoder,
+            params,
+            tokenizer,
+            head_tensors: Vec::new(),
+            dir: None,
+        })
     }
 
     pub fn tokenizer(&self) -> Result<&PrismTokenizer> {
@@ -299,7 +358,13 @@ impl PretrainedModel {
         if let Some(tok) = &self.tokenizer {
             tok.save(dir)?;
             if let Some(src) = &self.dir {
-                for f in ["vocab.txt", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+                for f in [
+                    "vocab.txt",
+                    "vocab.json",
+                    "merges.txt",
+                    "tokenizer_config.json",
+                    "special_tokens_map.json",
+                ] {
                     let from = src.join(f);
                     if from.is_file() && src != dir {
                         std::fs::copy(&from, dir.join(f)).map_err(|e| Error::io(&from, e))?;
@@ -313,10 +378,15 @@ impl PretrainedModel {
 
 /// Write `bytes` to `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
@@ -326,9 +396,18 @@ mod tests {
 
     #[test]
     fn keys_are_normalised() {
-        assert_eq!(normalise_key("bert.encoder.layer.0.output.LayerNorm.gamma"), "encoder.layer.0.output.LayerNorm.weight");
-        assert_eq!(normalise_key("roberta.embeddings.LayerNorm.beta"), "embeddings.LayerNorm.bias");
-        assert_eq!(normalise_key("cls.predictions.bias"), "cls.predictions.bias");
+        assert_eq!(
+            normalise_key("bert.encoder.layer.0.output.LayerNorm.gamma"),
+            "encoder.layer.0.output.LayerNorm.weight"
+        );
+        assert_eq!(
+            normalise_key("roberta.embeddings.LayerNorm.beta"),
+            "embeddings.LayerNorm.bias"
+        );
+        assert_eq!(
+            normalise_key("cls.predictions.bias"),
+            "cls.predictions.bias"
+        );
     }
 
     #[test]
@@ -338,10 +417,17 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("`hidden_size` 30 is not divisible by `num_attention_heads` 4"), "{e}");
-        let e = ModelConfig::from_json(r#"{"model_type":"gpt2"}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("`hidden_size` 30 is not divisible by `num_attention_heads` 4"),
+            "{e}"
+        );
+        let e = ModelConfig::from_json(r#"{"model_type":"gpt2"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gpt2") && e.contains("supported"), "{e}");
-        let e = ModelConfig::from_json(r#"{"model_type":"bert","vocab_size":10}"#).unwrap_err().to_string();
+        let e = ModelConfig::from_json(r#"{"model_type":"bert","vocab_size":10}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hidden_size"), "{e}");
     }
 }

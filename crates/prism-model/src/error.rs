@@ -16,11 +16,25 @@ pub enum Error {
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("{path}: missing weight `{name}` (expected shape {expected:?})")]
-    MissingWeight { path: PathBuf, name: String, expected: Vec<usize> },
+    MissingWeight {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+    },
     #[error("{path}: unexpected weight `{name}` with shape {shape:?} (no such parameter in a {model} model)")]
-    UnexpectedWeight { path: PathBuf, name: String, shape: Vec<usize>, model: String },
+    UnexpectedWeight {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+        model: String,
+    },
     #[error("{path}: weight `{name}` has shape {found:?} but the config needs {expected:?}")]
-    ShapeMismatch { path: PathBuf, name: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{path}: corrupt or unreadable checkpoint: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
     #[error("{path}: tokenizer: {msg}")]
@@ -39,6 +53,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

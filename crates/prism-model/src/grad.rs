@@ -64,5 +64,11 @@ where
     } else {
         None
     };
-    Ok(EmbeddingGrads { loss, embeddings: cut.as_detached_tensor(), grad, params, output })
+    Ok(EmbeddingGrads {
+        loss,
+        embeddings: cut.as_detached_tensor(),
+        grad,
+        params,
+        output,
+    })
 }

@@ -56,7 +56,10 @@ impl ParamStore {
     /// A store that takes every parameter from `source`; a parameter the source lacks is an
     /// error unless the caller asks for it with [`ParamBuilder::get_or_init`].
     pub fn from_source(source: Source, device: &Device, seed: u64) -> Self {
-        Self { source: Some(Arc::new(source)), ..Self::fresh(device, seed) }
+        Self {
+            source: Some(Arc::new(source)),
+            ..Self::fresh(device, seed)
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -69,17 +72,29 @@ impl ParamStore {
     }
 
     pub fn root(&self) -> ParamBuilder {
-        ParamBuilder { store: self.clone(), prefix: String::new() }
+        ParamBuilder {
+            store: self.clone(),
+            prefix: String::new(),
+        }
     }
 
     /// Every parameter, by name, in lexicographic order.
     pub fn vars(&self) -> Vec<(String, Var)> {
         let inner = self.inner.lock().expect("parameter store lock poisoned");
-        inner.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        inner
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<Var> {
-        self.inner.lock().expect("parameter store lock poisoned").vars.get(name).cloned()
+        self.inner
+            .lock()
+            .expect("parameter store lock poisoned")
+            .vars
+            .get(name)
+            .cloned()
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -88,7 +103,9 @@ impl ParamStore {
 
     /// Source tensors that no parameter asked for, by name (e.g. task heads for later use).
     pub fn unused_source_tensors(&self) -> Vec<(String, Tensor)> {
-        let Some(src) = &self.source else { return Vec::new() };
+        let Some(src) = &self.source else {
+            return Vec::new();
+        };
         let inner = self.inner.lock().expect("parameter store lock poisoned");
         let mut out: Vec<_> = src
             .tensors
@@ -105,12 +122,17 @@ impl ParamStore {
     }
 
     pub fn source_has(&self, name: &str) -> bool {
-        self.source.as_ref().is_some_and(|s| s.tensors.contains_key(name))
+        self.source
+            .as_ref()
+            .is_some_and(|s| s.tensors.contains_key(name))
     }
 
     /// The current values, detached, keyed by name (for saving).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars().into_iter().map(|(k, v)| (k, v.as_detached_tensor())).collect()
+        self.vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_detached_tensor()))
+            .collect()
     }
 
     fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
@@ -136,7 +158,11 @@ impl ParamStore {
             }
             return Ok(v.as_tensor().clone());
         }
-        let value = match self.source.as_ref().and_then(|s| s.tensors.get(name).map(|t| (s, t))) {
+        let value = match self
+            .source
+            .as_ref()
+            .and_then(|s| s.tensors.get(name).map(|t| (s, t)))
+        {
             Some((src, t)) => {
                 if t.dims() != shape {
                     return Err(Error::ShapeMismatch {
@@ -184,7 +210,10 @@ pub struct ParamBuilder {
 
 impl ParamBuilder {
     pub fn pp(&self, name: impl AsRef<str>) -> Self {
-        Self { store: self.store.clone(), prefix: self.path(name.as_ref()) }
+        Self {
+            store: self.store.clone(),
+            prefix: self.path(name.as_ref()),
+        }
     }
 
     pub fn path(&self, name: &str) -> String {
@@ -238,7 +267,12 @@ impl Linear {
     }
 
     /// Like [`Linear::load`], but initialised when the checkpoint lacks it (a new task head).
-    pub fn load_or_init(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+    pub fn load_or_init(
+        pb: &ParamBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        std: f64,
+    ) -> Result<Self> {
         let weight = pb.get_or_init(&[out_dim, in_dim], "weight", Init::Normal(std))?;
         let bias = Some(pb.get_or_init(&[out_dim], "bias", Init::Const(0.0))?);
         Ok(Self { weight, bias })
@@ -248,7 +282,9 @@ impl Linear {
     /// `x`: (..., in) -> (..., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let (last, lead) = dims.split_last().ok_or_else(|| Error::Input("linear: scalar input".into()))?;
+        let (last, lead) = dims
+            .split_last()
+            .ok_or_else(|| Error::Input("linear: scalar input".into()))?;
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?; // (N, in)
         let mut y = x2.matmul(&self.weight.t()?)?; // (N, out)
@@ -273,7 +309,10 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn load(pb: &ParamBuilder, n: usize, dim: usize, std: f64) -> Result<Self> {
-        Ok(Self { weight: pb.get(&[n, dim], "weight", Init::Normal(std))?, padding_idx: None })
+        Ok(Self {
+            weight: pb.get(&[n, dim], "weight", Init::Normal(std))?,
+            padding_idx: None,
+        })
     }
 
     pub fn with_padding_idx(mut self, idx: Option<u32>) -> Self {
@@ -288,7 +327,9 @@ impl Embedding {
         let flat = ids.flatten_all()?.to_dtype(DType::U32)?;
         let host: Vec<u32> = flat.to_vec1()?;
         if let Some(&bad) = host.iter().find(|&&i| i as usize >= n) {
-            return Err(Error::Input(format!("token id {bad} is out of range for an embedding table of {n} rows")));
+            return Err(Error::Input(format!(
+                "token id {bad} is out of range for an embedding table of {n} rows"
+            )));
         }
         let mut shape = ids.dims().to_vec();
         shape.push(dim);
@@ -296,8 +337,12 @@ impl Embedding {
         let rows = match self.padding_idx {
             Some(p) if host.contains(&p) => {
                 // Same values; the gradient reaches the table only through non-padding rows.
-                let keep: Vec<f32> = host.iter().map(|&i| if i == p { 0.0 } else { 1.0 }).collect();
-                let keep = Tensor::from_vec(keep, (host.len(), 1), ids.device())?.to_dtype(rows.dtype())?;
+                let keep: Vec<f32> = host
+                    .iter()
+                    .map(|&i| if i == p { 0.0 } else { 1.0 })
+                    .collect();
+                let keep = Tensor::from_vec(keep, (host.len(), 1), ids.device())?
+                    .to_dtype(rows.dtype())?;
                 (rows.broadcast_mul(&keep)? + rows.detach().broadcast_mul(&(1.0 - &keep)?)?)?
             }
             _ => rows,
@@ -343,13 +388,17 @@ impl DropoutRng {
             return Ok(x.clone());
         }
         if p >= 1.0 {
-            return Err(Error::InvalidConfig(format!("dropout probability {p} must be below 1")));
+            return Err(Error::InvalidConfig(format!(
+                "dropout probability {p} must be below 1"
+            )));
         }
         let keep = (1.0 / (1.0 - p)) as f32;
         let n = x.elem_count();
         let mask: Vec<f32> = {
             let mut rng = self.0.lock().expect("dropout rng lock poisoned");
-            (0..n).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect()
+            (0..n)
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                .collect()
         };
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         Ok((x * mask)?)

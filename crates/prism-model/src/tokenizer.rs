@@ -58,7 +58,10 @@ pub struct PrismTokenizer {
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Tokenizer { path: path.to_path_buf(), msg: e.to_string() }
+    Error::Tokenizer {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    }
 }
 
 /// `do_lower_case` from `tokenizer_config.json`, defaulting to true as BERT's uncased models do.
@@ -77,9 +80,15 @@ impl PrismTokenizer {
         let vocab_txt = dir.join("vocab.txt");
         let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         let (inner, path) = if json.is_file() {
-            (Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?, json)
+            (
+                Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?,
+                json,
+            )
         } else if vocab_txt.is_file() {
-            (Self::bert_from_vocab(&vocab_txt, lower_case(dir))?, vocab_txt)
+            (
+                Self::bert_from_vocab(&vocab_txt, lower_case(dir))?,
+                vocab_txt,
+            )
         } else if vocab_json.is_file() && merges.is_file() {
             (Self::roberta_from_bpe(&vocab_json, &merges)?, vocab_json)
         } else {
@@ -105,7 +114,12 @@ impl PrismTokenizer {
                 ..Default::default()
             }))
             .map_err(|e| tok_err(&path, e))?;
-        Ok(Self { inner, path, pad_id, max_len })
+        Ok(Self {
+            inner,
+            path,
+            pad_id,
+            max_len,
+        })
     }
 
     fn bert_from_vocab(vocab: &Path, lowercase: bool) -> Result<Tokenizer> {
@@ -114,12 +128,18 @@ impl PrismTokenizer {
             .build()
             .map_err(|e| tok_err(vocab, e))?;
         let mut tk = Tokenizer::new(model);
-        let id = |t: &str| tk.token_to_id(t).ok_or_else(|| tok_err(vocab, format!("vocabulary has no {t} token")));
+        let id = |t: &str| {
+            tk.token_to_id(t)
+                .ok_or_else(|| tok_err(vocab, format!("vocabulary has no {t} token")))
+        };
         let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
         tk.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
             .map_err(|e| tok_err(vocab, e))?;
         tk.with_pre_tokenizer(Some(BertPreTokenizer));
-        tk.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+        tk.with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )));
         tk.with_decoder(Some(WordPieceDecoder::default()));
         Ok(tk)
     }
@@ -129,11 +149,16 @@ impl PrismTokenizer {
             .build()
             .map_err(|e| tok_err(vocab, e))?;
         let mut tk = Tokenizer::new(model);
-        let id = |t: &str| tk.token_to_id(t).ok_or_else(|| tok_err(vocab, format!("vocabulary has no {t} token")));
+        let id = |t: &str| {
+            tk.token_to_id(t)
+                .ok_or_else(|| tok_err(vocab, format!("vocabulary has no {t} token")))
+        };
         let (cls, sep) = (id("<s>")?, id("</s>")?);
         tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         tk.with_post_processor(Some(
-            RobertaProcessing::new(("</s>".into(), sep), ("<s>".into(), cls)).trim_offsets(true).add_prefix_space(false),
+            RobertaProcessing::new(("</s>".into(), sep), ("<s>".into(), cls))
+                .trim_offsets(true)
+                .add_prefix_space(false),
         ));
         tk.with_decoder(Some(ByteLevelDecoder::default()));
         Ok(tk)
@@ -165,7 +190,11 @@ impl PrismTokenizer {
 
     /// A copy that truncates to `max_len` tokens instead (at most the model's maximum).
     pub fn with_max_len(&self, max_len: usize) -> Result<Self> {
-        Self::from_tokenizer(self.inner.clone(), self.path.clone(), max_len.min(self.max_len))
+        Self::from_tokenizer(
+            self.inner.clone(),
+            self.path.clone(),
+            max_len.min(self.max_len),
+        )
     }
 
     /// Tokenise a text, or a text pair (NLI premise + hypothesis, QA question + context).
@@ -175,13 +204,21 @@ impl PrismTokenizer {
             None => self.inner.encode(text, true),
         }
         .map_err(|e| Error::Encode(e.to_string()))?;
-        Ok(Encoded::from_encoding(&enc, !enc.get_overflowing().is_empty()))
+        Ok(Encoded::from_encoding(
+            &enc,
+            !enc.get_overflowing().is_empty(),
+        ))
     }
 
     /// Question + context windows for extractive QA: the context is cut into windows of at
     /// most `max_len` tokens (question included) that overlap by `stride` tokens, as
     /// transformers' `doc_stride`; offsets of context tokens index into `context`.
-    pub fn encode_windows(&self, question: &str, context: &str, stride: usize) -> Result<Vec<Encoded>> {
+    pub fn encode_windows(
+        &self,
+        question: &str,
+        context: &str,
+        stride: usize,
+    ) -> Result<Vec<Encoded>> {
         let mut tk = self.inner.clone();
         tk.with_truncation(Some(TruncationParams {
             max_length: self.max_len,
@@ -189,8 +226,15 @@ impl PrismTokenizer {
             stride,
             ..Default::default()
         }))
-        .map_err(|e| Error::Encode(format!("question too long for a {}-token window with stride {stride}: {e}", self.max_len)))?;
-        let enc = tk.encode((question, context), true).map_err(|e| Error::Encode(e.to_string()))?;
+        .map_err(|e| {
+            Error::Encode(format!(
+                "question too long for a {}-token window with stride {stride}: {e}",
+                self.max_len
+            ))
+        })?;
+        let enc = tk
+            .encode((question, context), true)
+            .map_err(|e| Error::Encode(e.to_string()))?;
         let mut out = vec![Encoded::from_encoding(&enc, false)];
         for o in enc.get_overflowing() {
             out.push(Encoded::from_encoding(o, false));
@@ -201,8 +245,14 @@ impl PrismTokenizer {
     /// Tokenise pre-split words (token classification); also returns, per token, the index of
     /// the word it came from (`None` for special tokens).
     pub fn encode_words(&self, words: &[String]) -> Result<(Encoded, Vec<Option<u32>>)> {
-        let enc = self.inner.encode(words, true).map_err(|e| Error::Encode(e.to_string()))?;
-        Ok((Encoded::from_encoding(&enc, !enc.get_overflowing().is_empty()), enc.get_word_ids().to_vec()))
+        let enc = self
+            .inner
+            .encode(words, true)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        Ok((
+            Encoded::from_encoding(&enc, !enc.get_overflowing().is_empty()),
+            enc.get_word_ids().to_vec(),
+        ))
     }
 
     /// Pad a batch on the right to its longest member and build the model input.
@@ -216,7 +266,8 @@ impl PrismTokenizer {
     /// Write `tokenizer.json` (the format Python `tokenizers` and transformers load) into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut tk = self.inner.clone();
-        tk.with_truncation(None).map_err(|e| tok_err(&self.path, e))?;
+        tk.with_truncation(None)
+            .map_err(|e| tok_err(&self.path, e))?;
         let out = dir.join("tokenizer.json");
         tk.save(&out, true).map_err(|e| tok_err(&out, e))?;
         Ok(())
@@ -240,6 +291,9 @@ pub fn batch_encodings(encs: &[Encoded], pad_id: u32, device: &Device) -> Result
             types[i * t + j] = e.type_ids.get(j).copied().unwrap_or(0);
         }
     }
-    Ok(EncoderInput::new(Tensor::from_vec(ids, (b, t), device)?, Tensor::from_vec(mask, (b, t), device)?)
-        .with_token_type_ids(Tensor::from_vec(types, (b, t), device)?))
+    Ok(EncoderInput::new(
+        Tensor::from_vec(ids, (b, t), device)?,
+        Tensor::from_vec(mask, (b, t), device)?,
+    )
+    .with_token_type_ids(Tensor::from_vec(types, (b, t), device)?))
 }

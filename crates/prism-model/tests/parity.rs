@@ -24,23 +24,61 @@ fn check_model(fixture: &str, name: &str) {
     let layers = att.len();
     assert_eq!(hs.len(), layers + 1);
     for (i, h) in hs.iter().enumerate() {
-        assert_close(&format!("{name} hidden_states.{i}"), h, &exp[&format!("hidden_states.{i}")], 1e-4);
+        assert_close(
+            &format!("{name} hidden_states.{i}"),
+            h,
+            &exp[&format!("hidden_states.{i}")],
+            1e-4,
+        );
     }
     for (i, a) in att.iter().enumerate() {
-        assert_close(&format!("{name} attentions.{i}"), a, &exp[&format!("attentions.{i}")], 1e-4);
+        assert_close(
+            &format!("{name} attentions.{i}"),
+            a,
+            &exp[&format!("attentions.{i}")],
+            1e-4,
+        );
     }
-    assert_close(&format!("{name} last_hidden_state"), &out.last_hidden_state, &exp[&format!("hidden_states.{layers}")], 1e-4);
-    assert_close(&format!("{name} pooler_output"), out.pooler_output.as_ref().unwrap(), &exp["pooler_output"], 1e-4);
-    assert_close(&format!("{name} loss"), &g.loss.reshape(1).unwrap(), &exp["loss"], 1e-3);
+    assert_close(
+        &format!("{name} last_hidden_state"),
+        &out.last_hidden_state,
+        &exp[&format!("hidden_states.{layers}")],
+        1e-4,
+    );
+    assert_close(
+        &format!("{name} pooler_output"),
+        out.pooler_output.as_ref().unwrap(),
+        &exp["pooler_output"],
+        1e-4,
+    );
+    assert_close(
+        &format!("{name} loss"),
+        &g.loss.reshape(1).unwrap(),
+        &exp["loss"],
+        1e-3,
+    );
 
-    assert_rel(&format!("{name} grad embedding output"), &g.grad, &exp["grad.embedding_output"], 1e-3);
+    assert_rel(
+        &format!("{name} grad embedding output"),
+        &g.grad,
+        &exp["grad.embedding_output"],
+        1e-3,
+    );
     let grads = g.params.as_ref().unwrap();
     let vars = model.params.vars();
     let n_expected = exp.keys().filter(|k| k.starts_with("grad.param.")).count();
-    assert_eq!(vars.len(), n_expected, "{name}: parameter count differs from PyTorch");
+    assert_eq!(
+        vars.len(),
+        n_expected,
+        "{name}: parameter count differs from PyTorch"
+    );
     for (pname, var) in vars {
-        let want = exp.get(&format!("grad.param.{pname}")).unwrap_or_else(|| panic!("{name}: PyTorch has no parameter {pname}"));
-        let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
+        let want = exp
+            .get(&format!("grad.param.{pname}"))
+            .unwrap_or_else(|| panic!("{name}: PyTorch has no parameter {pname}"));
+        let got = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
         assert_rel(&format!("{name} grad {pname}"), got, want, 1e-3);
     }
 }
@@ -59,9 +97,21 @@ fn roberta_outputs_and_gradients_match_pytorch() {
 fn pytorch_bin_with_task_prefix_loads_the_same_weights() {
     let exp = expected("tiny-bert");
     let model = PretrainedModel::load(&fixtures().join("tiny-bert-bin"), &Device::Cpu).unwrap();
-    let out = model.encoder.forward(&input_from(&exp), &Mode::Eval).unwrap();
-    let n = exp.keys().filter(|k| k.starts_with("hidden_states.")).count() - 1;
-    assert_close("bin last_hidden_state", &out.last_hidden_state, &exp[&format!("hidden_states.{n}")], 1e-4);
+    let out = model
+        .encoder
+        .forward(&input_from(&exp), &Mode::Eval)
+        .unwrap();
+    let n = exp
+        .keys()
+        .filter(|k| k.starts_with("hidden_states."))
+        .count()
+        - 1;
+    assert_close(
+        "bin last_hidden_state",
+        &out.last_hidden_state,
+        &exp[&format!("hidden_states.{n}")],
+        1e-4,
+    );
 }
 
 #[test]
@@ -69,16 +119,30 @@ fn every_parameter_gets_a_nonzero_gradient_in_training_mode() {
     for fixture in ["tiny-bert", "tiny-roberta"] {
         let exp = expected(fixture);
         let model = PretrainedModel::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
-        let out = model.encoder.forward(&input_from(&exp), &Mode::train(7)).unwrap();
-        let loss = ((&out.last_hidden_state * &exp["r1"]).unwrap().sum_all().unwrap()
-            + (out.pooler_output.unwrap() * &exp["r2"]).unwrap().sum_all().unwrap())
+        let out = model
+            .encoder
+            .forward(&input_from(&exp), &Mode::train(7))
+            .unwrap();
+        let loss = ((&out.last_hidden_state * &exp["r1"])
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + (out.pooler_output.unwrap() * &exp["r2"])
+                .unwrap()
+                .sum_all()
+                .unwrap())
         .unwrap();
         let grads = loss.backward().unwrap();
         let vars = model.params.vars();
         assert!(vars.len() > 30);
         for (name, var) in vars {
-            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{fixture}: {name} got no gradient"));
-            assert!(max_abs(g) > 0.0, "{fixture}: {name} has an all-zero gradient");
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{fixture}: {name} got no gradient"));
+            assert!(
+                max_abs(g) > 0.0,
+                "{fixture}: {name} has an all-zero gradient"
+            );
         }
     }
 }
@@ -88,13 +152,25 @@ fn dropout_runs_in_training_and_not_in_eval() {
     let exp = expected("tiny-bert");
     let model = PretrainedModel::load(&fixtures().join("tiny-bert"), &Device::Cpu).unwrap();
     let input = input_from(&exp);
-    let run = |mode: &Mode| model.encoder.forward(&input, mode).unwrap().last_hidden_state;
+    let run = |mode: &Mode| {
+        model
+            .encoder
+            .forward(&input, mode)
+            .unwrap()
+            .last_hidden_state
+    };
     let e1 = run(&Mode::Eval);
     assert_close("eval is deterministic", &e1, &run(&Mode::Eval), 0.0);
     let t1 = run(&Mode::train(1));
     assert_close("same seed, same masks", &t1, &run(&Mode::train(1)), 0.0);
-    assert!(max_abs(&(&t1 - &run(&Mode::train(2))).unwrap()) > 1e-3, "different seeds should differ");
-    assert!(max_abs(&(&t1 - &e1).unwrap()) > 1e-3, "training mode must apply dropout");
+    assert!(
+        max_abs(&(&t1 - &run(&Mode::train(2))).unwrap()) > 1e-3,
+        "different seeds should differ"
+    );
+    assert!(
+        max_abs(&(&t1 - &e1).unwrap()) > 1e-3,
+        "training mode must apply dropout"
+    );
 }
 
 #[test]
@@ -111,7 +187,13 @@ fn embedding_gradients_without_params_match_with_params() {
     assert_close("same embedding gradient", &a.grad, &b.grad, 1e-6);
     // The table's gradient is the scatter-add of the embedding gradient over the token ids,
     // except the padding row (id 1 for RoBERTa), which PyTorch's padding_idx keeps at zero.
-    let table_grad = b.params.as_ref().unwrap().get(model.encoder.word_embedding_table()).unwrap().clone();
+    let table_grad = b
+        .params
+        .as_ref()
+        .unwrap()
+        .get(model.encoder.word_embedding_table())
+        .unwrap()
+        .clone();
     let ids: Vec<u32> = input.input_ids.flatten_all().unwrap().to_vec1().unwrap();
     let g = a.grad.flatten_to(1).unwrap();
     let c = g.dim(1).unwrap();

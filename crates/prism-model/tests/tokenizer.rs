@@ -18,7 +18,8 @@ struct Case {
 
 fn check(dir: &Path, expected: &str, check_offsets: bool) {
     let tok = PrismTokenizer::load(dir, 512).unwrap();
-    let cases: Vec<Case> = serde_json::from_str(&std::fs::read_to_string(fixtures().join(expected)).unwrap()).unwrap();
+    let cases: Vec<Case> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(expected)).unwrap()).unwrap();
     assert!(cases.len() >= 6);
     for c in cases {
         let e = tok.encode(&c.text, c.pair.as_deref()).unwrap();
@@ -41,7 +42,11 @@ fn only(fixture: &str, files: &[&str]) -> tempfile::TempDir {
 
 #[test]
 fn bert_tokenizer_json_matches_transformers() {
-    check(&fixtures().join("tiny-bert"), "tiny-bert_tokenizer_expected.json", true);
+    check(
+        &fixtures().join("tiny-bert"),
+        "tiny-bert_tokenizer_expected.json",
+        true,
+    );
 }
 
 #[test]
@@ -52,7 +57,11 @@ fn bert_vocab_txt_matches_transformers() {
 
 #[test]
 fn roberta_tokenizer_json_matches_transformers() {
-    check(&fixtures().join("tiny-roberta"), "tiny-roberta_tokenizer_expected.json", true);
+    check(
+        &fixtures().join("tiny-roberta"),
+        "tiny-roberta_tokenizer_expected.json",
+        true,
+    );
 }
 
 #[test]
@@ -74,5 +83,8 @@ fn long_input_is_truncated_and_flagged() {
 fn missing_tokenizer_files_are_an_error_naming_the_folder() {
     let d = tempfile::tempdir().unwrap();
     let e = PrismTokenizer::load(d.path(), 8).err().unwrap().to_string();
-    assert!(e.contains(&d.path().display().to_string()) && e.contains("vocab.txt"), "{e}");
+    assert!(
+        e.contains(&d.path().display().to_string()) && e.contains("vocab.txt"),
+        "{e}"
+    );
 }

@@ -72,7 +72,10 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Self { kind: SamplingKind::default(), temperature: d_temperature() }
+        Self {
+            kind: SamplingKind::default(),
+            temperature: d_temperature(),
+        }
     }
 }
 
@@ -225,7 +228,10 @@ impl TrainConfig {
     /// Parse a TOML file; relative data paths and `output` are taken relative to its folder.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string().trim().replace('\n', " ") })?;
+        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: e.to_string().trim().replace('\n', " "),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -234,14 +240,20 @@ impl TrainConfig {
         };
         fix(&mut cfg.output);
         for t in &mut cfg.tasks {
-            for p in [&mut t.train, &mut t.dev, &mut t.test].into_iter().flatten() {
+            for p in [&mut t.train, &mut t.dev, &mut t.test]
+                .into_iter()
+                .flatten()
+            {
                 fix(p);
             }
         }
         if base.join(&cfg.model).is_dir() && Path::new(&cfg.model).is_relative() {
             cfg.model = base.join(&cfg.model).to_string_lossy().to_string();
         }
-        cfg.validate().map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string() })?;
+        cfg.validate().map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         Ok(cfg)
     }
 
@@ -262,17 +274,39 @@ impl TrainConfig {
                 return bad(format!("task name `{}` is used twice", t.name));
             }
             if t.data.is_none() && t.train.is_none() {
-                return bad(format!("task `{}` needs `data = \"NAME/SUBSET\"` or a `train` file", t.name));
+                return bad(format!(
+                    "task `{}` needs `data = \"NAME/SUBSET\"` or a `train` file",
+                    t.name
+                ));
             }
             if t.dann.is_some() && t.adversarial.is_some() {
-                return bad(format!("task `{}`: use either `dann` or `adversarial`, not both", t.name));
+                return bad(format!(
+                    "task `{}`: use either `dann` or `adversarial`, not both",
+                    t.name
+                ));
             }
-            if t.dann.is_some() && !matches!(t.kind, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression) {
-                return bad(format!("task `{}`: DANN needs a sequence-level task", t.name));
+            if t.dann.is_some()
+                && !matches!(
+                    t.kind,
+                    TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression
+                )
+            {
+                return bad(format!(
+                    "task `{}`: DANN needs a sequence-level task",
+                    t.name
+                ));
             }
             if let Some(p) = t.label_noise {
-                if !(0.0..1.0).contains(&p) || !matches!(t.kind, TaskKind::Classification | TaskKind::PairClassification) {
-                    return bad(format!("task `{}`: label_noise {p} must be in [0, 1) on a classification task", t.name));
+                if !(0.0..1.0).contains(&p)
+                    || !matches!(
+                        t.kind,
+                        TaskKind::Classification | TaskKind::PairClassification
+                    )
+                {
+                    return bad(format!(
+                        "task `{}`: label_noise {p} must be in [0, 1) on a classification task",
+                        t.name
+                    ));
                 }
             }
             if !(t.weight > 0.0) {
@@ -281,7 +315,10 @@ impl TrainConfig {
         }
         if let Some(es) = &self.early_stopping {
             let Some((task, _)) = es.metric.split_once('.') else {
-                return bad(format!("early_stopping.metric `{}` must be `task.metric`", es.metric));
+                return bad(format!(
+                    "early_stopping.metric `{}` must be `task.metric`",
+                    es.metric
+                ));
             };
             if !self.tasks.iter().any(|t| t.name == task) {
                 return bad(format!("early_stopping.metric names unknown task `{task}`"));
@@ -304,14 +341,23 @@ impl TrainConfig {
 
 /// Sampling probabilities over tasks with training-set sizes `sizes` and weights `weights`, at
 /// `progress` in [0, 1] through training.
-pub fn task_probabilities(sampling: &Sampling, sizes: &[usize], weights: &[f64], progress: f64) -> Vec<f64> {
+pub fn task_probabilities(
+    sampling: &Sampling,
+    sizes: &[usize],
+    weights: &[f64],
+    progress: f64,
+) -> Vec<f64> {
     let exponent = match sampling.kind {
         SamplingKind::Uniform => 0.0,
         SamplingKind::Proportional => 1.0,
         SamplingKind::Temperature => 1.0 / sampling.temperature,
         SamplingKind::Annealed => 1.0 - 0.8 * progress.clamp(0.0, 1.0),
     };
-    let raw: Vec<f64> = sizes.iter().zip(weights).map(|(&n, &w)| w * (n.max(1) as f64).powf(exponent)).collect();
+    let raw: Vec<f64> = sizes
+        .iter()
+        .zip(weights)
+        .map(|(&n, &w)| w * (n.max(1) as f64).powf(exponent))
+        .collect();
     let total: f64 = raw.iter().sum();
     raw.iter().map(|r| r / total).collect()
 }
@@ -322,15 +368,43 @@ mod tests {
 
     #[test]
     fn sampling_rules() {
-        let s = |kind, t| Sampling { kind, temperature: t };
-        let p = task_probabilities(&s(SamplingKind::Uniform, 1.0), &[100, 900], &[1.0, 1.0], 0.0);
+        let s = |kind, t| Sampling {
+            kind,
+            temperature: t,
+        };
+        let p = task_probabilities(
+            &s(SamplingKind::Uniform, 1.0),
+            &[100, 900],
+            &[1.0, 1.0],
+            0.0,
+        );
         assert_eq!(p, vec![0.5, 0.5]);
-        let p = task_probabilities(&s(SamplingKind::Proportional, 1.0), &[100, 900], &[1.0, 1.0], 0.0);
+        let p = task_probabilities(
+            &s(SamplingKind::Proportional, 1.0),
+            &[100, 900],
+            &[1.0, 1.0],
+            0.0,
+        );
         assert!((p[0] - 0.1).abs() < 1e-12);
-        let p = task_probabilities(&s(SamplingKind::Temperature, 2.0), &[100, 900], &[1.0, 1.0], 0.0);
+        let p = task_probabilities(
+            &s(SamplingKind::Temperature, 2.0),
+            &[100, 900],
+            &[1.0, 1.0],
+            0.0,
+        );
         assert!((p[0] - 10.0 / 40.0).abs() < 1e-12);
-        let start = task_probabilities(&s(SamplingKind::Annealed, 1.0), &[100, 900], &[1.0, 1.0], 0.0);
-        let end = task_probabilities(&s(SamplingKind::Annealed, 1.0), &[100, 900], &[1.0, 1.0], 1.0);
+        let start = task_probabilities(
+            &s(SamplingKind::Annealed, 1.0),
+            &[100, 900],
+            &[1.0, 1.0],
+            0.0,
+        );
+        let end = task_probabilities(
+            &s(SamplingKind::Annealed, 1.0),
+            &[100, 900],
+            &[1.0, 1.0],
+            1.0,
+        );
         assert!((start[0] - 0.1).abs() < 1e-12 && end[0] > 0.35);
     }
 
@@ -339,6 +413,10 @@ mod tests {
         let e = toml::from_str::<TrainConfig>("model = \"m\"\noutput = \"o\"\nsteps = 5\nbatchsize = 3\n[[task]]\nname = \"a\"\nkind = \"classification\"\ntrain = \"x.jsonl\"\n").unwrap_err().to_string();
         assert!(e.contains("batchsize"), "{e}");
         let cfg: TrainConfig = toml::from_str("model = \"m\"\noutput = \"o\"\nsteps = 5\n[[task]]\nname = \"a\"\nkind = \"classification\"\n").unwrap();
-        assert!(cfg.validate().unwrap_err().to_string().contains("needs `data"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("needs `data"));
     }
 }

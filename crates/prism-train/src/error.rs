@@ -5,7 +5,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}:{line}: field `{field}`: {msg}")]
-    Data { path: PathBuf, line: usize, field: String, msg: String },
+    Data {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        msg: String,
+    },
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
     #[error("{path}: {source}")]
@@ -28,9 +33,22 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
-    pub(crate) fn data(path: impl Into<PathBuf>, line: usize, field: &str, msg: impl Into<String>) -> Self {
-        Error::Data { path: path.into(), line, field: field.to_string(), msg: msg.into() }
+    pub(crate) fn data(
+        path: impl Into<PathBuf>,
+        line: usize,
+        field: &str,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::Data {
+            path: path.into(),
+            line,
+            field: field.to_string(),
+            msg: msg.into(),
+        }
     }
 }

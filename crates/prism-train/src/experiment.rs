@@ -22,39 +22,70 @@ pub struct Row {
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
 fn main_metric(r: &Report, task: &str, split: &str) -> Option<(String, f64)> {
     let t = r.tasks.get(task)?;
-    let res = if split == "dev" { t.dev.as_ref()? } else { t.test.as_ref()? };
+    let res = if split == "dev" {
+        t.dev.as_ref()?
+    } else {
+        t.test.as_ref()?
+    };
     let key = t.kind.main_metric();
     res.metrics.get(key).map(|v| (key.to_string(), *v))
 }
 
 /// Run the comparison; each run writes under `cfg.output/seed-S/{multi,single-TASK}`.
-pub fn mtl_vs_single(cfg: &TrainConfig, seeds: &[u64], device: &Device, progress: bool) -> Result<Vec<Row>> {
+pub fn mtl_vs_single(
+    cfg: &TrainConfig,
+    seeds: &[u64],
+    device: &Device,
+    progress: bool,
+) -> Result<Vec<Row>> {
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     for &seed in seeds {
         let base = cfg.output.join(format!("seed-{seed}"));
         let mut multi = cfg.clone();
         multi.seed = seed;
         multi.output = base.join("multi");
-        let opts = RunOptions { progress, ..Default::default() };
+        let opts = RunOptions {
+            progress,
+            ..Default::default()
+        };
         let mr = train(&multi, device, &opts)?;
         for t in &cfg.tasks {
             let mut single = cfg.clone();
             single.seed = seed;
             single.tasks = vec![t.clone()];
             single.output = base.join(format!("single-{}", t.name));
-            if single.early_stopping.as_ref().is_some_and(|es| !es.metric.starts_with(&format!("{}.", t.name))) {
+            if single
+                .early_stopping
+                .as_ref()
+                .is_some_and(|es| !es.metric.starts_with(&format!("{}.", t.name)))
+            {
                 single.early_stopping = None;
             }
             let sr = train(&single, device, &opts)?;
             for split in ["dev", "test"] {
-                if let (Some((metric, s)), Some((_, m))) = (main_metric(&sr, &t.name, split), main_metric(&mr, &t.name, split)) {
-                    let row = rows.entry((t.name.clone(), split.to_string())).or_insert_with(|| Row { task: t.name.clone(), metric, split: split.into(), single: vec![], multi: vec![] });
+                if let (Some((metric, s)), Some((_, m))) = (
+                    main_metric(&sr, &t.name, split),
+                    main_metric(&mr, &t.name, split),
+                ) {
+                    let row = rows
+                        .entry((t.name.clone(), split.to_string()))
+                        .or_insert_with(|| Row {
+                            task: t.name.clone(),
+                            metric,
+                            split: split.into(),
+                            single: vec![],
+                            multi: vec![],
+                        });
                     row.single.push(s);
                     row.multi.push(m);
                 }
@@ -76,14 +107,27 @@ pub struct SweepRow {
 
 /// Train every config with every seed (outputs under `output/seed-S`) and collect each task's
 /// final metrics on dev, test and the extra test sets.
-pub fn sweep(configs: &[(String, TrainConfig)], seeds: &[u64], device: &Device, progress: bool, metrics: &[String]) -> Result<Vec<SweepRow>> {
+pub fn sweep(
+    configs: &[(String, TrainConfig)],
+    seeds: &[u64],
+    device: &Device,
+    progress: bool,
+    metrics: &[String],
+) -> Result<Vec<SweepRow>> {
     let mut rows: BTreeMap<(usize, String, String, String), SweepRow> = BTreeMap::new();
     for (ci, (name, cfg)) in configs.iter().enumerate() {
         for &seed in seeds {
             let mut c = cfg.clone();
             c.seed = seed;
             c.output = cfg.output.join(format!("seed-{seed}"));
-            let r = train(&c, device, &RunOptions { progress, ..Default::default() })?;
+            let r = train(
+                &c,
+                device,
+                &RunOptions {
+                    progress,
+                    ..Default::default()
+                },
+            )?;
             for (task, t) in &r.tasks {
                 let mut splits: Vec<(String, &crate::tasks::EvalResult)> = Vec::new();
                 if let Some(d) = &t.dev {
@@ -101,7 +145,13 @@ pub fn sweep(configs: &[(String, TrainConfig)], seeds: &[u64], device: &Device, 
                             continue;
                         }
                         rows.entry((ci, task.clone(), split.clone(), metric.clone()))
-                            .or_insert_with(|| SweepRow { config: name.clone(), task: task.clone(), split: split.clone(), metric: metric.clone(), values: vec![] })
+                            .or_insert_with(|| SweepRow {
+                                config: name.clone(),
+                                task: task.clone(),
+                                split: split.clone(),
+                                metric: metric.clone(),
+                                values: vec![],
+                            })
                             .values
                             .push(*v);
                     }
@@ -118,7 +168,14 @@ pub fn format_sweep(rows: &[SweepRow], seeds: &[u64]) -> String {
     for r in rows {
         let (m, sd) = mean_std(&r.values);
         let vals: Vec<String> = r.values.iter().map(|v| format!("{v:.4}")).collect();
-        s.push_str(&format!("| {} | {} | {} | {} | {m:.4} ± {sd:.4} | {} |\n", r.config, r.task, r.split, r.metric, vals.join(", ")));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {m:.4} ± {sd:.4} | {} |\n",
+            r.config,
+            r.task,
+            r.split,
+            r.metric,
+            vals.join(", ")
+        ));
     }
     s
 }
@@ -132,7 +189,17 @@ pub fn format_table(rows: &[Row], cfg: &TrainConfig, seeds: &[u64]) -> String {
     for r in rows {
         let (sm, ss) = mean_std(&r.single);
         let (mm, ms) = mean_std(&r.multi);
-        s.push_str(&format!("{:<14} {:<5} {:<10} {:>11.4} ± {:<.4} {:>11.4} ± {:<.4} {:>+8.4}\n", r.task, r.split, r.metric, sm, ss, mm, ms, mm - sm));
+        s.push_str(&format!(
+            "{:<14} {:<5} {:<10} {:>11.4} ± {:<.4} {:>11.4} ± {:<.4} {:>+8.4}\n",
+            r.task,
+            r.split,
+            r.metric,
+            sm,
+            ss,
+            mm,
+            ms,
+            mm - sm
+        ));
     }
     s
 }

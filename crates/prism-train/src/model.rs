@@ -1,8 +1,8 @@
 //! A shared encoder with one head per task, saved as an HF folder plus `prism.json`.
 
+use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::tasks::{EvalResult, Feature, Prediction, Task, TaskSpec};
-use crate::data::Example;
 use candle_core::Device;
 use prism_model::checkpoint::write_atomic;
 use prism_model::{AnyEncoder, Encoder, Mode, ModelConfig, PretrainedModel};
@@ -43,7 +43,10 @@ impl MultiTaskModel {
         let pooler = has_pooler(&base.encoder);
         let dropout = head_dropout(&base.config);
         let root = base.params.root();
-        let tasks = specs.into_iter().map(|s| Task::new(s, &root, &tok, hidden, pooler, dropout)).collect::<Result<Vec<_>>>()?;
+        let tasks = specs
+            .into_iter()
+            .map(|s| Task::new(s, &root, &tok, hidden, pooler, dropout))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self { base, tasks })
     }
 
@@ -53,7 +56,12 @@ impl MultiTaskModel {
         let pj = dir.join("prism.json");
         let specs = if pj.is_file() {
             let text = std::fs::read_to_string(&pj).map_err(|e| Error::io(&pj, e))?;
-            let p: PrismJson = serde_json::from_str(&text).map_err(|e| Error::Data { path: pj.clone(), line: e.line(), field: "(json)".into(), msg: e.to_string() })?;
+            let p: PrismJson = serde_json::from_str(&text).map_err(|e| Error::Data {
+                path: pj.clone(),
+                line: e.line(),
+                field: "(json)".into(),
+                msg: e.to_string(),
+            })?;
             p.tasks
         } else {
             Vec::new()
@@ -62,8 +70,27 @@ impl MultiTaskModel {
         // Every head must have come from the checkpoint: a missing head tensor means a damaged folder.
         for t in &model.tasks {
             let prefix = format!("prism.heads.{}.", t.spec.name);
-            if !model.base.params.vars().iter().any(|(k, _)| k.starts_with(&prefix)) || model.base.params.vars().iter().filter(|(k, _)| k.starts_with(&prefix)).any(|(k, _)| !model.base.params.source_has(k)) {
-                return Err(Error::File { path: dir.to_path_buf(), msg: format!("prism.json lists task `{}` but its head weights `{prefix}*` are missing", t.spec.name) });
+            if !model
+                .base
+                .params
+                .vars()
+                .iter()
+                .any(|(k, _)| k.starts_with(&prefix))
+                || model
+                    .base
+                    .params
+                    .vars()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .any(|(k, _)| !model.base.params.source_has(k))
+            {
+                return Err(Error::File {
+                    path: dir.to_path_buf(),
+                    msg: format!(
+                        "prism.json lists task `{}` but its head weights `{prefix}*` are missing",
+                        t.spec.name
+                    ),
+                });
             }
         }
         Ok(model)
@@ -71,27 +98,52 @@ impl MultiTaskModel {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.base.save(dir)?;
-        let pj = PrismJson { prism_version: env!("CARGO_PKG_VERSION").into(), tasks: self.tasks.iter().map(|t| t.spec.clone()).collect() };
-        write_atomic(&dir.join("prism.json"), serde_json::to_string_pretty(&pj).unwrap_or_default().as_bytes())?;
+        let pj = PrismJson {
+            prism_version: env!("CARGO_PKG_VERSION").into(),
+            tasks: self.tasks.iter().map(|t| t.spec.clone()).collect(),
+        };
+        write_atomic(
+            &dir.join("prism.json"),
+            serde_json::to_string_pretty(&pj)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
         Ok(())
     }
 
     pub fn task_index(&self, name: &str) -> Result<usize> {
-        self.tasks.iter().position(|t| t.spec.name == name).ok_or_else(|| {
-            let names: Vec<_> = self.tasks.iter().map(|t| t.spec.name.as_str()).collect();
-            Error::Config(format!("no task `{name}` (tasks: {})", names.join(", ")))
-        })
+        self.tasks
+            .iter()
+            .position(|t| t.spec.name == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = self.tasks.iter().map(|t| t.spec.name.as_str()).collect();
+                Error::Config(format!("no task `{name}` (tasks: {})", names.join(", ")))
+            })
     }
 
     /// Predictions of task `ti` for `examples`.
-    pub fn predict(&self, ti: usize, examples: &[Example], feats: &[Feature], batch_size: usize) -> Result<Vec<Prediction>> {
+    pub fn predict(
+        &self,
+        ti: usize,
+        examples: &[Example],
+        feats: &[Feature],
+        batch_size: usize,
+    ) -> Result<Vec<Prediction>> {
         let dev = self.base.params.device().clone();
         let enc = &self.base.encoder;
-        self.tasks[ti].predict(examples, feats, batch_size, &dev, |input| Ok(enc.forward(input, &Mode::Eval)?))
+        self.tasks[ti].predict(examples, feats, batch_size, &dev, |input| {
+            Ok(enc.forward(input, &Mode::Eval)?)
+        })
     }
 
     /// Featurise, predict and score task `ti` on `examples`.
-    pub fn evaluate(&self, ti: usize, examples: &[Example], path: &Path, batch_size: usize) -> Result<EvalResult> {
+    pub fn evaluate(
+        &self,
+        ti: usize,
+        examples: &[Example],
+        path: &Path,
+        batch_size: usize,
+    ) -> Result<EvalResult> {
         let feats = self.tasks[ti].featurize(examples, path)?;
         let preds = self.predict(ti, examples, &feats, batch_size)?;
         Ok(self.tasks[ti].score(examples, &preds))

@@ -44,7 +44,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -76,7 +81,13 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let n = var.elem_count();
-                ParamState { decay: !no_decay(&name), name, var, m: vec![0.0; n], v: vec![0.0; n] }
+                ParamState {
+                    decay: !no_decay(&name),
+                    name,
+                    var,
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                }
             })
             .collect();
         Self { cfg, params, t: 0 }
@@ -102,13 +113,19 @@ impl AdamW {
         let bc1 = 1.0 - self.cfg.beta1.powi(self.t as i32);
         let bc2 = 1.0 - self.cfg.beta2.powi(self.t as i32);
         for p in self.params.iter_mut() {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
             let kernel = AdamWKernel {
                 lr: lr as f32,
                 b1: self.cfg.beta1 as f32,
                 b2: self.cfg.beta2 as f32,
                 eps: self.cfg.eps as f32,
-                wd: if p.decay { self.cfg.weight_decay as f32 } else { 0.0 },
+                wd: if p.decay {
+                    self.cfg.weight_decay as f32
+                } else {
+                    0.0
+                },
                 step_size: (lr / bc1) as f32,
                 bc2_sqrt: bc2.sqrt() as f32,
                 scale: grad_scale as f32,
@@ -129,19 +146,43 @@ impl AdamW {
         let mut out = HashMap::new();
         for p in &self.params {
             let shape = p.var.shape().clone();
-            out.insert(format!("m.{}", p.name), Tensor::from_slice(&p.m, &shape, &Device::Cpu)?);
-            out.insert(format!("v.{}", p.name), Tensor::from_slice(&p.v, &shape, &Device::Cpu)?);
+            out.insert(
+                format!("m.{}", p.name),
+                Tensor::from_slice(&p.m, &shape, &Device::Cpu)?,
+            );
+            out.insert(
+                format!("v.{}", p.name),
+                Tensor::from_slice(&p.v, &shape, &Device::Cpu)?,
+            );
         }
         Ok(out)
     }
 
     /// Restore moments saved by [`AdamW::state_tensors`]; every parameter must be present.
-    pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, t: u64, path: &std::path::Path) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        t: u64,
+        path: &std::path::Path,
+    ) -> Result<()> {
         for p in self.params.iter_mut() {
-            for (key, buf) in [(format!("m.{}", p.name), &mut p.m), (format!("v.{}", p.name), &mut p.v)] {
-                let tensor = tensors.get(&key).ok_or_else(|| Error::File { path: path.to_path_buf(), msg: format!("optimizer state has no `{key}`") })?;
+            for (key, buf) in [
+                (format!("m.{}", p.name), &mut p.m),
+                (format!("v.{}", p.name), &mut p.v),
+            ] {
+                let tensor = tensors.get(&key).ok_or_else(|| Error::File {
+                    path: path.to_path_buf(),
+                    msg: format!("optimizer state has no `{key}`"),
+                })?;
                 if tensor.elem_count() != buf.len() {
-                    return Err(Error::File { path: path.to_path_buf(), msg: format!("optimizer state `{key}` has {} values, the parameter {}", tensor.elem_count(), buf.len()) });
+                    return Err(Error::File {
+                        path: path.to_path_buf(),
+                        msg: format!(
+                            "optimizer state `{key}` has {} values, the parameter {}",
+                            tensor.elem_count(),
+                            buf.len()
+                        ),
+                    });
                 }
                 *buf = tensor.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
             }
@@ -181,12 +222,17 @@ impl AdamWKernel<'_> {
 
     /// The same update through tensor ops (non-CPU devices).
     fn apply_with_tensors(&self, var: &Var, g: &Tensor) -> Result<()> {
-        let mut st = self.state.lock().map_err(|_| Error::Config("optimizer lock poisoned".into()))?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| Error::Config("optimizer lock poisoned".into()))?;
         let dev = var.device();
         let shape = var.shape().clone();
         let g = (g.to_dtype(DType::F32)? * self.scale as f64)?;
-        let m = ((Tensor::from_slice(st.0, &shape, dev)? * self.b1 as f64)? + (&g * (1.0 - self.b1 as f64))?)?;
-        let v = ((Tensor::from_slice(st.1, &shape, dev)? * self.b2 as f64)? + (g.sqr()? * (1.0 - self.b2 as f64))?)?;
+        let m = ((Tensor::from_slice(st.0, &shape, dev)? * self.b1 as f64)?
+            + (&g * (1.0 - self.b1 as f64))?)?;
+        let v = ((Tensor::from_slice(st.1, &shape, dev)? * self.b2 as f64)?
+            + (g.sqr()? * (1.0 - self.b2 as f64))?)?;
         let p = (var.as_tensor() * (1.0 - self.lr as f64 * self.wd as f64))?;
         let denom = ((v.sqrt()? / self.bc2_sqrt as f64)? + self.eps as f64)?;
         let p = (p - ((&m / denom)? * self.step_size as f64)?)?;
@@ -202,19 +248,34 @@ impl InplaceOp2 for AdamWKernel<'_> {
         "prism-adamw"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
         let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
             candle_core::bail!("prism-adamw: f32 parameters and gradients only")
         };
-        let (Some((ps, pe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((ps, pe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("prism-adamw: parameter and gradient must be contiguous")
         };
         let p = &mut p[ps..pe];
         let g = &g[gs..ge];
-        let mut st = self.state.lock().map_err(|_| candle_core::Error::Msg("optimizer lock poisoned".into()))?;
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("optimizer lock poisoned".into()))?;
         let (m, v) = &mut *st;
         if p.len() != g.len() || m.len() != p.len() {
-            candle_core::bail!("prism-adamw: sizes differ (param {}, grad {}, state {})", p.len(), g.len(), m.len())
+            candle_core::bail!(
+                "prism-adamw: sizes differ (param {}, grad {}, state {})",
+                p.len(),
+                g.len(),
+                m.len()
+            )
         }
         if p.len() >= 4 * CHUNK {
             p.par_chunks_mut(CHUNK)
@@ -249,9 +310,18 @@ mod tests {
     fn adamw_matches_torch() {
         let dev = Device::Cpu;
         let var = Var::new(&[1f32, -2.0, 3.0], &dev).unwrap();
-        let mut opt = AdamW::new(vec![("w.weight".into(), var.clone())], AdamWConfig { weight_decay: 0.01, ..Default::default() });
+        let mut opt = AdamW::new(
+            vec![("w.weight".into(), var.clone())],
+            AdamWConfig {
+                weight_decay: 0.01,
+                ..Default::default()
+            },
+        );
         for g in [[0.5f32, -1.0, 2.0], [0.1, 0.2, -0.3]] {
-            let loss = (var.as_tensor() * Tensor::new(&g, &dev).unwrap()).unwrap().sum_all().unwrap();
+            let loss = (var.as_tensor() * Tensor::new(&g, &dev).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
             let grads = loss.backward().unwrap();
             opt.step(&grads, 0.1, 1.0).unwrap();
         }

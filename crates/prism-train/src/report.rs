@@ -24,7 +24,9 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
+];
 
 /// A line chart of named series of (x, y) points.
 fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
@@ -49,15 +51,38 @@ fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let sx = |x: f64| pad + (x - x0) / (x1 - x0) * (w - 2.0 * pad);
     let sy = |y: f64| h - pad - (y - y0) / (y1 - y0) * (h - 2.0 * pad);
     let mut s = format!("<figure><figcaption>{}</figcaption><svg width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">", escape(title));
-    let _ = write!(s, "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/>", h - pad, w - pad, h - pad);
-    let _ = write!(s, "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#999\"/>", h - pad);
+    let _ = write!(
+        s,
+        "<line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\"/>",
+        h - pad,
+        w - pad,
+        h - pad
+    );
+    let _ = write!(
+        s,
+        "<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#999\"/>",
+        h - pad
+    );
     let _ = write!(s, "<text x=\"4\" y=\"{}\" font-size=\"10\">{y1:.3}</text><text x=\"4\" y=\"{}\" font-size=\"10\">{y0:.3}</text>", pad, h - pad);
     let _ = write!(s, "<text x=\"{pad}\" y=\"{}\" font-size=\"10\">{x0:.0}</text><text x=\"{}\" y=\"{}\" font-size=\"10\" text-anchor=\"end\">{x1:.0}</text>", h - pad + 14.0, w - pad, h - pad + 14.0);
     for (i, (name, p)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = p.iter().map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
-        let _ = write!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", path.join(" "));
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>", w - pad - 150.0, pad + 12.0 * i as f64, escape(name));
+        let path: Vec<String> = p
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
+        let _ = write!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            path.join(" ")
+        );
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{color}\">{}</text>",
+            w - pad - 150.0,
+            pad + 12.0 * i as f64,
+            escape(name)
+        );
     }
     s.push_str("</svg></figure>");
     s
@@ -80,14 +105,20 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
     let mut losses: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut dev: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for line in log.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let (Some(step), Some(task)) = (v["step"].as_f64(), v["task"].as_str()) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(step), Some(task)) = (v["step"].as_f64(), v["task"].as_str()) else {
+            continue;
+        };
         if let Some(l) = v["loss"].as_f64() {
             losses.entry(task.to_string()).or_default().push((step, l));
         } else if let Some(m) = v["metrics"].as_object() {
             for (k, val) in m {
                 if let Some(x) = val.as_f64() {
-                    dev.entry(format!("{task}.{k}")).or_default().push((step, x));
+                    dev.entry(format!("{task}.{k}"))
+                        .or_default()
+                        .push((step, x));
                 }
             }
         }
@@ -107,7 +138,10 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
         }
     }
     h.push_str("</table><h2>Training loss (EMA 0.1)</h2>");
-    let loss_series: Vec<(String, Vec<(f64, f64)>)> = losses.iter().map(|(k, v)| (k.clone(), ema(v, 0.1))).collect();
+    let loss_series: Vec<(String, Vec<(f64, f64)>)> = losses
+        .iter()
+        .map(|(k, v)| (k.clone(), ema(v, 0.1)))
+        .collect();
     h.push_str(&svg_chart("loss per task", &loss_series));
     h.push_str("<h2>Dev metrics</h2>");
     for (name, pts) in &dev {
@@ -122,10 +156,17 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
             h.push_str("</tr>");
             let max = cm.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
             for (g, row) in cm.iter().enumerate() {
-                let _ = write!(h, "<tr><th>{}</th>", escape(t.labels.get(g).map_or("?", |s| s)));
+                let _ = write!(
+                    h,
+                    "<tr><th>{}</th>",
+                    escape(t.labels.get(g).map_or("?", |s| s))
+                );
                 for &c in row {
                     let a = c as f64 / max;
-                    let _ = write!(h, "<td style=\"background:rgba(31,119,180,{a:.2})\">{c}</td>");
+                    let _ = write!(
+                        h,
+                        "<td style=\"background:rgba(31,119,180,{a:.2})\">{c}</td>"
+                    );
                 }
                 h.push_str("</tr>");
             }
@@ -143,6 +184,9 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(escape("<script>alert('x')</script> & \""), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;");
+        assert_eq!(
+            escape("<script>alert('x')</script> & \""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;"
+        );
     }
 }

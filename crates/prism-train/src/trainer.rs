@@ -118,20 +118,38 @@ pub struct TaskReport {
     pub extra_test: BTreeMap<String, EvalResult>,
 }
 
-fn resolve_splits(t: &crate::config::TaskConfig) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
+fn resolve_splits(
+    t: &crate::config::TaskConfig,
+) -> Result<(PathBuf, Option<PathBuf>, Option<PathBuf>)> {
     if let Some(spec) = &t.data {
-        let (name, subset) = spec.split_once('/').ok_or_else(|| Error::Config(format!("task `{}`: data `{spec}` must be NAME/SUBSET", t.name)))?;
+        let (name, subset) = spec.split_once('/').ok_or_else(|| {
+            Error::Config(format!(
+                "task `{}`: data `{spec}` must be NAME/SUBSET",
+                t.name
+            ))
+        })?;
         data::registry::fetch_dataset(name, false)?;
         let dir = data::registry::data_dir(name);
         let ext = if name == "squad" { "json" } else { "jsonl" };
         let p = |split: &str| dir.join(format!("{subset}.{split}.{ext}"));
         if !p("train").is_file() {
-            return Err(Error::Config(format!("task `{}`: data set `{name}` has no subset `{subset}` ({} missing)", t.name, p("train").display())));
+            return Err(Error::Config(format!(
+                "task `{}`: data set `{name}` has no subset `{subset}` ({} missing)",
+                t.name,
+                p("train").display()
+            )));
         }
         let opt = |split: &str| Some(p(split)).filter(|x| x.is_file());
-        return Ok((t.train.clone().unwrap_or(p("train")), t.dev.clone().or(opt("dev")), t.test.clone().or(opt("test"))));
+        return Ok((
+            t.train.clone().unwrap_or(p("train")),
+            t.dev.clone().or(opt("dev")),
+            t.test.clone().or(opt("test")),
+        ));
     }
-    let train = t.train.clone().ok_or_else(|| Error::Config(format!("task `{}` has no training data", t.name)))?;
+    let train = t
+        .train
+        .clone()
+        .ok_or_else(|| Error::Config(format!("task `{}` has no training data", t.name)))?;
     Ok((train, t.dev.clone(), t.test.clone()))
 }
 
@@ -141,15 +159,22 @@ fn resolve_spec(spec: &str, split: &str) -> Result<PathBuf> {
     if p.is_file() {
         return Ok(p);
     }
-    let (name, subset) = spec.split_once('/').ok_or_else(|| Error::Config(format!("`{spec}` is neither a file nor NAME/SUBSET")))?;
+    let (name, subset) = spec
+        .split_once('/')
+        .ok_or_else(|| Error::Config(format!("`{spec}` is neither a file nor NAME/SUBSET")))?;
     if !data::registry::DATASETS.iter().any(|d| d.name == name) {
-        return Err(Error::Config(format!("`{spec}` is neither a file nor a known data set")));
+        return Err(Error::Config(format!(
+            "`{spec}` is neither a file nor a known data set"
+        )));
     }
     data::registry::fetch_dataset(name, false)?;
     let ext = if name == "squad" { "json" } else { "jsonl" };
     let f = data::registry::data_dir(name).join(format!("{subset}.{split}.{ext}"));
     if !f.is_file() {
-        return Err(Error::Config(format!("data set `{name}` has no `{subset}` {split} split ({} missing)", f.display())));
+        return Err(Error::Config(format!(
+            "data set `{name}` has no `{subset}` {split} split ({} missing)",
+            f.display()
+        )));
     }
     Ok(f)
 }
@@ -194,7 +219,10 @@ pub fn prepare(cfg: &TrainConfig, device: &Device) -> Result<(MultiTaskModel, Ve
     prepare_with(cfg, base)
 }
 
-pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTaskModel, Vec<TaskData>)> {
+pub fn prepare_with(
+    cfg: &TrainConfig,
+    base: PretrainedModel,
+) -> Result<(MultiTaskModel, Vec<TaskData>)> {
     let mut specs = Vec::new();
     let mut raw = Vec::new();
     for (ti, t) in cfg.tasks.iter().enumerate() {
@@ -205,24 +233,42 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         let mut train = cap(train, t.max_train_examples, cfg.seed, ti as u64);
         let read_opt = |p: &Option<PathBuf>, salt: u64| -> Result<Vec<Example>> {
             match p {
-                Some(p) => Ok(cap(data::read_file(p, &t.fields, kind, pair)?, t.max_eval_examples, cfg.seed, salt)),
+                Some(p) => Ok(cap(
+                    data::read_file(p, &t.fields, kind, pair)?,
+                    t.max_eval_examples,
+                    cfg.seed,
+                    salt,
+                )),
                 None => Ok(Vec::new()),
             }
         };
         let dev = read_opt(&dev_path, 1000 + ti as u64)?;
         let test = read_opt(&test_path, 2000 + ti as u64)?;
         if let Some(ex) = train.iter().find(|e| e.target == Target::None) {
-            return Err(Error::data(&train_path, ex.line, &t.fields.label, "missing (training examples need a label)"));
+            return Err(Error::data(
+                &train_path,
+                ex.line,
+                &t.fields.label,
+                "missing (training examples need a label)",
+            ));
         }
         let labels = match (&t.labels, t.kind) {
             (Some(l), _) => l.clone(),
-            (None, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token) => infer_labels(t.kind, &train),
+            (None, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token) => {
+                infer_labels(t.kind, &train)
+            }
             (None, _) => Vec::new(),
         };
         if let Some(p) = t.label_noise {
             data::flip_labels(&mut train, &labels, p, cfg.seed ^ 0x5EED ^ ti as u64);
         }
-        specs.push(TaskSpec { name: t.name.clone(), kind: t.kind, labels, max_length: t.max_length, doc_stride: t.doc_stride });
+        specs.push(TaskSpec {
+            name: t.name.clone(),
+            kind: t.kind,
+            labels,
+            max_length: t.max_length,
+            doc_stride: t.doc_stride,
+        });
         let mut extra = Vec::new();
         if let (Some(pt), Some(dp)) = (&t.perturbed_dev, &dev_path) {
             use rand::SeedableRng;
@@ -233,7 +279,12 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
                     let mut e = e.clone();
                     e.text = data::perturb_text(&e.text, pt.typo_rate, pt.word_dropout, &mut rng);
                     if let Some(b) = &e.text_b {
-                        e.text_b = Some(data::perturb_text(b, pt.typo_rate, pt.word_dropout, &mut rng));
+                        e.text_b = Some(data::perturb_text(
+                            b,
+                            pt.typo_rate,
+                            pt.word_dropout,
+                            &mut rng,
+                        ));
                     }
                     e
                 })
@@ -242,40 +293,65 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         }
         for spec in &t.extra_test {
             let p = resolve_spec(spec, "test")?;
-            extra.push((spec.clone(), p.clone(), read_opt(&Some(p), 3000 + ti as u64)?));
+            extra.push((
+                spec.clone(),
+                p.clone(),
+                read_opt(&Some(p), 3000 + ti as u64)?,
+            ));
         }
         let dann = match &t.dann {
             Some(d) => {
                 let p = resolve_spec(&d.target, "train")?;
                 let ex = data::read_file(&p, &t.fields, kind, pair)?;
-                let ex: Vec<Example> = cap(ex, d.max_examples, cfg.seed, 4000 + ti as u64).into_iter().map(|mut e| {
-                    e.target = Target::None;
-                    e
-                }).collect();
+                let ex: Vec<Example> = cap(ex, d.max_examples, cfg.seed, 4000 + ti as u64)
+                    .into_iter()
+                    .map(|mut e| {
+                        e.target = Target::None;
+                        e
+                    })
+                    .collect();
                 Some((p, ex))
             }
             None => None,
         };
-        raw.push((train_path, train, dev_path, dev, test_path, test, extra, dann));
+        raw.push((
+            train_path, train, dev_path, dev, test_path, test, extra, dann,
+        ));
     }
     let mut model = MultiTaskModel::new(base, specs, cfg.seed)?;
     for (task, tc) in model.tasks.iter_mut().zip(&cfg.tasks) {
         if tc.loss != crate::loss::LossConfig::CrossEntropy {
-            if !matches!(tc.kind, TaskKind::Classification | TaskKind::PairClassification) {
-                return Err(Error::Config(format!("task `{}`: `loss` applies to classification tasks only", tc.name)));
+            if !matches!(
+                tc.kind,
+                TaskKind::Classification | TaskKind::PairClassification
+            ) {
+                return Err(Error::Config(format!(
+                    "task `{}`: `loss` applies to classification tasks only",
+                    tc.name
+                )));
             }
             tc.loss.validate(task.spec.labels.len())?;
         }
         task.loss_config = tc.loss.clone();
         if let Some(adv) = &tc.adversarial {
-            if matches!(adv, crate::loss::AdversarialConfig::Smart { .. } | crate::loss::AdversarialConfig::RDrop { .. }) && matches!(tc.kind, TaskKind::Qa | TaskKind::Token) {
-                return Err(Error::Config(format!("task `{}`: SMART and R-Drop apply to classification and regression tasks", tc.name)));
+            if matches!(
+                adv,
+                crate::loss::AdversarialConfig::Smart { .. }
+                    | crate::loss::AdversarialConfig::RDrop { .. }
+            ) && matches!(tc.kind, TaskKind::Qa | TaskKind::Token)
+            {
+                return Err(Error::Config(format!(
+                    "task `{}`: SMART and R-Drop apply to classification and regression tasks",
+                    tc.name
+                )));
             }
         }
         task.adversarial = tc.adversarial.clone();
     }
     let mut out = Vec::new();
-    for (ti, (train_path, train, dev_path, dev, test_path, test, extra_test, dann)) in raw.into_iter().enumerate() {
+    for (ti, (train_path, train, dev_path, dev, test_path, test, extra_test, dann)) in
+        raw.into_iter().enumerate()
+    {
         let train_feats = model.tasks[ti].featurize(&train, &train_path)?;
         for (_, p, ex) in &extra_test {
             model.tasks[ti].featurize(ex, p)?;
@@ -291,7 +367,17 @@ pub fn prepare_with(cfg: &TrainConfig, base: PretrainedModel) -> Result<(MultiTa
         if let Some(p) = &test_path {
             model.tasks[ti].featurize(&test, p)?;
         }
-        out.push(TaskData { train_path, train, train_feats, dev_path, dev, test_path, test, dann_feats, extra_test });
+        out.push(TaskData {
+            train_path,
+            train,
+            train_feats,
+            dev_path,
+            dev,
+            test_path,
+            test,
+            dann_feats,
+            extra_test,
+        });
     }
     Ok((model, out))
 }
@@ -313,13 +399,26 @@ fn swap_dir(tmp: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(out: &Path, model: &MultiTaskModel, opt: &AdamW, state: &TrainerState) -> Result<()> {
+fn save_checkpoint(
+    out: &Path,
+    model: &MultiTaskModel,
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<()> {
     let tmp = out.join(".checkpoint-tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     model.save(&tmp)?;
     let opt_path = tmp.join("optimizer.safetensors");
-    candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File { path: opt_path.clone(), msg: e.to_string() })?;
-    write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state).unwrap_or_default().as_bytes())?;
+    candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File {
+        path: opt_path.clone(),
+        msg: e.to_string(),
+    })?;
+    write_atomic(
+        &tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(state)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     swap_dir(&tmp, &checkpoint_dir(out))
 }
 
@@ -327,7 +426,9 @@ fn save_checkpoint(out: &Path, model: &MultiTaskModel, opt: &AdamW, state: &Trai
 /// leaves only the `.old` copy).
 fn find_checkpoint(out: &Path) -> Option<PathBuf> {
     let dir = checkpoint_dir(out);
-    [dir.clone(), dir.with_extension("old")].into_iter().find(|d| d.join("trainer_state.json").is_file())
+    [dir.clone(), dir.with_extension("old")]
+        .into_iter()
+        .find(|d| d.join("trainer_state.json").is_file())
 }
 
 fn higher_is_better(metric: &str) -> bool {
@@ -335,25 +436,49 @@ fn higher_is_better(metric: &str) -> bool {
 }
 
 /// Evaluate every task on its dev set; returns results and the selection score.
-fn evaluate_dev(model: &MultiTaskModel, data: &[TaskData], cfg: &TrainConfig) -> Result<(BTreeMap<String, EvalResult>, f64)> {
+fn evaluate_dev(
+    model: &MultiTaskModel,
+    data: &[TaskData],
+    cfg: &TrainConfig,
+) -> Result<(BTreeMap<String, EvalResult>, f64)> {
     let mut res = BTreeMap::new();
     for (ti, d) in data.iter().enumerate() {
         if let Some(p) = &d.dev_path {
-            res.insert(model.tasks[ti].spec.name.clone(), model.evaluate(ti, &d.dev, p, cfg.eval_batch_size)?);
+            res.insert(
+                model.tasks[ti].spec.name.clone(),
+                model.evaluate(ti, &d.dev, p, cfg.eval_batch_size)?,
+            );
         }
     }
     // Selection: the configured metric, else the mean of each task's main metric.
     if let Some(es) = &cfg.early_stopping {
         let (task, metric) = es.metric.split_once('.').unwrap_or((&es.metric, ""));
-        let v = res.get(task).and_then(|r| r.metrics.get(metric)).copied().ok_or_else(|| Error::Config(format!("early_stopping.metric `{}`: no such dev metric", es.metric)))?;
+        let v = res
+            .get(task)
+            .and_then(|r| r.metrics.get(metric))
+            .copied()
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "early_stopping.metric `{}`: no such dev metric",
+                    es.metric
+                ))
+            })?;
         return Ok((res, if higher_is_better(metric) { v } else { -v }));
     }
     let mains: Vec<f64> = model
         .tasks
         .iter()
-        .filter_map(|t| res.get(&t.spec.name).and_then(|r| r.metrics.get(t.spec.kind.main_metric())).copied())
+        .filter_map(|t| {
+            res.get(&t.spec.name)
+                .and_then(|r| r.metrics.get(t.spec.kind.main_metric()))
+                .copied()
+        })
         .collect();
-    let score = if mains.is_empty() { 0.0 } else { mains.iter().sum::<f64>() / mains.len() as f64 };
+    let score = if mains.is_empty() {
+        0.0
+    } else {
+        mains.iter().sum::<f64>() / mains.len() as f64
+    };
     Ok((res, score))
 }
 
@@ -363,14 +488,21 @@ struct Log {
 
 impl Log {
     fn open(path: &Path, keep_bytes: u64) -> Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).read(true).open(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         file.set_len(keep_bytes).map_err(|e| Error::io(path, e))?;
         Ok(Self { file })
     }
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
         let mut line = v.to_string();
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(|e| Error::io("metrics.jsonl", e))
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(|e| Error::io("metrics.jsonl", e))
     }
     fn len(&self) -> u64 {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
@@ -382,7 +514,13 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     let out = cfg.output.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     if opts.restart {
-        for d in ["checkpoint-last", "checkpoint-last.old", ".checkpoint-tmp", "best", "model"] {
+        for d in [
+            "checkpoint-last",
+            "checkpoint-last.old",
+            ".checkpoint-tmp",
+            "best",
+            "model",
+        ] {
             let _ = std::fs::remove_dir_all(out.join(d));
         }
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
@@ -405,20 +543,37 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     if let Some(ck) = &resume {
         let sp = ck.join("trainer_state.json");
         let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-        let saved: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File { path: sp.clone(), msg: format!("corrupt trainer state: {e}") })?;
+        let saved: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File {
+            path: sp.clone(),
+            msg: format!("corrupt trainer state: {e}"),
+        })?;
         if saved.config != *cfg {
             return Err(Error::File { path: sp, msg: "the config changed since this checkpoint was written; run with --restart to start over".into() });
         }
         // Weights (encoder and heads) come from the checkpoint.
         let base = PretrainedModel::load(ck, device)?;
-        let losses: Vec<_> = model.tasks.iter().map(|t| (t.loss_config.clone(), t.adversarial.clone())).collect();
-        model = MultiTaskModel::new(base, model.tasks.iter().map(|t| t.spec.clone()).collect(), cfg.seed)?;
+        let losses: Vec<_> = model
+            .tasks
+            .iter()
+            .map(|t| (t.loss_config.clone(), t.adversarial.clone()))
+            .collect();
+        model = MultiTaskModel::new(
+            base,
+            model.tasks.iter().map(|t| t.spec.clone()).collect(),
+            cfg.seed,
+        )?;
         for (t, (l, a)) in model.tasks.iter_mut().zip(losses) {
             t.loss_config = l;
             t.adversarial = a;
         }
         let op = ck.join("optimizer.safetensors");
-        opt_state = Some((candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File { path: op.clone(), msg: format!("corrupt optimizer state: {e}") })?, op));
+        opt_state = Some((
+            candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File {
+                path: op.clone(),
+                msg: format!("corrupt optimizer state: {e}"),
+            })?,
+            op,
+        ));
         state = saved;
     }
     if state.dann_cursors.len() != data.len() {
@@ -429,15 +584,42 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     let domain_heads: Vec<Option<prism_model::heads::DomainHead>> = cfg
         .tasks
         .iter()
-        .map(|t| t.dann.as_ref().map(|_| prism_model::heads::DomainHead::load(&model.base.params.root().pp("prism.heads").pp(&t.name).pp("domain"), hidden, 0.02)).transpose())
+        .map(|t| {
+            t.dann
+                .as_ref()
+                .map(|_| {
+                    prism_model::heads::DomainHead::load(
+                        &model
+                            .base
+                            .params
+                            .root()
+                            .pp("prism.heads")
+                            .pp(&t.name)
+                            .pp("domain"),
+                        hidden,
+                        0.02,
+                    )
+                })
+                .transpose()
+        })
         .collect::<prism_model::Result<_>>()?;
-    let mut opt = AdamW::new(model.base.params.vars(), AdamWConfig { weight_decay: cfg.weight_decay, ..Default::default() });
+    let mut opt = AdamW::new(
+        model.base.params.vars(),
+        AdamWConfig {
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    );
     if let Some((t, p)) = opt_state {
         opt.load_state(&t, state.adam_t, &p)?;
     }
     let mut log = Log::open(&out.join("metrics.jsonl"), state.log_bytes)?;
     if resume.is_some() {
-        eprintln!("resuming from step {} ({})", state.step, checkpoint_dir(&out).display());
+        eprintln!(
+            "resuming from step {} ({})",
+            state.step,
+            checkpoint_dir(&out).display()
+        );
     }
 
     let sizes: Vec<usize> = data.iter().map(|d| d.train_feats.len()).collect();
@@ -461,8 +643,17 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         let mut step_loss: Vec<(usize, f64, Option<f64>, Option<(f64, f64)>)> = Vec::new();
         for micro in 0..cfg.grad_accum {
             // -- sample a task
-            let probs = task_probabilities(&cfg.sampling, &sizes, &weights, step as f64 / cfg.steps as f64);
-            let mut rng = rng_for(cfg.seed, STREAM_TASK, (step * cfg.grad_accum + micro) as u64);
+            let probs = task_probabilities(
+                &cfg.sampling,
+                &sizes,
+                &weights,
+                step as f64 / cfg.steps as f64,
+            );
+            let mut rng = rng_for(
+                cfg.seed,
+                STREAM_TASK,
+                (step * cfg.grad_accum + micro) as u64,
+            );
             let u: f64 = rng.random();
             let mut ti = probs.len() - 1;
             let mut acc = 0.0;
@@ -474,11 +665,22 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                 }
             }
             // -- its next batch
-            let batch_feats = next_batch(&data[ti].train_feats, &mut state.cursors[ti], cfg.batch_size, cfg.seed, ti);
+            let batch_feats = next_batch(
+                &data[ti].train_feats,
+                &mut state.cursors[ti],
+                cfg.batch_size,
+                cfg.seed,
+                ti,
+            );
             let batch = model.tasks[ti].batch(&batch_feats, device)?;
             examples_seen += batch_feats.len();
             // -- forward, loss, backward
-            let micro_seed = rng_for(cfg.seed, STREAM_DROPOUT, (step * cfg.grad_accum + micro) as u64).random::<u64>();
+            let micro_seed = rng_for(
+                cfg.seed,
+                STREAM_DROPOUT,
+                (step * cfg.grad_accum + micro) as u64,
+            )
+            .random::<u64>();
             let mode = Mode::train(micro_seed);
             let task = &model.tasks[ti];
             let mut dann_log = None;
@@ -487,7 +689,13 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                     // -- DANN: task loss on the source batch + domain loss on source and target
                     // batches through gradient reversal.
                     let lambda = crate::loss::dann_lambda(step as f64 / cfg.steps as f64, dc.gamma);
-                    let tgt_feats = next_batch(&data[ti].dann_feats, &mut state.dann_cursors[ti], batch_feats.len(), cfg.seed ^ 0xD, ti);
+                    let tgt_feats = next_batch(
+                        &data[ti].dann_feats,
+                        &mut state.dann_cursors[ti],
+                        batch_feats.len(),
+                        cfg.seed ^ 0xD,
+                        ti,
+                    );
                     let tgt = task.batch(&tgt_feats, device)?;
                     let enc_s = model.base.encoder.forward(&batch.input, &mode)?;
                     let loss = task.loss(&enc_s, &batch, &mode)?;
@@ -501,8 +709,14 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                     let both = candle_core::Tensor::cat(&[pooled(&enc_s)?, pooled(&enc_t)?], 0)?;
                     let logits = head.forward(&crate::loss::grad_reverse(&both, lambda)?)?;
                     let ns = batch_feats.len();
-                    let labels: Vec<u32> = (0..ns).map(|_| 0).chain((0..tgt_feats.len()).map(|_| 1)).collect();
-                    let dl = crate::tasks::cross_entropy(&logits, &candle_core::Tensor::new(labels, device)?)?;
+                    let labels: Vec<u32> = (0..ns)
+                        .map(|_| 0)
+                        .chain((0..tgt_feats.len()).map(|_| 1))
+                        .collect();
+                    let dl = crate::tasks::cross_entropy(
+                        &logits,
+                        &candle_core::Tensor::new(labels, device)?,
+                    )?;
                     let total = (&loss + (&dl * dc.weight)?)?;
                     let lv = loss.to_scalar::<f32>()? as f64;
                     let dv = dl.to_scalar::<f32>()? as f64;
@@ -521,12 +735,22 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                         loss: &|l| task.loss_from_logits(l, &batch),
                         divergence: &|a, b| task.divergence(a, b),
                     };
-                    let (g, l) = crate::loss::adversarial_step(&model.base.encoder, &batch.input, &mode, adv, &fns, micro_seed ^ 0xADF)?;
+                    let (g, l) = crate::loss::adversarial_step(
+                        &model.base.encoder,
+                        &batch.input,
+                        &mode,
+                        adv,
+                        &fns,
+                        micro_seed ^ 0xADF,
+                    )?;
                     (g, l.task, l.extra)
                 }
             };
             if !lv.is_finite() || extra.is_some_and(|x: f64| !x.is_finite()) {
-                return Err(Error::Config(format!("step {step}: task `{}` loss is {lv}; lower the learning rate", names[ti])));
+                return Err(Error::Config(format!(
+                    "step {step}: task `{}` loss is {lv}; lower the learning rate",
+                    names[ti]
+                )));
             }
             step_loss.push((ti, lv, extra, dann_log));
             grads = Some(match grads {
@@ -541,7 +765,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         // -- clip (the norm of the averaged micro-batch gradient) and step
         let avg = 1.0 / cfg.grad_accum as f64;
         let norm = opt.grad_norm(&grads)? * avg;
-        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm { cfg.max_grad_norm / norm } else { 1.0 };
+        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
+            cfg.max_grad_norm / norm
+        } else {
+            1.0
+        };
         opt.step(&grads, lr, avg * clip)?;
         state.step += 1;
         this_run += 1;
@@ -560,7 +788,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             log.write(rec)?;
         }
         if let Some(b) = &bar {
-            let losses: Vec<String> = names.iter().zip(&running).filter_map(|(n, r)| r.map(|r| format!("{n} {r:.3}"))).collect();
+            let losses: Vec<String> = names
+                .iter()
+                .zip(&running)
+                .filter_map(|(n, r)| r.map(|r| format!("{n} {r:.3}")))
+                .collect();
             let rate = examples_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             b.set_message(format!("{} | {rate:.1} ex/s", losses.join(" | ")));
             b.set_position(state.step as u64);
@@ -581,17 +813,32 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                 swap_dir(&tmp, &out.join("best"))?;
             } else {
                 state.bad_evals += 1;
-                if cfg.early_stopping.as_ref().is_some_and(|es| state.bad_evals >= es.patience) {
+                if cfg
+                    .early_stopping
+                    .as_ref()
+                    .is_some_and(|es| state.bad_evals >= es.patience)
+                {
                     state.stopped_early = true;
                 }
             }
             if let Some(b) = &bar {
-                let summary: Vec<String> = res.iter().map(|(t, r)| format!("{t}: {}", fmt_metrics(&r.metrics))).collect();
-                b.println(format!("step {:>6}  dev  {}", state.step, summary.join("  ")));
+                let summary: Vec<String> = res
+                    .iter()
+                    .map(|(t, r)| format!("{t}: {}", fmt_metrics(&r.metrics)))
+                    .collect();
+                b.println(format!(
+                    "step {:>6}  dev  {}",
+                    state.step,
+                    summary.join("  ")
+                ));
             }
         }
         // -- checkpoint
-        let every = if cfg.checkpoint_every > 0 { cfg.checkpoint_every } else { cfg.eval_every };
+        let every = if cfg.checkpoint_every > 0 {
+            cfg.checkpoint_every
+        } else {
+            cfg.eval_every
+        };
         if (every > 0 && state.step % every == 0) || last || state.stopped_early {
             state.log_bytes = log.len();
             save_checkpoint(&out, &model, &opt, &state)?;
@@ -620,7 +867,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
 
     // Final model: the best dev checkpoint when early stopping selects one, else the last.
     let final_is_best = cfg.early_stopping.is_some() && out.join("best").is_dir();
-    let final_model = if final_is_best { MultiTaskModel::load(&out.join("best"), device)? } else { model };
+    let final_model = if final_is_best {
+        MultiTaskModel::load(&out.join("best"), device)?
+    } else {
+        model
+    };
     let model_dir = out.join("model");
     let tmp = out.join(".model-tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -643,22 +894,59 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         };
         let mut extra_test = BTreeMap::new();
         for (name, p, ex) in &d.extra_test {
-            extra_test.insert(name.clone(), final_model.evaluate(ti, ex, p, cfg.eval_batch_size)?);
+            extra_test.insert(
+                name.clone(),
+                final_model.evaluate(ti, ex, p, cfg.eval_batch_size)?,
+            );
         }
-        tasks.insert(t.spec.name.clone(), TaskReport { kind: t.spec.kind, labels: t.spec.labels.clone(), train_examples: d.train.len(), dev, test, extra_test });
+        tasks.insert(
+            t.spec.name.clone(),
+            TaskReport {
+                kind: t.spec.kind,
+                labels: t.spec.labels.clone(),
+                train_examples: d.train.len(),
+                dev,
+                test,
+                extra_test,
+            },
+        );
     }
-    let report = Report { steps: state.step, completed, stopped_early: state.stopped_early, best: state.best, best_metric, final_is_best, train_seconds: state.elapsed_s, tasks, model_dir };
-    write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report).unwrap_or_default().as_bytes())?;
+    let report = Report {
+        steps: state.step,
+        completed,
+        stopped_early: state.stopped_early,
+        best: state.best,
+        best_metric,
+        final_is_best,
+        train_seconds: state.elapsed_s,
+        tasks,
+        model_dir,
+    };
+    write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
     crate::report::write_html(&out, &report, &out.join("metrics.jsonl"))?;
     Ok(report)
 }
 
 pub fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
-    m.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The next `n` features of a task in its per-epoch shuffled order, advancing the cursor.
-fn next_batch<'a>(feats: &'a [Feature], cur: &mut Cursor, n: usize, seed: u64, ti: usize) -> Vec<&'a Feature> {
+fn next_batch<'a>(
+    feats: &'a [Feature],
+    cur: &mut Cursor,
+    n: usize,
+    seed: u64,
+    ti: usize,
+) -> Vec<&'a Feature> {
     let mut out = Vec::with_capacity(n);
     let mut order = epoch_order(feats.len(), seed, ti, cur.epoch);
     while out.len() < n {
@@ -675,7 +963,11 @@ fn next_batch<'a>(feats: &'a [Feature], cur: &mut Cursor, n: usize, seed: u64, t
 
 fn epoch_order(n: usize, seed: u64, ti: usize, epoch: u64) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
-    v.shuffle(&mut rng_for(seed, STREAM_ORDER, ((ti as u64) << 32) | epoch));
+    v.shuffle(&mut rng_for(
+        seed,
+        STREAM_ORDER,
+        ((ti as u64) << 32) | epoch,
+    ));
     v
 }
 
@@ -685,9 +977,11 @@ fn progress_bar(enabled: bool, total: usize, at: usize) -> Option<indicatif::Pro
     }
     let b = indicatif::ProgressBar::new(total as u64);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}  {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise} ETA {eta_precise}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     b.set_position(at as u64);
     Some(b)

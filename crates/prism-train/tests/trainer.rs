@@ -92,13 +92,37 @@ fn every_task_kind_trains_together_and_the_folder_predicts() {
     assert!(report.completed);
     assert_eq!(report.tasks.len(), 5);
     for (name, t) in &report.tasks {
-        let dev = t.dev.as_ref().unwrap_or_else(|| panic!("{name}: no dev result"));
+        let dev = t
+            .dev
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no dev result"));
         assert!(!dev.metrics.is_empty(), "{name}");
-        assert!(dev.metrics.values().all(|v| v.is_finite()), "{name}: {:?}", dev.metrics);
+        assert!(
+            dev.metrics.values().all(|v| v.is_finite()),
+            "{name}: {:?}",
+            dev.metrics
+        );
     }
-    assert!(report.tasks["qa"].dev.as_ref().unwrap().metrics.contains_key("exact_match"));
-    assert!(report.tasks["sentiment"].dev.as_ref().unwrap().confusion.is_some());
-    for f in ["metrics.jsonl", "report.json", "report.html", "model/prism.json", "model/model.safetensors", "best/prism.json"] {
+    assert!(report.tasks["qa"]
+        .dev
+        .as_ref()
+        .unwrap()
+        .metrics
+        .contains_key("exact_match"));
+    assert!(report.tasks["sentiment"]
+        .dev
+        .as_ref()
+        .unwrap()
+        .confusion
+        .is_some());
+    for f in [
+        "metrics.jsonl",
+        "report.json",
+        "report.html",
+        "model/prism.json",
+        "model/model.safetensors",
+        "best/prism.json",
+    ] {
         assert!(out.path().join(f).is_file(), "{f} missing");
     }
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
@@ -108,58 +132,143 @@ fn every_task_kind_trains_together_and_the_folder_predicts() {
     assert_eq!(m.tasks.len(), 5);
     let ti = m.task_index("sentiment").unwrap();
     let d = fixtures().join("data/sentiment.dev.jsonl");
-    let ex = prism_train::data::read_file(&d, &Default::default(), prism_train::data::TargetKind::Label, false).unwrap();
+    let ex = prism_train::data::read_file(
+        &d,
+        &Default::default(),
+        prism_train::data::TargetKind::Label,
+        false,
+    )
+    .unwrap();
     let r = m.evaluate(ti, &ex, &d, 8).unwrap();
-    assert_eq!(r.metrics["accuracy"], report.tasks["sentiment"].dev.as_ref().unwrap().metrics["accuracy"]);
+    assert_eq!(
+        r.metrics["accuracy"],
+        report.tasks["sentiment"].dev.as_ref().unwrap().metrics["accuracy"]
+    );
 }
 
 #[test]
 fn same_config_and_seed_give_the_same_weights() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    train(&config(a.path(), 6, ""), &Device::Cpu, &RunOptions::default()).unwrap();
-    train(&config(b.path(), 6, ""), &Device::Cpu, &RunOptions::default()).unwrap();
-    let pa = flat_params(&MultiTaskModel::load(&a.path().join("model"), &Device::Cpu).unwrap()).unwrap();
-    let pb = flat_params(&MultiTaskModel::load(&b.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    train(
+        &config(a.path(), 6, ""),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    train(
+        &config(b.path(), 6, ""),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let pa =
+        flat_params(&MultiTaskModel::load(&a.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    let pb =
+        flat_params(&MultiTaskModel::load(&b.path().join("model"), &Device::Cpu).unwrap()).unwrap();
     assert_eq!(pa, pb);
     // And training moved them away from the initial checkpoint.
-    let init = prism_model::PretrainedModel::load(&fixtures().join("tiny-bert"), &Device::Cpu).unwrap();
-    let w0: Vec<f32> = init.params.get("encoder.layer.0.output.dense.weight").unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let init =
+        prism_model::PretrainedModel::load(&fixtures().join("tiny-bert"), &Device::Cpu).unwrap();
+    let w0: Vec<f32> = init
+        .params
+        .get("encoder.layer.0.output.dense.weight")
+        .unwrap()
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let m = MultiTaskModel::load(&a.path().join("model"), &Device::Cpu).unwrap();
-    let w1: Vec<f32> = m.base.params.get("encoder.layer.0.output.dense.weight").unwrap().as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let w1: Vec<f32> = m
+        .base
+        .params
+        .get("encoder.layer.0.output.dense.weight")
+        .unwrap()
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert_ne!(w0, w1);
 }
 
 #[test]
 fn an_interrupted_run_resumes_to_the_same_weights() {
     let full = tempfile::tempdir().unwrap();
-    train(&config(full.path(), 10, ""), &Device::Cpu, &RunOptions::default()).unwrap();
+    train(
+        &config(full.path(), 10, ""),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
 
     let split = tempfile::tempdir().unwrap();
     let cfg = config(split.path(), 10, "");
-    let first = train(&cfg, &Device::Cpu, &RunOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    let first = train(
+        &cfg,
+        &Device::Cpu,
+        &RunOptions {
+            stop_after: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!first.completed);
     assert_eq!(first.steps, 4);
     let second = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
     assert!(second.completed);
     assert_eq!(second.steps, 10);
-    let pa = flat_params(&MultiTaskModel::load(&full.path().join("model"), &Device::Cpu).unwrap()).unwrap();
-    let pb = flat_params(&MultiTaskModel::load(&split.path().join("model"), &Device::Cpu).unwrap()).unwrap();
-    assert_eq!(pa, pb, "resumed run must end at the uninterrupted run's weights");
+    let pa = flat_params(&MultiTaskModel::load(&full.path().join("model"), &Device::Cpu).unwrap())
+        .unwrap();
+    let pb = flat_params(&MultiTaskModel::load(&split.path().join("model"), &Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(
+        pa, pb,
+        "resumed run must end at the uninterrupted run's weights"
+    );
     // The metrics log has each step exactly once.
-    let count = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).unwrap().lines().filter(|l| l.contains("\"loss\"")).count();
+    let count = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"loss\""))
+            .count()
+    };
     assert_eq!(count(full.path()), count(split.path()));
 }
 
 #[test]
 fn a_changed_config_is_not_silently_resumed() {
     let out = tempfile::tempdir().unwrap();
-    train(&config(out.path(), 6, ""), &Device::Cpu, &RunOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    train(
+        &config(out.path(), 6, ""),
+        &Device::Cpu,
+        &RunOptions {
+            stop_after: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut cfg = config(out.path(), 6, "");
     cfg.lr = 1e-3;
-    let e = train(&cfg, &Device::Cpu, &RunOptions::default()).err().unwrap().to_string();
-    assert!(e.contains("trainer_state.json") && e.contains("--restart"), "{e}");
-    train(&cfg, &Device::Cpu, &RunOptions { restart: true, ..Default::default() }).unwrap();
+    let e = train(&cfg, &Device::Cpu, &RunOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("trainer_state.json") && e.contains("--restart"),
+        "{e}"
+    );
+    train(
+        &cfg,
+        &Device::Cpu,
+        &RunOptions {
+            restart: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -172,18 +281,35 @@ fn robust_losses_are_configured_per_task() {
     assert!(r.completed);
     let mut bad = config(out.path(), 4, "");
     bad.tasks[0].loss = toml::from_str("kind = \"gce\"\nq = 0.0").unwrap();
-    let e = train(&bad, &Device::Cpu, &RunOptions { restart: true, ..Default::default() }).err().unwrap().to_string();
+    let e = train(
+        &bad,
+        &Device::Cpu,
+        &RunOptions {
+            restart: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("GCE q"), "{e}");
 }
 
 #[test]
 fn every_adversarial_method_trains_and_logs_its_loss() {
-    for kind in ["kind = \"fgm\"\nepsilon = 0.5", "kind = \"pgd\"\nsteps = 2", "kind = \"free_lb\"\nsteps = 2\nmax_norm = 1.0", "kind = \"smart\"", "kind = \"r_drop\"\nalpha = 2.0"] {
+    for kind in [
+        "kind = \"fgm\"\nepsilon = 0.5",
+        "kind = \"pgd\"\nsteps = 2",
+        "kind = \"free_lb\"\nsteps = 2\nmax_norm = 1.0",
+        "kind = \"smart\"",
+        "kind = \"r_drop\"\nalpha = 2.0",
+    ] {
         let out = tempfile::tempdir().unwrap();
         let mut cfg = config(out.path(), 3, "");
         cfg.tasks[0].adversarial = Some(toml::from_str(kind).unwrap());
         cfg.tasks[1].adversarial = Some(toml::from_str(kind).unwrap());
-        let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let r = train(&cfg, &Device::Cpu, &RunOptions::default())
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert!(r.completed);
         let log = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
         assert!(log.contains("adversarial_loss"), "{kind}");
@@ -192,8 +318,12 @@ fn every_adversarial_method_trains_and_logs_its_loss() {
         let mut cfg2 = cfg.clone();
         cfg2.output = again.path().to_path_buf();
         train(&cfg2, &Device::Cpu, &RunOptions::default()).unwrap();
-        let pa = flat_params(&MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap()).unwrap();
-        let pb = flat_params(&MultiTaskModel::load(&again.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+        let pa =
+            flat_params(&MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap())
+                .unwrap();
+        let pb =
+            flat_params(&MultiTaskModel::load(&again.path().join("model"), &Device::Cpu).unwrap())
+                .unwrap();
         assert_eq!(pa, pb, "{kind}");
     }
 }
@@ -203,26 +333,55 @@ fn dann_trains_with_an_unlabelled_target_domain_and_reports_extra_test_sets() {
     let out = tempfile::tempdir().unwrap();
     let d = fixtures().join("data");
     let mut cfg = config(out.path(), 6, "");
-    cfg.tasks[0].dann = Some(prism_train::config::DannConfig { target: d.join("rating.train.jsonl").display().to_string(), weight: 1.0, gamma: 10.0, max_examples: None });
+    cfg.tasks[0].dann = Some(prism_train::config::DannConfig {
+        target: d.join("rating.train.jsonl").display().to_string(),
+        weight: 1.0,
+        gamma: 10.0,
+        max_examples: None,
+    });
     cfg.tasks[0].extra_test = vec![d.join("sentiment.train.jsonl").display().to_string()];
     let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
     let extra = &r.tasks["sentiment"].extra_test;
     assert_eq!(extra.len(), 1);
-    assert!(extra.values().next().unwrap().metrics.contains_key("accuracy"));
+    assert!(extra
+        .values()
+        .next()
+        .unwrap()
+        .metrics
+        .contains_key("accuracy"));
     let log = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-    let dann_lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).filter(|v: &serde_json::Value| v.get("domain_loss").is_some()).collect();
+    let dann_lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("domain_loss").is_some())
+        .collect();
     assert!(!dann_lines.is_empty());
-    assert!(dann_lines.iter().all(|v| v["lambda"].as_f64().unwrap() >= 0.0 && v["lambda"].as_f64().unwrap() < 1.0));
+    assert!(dann_lines
+        .iter()
+        .all(|v| v["lambda"].as_f64().unwrap() >= 0.0 && v["lambda"].as_f64().unwrap() < 1.0));
     // The domain classifier is saved with the model and reloads, and the run resumes exactly.
     let m = MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap();
-    assert!(m.base.head_tensors.iter().any(|(k, _)| k.starts_with("prism.heads.sentiment.domain.")));
+    assert!(m
+        .base
+        .head_tensors
+        .iter()
+        .any(|(k, _)| k.starts_with("prism.heads.sentiment.domain.")));
     let split = tempfile::tempdir().unwrap();
     let mut cfg2 = cfg.clone();
     cfg2.output = split.path().to_path_buf();
-    train(&cfg2, &Device::Cpu, &RunOptions { stop_after: Some(2), ..Default::default() }).unwrap();
+    train(
+        &cfg2,
+        &Device::Cpu,
+        &RunOptions {
+            stop_after: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     train(&cfg2, &Device::Cpu, &RunOptions::default()).unwrap();
     let pa = flat_params(&m).unwrap();
-    let pb = flat_params(&MultiTaskModel::load(&split.path().join("model"), &Device::Cpu).unwrap()).unwrap();
+    let pb = flat_params(&MultiTaskModel::load(&split.path().join("model"), &Device::Cpu).unwrap())
+        .unwrap();
     assert_eq!(pa, pb);
 }
 
@@ -231,11 +390,20 @@ fn label_noise_and_a_perturbed_dev_copy_are_configurable() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(out.path(), 3, "");
     cfg.tasks[0].label_noise = Some(0.4);
-    cfg.tasks[0].perturbed_dev = Some(prism_train::config::Perturbation { typo_rate: 0.5, word_dropout: 0.1 });
+    cfg.tasks[0].perturbed_dev = Some(prism_train::config::Perturbation {
+        typo_rate: 0.5,
+        word_dropout: 0.1,
+    });
     let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
-    assert!(r.tasks["sentiment"].extra_test.contains_key("dev_perturbed"));
+    assert!(r.tasks["sentiment"]
+        .extra_test
+        .contains_key("dev_perturbed"));
     cfg.tasks[0].label_noise = Some(1.5);
-    assert!(cfg.validate().unwrap_err().to_string().contains("label_noise"));
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("label_noise"));
 }
 
 #[test]
@@ -265,20 +433,54 @@ fn bad_data_is_an_error_with_file_line_and_field() {
         cfg.tasks[0].train = Some(train_file);
         cfg.tasks[0].dev = None;
         cfg.tasks[0].labels = labels;
-        train(&cfg, &Device::Cpu, &RunOptions { restart: true, ..Default::default() }).err().expect("should fail").to_string()
+        train(
+            &cfg,
+            &Device::Cpu,
+            &RunOptions {
+                restart: true,
+                ..Default::default()
+            },
+        )
+        .err()
+        .expect("should fail")
+        .to_string()
     };
     let bad_json = write(tmp.path(), "bad.jsonl", "{\"text\": \"ok\", \"label\": \"positive\"}\n{\"text\": \"oops\" \"label\": \"negative\"}\n");
     let e = run(bad_json.clone(), None);
-    assert!(e.contains(&format!("{}:2:", bad_json.display())) && e.contains("not a JSON object"), "{e}");
+    assert!(
+        e.contains(&format!("{}:2:", bad_json.display())) && e.contains("not a JSON object"),
+        "{e}"
+    );
     let unknown = write(tmp.path(), "unknown.jsonl", "{\"text\": \"ok\", \"label\": \"positive\"}\n{\"text\": \"meh\", \"label\": \"neutral\"}\n");
-    let e = run(unknown.clone(), Some(vec!["negative".into(), "positive".into()]));
-    assert!(e.contains(&format!("{}:2: field `label`: unknown label \"neutral\"", unknown.display())), "{e}");
+    let e = run(
+        unknown.clone(),
+        Some(vec!["negative".into(), "positive".into()]),
+    );
+    assert!(
+        e.contains(&format!(
+            "{}:2: field `label`: unknown label \"neutral\"",
+            unknown.display()
+        )),
+        "{e}"
+    );
     let csv = write(tmp.path(), "cols.csv", "sentence,label\nfine,positive\n");
     let e = run(csv.clone(), None);
-    assert!(e.contains(&format!("{}:2: field `text`: no column `text` (columns: sentence, label)", csv.display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{}:2: field `text`: no column `text` (columns: sentence, label)",
+            csv.display()
+        )),
+        "{e}"
+    );
     let unlabelled = write(tmp.path(), "nolabel.jsonl", "{\"text\": \"ok\"}\n");
     let e = run(unlabelled.clone(), None);
-    assert!(e.contains(&format!("{}:1: field `label`: missing", unlabelled.display())), "{e}");
+    assert!(
+        e.contains(&format!(
+            "{}:1: field `label`: missing",
+            unlabelled.display()
+        )),
+        "{e}"
+    );
 }
 
 #[test]
@@ -287,7 +489,10 @@ fn early_stopping_stops_and_keeps_the_best_checkpoint() {
     let mut cfg = config(out.path(), 50, "");
     cfg.lr = 1e-12; // the dev metric cannot improve after the first evaluation
     cfg.eval_every = 2;
-    cfg.early_stopping = Some(prism_train::config::EarlyStopping { metric: "sentiment.accuracy".into(), patience: 1 });
+    cfg.early_stopping = Some(prism_train::config::EarlyStopping {
+        metric: "sentiment.accuracy".into(),
+        patience: 1,
+    });
     let r = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
     assert!(r.stopped_early);
     assert_eq!(r.steps, 4);

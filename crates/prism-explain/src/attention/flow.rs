@@ -41,7 +41,16 @@ pub fn max_flow(n: usize, edges: &[(usize, usize, f64)], source: usize, sink: us
         }
         let mut it = vec![0usize; n];
         loop {
-            let pushed = dfs(source, sink, f64::INFINITY, &graph, &mut es, &level, &mut it, eps);
+            let pushed = dfs(
+                source,
+                sink,
+                f64::INFINITY,
+                &graph,
+                &mut es,
+                &level,
+                &mut it,
+                eps,
+            );
             if pushed <= eps {
                 break;
             }
@@ -51,7 +60,16 @@ pub fn max_flow(n: usize, edges: &[(usize, usize, f64)], source: usize, sink: us
 }
 
 #[allow(clippy::too_many_arguments)]
-fn dfs(u: usize, sink: usize, f: f64, graph: &[Vec<usize>], es: &mut [Edge], level: &[usize], it: &mut [usize], eps: f64) -> f64 {
+fn dfs(
+    u: usize,
+    sink: usize,
+    f: f64,
+    graph: &[Vec<usize>],
+    es: &mut [Edge],
+    level: &[usize],
+    it: &mut [usize],
+    eps: f64,
+) -> f64 {
     if u == sink {
         return f;
     }
@@ -78,7 +96,17 @@ mod tests {
     #[test]
     fn textbook_max_flow() {
         // CLRS figure 26.1: maximum flow 23.
-        let e = [(0, 1, 16.0), (0, 2, 13.0), (1, 3, 12.0), (2, 1, 4.0), (2, 4, 14.0), (3, 2, 9.0), (3, 5, 20.0), (4, 3, 7.0), (4, 5, 4.0)];
+        let e = [
+            (0, 1, 16.0),
+            (0, 2, 13.0),
+            (1, 3, 12.0),
+            (2, 1, 4.0),
+            (2, 4, 14.0),
+            (3, 2, 9.0),
+            (3, 5, 20.0),
+            (4, 3, 7.0),
+            (4, 5, 4.0),
+        ];
         assert!((max_flow(6, &e, 0, 5) - 23.0).abs() < 1e-9);
     }
 }

@@ -29,7 +29,13 @@ pub fn mean_heads(maps: &[Vec<Vec<Vec<f32>>>]) -> Vec<Vec<Vec<f32>>> {
         .map(|layer| {
             let h = layer.len() as f32;
             let t = layer[0].len();
-            (0..t).map(|i| (0..t).map(|j| layer.iter().map(|head| head[i][j]).sum::<f32>() / h).collect()).collect()
+            (0..t)
+                .map(|i| {
+                    (0..t)
+                        .map(|j| layer.iter().map(|head| head[i][j]).sum::<f32>() / h)
+                        .collect()
+                })
+                .collect()
         })
         .collect()
 }
@@ -39,7 +45,9 @@ pub fn residual_adjusted(a: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let t = a.len();
     (0..t)
         .map(|i| {
-            let row: Vec<f32> = (0..t).map(|j| 0.5 * a[i][j] + if i == j { 0.5 } else { 0.0 }).collect();
+            let row: Vec<f32> = (0..t)
+                .map(|j| 0.5 * a[i][j] + if i == j { 0.5 } else { 0.0 })
+                .collect();
             let s: f32 = row.iter().sum();
             row.iter().map(|v| v / s.max(1e-12)).collect()
         })
@@ -48,7 +56,9 @@ pub fn residual_adjusted(a: &[Vec<f32>]) -> Vec<Vec<f32>> {
 
 fn query_position(target: &Target) -> usize {
     match target {
-        Target::Tag { position, .. } | Target::AnswerStart { position } | Target::AnswerEnd { position } => *position,
+        Target::Tag { position, .. }
+        | Target::AnswerStart { position }
+        | Target::AnswerEnd { position } => *position,
         _ => 0,
     }
 }
@@ -65,7 +75,12 @@ impl Method for RawAttention {
     fn name(&self) -> &'static str {
         "attention"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let maps = attention_maps(m, x)?;
         let l = self.layer.unwrap_or(maps.len() - 1).min(maps.len() - 1);
@@ -87,10 +102,18 @@ pub struct AttentionRollout;
 pub fn rollout(maps: &[Vec<Vec<Vec<f32>>>]) -> Vec<Vec<f32>> {
     let layers = mean_heads(maps);
     let t = layers[0].len();
-    let mut r: Vec<Vec<f32>> = (0..t).map(|i| (0..t).map(|j| (i == j) as u8 as f32).collect()).collect();
+    let mut r: Vec<Vec<f32>> = (0..t)
+        .map(|i| (0..t).map(|j| (i == j) as u8 as f32).collect())
+        .collect();
     for a in layers.iter().map(|a| residual_adjusted(a)) {
         // r <- a * r: information at layer l+1 position i from input j.
-        r = (0..t).map(|i| (0..t).map(|j| (0..t).map(|k| a[i][k] * r[k][j]).sum()).collect()).collect();
+        r = (0..t)
+            .map(|i| {
+                (0..t)
+                    .map(|j| (0..t).map(|k| a[i][k] * r[k][j]).sum())
+                    .collect()
+            })
+            .collect();
     }
     r
 }
@@ -99,12 +122,24 @@ impl Method for AttentionRollout {
     fn name(&self) -> &'static str {
         "rollout"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let maps = attention_maps(m, x)?;
         let r = rollout(&maps);
         let f = m.f_from_embeds(&m.embeddings(x)?, x, target)?[0];
-        Ok(m.attributions(x, self.name(), target, r[query_position(target)].clone(), f, None))
+        Ok(m.attributions(
+            x,
+            self.name(),
+            target,
+            r[query_position(target)].clone(),
+            f,
+            None,
+        ))
     }
 }
 
@@ -117,10 +152,18 @@ impl Method for AttentionFlow {
     fn name(&self) -> &'static str {
         "flow"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let maps = attention_maps(m, x)?;
-        let layers: Vec<Vec<Vec<f32>>> = mean_heads(&maps).iter().map(|a| residual_adjusted(a)).collect();
+        let layers: Vec<Vec<Vec<f32>>> = mean_heads(&maps)
+            .iter()
+            .map(|a| residual_adjusted(a))
+            .collect();
         let t = layers[0].len();
         let l = layers.len();
         // Node (layer, position) = layer * t + position; layer 0 is the input.
@@ -136,7 +179,9 @@ impl Method for AttentionFlow {
             }
         }
         let sink = l * t + query_position(target);
-        let scores = (0..t).map(|j| max_flow(n, &edges, j, sink) as f32).collect();
+        let scores = (0..t)
+            .map(|j| max_flow(n, &edges, j, sink) as f32)
+            .collect();
         let f = m.f_from_embeds(&m.embeddings(x)?, x, target)?[0];
         Ok(m.attributions(x, self.name(), target, scores, f, None))
     }

@@ -34,11 +34,24 @@ impl Rule {
     /// Points `a_k` in [0, 1] and weights `w_k`, as Captum's approximation_methods.
     pub fn points(&self, n: usize) -> (Vec<f64>, Vec<f64>) {
         let n = n.max(1);
-        let lin = |a: f64, b: f64| -> Vec<f64> { (0..n).map(|i| if n == 1 { a } else { a + (b - a) * i as f64 / (n - 1) as f64 }).collect() };
+        let lin = |a: f64, b: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    if n == 1 {
+                        a
+                    } else {
+                        a + (b - a) * i as f64 / (n - 1) as f64
+                    }
+                })
+                .collect()
+        };
         match self {
             Rule::RiemannLeft => (lin(0.0, 1.0 - 1.0 / n as f64), vec![1.0 / n as f64; n]),
             Rule::RiemannRight => (lin(1.0 / n as f64, 1.0), vec![1.0 / n as f64; n]),
-            Rule::RiemannMiddle => (lin(1.0 / (2 * n) as f64, 1.0 - 1.0 / (2 * n) as f64), vec![1.0 / n as f64; n]),
+            Rule::RiemannMiddle => (
+                lin(1.0 / (2 * n) as f64, 1.0 - 1.0 / (2 * n) as f64),
+                vec![1.0 / n as f64; n],
+            ),
             Rule::RiemannTrapezoid => {
                 if n < 2 {
                     return (vec![0.5], vec![1.0]);
@@ -50,7 +63,10 @@ impl Rule {
             }
             Rule::GaussLegendre => {
                 let (x, w) = gauss_legendre(n);
-                (x.iter().map(|v| 0.5 * (v + 1.0)).collect(), w.iter().map(|v| 0.5 * v).collect())
+                (
+                    x.iter().map(|v| 0.5 * (v + 1.0)).collect(),
+                    w.iter().map(|v| 0.5 * v).collect(),
+                )
             }
         }
     }
@@ -117,7 +133,12 @@ pub struct IntegratedGradients {
 impl Default for IntegratedGradients {
     fn default() -> Self {
         // Captum's defaults: 50 steps, Gauss-Legendre.
-        Self { steps: 50, rule: Rule::GaussLegendre, baseline: Baseline::Pad, batch_size: 16 }
+        Self {
+            steps: 50,
+            rule: Rule::GaussLegendre,
+            baseline: Baseline::Pad,
+            batch_size: 16,
+        }
     }
 }
 
@@ -128,11 +149,19 @@ impl IntegratedGradients {
         let tok = m.tokenizer()?;
         let ids = match &self.baseline {
             Baseline::Zero => return Ok(e.zeros_like()?),
-            Baseline::Pad => ExplainModel::masked_ids(x, &vec![false; x.enc.ids.len()], tok.pad_id()),
-            Baseline::Mask => ExplainModel::masked_ids(x, &vec![false; x.enc.ids.len()], m.mask_id()?),
+            Baseline::Pad => {
+                ExplainModel::masked_ids(x, &vec![false; x.enc.ids.len()], tok.pad_id())
+            }
+            Baseline::Mask => {
+                ExplainModel::masked_ids(x, &vec![false; x.enc.ids.len()], m.mask_id()?)
+            }
             Baseline::Ids(ids) => {
                 if ids.len() != x.enc.ids.len() {
-                    return Err(Error::Invalid(format!("custom baseline has {} ids, the input {}", ids.len(), x.enc.ids.len())));
+                    return Err(Error::Invalid(format!(
+                        "custom baseline has {} ids, the input {}",
+                        ids.len(),
+                        x.enc.ids.len()
+                    )));
                 }
                 ids.clone()
             }
@@ -142,19 +171,35 @@ impl IntegratedGradients {
     }
 
     /// Attributions per embedding coordinate (1, T, C), F(x), F(baseline).
-    pub fn attribute_full(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<(Tensor, f32, f32)> {
+    pub fn attribute_full(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<(Tensor, f32, f32)> {
         m.check(target, x)?;
         let e = m.embeddings(x)?; // (1, T, C)
         let b = self.baseline_embeddings(m, x)?;
         let diff = (&e - &b)?;
         let (alphas, weights) = self.rule.points(self.steps);
         let mut acc = e.zeros_like()?.squeeze(0)?; // (T, C)
-        for (a_chunk, w_chunk) in alphas.chunks(self.batch_size.max(1)).zip(weights.chunks(self.batch_size.max(1))) {
+        for (a_chunk, w_chunk) in alphas
+            .chunks(self.batch_size.max(1))
+            .zip(weights.chunks(self.batch_size.max(1)))
+        {
             let s = a_chunk.len();
-            let a = Tensor::from_vec(a_chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(), (s, 1, 1), e.device())?;
+            let a = Tensor::from_vec(
+                a_chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                (s, 1, 1),
+                e.device(),
+            )?;
             let path = b.broadcast_add(&diff.broadcast_mul(&a)?)?; // (S, T, C)
             let (g, _) = m.gradients(&path, x, target)?;
-            let w = Tensor::from_vec(w_chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(), (s, 1, 1), e.device())?;
+            let w = Tensor::from_vec(
+                w_chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                (s, 1, 1),
+                e.device(),
+            )?;
             acc = (acc + g.broadcast_mul(&w)?.sum(0)?)?;
         }
         let attr = diff.broadcast_mul(&acc.unsqueeze(0)?)?;
@@ -167,7 +212,12 @@ impl Method for IntegratedGradients {
     fn name(&self) -> &'static str {
         "ig"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         let (attr, fx, fb) = self.attribute_full(m, x, target)?;
         let scores = sum_per_token(&attr)?;
         let delta = scores.iter().map(|&v| v as f64).sum::<f64>() - (fx - fb) as f64;
@@ -201,7 +251,11 @@ mod tests {
 
     #[test]
     fn riemann_rules_integrate_a_line() {
-        for rule in [Rule::RiemannMiddle, Rule::RiemannTrapezoid, Rule::GaussLegendre] {
+        for rule in [
+            Rule::RiemannMiddle,
+            Rule::RiemannTrapezoid,
+            Rule::GaussLegendre,
+        ] {
             let (a, w) = rule.points(10);
             let v: f64 = a.iter().zip(&w).map(|(a, w)| a * w).sum();
             assert!((v - 0.5).abs() < 1e-12, "{rule:?}");

@@ -15,7 +15,12 @@ impl Method for Saliency {
     fn name(&self) -> &'static str {
         "saliency"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let e = m.embeddings(x)?;
         let (g, f) = m.gradients(&e, x, target)?;
@@ -30,11 +35,23 @@ impl Method for GradientXInput {
     fn name(&self) -> &'static str {
         "grad_x_input"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let e = m.embeddings(x)?;
         let (g, f) = m.gradients(&e, x, target)?;
-        Ok(m.attributions(x, self.name(), target, sum_per_token(&(g * &e)?)?, f[0], None))
+        Ok(m.attributions(
+            x,
+            self.name(),
+            target,
+            sum_per_token(&(g * &e)?)?,
+            f[0],
+            None,
+        ))
     }
 }
 
@@ -49,7 +66,12 @@ pub struct SmoothGrad {
 
 impl Default for SmoothGrad {
     fn default() -> Self {
-        Self { samples: 20, noise: 0.15, batch_size: 16, seed: 0 }
+        Self {
+            samples: 20,
+            noise: 0.15,
+            batch_size: 16,
+            seed: 0,
+        }
     }
 }
 
@@ -57,11 +79,18 @@ impl Method for SmoothGrad {
     fn name(&self) -> &'static str {
         "smoothgrad"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let e = m.embeddings(x)?; // (1, T, C)
         let vals: Vec<f32> = e.flatten_all()?.to_vec1()?;
-        let (lo, hi) = vals.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let (lo, hi) = vals
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
         let sigma = self.noise * (hi - lo) as f64;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut total: Option<Tensor> = None;
@@ -72,10 +101,15 @@ impl Method for SmoothGrad {
             let noise: Vec<f32> = (0..s * vals.len())
                 .map(|_| {
                     let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * sigma) as f32
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * sigma)
+                        as f32
                 })
                 .collect();
-            let noisy = e.repeat((s, 1, 1))?.add(&Tensor::from_vec(noise, (s, e.dim(1)?, e.dim(2)?), e.device())?)?;
+            let noisy = e.repeat((s, 1, 1))?.add(&Tensor::from_vec(
+                noise,
+                (s, e.dim(1)?, e.dim(2)?),
+                e.device(),
+            )?)?;
             let (g, _) = m.gradients(&noisy, x, target)?;
             // SmoothGrad averages the saliency maps (absolute gradients) of the noisy copies.
             let norms = g.sqr()?.sum(2)?.sqrt()?.sum(0)?; // (T)
@@ -84,7 +118,10 @@ impl Method for SmoothGrad {
                 Some(t) => (t + norms)?,
             });
         }
-        let scores: Vec<f32> = (total.ok_or_else(|| crate::Error::Invalid("no samples".into()))? / self.samples.max(1) as f64)?.to_vec1()?;
+        let scores: Vec<f32> = (total
+            .ok_or_else(|| crate::Error::Invalid("no samples".into()))?
+            / self.samples.max(1) as f64)?
+            .to_vec1()?;
         let f = m.f_from_embeds(&e, x, target)?[0];
         Ok(m.attributions(x, self.name(), target, scores, f, None))
     }

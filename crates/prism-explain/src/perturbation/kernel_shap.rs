@@ -19,7 +19,11 @@ pub struct KernelShap {
 
 impl Default for KernelShap {
     fn default() -> Self {
-        Self { samples: 512, batch_size: 32, seed: 0 }
+        Self {
+            samples: 512,
+            batch_size: 32,
+            seed: 0,
+        }
     }
 }
 
@@ -43,11 +47,16 @@ impl KernelShap {
         }
         let total = if m < 63 { (1u64 << m) - 2 } else { u64::MAX };
         if total <= self.samples as u64 {
-            return (1..=total).map(|bits| (0..m).map(|i| bits >> i & 1 == 1).collect()).collect();
+            return (1..=total)
+                .map(|bits| (0..m).map(|i| bits >> i & 1 == 1).collect())
+                .collect();
         }
         // Sample sizes by the kernel's total weight per size, in complementary pairs.
         let sizes: Vec<usize> = (1..m).collect();
-        let size_w: Vec<f64> = sizes.iter().map(|&s| (m - 1) as f64 / (s as f64 * (m - s) as f64)).collect();
+        let size_w: Vec<f64> = sizes
+            .iter()
+            .map(|&s| (m - 1) as f64 / (s as f64 * (m - s) as f64))
+            .collect();
         let total_w: f64 = size_w.iter().sum();
         let mut rng = StdRng::seed_from_u64(self.seed);
         let idx: Vec<usize> = (0..m).collect();
@@ -78,7 +87,14 @@ impl KernelShap {
     /// Shapley values from coalition values: `f_full = F(all)`, `f_empty = F(none)`. Sampled
     /// coalitions get equal weight (they were drawn from the kernel); enumerated ones get the
     /// kernel weight.
-    pub fn solve(&self, m: usize, coalitions: &[Vec<bool>], values: &[f64], f_full: f64, f_empty: f64) -> Result<Vec<f64>> {
+    pub fn solve(
+        &self,
+        m: usize,
+        coalitions: &[Vec<bool>],
+        values: &[f64],
+        f_full: f64,
+        f_empty: f64,
+    ) -> Result<Vec<f64>> {
         if m == 0 {
             return Ok(Vec::new());
         }
@@ -93,7 +109,11 @@ impl KernelShap {
         let mut b = vec![0.0; d];
         for (c, &v) in coalitions.iter().zip(values) {
             let s = c.iter().filter(|&&x| x).count();
-            let w = if enumerated { shapley_kernel_weight(m, s) } else { 1.0 };
+            let w = if enumerated {
+                shapley_kernel_weight(m, s)
+            } else {
+                1.0
+            };
             let last = c[m - 1] as u8 as f64;
             let row: Vec<f64> = (0..d).map(|i| c[i] as u8 as f64 - last).collect();
             let y = v - f_empty - last * total;
@@ -107,7 +127,9 @@ impl KernelShap {
         for (p, row) in a.iter_mut().enumerate() {
             row[p] += 1e-10; // numerical floor; does not bias well-posed problems
         }
-        let phi = solve(a, b).ok_or_else(|| Error::Invalid("KernelSHAP: singular regression (too few samples?)".into()))?;
+        let phi = solve(a, b).ok_or_else(|| {
+            Error::Invalid("KernelSHAP: singular regression (too few samples?)".into())
+        })?;
         let last = total - phi.iter().sum::<f64>();
         Ok(phi.into_iter().chain(std::iter::once(last)).collect())
     }
@@ -117,7 +139,12 @@ impl Method for KernelShap {
     fn name(&self) -> &'static str {
         "kernel_shap"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let feats = ExplainModel::features(x);
         let t = x.enc.ids.len();
@@ -152,8 +179,17 @@ mod tests {
     #[test]
     fn enumerated_kernel_shap_gives_exact_shapley_values() {
         let w = [0.3, -0.2, 0.5, 0.1, -0.4];
-        let v = |c: &[bool]| -> f64 { c.iter().zip(&w).map(|(&b, w)| if b { *w } else { 0.0 }).sum::<f64>() + if c[0] && c[1] { 0.5 } else { 0.0 } };
-        let ks = KernelShap { samples: 1000, ..Default::default() };
+        let v = |c: &[bool]| -> f64 {
+            c.iter()
+                .zip(&w)
+                .map(|(&b, w)| if b { *w } else { 0.0 })
+                .sum::<f64>()
+                + if c[0] && c[1] { 0.5 } else { 0.0 }
+        };
+        let ks = KernelShap {
+            samples: 1000,
+            ..Default::default()
+        };
         let cs = ks.coalitions(5);
         assert_eq!(cs.len(), 30);
         let vals: Vec<f64> = cs.iter().map(|c| v(c)).collect();
@@ -169,12 +205,24 @@ mod tests {
     fn sampled_kernel_shap_recovers_a_linear_model() {
         let m = 16;
         let w: Vec<f64> = (0..m).map(|i| (i as f64 * 0.37).sin()).collect();
-        let v = |c: &[bool]| -> f64 { 0.2 + c.iter().zip(&w).map(|(&b, w)| if b { *w } else { 0.0 }).sum::<f64>() };
-        let ks = KernelShap { samples: 300, seed: 3, ..Default::default() };
+        let v = |c: &[bool]| -> f64 {
+            0.2 + c
+                .iter()
+                .zip(&w)
+                .map(|(&b, w)| if b { *w } else { 0.0 })
+                .sum::<f64>()
+        };
+        let ks = KernelShap {
+            samples: 300,
+            seed: 3,
+            ..Default::default()
+        };
         let cs = ks.coalitions(m);
         assert!(cs.len() < (1 << m) - 2);
         let vals: Vec<f64> = cs.iter().map(|c| v(c)).collect();
-        let phi = ks.solve(m, &cs, &vals, v(&vec![true; m]), v(&vec![false; m])).unwrap();
+        let phi = ks
+            .solve(m, &cs, &vals, v(&vec![true; m]), v(&vec![false; m]))
+            .unwrap();
         for (a, b) in phi.iter().zip(&w) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }

@@ -21,7 +21,13 @@ pub struct Lime {
 
 impl Default for Lime {
     fn default() -> Self {
-        Self { samples: 500, kernel_width: 25.0, alpha: 1.0, batch_size: 32, seed: 0 }
+        Self {
+            samples: 500,
+            kernel_width: 25.0,
+            alpha: 1.0,
+            batch_size: 32,
+            seed: 0,
+        }
     }
 }
 
@@ -47,18 +53,28 @@ impl Lime {
     /// Fit the local linear model to `(mask, value)` pairs; returns the coefficients.
     pub fn fit(&self, masks: &[Vec<bool>], values: &[f64]) -> Result<Vec<f64>> {
         let d = masks[0].len();
-        let z: Vec<Vec<f64>> = masks.iter().map(|m| m.iter().map(|&b| b as u8 as f64).collect()).collect();
+        let z: Vec<Vec<f64>> = masks
+            .iter()
+            .map(|m| m.iter().map(|&b| b as u8 as f64).collect())
+            .collect();
         let weights: Vec<f64> = z
             .iter()
             .map(|zi| {
                 // Cosine distance to the all-ones vector, times 100 as lime does.
                 let on: f64 = zi.iter().sum();
-                let cos = if on == 0.0 { 0.0 } else { on / (on.sqrt() * (d as f64).sqrt()) };
+                let cos = if on == 0.0 {
+                    0.0
+                } else {
+                    on / (on.sqrt() * (d as f64).sqrt())
+                };
                 let dist = (1.0 - cos) * 100.0;
-                (-(dist * dist) / (self.kernel_width * self.kernel_width)).exp().sqrt()
+                (-(dist * dist) / (self.kernel_width * self.kernel_width))
+                    .exp()
+                    .sqrt()
             })
             .collect();
-        let (_, c) = weighted_ridge(&z, values, &weights, self.alpha).ok_or_else(|| Error::Invalid("LIME: singular regression".into()))?;
+        let (_, c) = weighted_ridge(&z, values, &weights, self.alpha)
+            .ok_or_else(|| Error::Invalid("LIME: singular regression".into()))?;
         Ok(c)
     }
 }
@@ -67,7 +83,12 @@ impl Method for Lime {
     fn name(&self) -> &'static str {
         "lime"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let feats = ExplainModel::features(x);
         let t = x.enc.ids.len();
@@ -104,9 +125,23 @@ mod tests {
     #[test]
     fn lime_recovers_the_coefficients_of_a_linear_model() {
         let w = [0.8, -0.3, 0.0, 0.45, -0.6, 0.1, 0.25];
-        let lime = Lime { samples: 400, alpha: 1e-8, seed: 5, ..Default::default() };
+        let lime = Lime {
+            samples: 400,
+            alpha: 1e-8,
+            seed: 5,
+            ..Default::default()
+        };
         let masks = lime.sample_masks(w.len());
-        let y: Vec<f64> = masks.iter().map(|m| 0.1 + m.iter().zip(&w).map(|(&b, w)| if b { *w } else { 0.0 }).sum::<f64>()).collect();
+        let y: Vec<f64> = masks
+            .iter()
+            .map(|m| {
+                0.1 + m
+                    .iter()
+                    .zip(&w)
+                    .map(|(&b, w)| if b { *w } else { 0.0 })
+                    .sum::<f64>()
+            })
+            .collect();
         let c = lime.fit(&masks, &y).unwrap();
         for (a, b) in c.iter().zip(w) {
             assert!((a - b).abs() < 1e-6, "{c:?}");

@@ -14,7 +14,12 @@ pub struct Occlusion {
 
 impl Default for Occlusion {
     fn default() -> Self {
-        Self { window: 1, stride: 1, replacement: None, batch_size: 32 }
+        Self {
+            window: 1,
+            stride: 1,
+            replacement: None,
+            batch_size: 32,
+        }
     }
 }
 
@@ -22,7 +27,12 @@ impl Method for Occlusion {
     fn name(&self) -> &'static str {
         "occlusion"
     }
-    fn attribute(&self, m: &ExplainModel, x: &ExplainInput, target: &Target) -> Result<Attributions> {
+    fn attribute(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+    ) -> Result<Attributions> {
         m.check(target, x)?;
         let rep = match self.replacement {
             Some(r) => r,
@@ -57,7 +67,11 @@ impl Method for Occlusion {
                 count[j] += 1.0;
             }
         }
-        let scores = sum.iter().zip(&count).map(|(s, c)| if *c > 0.0 { s / c } else { 0.0 }).collect();
+        let scores = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, c)| if *c > 0.0 { s / c } else { 0.0 })
+            .collect();
         Ok(m.attributions(x, self.name(), target, scores, f[0], None))
     }
 }

@@ -24,7 +24,11 @@ pub struct ExampleView {
 /// Background colour for a score relative to the largest magnitude: red supports the target,
 /// blue opposes it.
 fn color(score: f32, max: f32) -> String {
-    let a = if max > 0.0 { (score.abs() / max).min(1.0) } else { 0.0 };
+    let a = if max > 0.0 {
+        (score.abs() / max).min(1.0)
+    } else {
+        0.0
+    };
     if score >= 0.0 {
         format!("rgba(214,39,40,{a:.3})")
     } else {
@@ -33,7 +37,10 @@ fn color(score: f32, max: f32) -> String {
 }
 
 fn max_abs(a: &Attributions) -> f32 {
-    a.scores.iter().fold(0.0f32, |m, s| if s.is_finite() { m.max(s.abs()) } else { m })
+    a.scores.iter().fold(
+        0.0f32,
+        |m, s| if s.is_finite() { m.max(s.abs()) } else { m },
+    )
 }
 
 /// One method's tokens as coloured spans.
@@ -41,7 +48,13 @@ pub fn heatmap_html(a: &Attributions) -> String {
     let max = max_abs(a);
     let mut s = String::from("<div class=\"heat\">");
     for (tok, score) in a.tokens.iter().zip(&a.scores) {
-        let _ = write!(s, "<span class=\"tok\" style=\"background:{}\" title=\"{:.4}\">{}</span> ", color(*score, max), score, escape(tok));
+        let _ = write!(
+            s,
+            "<span class=\"tok\" style=\"background:{}\" title=\"{:.4}\">{}</span> ",
+            color(*score, max),
+            score,
+            escape(tok)
+        );
     }
     s.push_str("</div>");
     s
@@ -50,7 +63,11 @@ pub fn heatmap_html(a: &Attributions) -> String {
 /// One method's tokens as an SVG strip (for papers and slides).
 pub fn heatmap_svg(a: &Attributions) -> String {
     let max = max_abs(a);
-    let widths: Vec<f32> = a.tokens.iter().map(|t| 8.0 * t.chars().count().max(1) as f32 + 10.0).collect();
+    let widths: Vec<f32> = a
+        .tokens
+        .iter()
+        .map(|t| 8.0 * t.chars().count().max(1) as f32 + 10.0)
+        .collect();
     let total: f32 = widths.iter().sum::<f32>() + 10.0;
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{total:.0}\" height=\"44\" font-family=\"monospace\" font-size=\"13\"><text x=\"5\" y=\"12\" font-size=\"10\">{} — {}</text>", escape(&a.method), escape(&a.target));
     let mut x = 5.0;
@@ -64,7 +81,11 @@ pub fn heatmap_svg(a: &Attributions) -> String {
 
 /// JSON safe to embed inside a `<script>` element.
 fn script_json<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".into()).replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
+    serde_json::to_string(v)
+        .unwrap_or_else(|_| "null".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}.ex{border-top:1px solid #ccc;padding:1em 0}.method{display:grid;grid-template-columns:9em 1fr;gap:.5em;align-items:baseline;margin:.3em 0}.name{font-weight:600;font-size:90%}.tok{padding:1px 2px;border-radius:3px;line-height:1.9}.grid{display:grid;gap:2px;margin:.5em 0}.grid canvas{cursor:zoom-in;border:1px solid #eee}#big{position:fixed;top:5%;left:50%;transform:translateX(-50%);background:#fff;border:1px solid #888;padding:8px;display:none;z-index:9}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}";
@@ -96,34 +117,82 @@ document.querySelectorAll('script.att').forEach(function (el) {
 "#;
 
 /// The whole report.
-pub fn html_report(title: &str, examples: &[ExampleView], faithfulness: Option<&[(String, Faithfulness)]>) -> String {
+pub fn html_report(
+    title: &str,
+    examples: &[ExampleView],
+    faithfulness: Option<&[(String, Faithfulness)]>,
+) -> String {
     let mut h = format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>", escape(title), escape(title));
     h.push_str("<p>Red supports the explained output, blue opposes it; each method's colours are scaled to its largest magnitude. Hover a token for its score.</p>");
     if let Some(rows) = faithfulness {
         h.push_str(&faithfulness_html(rows));
     }
     for (i, ex) in examples.iter().enumerate() {
-        let _ = write!(h, "<div class=\"ex\"><h2>Example {}</h2><p>{}", i + 1, escape(&ex.text));
+        let _ = write!(
+            h,
+            "<div class=\"ex\"><h2>Example {}</h2><p>{}",
+            i + 1,
+            escape(&ex.text)
+        );
         if let Some(t2) = &ex.text2 {
             let _ = write!(h, "<br><i>{}</i>", escape(t2));
         }
-        let _ = write!(h, "</p><p>prediction: <b>{}</b></p>", escape(&ex.prediction));
+        let _ = write!(
+            h,
+            "</p><p>prediction: <b>{}</b></p>",
+            escape(&ex.prediction)
+        );
         for a in &ex.attributions {
-            let delta = a.delta.map(|d| format!(" (delta {d:+.2e})")).unwrap_or_default();
-            let _ = write!(h, "<div class=\"method\"><span class=\"name\">{}{}</span>{}</div>", escape(&a.method), escape(&delta), heatmap_html(a));
+            let delta = a
+                .delta
+                .map(|d| format!(" (delta {d:+.2e})"))
+                .unwrap_or_default();
+            let _ = write!(
+                h,
+                "<div class=\"method\"><span class=\"name\">{}{}</span>{}</div>",
+                escape(&a.method),
+                escape(&delta),
+                heatmap_html(a)
+            );
         }
         if let Some(att) = &ex.attention {
-            let tokens = ex.attributions.first().map(|a| a.tokens.clone()).unwrap_or_default();
+            let tokens = ex
+                .attributions
+                .first()
+                .map(|a| a.tokens.clone())
+                .unwrap_or_default();
             let open = if i == 0 { " open" } else { "" };
             let _ = write!(h, "<details{open}><summary>attention: layers (rows) x heads (columns), click one to enlarge</summary><div class=\"grid\" id=\"grid{i}\"></div></details>");
             // Quantised to 0..255: the page stays small (20 examples of MiniLM attention
             // would be 24 MB as full-precision JSON) and the colour scale has 256 levels anyway.
-            let q: Vec<Vec<Vec<Vec<u8>>>> = att.iter().map(|l| l.iter().map(|hd| hd.iter().map(|r| r.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()).collect()).collect()).collect();
-            let _ = write!(h, "<script type=\"application/json\" class=\"att\" data-grid=\"grid{i}\">{}</script>", script_json(&serde_json::json!({"att": q, "tokens": tokens})));
+            let q: Vec<Vec<Vec<Vec<u8>>>> = att
+                .iter()
+                .map(|l| {
+                    l.iter()
+                        .map(|hd| {
+                            hd.iter()
+                                .map(|r| {
+                                    r.iter()
+                                        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                                        .collect()
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+            let _ = write!(
+                h,
+                "<script type=\"application/json\" class=\"att\" data-grid=\"grid{i}\">{}</script>",
+                script_json(&serde_json::json!({"att": q, "tokens": tokens}))
+            );
         }
         h.push_str("</div>");
     }
-    let _ = write!(h, "<div id=\"big\"></div><script>{SCRIPT}</script></body></html>\n");
+    let _ = write!(
+        h,
+        "<div id=\"big\"></div><script>{SCRIPT}</script></body></html>\n"
+    );
     h
 }
 
@@ -157,7 +226,13 @@ mod tests {
     #[test]
     fn every_token_is_escaped() {
         let a = attr(&["<script>", "alert(1)", "</script>"]);
-        let ex = ExampleView { text: "<script>alert(1)</script>".into(), text2: None, prediction: "<img>".into(), attributions: vec![a.clone()], attention: Some(vec![vec![vec![vec![1.0; 3]; 3]]]) };
+        let ex = ExampleView {
+            text: "<script>alert(1)</script>".into(),
+            text2: None,
+            prediction: "<img>".into(),
+            attributions: vec![a.clone()],
+            attention: Some(vec![vec![vec![vec![1.0; 3]; 3]]]),
+        };
         let h = html_report("t", &[ex], None);
         assert!(!h.contains("<script>alert"), "unescaped token in HTML");
         assert!(h.contains("&lt;script&gt;"));

@@ -13,7 +13,10 @@ pub struct DomainHead {
 
 impl DomainHead {
     pub fn load(pb: &ParamBuilder, hidden: usize, std: f64) -> Result<Self> {
-        Ok(Self { hidden: Linear::load_or_init(&pb.pp("hidden"), hidden, hidden, std)?, out: Linear::load_or_init(&pb.pp("out"), hidden, 2, std)? })
+        Ok(Self {
+            hidden: Linear::load_or_init(&pb.pp("hidden"), hidden, hidden, std)?,
+            out: Linear::load_or_init(&pb.pp("out"), hidden, 2, std)?,
+        })
     }
 
     /// # Shapes

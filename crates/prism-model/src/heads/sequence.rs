@@ -15,10 +15,25 @@ pub struct SequenceHead {
 
 impl SequenceHead {
     /// `n_out` classes (or 1 for regression). `use_pooler`: the encoder has a pooler.
-    pub fn load(pb: &ParamBuilder, hidden: usize, n_out: usize, dropout: f64, use_pooler: bool, std: f64) -> Result<Self> {
-        let dense = if use_pooler { None } else { Some(Linear::load_or_init(&pb.pp("dense"), hidden, hidden, std)?) };
+    pub fn load(
+        pb: &ParamBuilder,
+        hidden: usize,
+        n_out: usize,
+        dropout: f64,
+        use_pooler: bool,
+        std: f64,
+    ) -> Result<Self> {
+        let dense = if use_pooler {
+            None
+        } else {
+            Some(Linear::load_or_init(&pb.pp("dense"), hidden, hidden, std)?)
+        };
         let out = Linear::load_or_init(&pb.pp("out_proj"), hidden, n_out, std)?;
-        Ok(Self { dense, out, dropout })
+        Ok(Self {
+            dense,
+            out,
+            dropout,
+        })
     }
 
     /// # Shapes
@@ -26,7 +41,9 @@ impl SequenceHead {
     pub fn forward(&self, enc: &EncoderOutput, mode: &Mode) -> Result<Tensor> {
         let x = match (&self.dense, &enc.pooler_output) {
             (None, Some(p)) => p.clone(), // (B, C)
-            (None, None) => return Err(Error::Input("sequence head expects a pooler output".into())),
+            (None, None) => {
+                return Err(Error::Input("sequence head expects a pooler output".into()))
+            }
             (Some(dense), _) => {
                 let cls = enc.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?; // (B, C)
                 dense.forward(&mode.dropout(&cls, self.dropout)?)?.tanh()?

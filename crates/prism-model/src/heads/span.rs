@@ -12,7 +12,9 @@ pub struct SpanHead {
 
 impl SpanHead {
     pub fn load(pb: &ParamBuilder, hidden: usize, std: f64) -> Result<Self> {
-        Ok(Self { out: Linear::load_or_init(&pb.pp("qa_outputs"), hidden, 2, std)? })
+        Ok(Self {
+            out: Linear::load_or_init(&pb.pp("qa_outputs"), hidden, 2, std)?,
+        })
     }
 
     /// # Shapes

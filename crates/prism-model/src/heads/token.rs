@@ -12,13 +12,23 @@ pub struct TokenHead {
 }
 
 impl TokenHead {
-    pub fn load(pb: &ParamBuilder, hidden: usize, n_tags: usize, dropout: f64, std: f64) -> Result<Self> {
-        Ok(Self { out: Linear::load_or_init(&pb.pp("classifier"), hidden, n_tags, std)?, dropout })
+    pub fn load(
+        pb: &ParamBuilder,
+        hidden: usize,
+        n_tags: usize,
+        dropout: f64,
+        std: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            out: Linear::load_or_init(&pb.pp("classifier"), hidden, n_tags, std)?,
+            dropout,
+        })
     }
 
     /// # Shapes
     /// -> (B, T, n_tags)
     pub fn forward(&self, enc: &EncoderOutput, mode: &Mode) -> Result<Tensor> {
-        self.out.forward(&mode.dropout(&enc.last_hidden_state, self.dropout)?)
+        self.out
+            .forward(&mode.dropout(&enc.last_hidden_state, self.dropout)?)
     }
 }

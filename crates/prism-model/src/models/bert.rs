@@ -110,7 +110,10 @@ impl BertConfig {
         }
         for (k, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return bad(format!("`{k}` {p} must be in [0, 1)"));
@@ -140,7 +143,9 @@ impl BertConfig {
     pub fn max_tokens(&self) -> usize {
         match self.flavor() {
             Flavor::Bert => self.max_position_embeddings,
-            Flavor::Roberta => self.max_position_embeddings - self.pad_token_id.unwrap_or(1) as usize - 1,
+            Flavor::Roberta => {
+                self.max_position_embeddings - self.pad_token_id.unwrap_or(1) as usize - 1
+            }
         }
     }
 }
@@ -192,12 +197,32 @@ impl Embeddings {
         // transformers gives word embeddings `padding_idx = pad_token_id`, and RoBERTa's
         // position embeddings the same padding index.
         let pad = cfg.pad_token_id;
-        let pos_pad = if cfg.flavor() == Flavor::Roberta { Some(pad.unwrap_or(1)) } else { None };
+        let pos_pad = if cfg.flavor() == Flavor::Roberta {
+            Some(pad.unwrap_or(1))
+        } else {
+            None
+        };
         Ok(Self {
-            word: Embedding::load(&pb.pp("word_embeddings"), cfg.vocab_size, cfg.hidden_size, std)?.with_padding_idx(pad),
-            position: Embedding::load(&pb.pp("position_embeddings"), cfg.max_position_embeddings, cfg.hidden_size, std)?
-                .with_padding_idx(pos_pad),
-            token_type: Embedding::load(&pb.pp("token_type_embeddings"), cfg.type_vocab_size, cfg.hidden_size, std)?,
+            word: Embedding::load(
+                &pb.pp("word_embeddings"),
+                cfg.vocab_size,
+                cfg.hidden_size,
+                std,
+            )?
+            .with_padding_idx(pad),
+            position: Embedding::load(
+                &pb.pp("position_embeddings"),
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                std,
+            )?
+            .with_padding_idx(pos_pad),
+            token_type: Embedding::load(
+                &pb.pp("token_type_embeddings"),
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                std,
+            )?,
             norm: LayerNorm::load(&pb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
             dropout: cfg.hidden_dropout_prob,
             flavor: cfg.flavor(),
@@ -214,7 +239,10 @@ impl Embeddings {
         let (b, t) = input_ids.dims2()?;
         let dev = input_ids.device();
         match self.flavor {
-            Flavor::Bert => Ok(Tensor::arange(0u32, t as u32, dev)?.unsqueeze(0)?.broadcast_as((b, t))?.contiguous()?),
+            Flavor::Bert => Ok(Tensor::arange(0u32, t as u32, dev)?
+                .unsqueeze(0)?
+                .broadcast_as((b, t))?
+                .contiguous()?),
             Flavor::Roberta => {
                 let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
                 let mut pos = Vec::with_capacity(b * t);
@@ -238,7 +266,12 @@ impl Embeddings {
         let (b, t, _) = word.dims3()?;
         let max = self.position.weight.dim(0)?;
         let pos = self.position_ids(&input.input_ids)?; // (B, T)
-        let last = pos.max_keepdim(1)?.max(0)?.to_dtype(DType::U32)?.flatten_all()?.to_vec1::<u32>()?;
+        let last = pos
+            .max_keepdim(1)?
+            .max(0)?
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_vec1::<u32>()?;
         if last.first().is_some_and(|&m| m as usize >= max) {
             return Err(Error::Input(format!(
                 "input of {t} tokens is longer than the model's position table allows ({max} positions)"
@@ -290,7 +323,9 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
         let (b, t, c) = x.dims3()?;
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?) // (B, H, T, D)
+            Ok(y.reshape((b, t, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?) // (B, H, T, D)
         };
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
@@ -315,7 +350,11 @@ struct Layer {
 
 impl Layer {
     fn load(pb: &ParamBuilder, cfg: &BertConfig) -> Result<Self> {
-        let (c, f, std) = (cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range);
+        let (c, f, std) = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.initializer_range,
+        );
         Ok(Self {
             attention: SelfAttention::load(&pb.pp("attention"), cfg)?,
             intermediate: Linear::load(&pb.pp("intermediate").pp("dense"), c, f, std)?,
@@ -352,11 +391,21 @@ impl Bert {
             .map(|i| Layer::load(&pb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if pb.is_fresh() || pb.source_has("pooler.dense.weight") {
-            Some(Linear::load(&pb.pp("pooler.dense"), config.hidden_size, config.hidden_size, config.initializer_range)?)
+            Some(Linear::load(
+                &pb.pp("pooler.dense"),
+                config.hidden_size,
+                config.hidden_size,
+                config.initializer_range,
+            )?)
         } else {
             None
         };
-        Ok(Self { embeddings, layers, pooler, config: config.clone() })
+        Ok(Self {
+            embeddings,
+            layers,
+            pooler,
+            config: config.clone(),
+        })
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -420,7 +469,12 @@ impl Encoder for Bert {
             Some(p) => Some(p.forward(&h.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?), // (B, C)
             None => None,
         };
-        Ok(EncoderOutput { last_hidden_state: h, pooler_output, hidden_states, attentions })
+        Ok(EncoderOutput {
+            last_hidden_state: h,
+            pooler_output,
+            hidden_states,
+            attentions,
+        })
     }
 
     fn hidden_size(&self) -> usize {
@@ -433,7 +487,9 @@ impl Encoder for Bert {
 /// # Shapes
 /// `hidden`: (B, T, C), `attention_mask`: (B, T) -> (B, C)
 pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-    let m = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(D::Minus1)?; // (B, T, 1)
+    let m = attention_mask
+        .to_dtype(hidden.dtype())?
+        .unsqueeze(D::Minus1)?; // (B, T, 1)
     let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (B, C)
     let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (B, 1)
     Ok(summed.broadcast_div(&counts)?)
@@ -464,4 +520,3 @@ pub fn tiny_config(flavor: Flavor) -> BertConfig {
         extra: Default::default(),
     }
 }
-

@@ -24,7 +24,13 @@ pub struct EncoderInput {
 
 impl EncoderInput {
     pub fn new(input_ids: Tensor, attention_mask: Tensor) -> Self {
-        Self { input_ids, attention_mask, token_type_ids: None, output_hidden_states: false, output_attentions: false }
+        Self {
+            input_ids,
+            attention_mask,
+            token_type_ids: None,
+            output_hidden_states: false,
+            output_attentions: false,
+        }
     }
 
     pub fn with_token_type_ids(mut self, t: Tensor) -> Self {

@@ -23,7 +23,8 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
         )
     }
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps })
+        x.contiguous()?
+            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps })
     } else {
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
@@ -87,7 +88,11 @@ impl CustomOp3 for LayerNorm {
         let c = gamma.dim(0)?;
         let n = x.elem_count();
         if x.device().is_cpu() {
-            let packed = x.apply_op3_no_bwd(&gamma.contiguous()?, &grad.contiguous()?, &LayerNormBwd { eps: self.eps })?;
+            let packed = x.apply_op3_no_bwd(
+                &gamma.contiguous()?,
+                &grad.contiguous()?,
+                &LayerNormBwd { eps: self.eps },
+            )?;
             let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
             let dg = packed.narrow(0, n, c)?;
             let db = packed.narrow(0, n + c, c)?;
@@ -130,7 +135,8 @@ impl CustomOp3 for LayerNormBwd {
         // dx needs only its own row; dgamma/dbeta are reductions over rows, accumulated in
         // per-block partial sums and then added up.
         let block_rows = if n >= PAR_MIN_ELEMS {
-            rows.div_ceil(rayon::current_num_threads().max(1) * 4).max(1)
+            rows.div_ceil(rayon::current_num_threads().max(1) * 4)
+                .max(1)
         } else {
             rows.max(1)
         };
@@ -183,7 +189,9 @@ mod tests {
         let mean = x.mean_keepdim(D::Minus1).unwrap();
         let xc = x.broadcast_sub(&mean).unwrap();
         let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let xhat = xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap()).unwrap();
+        let xhat = xc
+            .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+            .unwrap();
         xhat.broadcast_mul(g).unwrap().broadcast_add(b).unwrap()
     }
 
@@ -196,7 +204,14 @@ mod tests {
             let b = Tensor::randn(0f32, 0.3, 24, &dev).unwrap();
             let y = layer_norm(&x, &g, &b, 1e-12).unwrap();
             let r = reference(&x, &g, &b, 1e-12);
-            let d: f32 = (y - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let d: f32 = (y - r)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(d < 1e-5, "max diff {d}");
         }
     }
@@ -220,13 +235,30 @@ mod tests {
         let g = Var::from_tensor(&Tensor::randn(1f32, 0.3, 32, &dev).unwrap()).unwrap();
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 32, &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 1.0, (1500, 32), &dev).unwrap();
-        let fused = (layer_norm(&x, &g, &b, 1e-12).unwrap() * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let comp = (reference(&x, &g, &b, 1e-12) * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let fused = (layer_norm(&x, &g, &b, 1e-12).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let comp = (reference(&x, &g, &b, 1e-12) * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in [&x, &g, &b] {
             let a = fused.get(v.as_tensor()).unwrap();
             let r = comp.get(v.as_tensor()).unwrap();
             let scale: f32 = r.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-            let d: f32 = (a - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            let d: f32 = (a - r)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
             assert!(d <= 1e-4 * scale.max(1.0), "max diff {d} (scale {scale})");
         }
     }

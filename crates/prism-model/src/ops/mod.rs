@@ -29,7 +29,10 @@ pub(crate) fn contiguous_f32<'a>(
         CpuStorage::F32(v) => v.as_slice(),
         other => {
             use candle_core::backend::BackendStorage;
-            candle_core::bail!("{op}: only f32 is supported on CPU, got {:?}", other.dtype())
+            candle_core::bail!(
+                "{op}: only f32 is supported on CPU, got {:?}",
+                other.dtype()
+            )
         }
     };
     match layout.contiguous_offsets() {
@@ -83,14 +86,23 @@ pub(crate) mod testing {
         let w = Tensor::randn(0f32, 1f32, y.shape(), &dev).unwrap();
         let loss = (y * &w).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
-        let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let base: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let eval = |v: &[f32]| -> f64 {
             let t = Tensor::from_slice(v, x.shape(), &dev).unwrap();
             let y = f(&t).unwrap();
             let p: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
             let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-            p.iter().zip(wv.iter()).map(|(a, b)| *a as f64 * *b as f64).sum()
+            p.iter()
+                .zip(wv.iter())
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum()
         };
         let h = 1e-2f32;
         let n = base.len();
@@ -103,7 +115,10 @@ pub(crate) mod testing {
             let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h as f64);
             let analytic = g[i] as f64;
             let err = (numeric - analytic).abs() / (1.0 + numeric.abs());
-            assert!(err < tol, "coordinate {i}: analytic {analytic} vs numeric {numeric}");
+            assert!(
+                err < tol,
+                "coordinate {i}: analytic {analytic} vs numeric {numeric}"
+            );
         }
     }
 }

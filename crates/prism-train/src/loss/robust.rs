@@ -62,11 +62,22 @@ impl LossConfig {
     pub fn validate(&self, n_classes: usize) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         match self {
-            LossConfig::LabelSmoothing { epsilon } if !(0.0..1.0).contains(epsilon) => bad(format!("label smoothing epsilon {epsilon} must be in [0, 1)")),
-            LossConfig::Focal { gamma, .. } if *gamma < 0.0 => bad(format!("focal gamma {gamma} must be >= 0")),
-            LossConfig::Focal { alpha: Some(a), .. } if a.len() != n_classes => bad(format!("focal alpha has {} weights for {n_classes} classes", a.len())),
-            LossConfig::Gce { q } if !(*q > 0.0 && *q <= 1.0) => bad(format!("GCE q {q} must be in (0, 1]")),
-            LossConfig::Sce { alpha, beta } if *alpha < 0.0 || *beta < 0.0 => bad("SCE alpha and beta must be >= 0".into()),
+            LossConfig::LabelSmoothing { epsilon } if !(0.0..1.0).contains(epsilon) => bad(
+                format!("label smoothing epsilon {epsilon} must be in [0, 1)"),
+            ),
+            LossConfig::Focal { gamma, .. } if *gamma < 0.0 => {
+                bad(format!("focal gamma {gamma} must be >= 0"))
+            }
+            LossConfig::Focal { alpha: Some(a), .. } if a.len() != n_classes => bad(format!(
+                "focal alpha has {} weights for {n_classes} classes",
+                a.len()
+            )),
+            LossConfig::Gce { q } if !(*q > 0.0 && *q <= 1.0) => {
+                bad(format!("GCE q {q} must be in (0, 1]"))
+            }
+            LossConfig::Sce { alpha, beta } if *alpha < 0.0 || *beta < 0.0 => {
+                bad("SCE alpha and beta must be >= 0".into())
+            }
             _ => Ok(()),
         }
     }
@@ -85,7 +96,9 @@ impl LossConfig {
 
 /// log p_y for each row: (N).
 fn picked(logp: &Tensor, y: &Tensor) -> Result<Tensor> {
-    Ok(logp.gather(&y.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?.squeeze(1)?)
+    Ok(logp
+        .gather(&y.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?)
 }
 
 pub fn label_smoothed_ce(logits: &Tensor, y: &Tensor, epsilon: f64) -> Result<Tensor> {
@@ -101,7 +114,11 @@ pub fn focal(logits: &Tensor, y: &Tensor, gamma: f64, alpha: Option<&[f64]>) -> 
     let modulating = (1.0 - p_y)?.clamp(0.0, 1.0)?.powf(gamma)?;
     let mut l = ((modulating * logp_y)? * -1.0)?;
     if let Some(a) = alpha {
-        let w = Tensor::from_vec(a.iter().map(|&v| v as f32).collect::<Vec<_>>(), a.len(), logits.device())?;
+        let w = Tensor::from_vec(
+            a.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            a.len(),
+            logits.device(),
+        )?;
         l = (l * w.gather(&y.to_dtype(DType::U32)?, 0)?)?;
     }
     Ok(l.mean_all()?)
@@ -143,7 +160,8 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/losses_expected.json");
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/losses_expected.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     }
 
@@ -156,11 +174,26 @@ mod tests {
             let x = Var::from_tensor(&Tensor::new(f.logits.clone(), &dev).unwrap()).unwrap();
             let l = c.config.loss(x.as_tensor(), &y).unwrap();
             let lv: f32 = l.to_scalar().unwrap();
-            assert!((lv - c.loss).abs() < 1e-5, "{:?}: loss {lv} vs torch {}", c.config, c.loss);
-            let g: Vec<Vec<f32>> = l.backward().unwrap().get(x.as_tensor()).unwrap().to_vec2().unwrap();
+            assert!(
+                (lv - c.loss).abs() < 1e-5,
+                "{:?}: loss {lv} vs torch {}",
+                c.config,
+                c.loss
+            );
+            let g: Vec<Vec<f32>> = l
+                .backward()
+                .unwrap()
+                .get(x.as_tensor())
+                .unwrap()
+                .to_vec2()
+                .unwrap();
             for (gr, wr) in g.iter().zip(&c.grad) {
                 for (a, b) in gr.iter().zip(wr) {
-                    assert!((a - b).abs() < 1e-5, "{:?}: grad {a} vs torch {b}", c.config);
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "{:?}: grad {a} vs torch {b}",
+                        c.config
+                    );
                 }
             }
         }
@@ -175,9 +208,21 @@ mod tests {
         for c in &f.cases {
             let base: Vec<Vec<f32>> = f.logits.clone();
             let x = Var::from_tensor(&Tensor::new(base.clone(), &dev).unwrap()).unwrap();
-            let g: Vec<Vec<f32>> = c.config.loss(x.as_tensor(), &y).unwrap().backward().unwrap().get(x.as_tensor()).unwrap().to_vec2().unwrap();
+            let g: Vec<Vec<f32>> = c
+                .config
+                .loss(x.as_tensor(), &y)
+                .unwrap()
+                .backward()
+                .unwrap()
+                .get(x.as_tensor())
+                .unwrap()
+                .to_vec2()
+                .unwrap();
             let eval = |v: &Vec<Vec<f32>>| -> f64 {
-                let t = Tensor::new(v.clone(), &dev).unwrap().to_dtype(DType::F64).unwrap();
+                let t = Tensor::new(v.clone(), &dev)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap();
                 let l = c.config.loss(&t.to_dtype(DType::F32).unwrap(), &y).unwrap();
                 l.to_scalar::<f32>().unwrap() as f64
             };
@@ -188,7 +233,12 @@ mod tests {
                 let mut m = base.clone();
                 m[i][j] -= h;
                 let num = (eval(&p) - eval(&m)) / (2.0 * h as f64);
-                assert!((num - g[i][j] as f64).abs() < 2e-3, "{:?} [{i},{j}]: analytic {} vs numeric {num}", c.config, g[i][j]);
+                assert!(
+                    (num - g[i][j] as f64).abs() < 2e-3,
+                    "{:?} [{i},{j}]: analytic {} vs numeric {num}",
+                    c.config,
+                    g[i][j]
+                );
             }
         }
     }
@@ -196,8 +246,21 @@ mod tests {
     #[test]
     fn configs_are_checked() {
         assert!(LossConfig::Gce { q: 0.0 }.validate(2).is_err());
-        assert!(LossConfig::Focal { gamma: 2.0, alpha: Some(vec![1.0]) }.validate(2).unwrap_err().to_string().contains("1 weights for 2 classes"));
+        assert!(LossConfig::Focal {
+            gamma: 2.0,
+            alpha: Some(vec![1.0])
+        }
+        .validate(2)
+        .unwrap_err()
+        .to_string()
+        .contains("1 weights for 2 classes"));
         let c: LossConfig = toml::from_str("kind = \"sce\"\nalpha = 0.5").unwrap();
-        assert_eq!(c, LossConfig::Sce { alpha: 0.5, beta: 1.0 });
+        assert_eq!(
+            c,
+            LossConfig::Sce {
+                alpha: 0.5,
+                beta: 1.0
+            }
+        );
     }
 }

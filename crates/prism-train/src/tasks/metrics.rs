@@ -51,10 +51,14 @@ pub fn mcc(pred: &[usize], gold: &[usize], n: usize) -> f64 {
     let s = gold.len() as f64;
     let c: f64 = (0..n).map(|k| m[k][k] as f64).sum();
     let t: Vec<f64> = (0..n).map(|k| m[k].iter().sum::<usize>() as f64).collect();
-    let p: Vec<f64> = (0..n).map(|k| (0..n).map(|g| m[g][k]).sum::<usize>() as f64).collect();
+    let p: Vec<f64> = (0..n)
+        .map(|k| (0..n).map(|g| m[g][k]).sum::<usize>() as f64)
+        .collect();
     let tp: f64 = t.iter().zip(&p).map(|(a, b)| a * b).sum();
     let num = c * s - tp;
-    let den = ((s * s - p.iter().map(|x| x * x).sum::<f64>()) * (s * s - t.iter().map(|x| x * x).sum::<f64>())).sqrt();
+    let den = ((s * s - p.iter().map(|x| x * x).sum::<f64>())
+        * (s * s - t.iter().map(|x| x * x).sum::<f64>()))
+    .sqrt();
     if den == 0.0 {
         0.0
     } else {
@@ -106,7 +110,10 @@ pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
 /// The official SQuAD v1.1 answer normalisation.
 pub fn normalize_answer(s: &str) -> String {
     let lower = s.to_lowercase();
-    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_punct: String = lower
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
     no_punct
         .split_whitespace()
         .filter(|w| !matches!(*w, "a" | "an" | "the"))
@@ -147,7 +154,10 @@ pub fn f1_score(pred: &str, gold: &str) -> f64 {
 
 /// Max over gold answers, as the official script scores each question.
 pub fn squad_scores(pred: &str, golds: &[String]) -> (f64, f64) {
-    let em = golds.iter().map(|g| exact_match(pred, g)).fold(0.0, f64::max);
+    let em = golds
+        .iter()
+        .map(|g| exact_match(pred, g))
+        .fold(0.0, f64::max);
     let f1 = golds.iter().map(|g| f1_score(pred, g)).fold(0.0, f64::max);
     (em, f1)
 }
@@ -162,8 +172,16 @@ mod tests {
         let gold = [0, 0, 1, 1, 2, 2, 2, 0];
         let pred = [0, 1, 1, 1, 2, 0, 2, 2];
         assert!((accuracy(&pred, &gold) - 0.625).abs() < 1e-12);
-        assert!((macro_f1(&pred, &gold, 3) - 0.6222222222222222).abs() < 1e-9, "{}", macro_f1(&pred, &gold, 3));
-        assert!((mcc(&pred, &gold, 3) - 0.4523809523809524).abs() < 1e-9, "{}", mcc(&pred, &gold, 3));
+        assert!(
+            (macro_f1(&pred, &gold, 3) - 0.6222222222222222).abs() < 1e-9,
+            "{}",
+            macro_f1(&pred, &gold, 3)
+        );
+        assert!(
+            (mcc(&pred, &gold, 3) - 0.4523809523809524).abs() < 1e-9,
+            "{}",
+            mcc(&pred, &gold, 3)
+        );
         // Binary MCC of a perfect and an inverted classifier.
         assert!((mcc(&[0, 1, 0, 1], &[0, 1, 0, 1], 2) - 1.0).abs() < 1e-12);
         assert!((mcc(&[1, 0, 1, 0], &[0, 1, 0, 1], 2) + 1.0).abs() < 1e-12);
@@ -177,7 +195,10 @@ mod tests {
         assert!((pearson(&x, &y) - 0.8241633836921339).abs() < 1e-12);
         assert!((spearman(&x, &y) - 0.8).abs() < 1e-9);
         // Ties get average ranks: spearmanr([1,2,2,3],[1,3,2,4]) = 0.9486832980505138
-        assert!((spearman(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0]) - 0.9486832980505139).abs() < 1e-9);
+        assert!(
+            (spearman(&[1.0, 2.0, 2.0, 3.0], &[1.0, 3.0, 2.0, 4.0]) - 0.9486832980505139).abs()
+                < 1e-9
+        );
     }
 
     #[test]
@@ -185,8 +206,16 @@ mod tests {
         assert_eq!(normalize_answer("The  Denver Broncos!"), "denver broncos");
         assert_eq!(exact_match("the Denver Broncos", "Denver Broncos"), 1.0);
         assert!((f1_score("Denver Broncos team", "Denver Broncos") - 0.8).abs() < 1e-12);
-        assert_eq!(squad_scores("Carolina", &["Denver".into(), "Carolina Panthers".into()]).0, 0.0);
-        assert!((squad_scores("Carolina", &["Denver".into(), "Carolina Panthers".into()]).1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(
+            squad_scores("Carolina", &["Denver".into(), "Carolina Panthers".into()]).0,
+            0.0
+        );
+        assert!(
+            (squad_scores("Carolina", &["Denver".into(), "Carolina Panthers".into()]).1
+                - 2.0 / 3.0)
+                .abs()
+                < 1e-12
+        );
     }
 }
 
@@ -225,7 +254,11 @@ pub fn entity_prf(pred: &[Vec<String>], gold: &[Vec<String>]) -> (f64, f64, f64)
     }
     let precision = if np == 0 { 0.0 } else { tp as f64 / np as f64 };
     let recall = if ng == 0 { 0.0 } else { tp as f64 / ng as f64 };
-    let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
+    let f1 = if precision + recall == 0.0 {
+        0.0
+    } else {
+        2.0 * precision * recall / (precision + recall)
+    };
     (precision, recall, f1)
 }
 

@@ -137,10 +137,22 @@ pub struct Task {
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
 pub enum Prediction {
-    Class { label: String, probabilities: BTreeMap<String, f32> },
-    Value { value: f32 },
-    Span { answer: String, start: usize, end: usize, score: f32 },
-    Tags { tags: Vec<String> },
+    Class {
+        label: String,
+        probabilities: BTreeMap<String, f32>,
+    },
+    Value {
+        value: f32,
+    },
+    Span {
+        answer: String,
+        start: usize,
+        end: usize,
+        score: f32,
+    },
+    Tags {
+        tags: Vec<String>,
+    },
 }
 
 /// Metrics on a data set plus, for classification, the confusion matrix (`[gold][pred]`).
@@ -154,33 +166,93 @@ pub struct EvalResult {
 
 impl Task {
     /// Build the head under `prism.heads.<name>` (loaded when the checkpoint has it).
-    pub fn new(spec: TaskSpec, root: &ParamBuilder, tokenizer: &PrismTokenizer, hidden: usize, has_pooler: bool, dropout: f64) -> Result<Self> {
-        if spec.name.is_empty() || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(Error::Config(format!("task name `{}` must be non-empty ASCII letters, digits, `_` or `-`", spec.name)));
+    pub fn new(
+        spec: TaskSpec,
+        root: &ParamBuilder,
+        tokenizer: &PrismTokenizer,
+        hidden: usize,
+        has_pooler: bool,
+        dropout: f64,
+    ) -> Result<Self> {
+        if spec.name.is_empty()
+            || !spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::Config(format!(
+                "task name `{}` must be non-empty ASCII letters, digits, `_` or `-`",
+                spec.name
+            )));
         }
-        let needs_labels = matches!(spec.kind, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token);
+        let needs_labels = matches!(
+            spec.kind,
+            TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token
+        );
         if needs_labels && spec.labels.len() < 2 {
-            return Err(Error::Config(format!("task `{}` needs at least two labels, has {:?}", spec.name, spec.labels)));
+            return Err(Error::Config(format!(
+                "task `{}` needs at least two labels, has {:?}",
+                spec.name, spec.labels
+            )));
         }
         if spec.max_length < 8 {
-            return Err(Error::Config(format!("task `{}`: max_length {} is too small", spec.name, spec.max_length)));
+            return Err(Error::Config(format!(
+                "task `{}`: max_length {} is too small",
+                spec.name, spec.max_length
+            )));
         }
         let pb = root.pp("prism.heads").pp(&spec.name);
         let std = 0.02;
         let head = match spec.kind {
-            TaskKind::Classification | TaskKind::PairClassification => Head::Sequence(SequenceHead::load(&pb, hidden, spec.labels.len(), dropout, has_pooler, std)?),
-            TaskKind::Regression => Head::Sequence(SequenceHead::load(&pb, hidden, 1, dropout, has_pooler, std)?),
+            TaskKind::Classification | TaskKind::PairClassification => Head::Sequence(
+                SequenceHead::load(&pb, hidden, spec.labels.len(), dropout, has_pooler, std)?,
+            ),
+            TaskKind::Regression => Head::Sequence(SequenceHead::load(
+                &pb, hidden, 1, dropout, has_pooler, std,
+            )?),
             TaskKind::Qa => Head::Span(SpanHead::load(&pb, hidden, std)?),
-            TaskKind::Token => Head::Token(TokenHead::load(&pb, hidden, spec.labels.len(), dropout, std)?),
+            TaskKind::Token => Head::Token(TokenHead::load(
+                &pb,
+                hidden,
+                spec.labels.len(),
+                dropout,
+                std,
+            )?),
         };
         let tokenizer = tokenizer.with_max_len(spec.max_length)?;
-        Ok(Self { spec, head, tokenizer, loss_config: Default::default(), adversarial: None })
+        Ok(Self {
+            spec,
+            head,
+            tokenizer,
+            loss_config: Default::default(),
+            adversarial: None,
+        })
     }
 
-    fn label_id(&self, label: &str, ex: &Example, path: &std::path::Path, field: &str) -> Result<u32> {
-        self.spec.labels.iter().position(|l| l == label).map(|i| i as u32).ok_or_else(|| {
-            Error::data(path, ex.line, field, format!("unknown label \"{label}\" for task `{}` (labels: {})", self.spec.name, self.spec.labels.join(", ")))
-        })
+    fn label_id(
+        &self,
+        label: &str,
+        ex: &Example,
+        path: &std::path::Path,
+        field: &str,
+    ) -> Result<u32> {
+        self.spec
+            .labels
+            .iter()
+            .position(|l| l == label)
+            .map(|i| i as u32)
+            .ok_or_else(|| {
+                Error::data(
+                    path,
+                    ex.line,
+                    field,
+                    format!(
+                        "unknown label \"{label}\" for task `{}` (labels: {})",
+                        self.spec.name,
+                        self.spec.labels.join(", ")
+                    ),
+                )
+            })
     }
 
     /// Turn examples into features. `path` names the file for error messages.
@@ -191,15 +263,25 @@ impl Task {
                 TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
                     let enc = self.tokenizer.encode(&ex.text, ex.text_b.as_deref())?;
                     let target = match (&ex.target, self.spec.kind) {
-                        (Target::Label(l), TaskKind::Classification | TaskKind::PairClassification) => FeatureTarget::Class(self.label_id(l, ex, path, "label")?),
+                        (
+                            Target::Label(l),
+                            TaskKind::Classification | TaskKind::PairClassification,
+                        ) => FeatureTarget::Class(self.label_id(l, ex, path, "label")?),
                         (Target::Value(v), TaskKind::Regression) => FeatureTarget::Value(*v as f32),
                         _ => FeatureTarget::None,
                     };
-                    out.push(Feature { enc, target, example: i, word_ids: Vec::new() });
+                    out.push(Feature {
+                        enc,
+                        target,
+                        example: i,
+                        word_ids: Vec::new(),
+                    });
                 }
                 TaskKind::Qa => {
                     let context = ex.text_b.as_deref().unwrap_or_default();
-                    let windows = self.tokenizer.encode_windows(&ex.text, context, self.spec.doc_stride)?;
+                    let windows =
+                        self.tokenizer
+                            .encode_windows(&ex.text, context, self.spec.doc_stride)?;
                     let answer = match &ex.target {
                         Target::Answers(a) if !a.is_empty() => Some(&a[0]),
                         _ => None,
@@ -214,20 +296,30 @@ impl Task {
                             }
                             None => FeatureTarget::None,
                         };
-                        out.push(Feature { enc, target, example: i, word_ids: Vec::new() });
+                        out.push(Feature {
+                            enc,
+                            target,
+                            example: i,
+                            word_ids: Vec::new(),
+                        });
                     }
                 }
                 TaskKind::Token => {
                     let (enc, word_ids) = self.tokenizer.encode_words(&ex.tokens)?;
                     let target = match &ex.target {
                         Target::Tags(tags) => {
-                            let ids: Vec<u32> = tags.iter().map(|t| self.label_id(t, ex, path, "tags")).collect::<Result<_>>()?;
+                            let ids: Vec<u32> = tags
+                                .iter()
+                                .map(|t| self.label_id(t, ex, path, "tags"))
+                                .collect::<Result<_>>()?;
                             let mut prev = None;
                             let labels = word_ids
                                 .iter()
                                 .map(|w| {
                                     let l = match w {
-                                        Some(w) if Some(*w) != prev => ids.get(*w as usize).map_or(IGNORE, |&x| x as i64),
+                                        Some(w) if Some(*w) != prev => {
+                                            ids.get(*w as usize).map_or(IGNORE, |&x| x as i64)
+                                        }
                                         _ => IGNORE,
                                     };
                                     prev = *w;
@@ -238,7 +330,12 @@ impl Task {
                         }
                         _ => FeatureTarget::None,
                     };
-                    out.push(Feature { enc, target, example: i, word_ids });
+                    out.push(Feature {
+                        enc,
+                        target,
+                        example: i,
+                        word_ids,
+                    });
                 }
             }
         }
@@ -256,15 +353,42 @@ impl Task {
         } else {
             match self.spec.kind {
                 TaskKind::Classification | TaskKind::PairClassification => {
-                    let v: Vec<u32> = feats.iter().map(|f| if let FeatureTarget::Class(c) = f.target { c } else { 0 }).collect();
+                    let v: Vec<u32> = feats
+                        .iter()
+                        .map(|f| {
+                            if let FeatureTarget::Class(c) = f.target {
+                                c
+                            } else {
+                                0
+                            }
+                        })
+                        .collect();
                     BatchTargets::Classes(Tensor::new(v, device)?)
                 }
                 TaskKind::Regression => {
-                    let v: Vec<f32> = feats.iter().map(|f| if let FeatureTarget::Value(x) = f.target { x } else { 0.0 }).collect();
+                    let v: Vec<f32> = feats
+                        .iter()
+                        .map(|f| {
+                            if let FeatureTarget::Value(x) = f.target {
+                                x
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
                     BatchTargets::Values(Tensor::new(v, device)?)
                 }
                 TaskKind::Qa => {
-                    let (s, e): (Vec<u32>, Vec<u32>) = feats.iter().map(|f| if let FeatureTarget::Span(s, e) = f.target { (s, e) } else { (0, 0) }).unzip();
+                    let (s, e): (Vec<u32>, Vec<u32>) = feats
+                        .iter()
+                        .map(|f| {
+                            if let FeatureTarget::Span(s, e) = f.target {
+                                (s, e)
+                            } else {
+                                (0, 0)
+                            }
+                        })
+                        .unzip();
                     BatchTargets::Spans(Tensor::new(s, device)?, Tensor::new(e, device)?)
                 }
                 TaskKind::Token => {
@@ -319,7 +443,12 @@ impl Task {
                 let (b, t, n) = logits.dims3()?;
                 masked_cross_entropy(&logits.reshape((b * t, n))?, &y.flatten_all()?)?
             }
-            BatchTargets::None => return Err(Error::Config(format!("task `{}`: batch has unlabelled examples", self.spec.name))),
+            BatchTargets::None => {
+                return Err(Error::Config(format!(
+                    "task `{}`: batch has unlabelled examples",
+                    self.spec.name
+                )))
+            }
         })
     }
 
@@ -327,15 +456,27 @@ impl Task {
     /// symmetric KL for classification, squared difference for regression.
     pub fn divergence(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         match self.spec.kind {
-            TaskKind::Classification | TaskKind::PairClassification => crate::loss::symmetric_kl(a, b),
+            TaskKind::Classification | TaskKind::PairClassification => {
+                crate::loss::symmetric_kl(a, b)
+            }
             TaskKind::Regression => Ok((a - b)?.sqr()?.mean_all()?),
-            other => Err(Error::Config(format!("task `{}`: SMART and R-Drop need a sequence-level output, not {other:?}", self.spec.name))),
+            other => Err(Error::Config(format!(
+                "task `{}`: SMART and R-Drop need a sequence-level output, not {other:?}",
+                self.spec.name
+            ))),
         }
     }
 
     /// Predictions for `examples` (features must come from [`Task::featurize`] of the same
     /// examples), computed with `forward` in batches.
-    pub fn predict<F>(&self, examples: &[Example], feats: &[Feature], batch_size: usize, device: &Device, forward: F) -> Result<Vec<Prediction>>
+    pub fn predict<F>(
+        &self,
+        examples: &[Example],
+        feats: &[Feature],
+        batch_size: usize,
+        device: &Device,
+        forward: F,
+    ) -> Result<Vec<Prediction>>
     where
         F: Fn(&EncoderInput) -> Result<EncoderOutput>,
     {
@@ -345,7 +486,10 @@ impl Task {
             let b = self.batch(&refs, device)?;
             let out = forward(&b.input)?;
             // Detached: a kept tensor would otherwise keep its whole forward graph alive.
-            let logits = self.logits(&out, &Mode::Eval)?.detach().to_device(&Device::Cpu)?;
+            let logits = self
+                .logits(&out, &Mode::Eval)?
+                .detach()
+                .to_device(&Device::Cpu)?;
             for i in 0..chunk.len() {
                 logits_per_feature.push(logits.get(i)?);
             }
@@ -362,7 +506,14 @@ impl Task {
                     })
                 })
                 .collect(),
-            TaskKind::Regression => logits_per_feature.iter().map(|l| Ok(Prediction::Value { value: l.to_vec1::<f32>()?[0] })).collect(),
+            TaskKind::Regression => logits_per_feature
+                .iter()
+                .map(|l| {
+                    Ok(Prediction::Value {
+                        value: l.to_vec1::<f32>()?[0],
+                    })
+                })
+                .collect(),
             TaskKind::Token => feats
                 .iter()
                 .zip(&logits_per_feature)
@@ -386,7 +537,9 @@ impl Task {
                 let mut best: Vec<Option<(f32, usize, usize)>> = vec![None; examples.len()];
                 for (f, l) in feats.iter().zip(&logits_per_feature) {
                     let rows: Vec<Vec<f32>> = l.to_vec2()?; // (T, 2)
-                    let ctx: Vec<usize> = (0..f.enc.ids.len()).filter(|&j| f.enc.sequence_ids[j] == Some(1)).collect();
+                    let ctx: Vec<usize> = (0..f.enc.ids.len())
+                        .filter(|&j| f.enc.sequence_ids[j] == Some(1))
+                        .collect();
                     for &s in &ctx {
                         for &e in ctx.iter().filter(|&&e| e >= s && e < s + MAX_ANSWER_TOKENS) {
                             let score = rows[s][0] + rows[e][1];
@@ -402,8 +555,20 @@ impl Task {
                     .zip(best)
                     .map(|(ex, b)| {
                         let (score, s, e) = b.unwrap_or((f32::NEG_INFINITY, 0, 0));
-                        let answer: String = ex.text_b.as_deref().unwrap_or_default().chars().skip(s).take(e.saturating_sub(s)).collect();
-                        Prediction::Span { answer, start: s, end: e, score }
+                        let answer: String = ex
+                            .text_b
+                            .as_deref()
+                            .unwrap_or_default()
+                            .chars()
+                            .skip(s)
+                            .take(e.saturating_sub(s))
+                            .collect();
+                        Prediction::Span {
+                            answer,
+                            start: s,
+                            end: e,
+                            score,
+                        }
                     })
                     .collect())
             }
@@ -412,7 +577,10 @@ impl Task {
 
     /// Metrics of predictions against the examples' targets.
     pub fn score(&self, examples: &[Example], preds: &[Prediction]) -> EvalResult {
-        let mut r = EvalResult { examples: examples.len(), ..Default::default() };
+        let mut r = EvalResult {
+            examples: examples.len(),
+            ..Default::default()
+        };
         match self.spec.kind {
             TaskKind::Classification | TaskKind::PairClassification => {
                 let mut gold = Vec::new();
@@ -421,14 +589,23 @@ impl Task {
                     if let (Target::Label(g), Prediction::Class { label, .. }) = (&ex.target, p) {
                         if let Some(gi) = self.spec.labels.iter().position(|l| l == g) {
                             gold.push(gi);
-                            pred.push(self.spec.labels.iter().position(|l| l == label).unwrap_or(0));
+                            pred.push(
+                                self.spec
+                                    .labels
+                                    .iter()
+                                    .position(|l| l == label)
+                                    .unwrap_or(0),
+                            );
                         }
                     }
                 }
                 let n = self.spec.labels.len();
-                r.metrics.insert("accuracy".into(), metrics::accuracy(&pred, &gold));
-                r.metrics.insert("macro_f1".into(), metrics::macro_f1(&pred, &gold, n));
-                r.metrics.insert("mcc".into(), metrics::mcc(&pred, &gold, n));
+                r.metrics
+                    .insert("accuracy".into(), metrics::accuracy(&pred, &gold));
+                r.metrics
+                    .insert("macro_f1".into(), metrics::macro_f1(&pred, &gold, n));
+                r.metrics
+                    .insert("mcc".into(), metrics::mcc(&pred, &gold, n));
                 r.confusion = Some(metrics::confusion(&pred, &gold, n));
             }
             TaskKind::Regression => {
@@ -436,19 +613,30 @@ impl Task {
                     .iter()
                     .zip(preds)
                     .filter_map(|(ex, p)| match (&ex.target, p) {
-                        (Target::Value(g), Prediction::Value { value }) => Some((*g, *value as f64)),
+                        (Target::Value(g), Prediction::Value { value }) => {
+                            Some((*g, *value as f64))
+                        }
                         _ => None,
                     })
                     .unzip();
-                r.metrics.insert("pearson".into(), metrics::pearson(&pred, &gold));
-                r.metrics.insert("spearman".into(), metrics::spearman(&pred, &gold));
-                let mse = gold.iter().zip(&pred).map(|(g, p)| (g - p).powi(2)).sum::<f64>() / gold.len().max(1) as f64;
+                r.metrics
+                    .insert("pearson".into(), metrics::pearson(&pred, &gold));
+                r.metrics
+                    .insert("spearman".into(), metrics::spearman(&pred, &gold));
+                let mse = gold
+                    .iter()
+                    .zip(&pred)
+                    .map(|(g, p)| (g - p).powi(2))
+                    .sum::<f64>()
+                    / gold.len().max(1) as f64;
                 r.metrics.insert("mse".into(), mse);
             }
             TaskKind::Qa => {
                 let (mut em, mut f1, mut n) = (0.0, 0.0, 0usize);
                 for (ex, p) in examples.iter().zip(preds) {
-                    if let (Target::Answers(golds), Prediction::Span { answer, .. }) = (&ex.target, p) {
+                    if let (Target::Answers(golds), Prediction::Span { answer, .. }) =
+                        (&ex.target, p)
+                    {
                         if golds.is_empty() {
                             continue;
                         }
@@ -459,7 +647,8 @@ impl Task {
                         n += 1;
                     }
                 }
-                r.metrics.insert("exact_match".into(), 100.0 * em / n.max(1) as f64);
+                r.metrics
+                    .insert("exact_match".into(), 100.0 * em / n.max(1) as f64);
                 r.metrics.insert("f1".into(), 100.0 * f1 / n.max(1) as f64);
             }
             TaskKind::Token => {
@@ -472,12 +661,21 @@ impl Task {
                     }
                 }
                 let (p, rc, f) = metrics::entity_prf(&pred, &gold);
-                let flat_g: Vec<usize> = gold.iter().flatten().map(|t| self.spec.labels.iter().position(|l| l == t).unwrap_or(0)).collect();
-                let flat_p: Vec<usize> = pred.iter().flatten().map(|t| self.spec.labels.iter().position(|l| l == t).unwrap_or(0)).collect();
+                let flat_g: Vec<usize> = gold
+                    .iter()
+                    .flatten()
+                    .map(|t| self.spec.labels.iter().position(|l| l == t).unwrap_or(0))
+                    .collect();
+                let flat_p: Vec<usize> = pred
+                    .iter()
+                    .flatten()
+                    .map(|t| self.spec.labels.iter().position(|l| l == t).unwrap_or(0))
+                    .collect();
                 r.metrics.insert("precision".into(), p);
                 r.metrics.insert("recall".into(), rc);
                 r.metrics.insert("f1".into(), f);
-                r.metrics.insert("token_accuracy".into(), metrics::accuracy(&flat_p, &flat_g));
+                r.metrics
+                    .insert("token_accuracy".into(), metrics::accuracy(&flat_p, &flat_g));
             }
         }
         r
@@ -487,18 +685,27 @@ impl Task {
 /// Token span `(start, end)` (inclusive) covering characters `[start_c, end_c)` of the context
 /// in this window, if the whole answer is inside it.
 fn answer_tokens(enc: &Encoded, start_c: usize, end_c: usize) -> Option<(usize, usize)> {
-    let ctx: Vec<usize> = (0..enc.ids.len()).filter(|&j| enc.sequence_ids[j] == Some(1)).collect();
+    let ctx: Vec<usize> = (0..enc.ids.len())
+        .filter(|&j| enc.sequence_ids[j] == Some(1))
+        .collect();
     let (&first, &last) = (ctx.first()?, ctx.last()?);
     if enc.offsets[first].0 > start_c || enc.offsets[last].1 < end_c {
         return None;
     }
     let s = ctx.iter().copied().find(|&j| enc.offsets[j].1 > start_c)?;
-    let e = ctx.iter().copied().rev().find(|&j| enc.offsets[j].0 < end_c)?;
+    let e = ctx
+        .iter()
+        .copied()
+        .rev()
+        .find(|&j| enc.offsets[j].0 < end_c)?;
     (s <= e).then_some((s, e))
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i)
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 /// Mean cross-entropy of logits (N, K) against class ids (N).
@@ -516,7 +723,9 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     let ids: Vec<u32> = t.iter().map(|&x| x.max(0) as u32).collect();
     let dev = logits.device();
     let logp = log_softmax(logits)?;
-    let picked = logp.gather(&Tensor::from_vec(ids, (t.len(), 1), dev)?, 1)?.squeeze(1)?; // (N)
+    let picked = logp
+        .gather(&Tensor::from_vec(ids, (t.len(), 1), dev)?, 1)?
+        .squeeze(1)?; // (N)
     let keep = Tensor::from_vec(keep, t.len(), dev)?;
     Ok(((picked * keep)?.sum_all()? * (-1.0 / count as f64))?)
 }
@@ -543,14 +752,24 @@ mod tests {
         let lse2 = (1.0 + 1.0 + 3f32.exp()).ln();
         let want = ((lse1 - 2.0) + (lse2 - 0.0)) / 2.0;
         assert!((l - want).abs() < 1e-6);
-        let m: f32 = masked_cross_entropy(&logits, &Tensor::new(&[1i64, -100], &dev).unwrap()).unwrap().to_scalar().unwrap();
+        let m: f32 = masked_cross_entropy(&logits, &Tensor::new(&[1i64, -100], &dev).unwrap())
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!((m - (lse1 - 2.0)).abs() < 1e-6);
     }
 
     #[test]
     fn answer_tokens_cover_the_answer() {
         let enc = Encoded {
-            tokens: vec!["[CLS]".into(), "who".into(), "[SEP]".into(), "denver".into(), "won".into(), "[SEP]".into()],
+            tokens: vec![
+                "[CLS]".into(),
+                "who".into(),
+                "[SEP]".into(),
+                "denver".into(),
+                "won".into(),
+                "[SEP]".into(),
+            ],
             ids: vec![0; 6],
             type_ids: vec![0, 0, 0, 1, 1, 1],
             offsets: vec![(0, 0), (0, 3), (0, 0), (0, 6), (7, 10), (0, 0)],
