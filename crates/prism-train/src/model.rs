@@ -145,7 +145,18 @@ impl MultiTaskModel {
         batch_size: usize,
     ) -> Result<EvalResult> {
         let feats = self.tasks[ti].featurize(examples, path)?;
-        let preds = self.predict(ti, examples, &feats, batch_size)?;
+        self.evaluate_features(ti, examples, &feats, batch_size)
+    }
+
+    /// Predict and score task `ti` on already featurised `examples`.
+    pub fn evaluate_features(
+        &self,
+        ti: usize,
+        examples: &[Example],
+        feats: &[Feature],
+        batch_size: usize,
+    ) -> Result<EvalResult> {
+        let preds = self.predict(ti, examples, feats, batch_size)?;
         Ok(self.tasks[ti].score(examples, &preds))
     }
 }

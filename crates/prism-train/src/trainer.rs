@@ -52,7 +52,9 @@ pub struct TaskData {
     /// Unlabelled target-domain features (DANN).
     pub dann_feats: Vec<Feature>,
     /// Extra labelled evaluation sets: (name, file, examples).
-    pub extra_test: Vec<(String, PathBuf, Vec<Example>)>,
+    pub extra_test: Vec<(String, PathBuf, Vec<Example>, Vec<Feature>)>,
+    pub dev_feats: Vec<Feature>,
+    pub test_feats: Vec<Feature>,
 }
 
 /// Where a task is in its shuffled data.
@@ -212,13 +214,8 @@ fn cap(mut v: Vec<Example>, n: Option<usize>, seed: u64, salt: u64) -> Vec<Examp
     v
 }
 
-/// Read every task's data and build the model with its heads.
-pub fn prepare(cfg: &TrainConfig, device: &Device) -> Result<(MultiTaskModel, Vec<TaskData>)> {
-    let dir = fetch::resolve_model(&cfg.model)?;
-    let base = PretrainedModel::load(&dir, device)?;
-    prepare_with(cfg, base)
-}
-
+/// Read and featurise every task's data (once: evaluations reuse the features) and put the
+/// task heads on `base`.
 pub fn prepare_with(
     cfg: &TrainConfig,
     base: PretrainedModel,
@@ -353,20 +350,26 @@ pub fn prepare_with(
         raw.into_iter().enumerate()
     {
         let train_feats = model.tasks[ti].featurize(&train, &train_path)?;
-        for (_, p, ex) in &extra_test {
-            model.tasks[ti].featurize(ex, p)?;
-        }
+        let extra_test = extra_test
+            .into_iter()
+            .map(|(name, p, ex)| {
+                let f = model.tasks[ti].featurize(&ex, &p)?;
+                Ok((name, p, ex, f))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let dann_feats = match &dann {
             Some((p, ex)) => model.tasks[ti].featurize(ex, p)?,
             None => Vec::new(),
         };
         // Unknown labels in dev/test are errors too, found before any training.
-        if let Some(p) = &dev_path {
-            model.tasks[ti].featurize(&dev, p)?;
-        }
-        if let Some(p) = &test_path {
-            model.tasks[ti].featurize(&test, p)?;
-        }
+        let dev_feats = match &dev_path {
+            Some(p) => model.tasks[ti].featurize(&dev, p)?,
+            None => Vec::new(),
+        };
+        let test_feats = match &test_path {
+            Some(p) => model.tasks[ti].featurize(&test, p)?,
+            None => Vec::new(),
+        };
         out.push(TaskData {
             train_path,
             train,
@@ -377,6 +380,8 @@ pub fn prepare_with(
             test,
             dann_feats,
             extra_test,
+            dev_feats,
+            test_feats,
         });
     }
     Ok((model, out))
@@ -443,10 +448,10 @@ fn evaluate_dev(
 ) -> Result<(BTreeMap<String, EvalResult>, f64)> {
     let mut res = BTreeMap::new();
     for (ti, d) in data.iter().enumerate() {
-        if let Some(p) = &d.dev_path {
+        if d.dev_path.is_some() {
             res.insert(
                 model.tasks[ti].spec.name.clone(),
-                model.evaluate(ti, &d.dev, p, cfg.eval_batch_size)?,
+                model.evaluate_features(ti, &d.dev, &d.dev_feats, cfg.eval_batch_size)?,
             );
         }
     }
@@ -526,8 +531,35 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
     let resume = find_checkpoint(&out);
-    let (mut model, data) = prepare(cfg, device)?;
-    let mut state = TrainerState {
+    // A resumed run takes its weights (encoder and heads) from the checkpoint; a fresh one from
+    // the configured model.
+    let mut saved_state = None;
+    let mut opt_state = None;
+    let base = match &resume {
+        Some(ck) => {
+            let sp = ck.join("trainer_state.json");
+            let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+            let saved: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File {
+                path: sp.clone(),
+                msg: format!("corrupt trainer state: {e}"),
+            })?;
+            if saved.config != *cfg {
+                return Err(Error::File { path: sp, msg: "the config changed since this checkpoint was written; run with --restart to start over".into() });
+            }
+            let op = ck.join("optimizer.safetensors");
+            let moments =
+                candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File {
+                    path: op.clone(),
+                    msg: format!("corrupt optimizer state: {e}"),
+                })?;
+            opt_state = Some((moments, op));
+            saved_state = Some(saved);
+            PretrainedModel::load(ck, device)?
+        }
+        None => PretrainedModel::load(&fetch::resolve_model(&cfg.model)?, device)?,
+    };
+    let (model, data) = prepare_with(cfg, base)?;
+    let mut state = saved_state.unwrap_or_else(|| TrainerState {
         step: 0,
         cursors: vec![Cursor::default(); data.len()],
         dann_cursors: vec![Cursor::default(); data.len()],
@@ -538,44 +570,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         log_bytes: 0,
         elapsed_s: 0.0,
         config: cfg.clone(),
-    };
-    let mut opt_state = None;
-    if let Some(ck) = &resume {
-        let sp = ck.join("trainer_state.json");
-        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-        let saved: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File {
-            path: sp.clone(),
-            msg: format!("corrupt trainer state: {e}"),
-        })?;
-        if saved.config != *cfg {
-            return Err(Error::File { path: sp, msg: "the config changed since this checkpoint was written; run with --restart to start over".into() });
-        }
-        // Weights (encoder and heads) come from the checkpoint.
-        let base = PretrainedModel::load(ck, device)?;
-        let losses: Vec<_> = model
-            .tasks
-            .iter()
-            .map(|t| (t.loss_config.clone(), t.adversarial.clone()))
-            .collect();
-        model = MultiTaskModel::new(
-            base,
-            model.tasks.iter().map(|t| t.spec.clone()).collect(),
-            cfg.seed,
-        )?;
-        for (t, (l, a)) in model.tasks.iter_mut().zip(losses) {
-            t.loss_config = l;
-            t.adversarial = a;
-        }
-        let op = ck.join("optimizer.safetensors");
-        opt_state = Some((
-            candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File {
-                path: op.clone(),
-                msg: format!("corrupt optimizer state: {e}"),
-            })?,
-            op,
-        ));
-        state = saved;
-    }
+    });
     if state.dann_cursors.len() != data.len() {
         state.dann_cursors = vec![Cursor::default(); data.len()];
     }
@@ -885,18 +880,28 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     for (ti, d) in data.iter().enumerate() {
         let t = &final_model.tasks[ti];
         let dev = match &d.dev_path {
-            Some(p) => Some(final_model.evaluate(ti, &d.dev, p, cfg.eval_batch_size)?),
+            Some(_) => Some(final_model.evaluate_features(
+                ti,
+                &d.dev,
+                &d.dev_feats,
+                cfg.eval_batch_size,
+            )?),
             None => None,
         };
         let test = match &d.test_path {
-            Some(p) => Some(final_model.evaluate(ti, &d.test, p, cfg.eval_batch_size)?),
+            Some(_) => Some(final_model.evaluate_features(
+                ti,
+                &d.test,
+                &d.test_feats,
+                cfg.eval_batch_size,
+            )?),
             None => None,
         };
         let mut extra_test = BTreeMap::new();
-        for (name, p, ex) in &d.extra_test {
+        for (name, _, ex, feats) in &d.extra_test {
             extra_test.insert(
                 name.clone(),
-                final_model.evaluate(ti, ex, p, cfg.eval_batch_size)?,
+                final_model.evaluate_features(ti, ex, feats, cfg.eval_batch_size)?,
             );
         }
         tasks.insert(
