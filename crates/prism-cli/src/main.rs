@@ -10,6 +10,7 @@ use serde_json::json;
 use std::path::PathBuf;
 
 mod explain_cmd;
+mod pretrain_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -208,6 +209,39 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train a tokenizer (WordPiece, byte-level BPE or unigram) on text files; writes
+    /// tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, vocab.txt).
+    Tokenizer {
+        #[command(subcommand)]
+        what: TokenizerWhat,
+    },
+    /// Pre-train with masked language modelling from a TOML config (fresh or continued);
+    /// resumes from the last checkpoint if the run was interrupted.
+    Pretrain {
+        /// The pre-training config (see examples/pretrain_*.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Discard any checkpoint in the output folder and start over.
+        #[arg(long)]
+        restart: bool,
+        #[arg(long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Predict the masked token(s) of a text with an MLM model, e.g.
+    /// `prism fill-mask runs/pretrain-brown/model "The [MASK] was great."`.
+    FillMask {
+        /// A model folder with an MLM head (written by `prism pretrain`, or any BertForMaskedLM).
+        model: String,
+        /// Texts with the tokenizer's mask token ([MASK] or <mask>).
+        #[arg(required = true)]
+        texts: Vec<String>,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a model folder and write it back as config.json + model.safetensors + tokenizer
     /// (e.g. to turn a pytorch_model.bin into safetensors).
     Convert {
@@ -234,13 +268,39 @@ enum FetchWhat {
     },
     /// A data set: converted to JSONL train/dev/test splits under $PRISM_HOME/data/NAME.
     Data {
-        /// vader, bbc, nli or squad (see --list).
+        /// vader, bbc, nli, squad or brown (see --list).
         #[arg(required_unless_present = "list")]
         name: Option<String>,
         #[arg(long)]
         force: bool,
         #[arg(long)]
         list: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenizerWhat {
+    /// Train on text files or folders (or `brown/train` after `prism fetch data brown`).
+    Train {
+        /// wordpiece (BERT), bpe (RoBERTa byte-level) or unigram (SentencePiece-style).
+        #[arg(long)]
+        kind: prism_train::pretrain::TokenizerKind,
+        #[arg(long, default_value_t = 8000)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 2)]
+        min_frequency: u64,
+        /// Keep case (wordpiece/unigram lower-case by default).
+        #[arg(long)]
+        cased: bool,
+        /// model_max_length written to tokenizer_config.json.
+        #[arg(long, default_value_t = 512)]
+        max_length: usize,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Text files or folders.
+        #[arg(required = true)]
+        files: Vec<String>,
     },
 }
 
@@ -413,6 +473,38 @@ fn run(cli: Cli) -> Result<()> {
             normalize,
             batch_size,
         } => embed(&model, &texts, normalize, batch_size, &dev)?,
+        Command::Tokenizer {
+            what:
+                TokenizerWhat::Train {
+                    kind,
+                    vocab_size,
+                    min_frequency,
+                    cased,
+                    max_length,
+                    out,
+                    files,
+                },
+        } => pretrain_cmd::tokenizer_train(&pretrain_cmd::TokenizerTrainArgs {
+            kind,
+            vocab_size,
+            min_frequency,
+            cased,
+            max_length,
+            out,
+            files,
+        })?,
+        Command::Pretrain {
+            config,
+            restart,
+            quiet,
+            json,
+        } => pretrain_cmd::pretrain(&config, restart, !quiet, json, &dev)?,
+        Command::FillMask {
+            model,
+            texts,
+            top_k,
+            json,
+        } => pretrain_cmd::fill_mask(&model, &texts, top_k, json, &dev)?,
         Command::Convert { model, out } => {
             let m = load(&model.model, &dev)?;
             m.save(&out)?;

@@ -331,28 +331,65 @@ impl PretrainedModel {
     /// written to a temporary name and renamed, so an interrupted save never leaves a torn file.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // Every tensor under its checkpoint name. Head tensors a task head has since taken over
+        // are parameters now: keep their current (trained) values, not the ones read at load
+        // time. A stale copy of the tied decoder is not written: transformers ties it to the
+        // word embeddings on load.
+        let tied = match &self.config {
+            ModelConfig::Bert(c) => c
+                .extra
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true),
+        };
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (k, v) in self.params.tensors() {
             tensors.insert(k, v.contiguous()?);
         }
-        // Head tensors a task head has since taken over are parameters now: keep their
-        // current (trained) values, not the ones read at load time.
         for (k, v) in &self.head_tensors {
+            if tied && crate::heads::is_tied_decoder_copy(k) {
+                continue;
+            }
             tensors.entry(k.clone()).or_insert(v.contiguous()?);
+        }
+        // The architecture: a transformers task class (e.g. `BertForMaskedLM`) while the folder
+        // has transformers head tensors, else the bare model. A task class keeps the encoder
+        // under its base prefix (`bert.`, `roberta.`).
+        let is_head = |k: &str| HEAD_PREFIXES.iter().any(|p| k.starts_with(p));
+        let has_hf_head = tensors
+            .keys()
+            .any(|k| is_head(k) && !k.starts_with("prism."));
+        let mut config = self.config.clone();
+        let base_arch = self.config.base_architecture().to_string();
+        let arch = match &mut config {
+            ModelConfig::Bert(c) => {
+                if c.architectures.is_empty() || !has_hf_head {
+                    c.architectures = vec![base_arch.clone()];
+                }
+                c.architectures[0].clone()
+            }
+        };
+        if arch != base_arch {
+            let prefix = match &self.config {
+                ModelConfig::Bert(c) if c.flavor() == crate::Flavor::Roberta => "roberta.",
+                ModelConfig::Bert(_) => "bert.",
+            };
+            tensors = tensors
+                .into_iter()
+                .map(|(k, v)| {
+                    if is_head(&k) {
+                        (k, v)
+                    } else {
+                        (format!("{prefix}{k}"), v)
+                    }
+                })
+                .collect();
         }
         let weights = dir.join("model.safetensors");
         let tmp = dir.join(".model.safetensors.tmp");
         candle_core::safetensors::save(&tensors, &tmp).map_err(|e| checkpoint_err(&tmp, e))?;
         std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
 
-        let mut config = self.config.clone();
-        match &mut config {
-            ModelConfig::Bert(c) => {
-                if c.architectures.is_empty() || self.head_tensors.is_empty() {
-                    c.architectures = vec![self.config.base_architecture().to_string()];
-                }
-            }
-        }
         write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
 
         if let Some(tok) = &self.tokenizer {

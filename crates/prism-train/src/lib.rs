@@ -9,6 +9,7 @@ pub mod experiment;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod pretrain;
 pub mod report;
 pub mod tasks;
 pub mod trainer;

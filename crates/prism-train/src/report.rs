@@ -29,7 +29,7 @@ const COLORS: [&str; 8] = [
 ];
 
 /// A line chart of named series of (x, y) points.
-fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+pub(crate) fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let (w, h, pad) = (520.0, 220.0, 40.0);
     let pts: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.1.iter()).collect();
     if pts.is_empty() {
@@ -89,7 +89,7 @@ fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
 }
 
 /// Smooth a noisy per-step loss with an exponential moving average for display.
-fn ema(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
+pub(crate) fn ema(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(points.len());
     let mut acc: Option<f64> = None;
     for &(x, y) in points {

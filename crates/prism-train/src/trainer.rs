@@ -393,7 +393,7 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
 
 /// Replace `dst` by the folder `tmp` as atomically as the file system allows: rename the old
 /// one aside, rename the new one in, then delete the old one.
-fn swap_dir(tmp: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn swap_dir(tmp: &Path, dst: &Path) -> Result<()> {
     let old = dst.with_extension("old");
     let _ = std::fs::remove_dir_all(&old);
     if dst.exists() {
@@ -487,12 +487,12 @@ fn evaluate_dev(
     Ok((res, score))
 }
 
-struct Log {
+pub(crate) struct Log {
     file: std::fs::File,
 }
 
 impl Log {
-    fn open(path: &Path, keep_bytes: u64) -> Result<Self> {
+    pub(crate) fn open(path: &Path, keep_bytes: u64) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -502,14 +502,14 @@ impl Log {
         file.set_len(keep_bytes).map_err(|e| Error::io(path, e))?;
         Ok(Self { file })
     }
-    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+    pub(crate) fn write(&mut self, v: serde_json::Value) -> Result<()> {
         let mut line = v.to_string();
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .map_err(|e| Error::io("metrics.jsonl", e))
     }
-    fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.file.metadata().map(|m| m.len()).unwrap_or(0)
     }
 }
@@ -976,7 +976,11 @@ fn epoch_order(n: usize, seed: u64, ti: usize, epoch: u64) -> Vec<usize> {
     v
 }
 
-fn progress_bar(enabled: bool, total: usize, at: usize) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress_bar(
+    enabled: bool,
+    total: usize,
+    at: usize,
+) -> Option<indicatif::ProgressBar> {
     if !enabled {
         return None;
     }

@@ -2,11 +2,13 @@
 //! `prism.heads.<task>.*`) and returns logits; losses live in prism-train.
 
 mod domain;
+mod mlm;
 mod sequence;
 mod span;
 mod token;
 
 pub use domain::DomainHead;
+pub use mlm::{is_tied_decoder_copy, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
 pub use sequence::SequenceHead;
 pub use span::SpanHead;
 pub use token::TokenHead;

