@@ -220,6 +220,10 @@ pub struct TrainConfig {
     pub sampling: Sampling,
     #[serde(default)]
     pub early_stopping: Option<EarlyStopping>,
+    /// Re-initialise every weight of `model` from `seed`, keeping its architecture and
+    /// tokenizer: the randomly initialised baseline of a pre-training comparison.
+    #[serde(default)]
+    pub reinit: bool,
     #[serde(rename = "task")]
     pub tasks: Vec<TaskConfig>,
 }

@@ -556,7 +556,16 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             saved_state = Some(saved);
             PretrainedModel::load(ck, device)?
         }
-        None => PretrainedModel::load(&fetch::resolve_model(&cfg.model)?, device)?,
+        None => {
+            let m = PretrainedModel::load(&fetch::resolve_model(&cfg.model)?, device)?;
+            if cfg.reinit {
+                let mut fresh = PretrainedModel::fresh(m.config, m.tokenizer, device, cfg.seed)?;
+                fresh.dir = m.dir;
+                fresh
+            } else {
+                m
+            }
+        }
     };
     let (model, data) = prepare_with(cfg, base)?;
     let mut state = saved_state.unwrap_or_else(|| TrainerState {

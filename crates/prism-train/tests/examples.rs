@@ -1,6 +1,8 @@
-//! Every committed example config parses and validates (no training, no download).
+//! Every committed example config (training and pre-training) parses and validates (no
+//! training, no download).
 
 use prism_train::config::TrainConfig;
+use prism_train::pretrain::PretrainConfig;
 use std::path::{Path, PathBuf};
 
 fn configs(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -20,8 +22,15 @@ fn example_configs_are_valid() {
     let mut files = Vec::new();
     configs(&root, &mut files);
     assert!(files.len() >= 20, "{files:?}");
+    let mut pretrain = 0;
     for f in files {
+        if std::fs::read_to_string(&f).unwrap().contains("\n[corpus]") {
+            PretrainConfig::from_file(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            pretrain += 1;
+            continue;
+        }
         let cfg = TrainConfig::from_file(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert!(!cfg.tasks.is_empty());
     }
+    assert!(pretrain >= 2);
 }

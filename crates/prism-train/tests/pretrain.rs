@@ -1,0 +1,378 @@
+//! Pre-training end to end on a hand-written corpus: tokenizer training for every kind, a fresh
+//! model whose held-out perplexity falls, continued pre-training of an encoder without an MLM
+//! head, exact resume after an interruption, and bad-input errors.
+
+use candle_core::Device;
+use prism_model::heads::MaskedLm;
+use prism_model::PrismTokenizer;
+use prism_train::pretrain::corpus::{pack_all, DocFormat, PackSpec, TextEncoder};
+use prism_train::pretrain::{
+    pretrain, save_trained_tokenizer, train_tokenizer, PretrainConfig, PretrainOptions,
+    TokenizerKind, TokenizerTrainConfig,
+};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn corpus() -> PathBuf {
+    fixtures().join("data/corpus")
+}
+
+fn config(out: &Path, steps: usize, model: &str) -> PretrainConfig {
+    let text = format!(
+        r#"
+output = "{out}"
+seed = 3
+steps = {steps}
+batch_size = 4
+grad_accum = 2
+lr = 3e-3
+warmup = 2
+eval_every = 4
+checkpoint_every = 2
+eval_batch_size = 8
+{model}
+[corpus]
+train = ["{c}"]
+dev = ["{c}/doc3.txt"]
+max_length = 24
+shuffle_buffer = 8
+[mlm]
+probability = 0.2
+whole_word = true
+"#,
+        out = out.display(),
+        c = corpus().display(),
+    );
+    let cfg: PretrainConfig = toml::from_str(&text).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// A fresh model with a tokenizer trained on the corpus into `dir`. (The `tokenizers` trainers
+/// break frequency ties in hash-map order, so two trainings may differ; runs that must match
+/// share one tokenizer, as `train_tokenizer` does by writing it once to `output/tokenizer`.)
+fn fresh_model(dir: &Path) -> String {
+    if !dir.join("tokenizer.json").is_file() {
+        let cfg = TokenizerTrainConfig {
+            kind: TokenizerKind::Wordpiece,
+            vocab_size: 200,
+            min_frequency: 1,
+            lowercase: true,
+        };
+        let tk = train_tokenizer(
+            &cfg,
+            &[
+                corpus().join("doc1.txt"),
+                corpus().join("doc2.txt"),
+                corpus().join("doc3.txt"),
+            ],
+        )
+        .unwrap();
+        save_trained_tokenizer(&tk, TokenizerKind::Wordpiece, true, 64, dir).unwrap();
+    }
+    format!(
+        r#"
+[model]
+tokenizer = "{}"
+hidden_size = 32
+num_hidden_layers = 2
+num_attention_heads = 2
+intermediate_size = 64
+dropout = 0.0
+"#,
+        dir.display()
+    )
+}
+
+fn quiet() -> PretrainOptions {
+    PretrainOptions::default()
+}
+
+fn flat(model_dir: &Path) -> Vec<f32> {
+    let m = MaskedLm::load(model_dir, &Device::Cpu).unwrap();
+    let mut v = Vec::new();
+    for (_, var) in m.base.params.vars() {
+        v.extend(
+            var.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+    }
+    v
+}
+
+#[test]
+fn tokenizers_of_every_kind_train_and_load() {
+    let files: Vec<PathBuf> = ["doc1.txt", "doc2.txt", "doc3.txt"]
+        .iter()
+        .map(|f| corpus().join(f))
+        .collect();
+    for (kind, cls, mask) in [
+        (TokenizerKind::Wordpiece, "[CLS]", "[MASK]"),
+        (TokenizerKind::Bpe, "<s>", "<mask>"),
+        (TokenizerKind::Unigram, "[CLS]", "[MASK]"),
+    ] {
+        let cfg = TokenizerTrainConfig {
+            kind,
+            vocab_size: 300,
+            min_frequency: 1,
+            lowercase: true,
+        };
+        let tk = train_tokenizer(&cfg, &files).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_trained_tokenizer(&tk, kind, true, 64, dir.path()).unwrap();
+        let tok = PrismTokenizer::load(dir.path(), 64).unwrap();
+        // (byte-level BPE always has its 256-byte alphabet)
+        assert!(
+            tok.vocab_size() <= 300 && tok.vocab_size() > 40,
+            "{kind:?} {}",
+            tok.vocab_size()
+        );
+        let e = tok
+            .encode("The jury praised the river festival.", None)
+            .unwrap();
+        assert_eq!(e.tokens[0], cls, "{kind:?}: {:?}", e.tokens);
+        assert!(tok.token_to_id(mask).is_some());
+        assert!(e.tokens.len() > 6, "{kind:?}: {:?}", e.tokens);
+        if kind == TokenizerKind::Wordpiece {
+            assert!(dir.path().join("vocab.txt").is_file());
+        }
+    }
+}
+
+#[test]
+fn packing_respects_max_length_and_documents() {
+    let files: Vec<PathBuf> = ["doc1.txt", "doc2.txt"]
+        .iter()
+        .map(|f| corpus().join(f))
+        .collect();
+    let cfg = TokenizerTrainConfig {
+        kind: TokenizerKind::Wordpiece,
+        vocab_size: 200,
+        min_frequency: 1,
+        lowercase: true,
+    };
+    let tk = train_tokenizer(&cfg, &files).unwrap();
+    let enc = TextEncoder::new(&tk).unwrap();
+    let (cls, sep) = (
+        tk.token_to_id("[CLS]").unwrap(),
+        tk.token_to_id("[SEP]").unwrap(),
+    );
+    let spec = PackSpec {
+        files: files.clone(),
+        format: DocFormat::File,
+        max_len: 16,
+        cls,
+        sep,
+        shuffle_buffer: 1,
+        seed: 0,
+    };
+    let seqs = pack_all(&spec, &enc, usize::MAX).unwrap();
+    let total: usize = files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| enc.encode(l).unwrap().0.len())
+                .sum::<usize>()
+        })
+        .sum();
+    let body: usize = seqs
+        .iter()
+        .map(|s| s.special.iter().filter(|&&x| !x).count())
+        .sum();
+    assert_eq!(body, total, "every token is packed exactly once");
+    for s in &seqs {
+        assert!(s.ids.len() <= 16);
+        assert_eq!(s.ids[0], cls);
+        assert_eq!(*s.ids.last().unwrap(), sep);
+    }
+    // All but the last sequence are full (FULL-SENTENCES packing).
+    assert!(seqs[..seqs.len() - 1].iter().all(|s| s.ids.len() >= 15));
+    // One document per line gives a separator at every line end.
+    let line_spec = PackSpec {
+        format: DocFormat::Line,
+        ..spec
+    };
+    let seps: usize = pack_all(&line_spec, &enc, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|s| s.ids.iter().filter(|&&i| i == sep).count())
+        .sum();
+    assert!(seps >= 14, "{seps}");
+}
+
+#[test]
+fn fresh_model_learns_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Uninterrupted.
+    let full = config(
+        &dir.path().join("full"),
+        12,
+        &fresh_model(&dir.path().join("tok")),
+    );
+    let r = pretrain(&full, &Device::Cpu, &quiet()).unwrap();
+    assert!(r.completed);
+    assert_eq!(r.perplexity_curve.len(), 3);
+    let (first, last) = (r.perplexity_curve[0].1, r.perplexity_curve[2].1);
+    assert!(
+        last < first,
+        "held-out perplexity should fall: {:?}",
+        r.perplexity_curve
+    );
+    let log = std::fs::read_to_string(dir.path().join("full/metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("\"tokens_per_s\""))
+            .count(),
+        12
+    );
+    assert!(dir.path().join("full/report.html").is_file());
+
+    // Interrupted after 5 updates (checkpoint at 4), resumed with a new invocation.
+    let part = config(
+        &dir.path().join("part"),
+        12,
+        &fresh_model(&dir.path().join("tok")),
+    );
+    let r1 = pretrain(
+        &part,
+        &Device::Cpu,
+        &PretrainOptions {
+            stop_after: Some(5),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(!r1.completed);
+    let r2 = pretrain(&part, &Device::Cpu, &quiet()).unwrap();
+    assert!(r2.completed);
+    assert_eq!(r2.tokens_seen, r.tokens_seen);
+    assert_eq!(
+        flat(&dir.path().join("full/model")),
+        flat(&dir.path().join("part/model")),
+        "a resumed run must end at the same weights"
+    );
+    let log2 = std::fs::read_to_string(dir.path().join("part/metrics.jsonl")).unwrap();
+    assert_eq!(
+        log2.lines()
+            .filter(|l| l.contains("\"tokens_per_s\""))
+            .count(),
+        12
+    );
+
+    // A changed config refuses to resume.
+    let mut changed = part.clone();
+    changed.lr = 1e-3;
+    changed.steps = 20;
+    let e = pretrain(&changed, &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config changed"), "{e}");
+
+    // The output is a BertForMaskedLM folder with a tokenizer that fill-mask can use.
+    let m = MaskedLm::load(&dir.path().join("full/model"), &Device::Cpu).unwrap();
+    let out = m.fill_mask("the jury [MASK] the election.", 5).unwrap();
+    assert_eq!(out[0].len(), 5);
+    let cfg = std::fs::read_to_string(dir.path().join("full/model/config.json")).unwrap();
+    assert!(cfg.contains("BertForMaskedLM"));
+}
+
+#[test]
+fn continued_pretraining_initialises_and_ties_a_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = format!(
+        "[model]\nfrom = \"{}\"\n",
+        fixtures().join("tiny-bert").display()
+    );
+    let cfg = config(&dir.path().join("cont"), 4, &model);
+    let before = MaskedLm::load(&fixtures().join("tiny-bert"), &Device::Cpu).unwrap();
+    let table0: Vec<f32> = before
+        .base
+        .params
+        .get("embeddings.word_embeddings.weight")
+        .unwrap()
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let r = pretrain(&cfg, &Device::Cpu, &quiet()).unwrap();
+    assert!(r.completed);
+    let after = MaskedLm::load(&r.model_dir, &Device::Cpu).unwrap();
+    // The head came from the checkpoint this time, and the tied table was trained.
+    assert!(after.base.params.source_has("cls.predictions.bias"));
+    let table1: Vec<f32> = after
+        .base
+        .params
+        .get("embeddings.word_embeddings.weight")
+        .unwrap()
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_ne!(table0, table1);
+}
+
+#[test]
+fn bad_corpus_input_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A missing corpus path.
+    let mut cfg = config(
+        &dir.path().join("a"),
+        2,
+        &fresh_model(&dir.path().join("tok")),
+    );
+    cfg.corpus.train = vec![dir.path().join("nope.txt").to_string_lossy().to_string()];
+    let e = pretrain(&cfg, &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.txt") && e.contains("not found"), "{e}");
+    // A line that is not UTF-8.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("x.txt"),
+        b"fine line one\nfine line two\nbroken \xff\xfe here\n",
+    )
+    .unwrap();
+    let mut cfg = config(
+        &dir.path().join("b"),
+        2,
+        &fresh_model(&dir.path().join("tok")),
+    );
+    cfg.corpus.train = vec![bad.to_string_lossy().to_string()];
+    let e = pretrain(&cfg, &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("x.txt:3"), "{e}");
+    // An empty corpus.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("e.txt"), b"\n\n").unwrap();
+    let mut cfg = config(
+        &dir.path().join("c"),
+        2,
+        &format!(
+            "[model]\nfrom = \"{}\"\n",
+            fixtures().join("tiny-bert").display()
+        ),
+    );
+    cfg.corpus.train = vec![empty.to_string_lossy().to_string()];
+    let e = pretrain(&cfg, &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no tokens"), "{e}");
+    // A config without a model.
+    let text = "output = \"x\"\nsteps = 1\n[model]\nhidden_size = 8\n[corpus]\ntrain = [\"a\"]\n";
+    let cfg: PretrainConfig = toml::from_str(text).unwrap();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("from"), "{e}");
+}
