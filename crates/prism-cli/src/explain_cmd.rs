@@ -7,7 +7,7 @@ use prism_explain::faithfulness::{self, Faithfulness};
 use prism_explain::gradient::{IntegratedGradients, Rule};
 use prism_explain::render::{html_report, ExampleView};
 use prism_explain::{
-    aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method, Target,
+    aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method,
 };
 use prism_train::data;
 use prism_train::model::MultiTaskModel;
@@ -116,7 +116,7 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         }
         let target = match &a.target {
             None => m.default_target(&x)?,
-            Some(t) => parse_target(&m, t)?,
+            Some(t) => m.parse_target(t)?,
         };
         let mut attrs = Vec::new();
         for (mi, method) in methods.iter().enumerate() {
@@ -253,35 +253,4 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `--target`: a class or tag name, `start:N` / `end:N` for QA, `N:TAG` for tagging, `value`.
-fn parse_target(m: &ExplainModel, s: &str) -> Result<Target> {
-    if s == "value" {
-        return Ok(Target::Value);
-    }
-    if let Some(p) = s.strip_prefix("start:") {
-        return Ok(Target::AnswerStart {
-            position: p.parse().context("--target start:N")?,
-        });
-    }
-    if let Some(p) = s.strip_prefix("end:") {
-        return Ok(Target::AnswerEnd {
-            position: p.parse().context("--target end:N")?,
-        });
-    }
-    if let Some((p, tag)) = s.split_once(':') {
-        let position = p.parse().context("--target N:TAG")?;
-        let tag =
-            m.labels().iter().position(|l| l == tag).with_context(|| {
-                format!("unknown tag `{tag}` (tags: {})", m.labels().join(", "))
-            })?;
-        return Ok(Target::Tag { position, tag });
-    }
-    let class = m
-        .labels()
-        .iter()
-        .position(|l| l == s)
-        .with_context(|| format!("unknown class `{s}` (classes: {})", m.labels().join(", ")))?;
-    Ok(Target::Class { class })
 }

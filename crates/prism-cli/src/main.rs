@@ -242,6 +242,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A local web UI and JSON API to predict and explain with a trained model
+    /// (open the printed address in a browser; Ctrl-C stops it).
+    Serve {
+        /// A folder written by `prism train` (with prism.json).
+        #[arg(long)]
+        model: String,
+        /// Address to bind; the default only accepts connections from this machine.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Concurrent model evaluations.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Longest accepted text, in characters.
+        #[arg(long, default_value_t = 4000)]
+        max_text_chars: usize,
+    },
     /// Load a model folder and write it back as config.json + model.safetensors + tokenizer
     /// (e.g. to turn a pytorch_model.bin into safetensors).
     Convert {
@@ -505,6 +523,13 @@ fn run(cli: Cli) -> Result<()> {
             top_k,
             json,
         } => pretrain_cmd::fill_mask(&model, &texts, top_k, json, &dev)?,
+        Command::Serve {
+            model,
+            host,
+            port,
+            workers,
+            max_text_chars,
+        } => serve(&model, &host, port, workers, max_text_chars, &dev)?,
         Command::Convert { model, out } => {
             let m = load(&model.model, &dev)?;
             m.save(&out)?;
@@ -666,4 +691,50 @@ fn embed(
 fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     let n = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     Ok(x.broadcast_div(&n)?)
+}
+
+fn serve(
+    model: &str,
+    host: &str,
+    port: u16,
+    workers: usize,
+    max_text_chars: usize,
+    dev: &Device,
+) -> Result<()> {
+    let dir = fetch::resolve_model(model)?;
+    let t0 = std::time::Instant::now();
+    let m = prism_train::model::MultiTaskModel::load(&dir, dev)?;
+    if m.tasks.is_empty() {
+        bail!(
+            "{}: no prism.json with task heads (train one with `prism train`)",
+            dir.display()
+        );
+    }
+    let opts = prism_serve::ServeOptions {
+        workers: workers.max(1),
+        max_text_chars,
+        ..Default::default()
+    };
+    let state = prism_serve::AppState::new(m, dir.clone(), opts);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((host, port))
+            .await
+            .with_context(|| format!("binding {host}:{port}"))?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            eprintln!("warning: listening on {addr}, reachable from other machines");
+        }
+        eprintln!(
+            "prism serve: http://{addr}/  (model {}, loaded in {:.1} s; API at /api/openapi.json; Ctrl-C stops)",
+            dir.display(),
+            t0.elapsed().as_secs_f64()
+        );
+        prism_serve::serve(listener, state, prism_serve::shutdown_signal()).await?;
+        eprintln!("prism serve: stopped");
+        anyhow::Ok(())
+    })
 }

@@ -3,9 +3,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use prism_train::config::TrainConfig;
-use prism_train::data::{self, registry, Example, Target};
+use prism_train::data::{self, registry};
 use prism_train::model::MultiTaskModel;
-use prism_train::tasks::TaskKind;
 use prism_train::trainer::{self, fmt_metrics, Report, RunOptions};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -209,31 +208,12 @@ pub fn predict(
         if task.is_some_and(|n| n != t.spec.name) {
             continue;
         }
-        let needs_pair = t.spec.kind.is_pair();
-        if needs_pair && text2.is_none() {
+        if t.spec.kind.is_pair() && text2.is_none() {
             results.push(json!({"task": t.spec.name, "skipped": format!("{:?} needs a second text (--text2)", t.spec.kind)}));
             continue;
         }
-        let ex = Example {
-            line: 1,
-            id: None,
-            text: text.to_string(),
-            text_b: if needs_pair {
-                text2.map(str::to_string)
-            } else {
-                None
-            },
-            tokens: if t.spec.kind == TaskKind::Token {
-                text.split_whitespace().map(str::to_string).collect()
-            } else {
-                Vec::new()
-            },
-            target: Target::None,
-        };
-        let examples = [ex];
-        let feats = t.featurize(&examples, Path::new("(command line)"))?;
-        let p = m.predict(ti, &examples, &feats, 8)?;
-        results.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p[0]}));
+        let p = m.predict_text(ti, text, text2)?;
+        results.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p}));
     }
     if task.is_some() && results.is_empty() {
         m.task_index(task.unwrap_or_default())?;

@@ -60,6 +60,46 @@ impl<'a> ExplainModel<'a> {
         self.model.tasks[self.task].spec.kind
     }
 
+    /// A target by name: a class or tag name, `value` (regression), `start:N` / `end:N` (QA
+    /// answer boundaries at token N), or `N:TAG` (the tag of token N).
+    pub fn parse_target(&self, s: &str) -> Result<Target> {
+        let bad = |m: String| Error::Invalid(m);
+        if s == "value" {
+            return Ok(Target::Value);
+        }
+        if let Some(p) = s.strip_prefix("start:") {
+            let position = p
+                .parse()
+                .map_err(|_| bad(format!("target `{s}`: expected start:N")))?;
+            return Ok(Target::AnswerStart { position });
+        }
+        if let Some(p) = s.strip_prefix("end:") {
+            let position = p
+                .parse()
+                .map_err(|_| bad(format!("target `{s}`: expected end:N")))?;
+            return Ok(Target::AnswerEnd { position });
+        }
+        if let Some((p, tag)) = s.split_once(':') {
+            let position = p
+                .parse()
+                .map_err(|_| bad(format!("target `{s}`: expected N:TAG")))?;
+            let tag = self.labels().iter().position(|l| l == tag).ok_or_else(|| {
+                bad(format!(
+                    "unknown tag `{tag}` (tags: {})",
+                    self.labels().join(", ")
+                ))
+            })?;
+            return Ok(Target::Tag { position, tag });
+        }
+        let class = self.labels().iter().position(|l| l == s).ok_or_else(|| {
+            bad(format!(
+                "unknown class `{s}` (classes: {})",
+                self.labels().join(", ")
+            ))
+        })?;
+        Ok(Target::Class { class })
+    }
+
     pub fn labels(&self) -> &[String] {
         &self.model.tasks[self.task].spec.labels
     }

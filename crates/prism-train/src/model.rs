@@ -136,6 +136,39 @@ impl MultiTaskModel {
         })
     }
 
+    /// The prediction of task `ti` for one raw input (a text, or a pair for pair tasks; words
+    /// split on whitespace for tagging).
+    pub fn predict_text(&self, ti: usize, text: &str, text2: Option<&str>) -> Result<Prediction> {
+        let spec = &self.tasks[ti].spec;
+        if spec.kind.is_pair() && text2.is_none() {
+            return Err(Error::Config(format!(
+                "task `{}` ({:?}) needs a second text",
+                spec.name, spec.kind
+            )));
+        }
+        let ex = Example {
+            line: 1,
+            id: None,
+            text: text.to_string(),
+            text_b: if spec.kind.is_pair() {
+                text2.map(str::to_string)
+            } else {
+                None
+            },
+            tokens: if spec.kind == crate::tasks::TaskKind::Token {
+                text.split_whitespace().map(str::to_string).collect()
+            } else {
+                Vec::new()
+            },
+            target: crate::data::Target::None,
+        };
+        let examples = [ex];
+        let feats = self.tasks[ti].featurize(&examples, Path::new("(input)"))?;
+        let mut p = self.predict(ti, &examples, &feats, 8)?;
+        p.pop()
+            .ok_or_else(|| Error::Config("the model returned no prediction".into()))
+    }
+
     /// Featurise, predict and score task `ti` on `examples`.
     pub fn evaluate(
         &self,

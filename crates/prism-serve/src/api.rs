@@ -1,0 +1,481 @@
+//! The JSON API: `GET /api/model`, `POST /api/predict`, `POST /api/explain`,
+//! `POST /api/faithfulness`, `GET /api/openapi.json`, and the embedded page at `/`.
+//! Every error is `{"error": "..."}` with a 4xx status for bad requests.
+
+use crate::{assets, AppState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prism_explain::faithfulness::{self, Faithfulness};
+use prism_explain::gradient::IntegratedGradients;
+use prism_explain::{aggregate_words, attention, method_by_name, ExplainModel, Method, Target};
+use prism_train::model::MultiTaskModel;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An error answer: status and a readable message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: msg.into(),
+        }
+    }
+    fn internal(msg: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: msg.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self {
+            status: r.status(),
+            message: format!("invalid request: {}", r.body_text()),
+        }
+    }
+}
+
+impl From<prism_explain::Error> for ApiError {
+    fn from(e: prism_explain::Error) -> Self {
+        match e {
+            prism_explain::Error::Invalid(_) | prism_explain::Error::UnknownMethod { .. } => {
+                Self::bad(e.to_string())
+            }
+            prism_explain::Error::Train(t) => t.into(),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<prism_train::Error> for ApiError {
+    fn from(e: prism_train::Error) -> Self {
+        match e {
+            prism_train::Error::Config(_) | prism_train::Error::Data { .. } => {
+                Self::bad(e.to_string())
+            }
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<prism_model::Error> for ApiError {
+    fn from(e: prism_model::Error) -> Self {
+        match e {
+            prism_model::Error::Input(_) => Self::bad(e.to_string()),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.opts.max_body_bytes;
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/api/model", get(model_info))
+        .route("/api/openapi.json", get(openapi))
+        .route("/api/predict", post(predict))
+        .route("/api/explain", post(explain))
+        .route("/api/faithfulness", post(faithfulness_table))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn asset(ct: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, ct),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", assets::INDEX_HTML)
+}
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", assets::APP_JS)
+}
+async fn style_css() -> Response {
+    asset("text/css; charset=utf-8", assets::STYLE_CSS)
+}
+async fn openapi() -> Response {
+    asset("application/json", assets::OPENAPI_JSON)
+}
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such page or endpoint (see /api/openapi.json)".into(),
+    }
+}
+
+/// Run model work on a blocking thread once a worker is free; 503 when too many wait.
+async fn run_model<T: Send + 'static>(
+    s: &Arc<AppState>,
+    f: impl FnOnce(&MultiTaskModel) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let queued = s.waiting.fetch_add(1, Ordering::SeqCst);
+    if queued >= s.opts.max_queue {
+        s.waiting.fetch_sub(1, Ordering::SeqCst);
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("busy: {queued} requests are waiting; try again shortly"),
+        });
+    }
+    let permit = s.permits.clone().acquire_owned().await;
+    s.waiting.fetch_sub(1, Ordering::SeqCst);
+    let permit = permit.map_err(|_| ApiError::internal("the server is shutting down"))?;
+    let model = s.model.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f(&model)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("model worker failed: {e}")))?
+}
+
+fn check_text(s: &AppState, text: &str, text2: Option<&str>) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::bad("`text` is empty"));
+    }
+    let n = text.chars().count() + text2.map_or(0, |t| t.chars().count());
+    if n > s.opts.max_text_chars {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "the text has {n} characters; the limit is {}",
+                s.opts.max_text_chars
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct TaskInfo {
+    name: String,
+    kind: prism_train::tasks::TaskKind,
+    labels: Vec<String>,
+    pair: bool,
+}
+
+async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
+    let m = &s.model;
+    let cfg = match &m.base.config {
+        prism_model::ModelConfig::Bert(c) => c,
+    };
+    let tasks: Vec<TaskInfo> = m
+        .tasks
+        .iter()
+        .map(|t| TaskInfo {
+            name: t.spec.name.clone(),
+            kind: t.spec.kind,
+            labels: t.spec.labels.clone(),
+            pair: t.spec.kind.is_pair(),
+        })
+        .collect();
+    Json(json!({
+        "model_dir": s.model_dir,
+        "model_type": cfg.model_type,
+        "architecture": m.base.config.base_architecture(),
+        "hidden_size": cfg.hidden_size,
+        "layers": cfg.num_hidden_layers,
+        "heads": cfg.num_attention_heads,
+        "max_tokens": m.base.config.max_tokens(),
+        "parameters": m.base.num_parameters(),
+        "tasks": tasks,
+        "methods": prism_explain::METHODS,
+        "limits": {
+            "max_body_bytes": s.opts.max_body_bytes,
+            "max_text_chars": s.opts.max_text_chars,
+            "max_steps": s.opts.max_steps,
+            "max_examples": s.opts.max_examples,
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub text: String,
+    #[serde(default)]
+    pub text2: Option<String>,
+    /// Only this task (default: every head).
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+async fn predict(
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<PredictRequest>, JsonRejection>,
+) -> ApiResult<Value> {
+    let Json(req) = body?;
+    check_text(&s, &req.text, req.text2.as_deref())?;
+    if let Some(t) = &req.task {
+        s.model.task_index(t)?;
+    }
+    let out = run_model(&s, move |m| {
+        let mut rows = Vec::new();
+        for (ti, t) in m.tasks.iter().enumerate() {
+            if req.task.as_ref().is_some_and(|n| *n != t.spec.name) {
+                continue;
+            }
+            if t.spec.kind.is_pair() && req.text2.is_none() {
+                rows.push(json!({"task": t.spec.name, "kind": t.spec.kind, "skipped": "this task needs a second text (text2)"}));
+                continue;
+            }
+            let p = m.predict_text(ti, &req.text, req.text2.as_deref())?;
+            rows.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p}));
+        }
+        Ok(json!({ "predictions": rows }))
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["ig".into(), "saliency".into()]
+}
+
+fn d_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    pub text: String,
+    #[serde(default)]
+    pub text2: Option<String>,
+    #[serde(default)]
+    pub task: Option<String>,
+    /// A class or tag name, `value`, `start:N`, `end:N`, `N:TAG` (default: the prediction).
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Integrated-gradients steps (default 50).
+    #[serde(default)]
+    pub steps: Option<usize>,
+    /// Sum sub-word scores into words.
+    #[serde(default)]
+    pub words: bool,
+    /// Return every layer's attention and the rollout matrix.
+    #[serde(default = "d_true")]
+    pub attention: bool,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn build_methods(
+    names: &[String],
+    steps: Option<usize>,
+    seed: u64,
+    max_steps: usize,
+) -> Result<Vec<Box<dyn Method>>, ApiError> {
+    if names.is_empty() {
+        return Err(ApiError::bad("`methods` is empty"));
+    }
+    if names.len() > prism_explain::METHODS.len() {
+        return Err(ApiError::bad("too many methods"));
+    }
+    let steps = steps.unwrap_or(50);
+    if steps == 0 || steps > max_steps {
+        return Err(ApiError::bad(format!("`steps` must be in 1..={max_steps}")));
+    }
+    names
+        .iter()
+        .map(|n| {
+            if matches!(n.as_str(), "ig" | "integrated_gradients") {
+                Ok(Box::new(IntegratedGradients {
+                    steps,
+                    ..Default::default()
+                }) as Box<dyn Method>)
+            } else {
+                Ok(method_by_name(n, seed)?)
+            }
+        })
+        .collect()
+}
+
+fn round4(v: f32) -> f32 {
+    (v * 1e4).round() / 1e4
+}
+
+async fn explain(
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<ExplainRequest>, JsonRejection>,
+) -> ApiResult<Value> {
+    let Json(req) = body?;
+    check_text(&s, &req.text, req.text2.as_deref())?;
+    let methods = build_methods(&req.methods, req.steps, req.seed, s.opts.max_steps)?;
+    let out = run_model(&s, move |model| {
+        let m = ExplainModel::new(model, req.task.as_deref())?;
+        let x = m.encode(&req.text, req.text2.as_deref())?;
+        let target: Target = match &req.target {
+            None => m.default_target(&x)?,
+            Some(t) => m.parse_target(t)?,
+        };
+        let texts: Vec<String> = x.texts.clone();
+        let tref: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+        let mut attributions = Vec::new();
+        let mut seconds = serde_json::Map::new();
+        for method in &methods {
+            let t0 = Instant::now();
+            let a = method.attribute(&m, &x, &target)?;
+            seconds.insert(method.name().into(), json!(t0.elapsed().as_secs_f64()));
+            attributions.push(if req.words {
+                aggregate_words(&a, &tref)
+            } else {
+                a
+            });
+        }
+        let (att, roll) = if req.attention {
+            let maps = attention::attention_maps(&m, &x)?;
+            let roll: Vec<Vec<f32>> = attention::rollout(&maps)
+                .into_iter()
+                .map(|r| r.into_iter().map(round4).collect())
+                .collect();
+            let maps: Vec<Vec<Vec<Vec<f32>>>> = maps
+                .into_iter()
+                .map(|l| {
+                    l.into_iter()
+                        .map(|h| {
+                            h.into_iter()
+                                .map(|r| r.into_iter().map(round4).collect())
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+            (json!(maps), json!(roll))
+        } else {
+            (Value::Null, Value::Null)
+        };
+        let spec = &model.tasks[m.task].spec;
+        Ok(json!({
+            "task": spec.name,
+            "kind": spec.kind,
+            "target": m.describe(&target),
+            "output": attributions.first().map(|a| a.output),
+            "tokens": x.enc.tokens,
+            "truncated": x.enc.truncated,
+            "attributions": attributions,
+            "attention": att,
+            "rollout": roll,
+            "seconds": seconds,
+        }))
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaithExample {
+    pub text: String,
+    #[serde(default)]
+    pub text2: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaithfulnessRequest {
+    pub examples: Vec<FaithExample>,
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub steps: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Serialize)]
+struct FaithRow {
+    method: String,
+    #[serde(flatten)]
+    scores: Faithfulness,
+}
+
+async fn faithfulness_table(
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<FaithfulnessRequest>, JsonRejection>,
+) -> ApiResult<Value> {
+    let Json(req) = body?;
+    if req.examples.is_empty() || req.examples.len() > s.opts.max_examples {
+        return Err(ApiError::bad(format!(
+            "`examples` must hold 1 to {} texts",
+            s.opts.max_examples
+        )));
+    }
+    for e in &req.examples {
+        check_text(&s, &e.text, e.text2.as_deref())?;
+    }
+    let methods = build_methods(&req.methods, req.steps, req.seed, s.opts.max_steps)?;
+    let out = run_model(&s, move |model| {
+        let m = ExplainModel::new(model, req.task.as_deref())?;
+        let mut rows: Vec<(String, Vec<Faithfulness>)> = methods
+            .iter()
+            .map(|mm| (mm.name().to_string(), Vec::new()))
+            .chain(std::iter::once(("random".to_string(), Vec::new())))
+            .collect();
+        for (i, e) in req.examples.iter().enumerate() {
+            let x = m.encode(&e.text, e.text2.as_deref())?;
+            let target = m.default_target(&x)?;
+            for (mi, method) in methods.iter().enumerate() {
+                let a = method.attribute(&m, &x, &target)?;
+                rows[mi]
+                    .1
+                    .push(faithfulness::evaluate(&m, &x, &target, &a, 32)?);
+            }
+            let r = faithfulness::random_attributions(&m, &x, &target, req.seed + i as u64);
+            let last = rows.len() - 1;
+            rows[last]
+                .1
+                .push(faithfulness::evaluate(&m, &x, &target, &r, 32)?);
+        }
+        let table: Vec<FaithRow> = rows
+            .iter()
+            .map(|(n, r)| FaithRow {
+                method: n.clone(),
+                scores: faithfulness::mean(r),
+            })
+            .collect();
+        Ok(json!({"examples": req.examples.len(), "table": table}))
+    })
+    .await?;
+    Ok(Json(out))
+}

@@ -1,0 +1,101 @@
+//! prism-serve: a local web UI and JSON API over a trained prism model, to predict and explain.
+//!
+//! One binary, no network, no CDN: the page (plain JS) is embedded. Model work never runs on the
+//! async runtime's threads: requests wait for one of `workers` permits and run in
+//! `spawn_blocking`, so the server keeps answering (and can refuse with 503 when the queue is
+//! full) while a long explanation runs. Bodies and texts have size limits with JSON errors, the
+//! UI builds every token with `textContent` (never HTML), and nothing is served from disk.
+
+pub mod api;
+mod assets;
+
+use prism_train::model::MultiTaskModel;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Limits and sizes of a server.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Concurrent model evaluations (each already uses every core through candle).
+    pub workers: usize,
+    /// Requests allowed to wait for a worker before new ones get 503.
+    pub max_queue: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Longest text (both texts of a pair together), characters.
+    pub max_text_chars: usize,
+    /// Most integrated-gradients steps a request may ask for.
+    pub max_steps: usize,
+    /// Most examples in one faithfulness request.
+    pub max_examples: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            max_queue: 1024,
+            max_body_bytes: 64 * 1024,
+            max_text_chars: 4000,
+            max_steps: 300,
+            max_examples: 16,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub model: Arc<MultiTaskModel>,
+    pub model_dir: PathBuf,
+    pub opts: ServeOptions,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(model: MultiTaskModel, model_dir: PathBuf, opts: ServeOptions) -> Arc<Self> {
+        Arc::new(Self {
+            model: Arc::new(model),
+            model_dir,
+            permits: Arc::new(Semaphore::new(opts.workers.max(1))),
+            opts,
+            waiting: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,254 @@
+//! The JSON API against a real server on loopback: predict, explain, faithfulness, the embedded
+//! page, bad requests with readable 4xx errors, a load test and a graceful shutdown.
+
+mod common;
+use common::*;
+use prism_serve::ServeOptions;
+use serde_json::json;
+use std::time::Instant;
+
+#[test]
+fn model_predict_explain_and_faithfulness() {
+    let srv = Server::start(ServeOptions::default());
+    let a = srv.addr;
+    let (st, body) = http(a, "GET", "/api/model", None);
+    assert_eq!(st, 200);
+    let m: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["tasks"][0]["name"], "sentiment");
+    assert_eq!(m["tasks"][0]["labels"], json!(["negative", "positive"]));
+    assert_eq!(m["layers"], 2);
+
+    let (st, p) = post_json(
+        a,
+        "/api/predict",
+        &json!({"text": "A gorgeous, witty movie."}),
+    );
+    assert_eq!(st, 200, "{p}");
+    let probs = &p["predictions"][0]["prediction"]["probabilities"];
+    let sum = probs["negative"].as_f64().unwrap() + probs["positive"].as_f64().unwrap();
+    assert!((sum - 1.0).abs() < 1e-5);
+
+    let (st, e) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "A gorgeous, witty movie.", "methods": ["ig", "saliency", "rollout"], "steps": 20}),
+    );
+    assert_eq!(st, 200, "{e}");
+    let n = e["tokens"].as_array().unwrap().len();
+    assert_eq!(e["attributions"].as_array().unwrap().len(), 3);
+    for at in e["attributions"].as_array().unwrap() {
+        assert_eq!(at["scores"].as_array().unwrap().len(), n);
+    }
+    // IG's completeness: the attributions sum to F(x) - F(baseline).
+    assert!(e["attributions"][0]["delta"].as_f64().unwrap().abs() < 0.05);
+    let att = e["attention"].as_array().unwrap();
+    assert_eq!(att.len(), 2); // layers
+    assert_eq!(att[0].as_array().unwrap().len(), 4); // heads
+    assert_eq!(att[0][0].as_array().unwrap().len(), n);
+    assert_eq!(e["rollout"].as_array().unwrap().len(), n);
+    // The same explanation through the API as through the library (same numbers).
+    let (_, e2) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "A gorgeous, witty movie.", "methods": ["saliency"], "attention": false}),
+    );
+    assert_eq!(
+        e2["attributions"][0]["scores"],
+        e["attributions"][1]["scores"]
+    );
+    assert!(e2["attention"].is_null());
+
+    // A class target by name, and words.
+    let (st, e3) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "A gorgeous, witty movie.", "target": "negative", "methods": ["grad_x_input"], "words": true}),
+    );
+    assert_eq!(st, 200, "{e3}");
+    assert!(e3["target"].as_str().unwrap().contains("negative"));
+    assert!(e3["attributions"][0]["tokens"].as_array().unwrap().len() <= n);
+
+    let (st, f) = post_json(
+        a,
+        "/api/faithfulness",
+        &json!({"examples": [{"text": "A gorgeous, witty movie."}, {"text": "A dull remake."}], "methods": ["occlusion"]}),
+    );
+    assert_eq!(st, 200, "{f}");
+    assert_eq!(f["examples"], 2);
+    let rows: Vec<&str> = f["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["occlusion", "random"]);
+
+    // The page and its assets are embedded; the API documents itself.
+    let (st, html) = http(a, "GET", "/", None);
+    assert_eq!(st, 200);
+    assert!(html.contains("<script src=\"/app.js\">"));
+    assert_eq!(http(a, "GET", "/app.js", None).0, 200);
+    let (st, spec) = http(a, "GET", "/api/openapi.json", None);
+    assert_eq!(st, 200);
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert!(spec["paths"]["/api/explain"]["post"].is_object());
+    srv.stop();
+}
+
+#[test]
+fn bad_requests_get_4xx_with_a_message() {
+    let srv = Server::start(ServeOptions {
+        max_text_chars: 200,
+        max_body_bytes: 4096,
+        ..Default::default()
+    });
+    let a = srv.addr;
+    let cases: Vec<(serde_json::Value, u16, &str)> = vec![
+        (
+            json!({"text": "fine", "methods": ["nope"]}),
+            400,
+            "unknown method `nope`",
+        ),
+        (json!({"txt": "fine"}), 422, "unknown field `txt`"),
+        (json!({"text": "   "}), 400, "`text` is empty"),
+        (json!({"text": "x".repeat(300)}), 413, "the limit is 200"),
+        (
+            json!({"text": "fine", "task": "topic"}),
+            400,
+            "no task `topic`",
+        ),
+        (
+            json!({"text": "fine", "target": "neutral"}),
+            400,
+            "unknown class `neutral`",
+        ),
+        (
+            json!({"text": "fine", "steps": 100000}),
+            400,
+            "`steps` must be in",
+        ),
+        (
+            json!({"text": "fine", "methods": []}),
+            400,
+            "`methods` is empty",
+        ),
+        (json!({"text": 5}), 422, "invalid type"),
+    ];
+    for (body, status, msg) in cases {
+        let (st, v) = post_json(a, "/api/explain", &body);
+        assert_eq!(st, status, "{body} -> {v}");
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(err.contains(msg), "{body}: {err}");
+    }
+    // Not JSON, malformed JSON, a body over the limit, unknown paths, path traversal.
+    let (st, b) = http(a, "POST", "/api/predict", Some(("text/plain", b"hello")));
+    assert_eq!(st, 415, "{b}");
+    assert!(b.contains("error"));
+    let (st, b) = http(
+        a,
+        "POST",
+        "/api/predict",
+        Some(("application/json", b"{\"text\": ")),
+    );
+    assert_eq!(st, 400, "{b}");
+    let big = format!("{{\"text\": \"{}\"}}", "y".repeat(10_000));
+    let (st, b) = http(
+        a,
+        "POST",
+        "/api/predict",
+        Some(("application/json", big.as_bytes())),
+    );
+    assert_eq!(st, 413, "{b}");
+    assert_eq!(http(a, "GET", "/nope", None).0, 404);
+    assert_eq!(http(a, "GET", "/../../etc/passwd", None).0, 404);
+    assert_eq!(http(a, "GET", "/assets/../Cargo.toml", None).0, 404);
+    let (st, b) = post_json(a, "/api/faithfulness", &json!({"examples": []}));
+    assert_eq!(st, 400, "{b}");
+    // A hostile text is just data (the page renders it with textContent; see the browser test).
+    let (st, e) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "<script>alert(1)</script>", "methods": ["saliency"]}),
+    );
+    assert_eq!(st, 200, "{e}");
+    assert!(e["tokens"].as_array().unwrap().len() > 3);
+    srv.stop();
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[test]
+fn two_hundred_concurrent_explains_without_errors_and_flat_memory() {
+    let srv = Server::start(ServeOptions::default());
+    let a = srv.addr;
+    let round = |n: usize| -> Vec<f64> {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    let t0 = Instant::now();
+                    let (st, v) = post_json(
+                        a,
+                        "/api/explain",
+                        &json!({"text": format!("Request {i}: a gorgeous, witty and seductive movie."), "methods": ["ig"], "steps": 50}),
+                    );
+                    assert_eq!(st, 200, "{v}");
+                    t0.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        let mut lat: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        lat.sort_by(|x, y| x.total_cmp(y));
+        lat
+    };
+    let t0 = Instant::now();
+    let lat = round(200);
+    let wall = t0.elapsed().as_secs_f64();
+    let (_, rss1) = memory_kb();
+    let lat2 = round(200);
+    let (peak, rss2) = memory_kb();
+    println!(
+        "load test: 200 concurrent IG-50 explains in {wall:.2} s; latency p50 {:.3} s, p99 {:.3} s (second round p50 {:.3}, p99 {:.3}); RSS {} -> {} MB, peak {} MB",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&lat2, 0.5),
+        percentile(&lat2, 0.99),
+        rss1 / 1024,
+        rss2 / 1024,
+        peak / 1024
+    );
+    assert_eq!(lat.len(), 200);
+    // Flat memory: a second round of 200 requests does not grow the process materially.
+    assert!(
+        rss2 < rss1 + 64 * 1024,
+        "memory grew from {rss1} kB to {rss2} kB over 200 requests"
+    );
+    srv.stop();
+}
+
+#[test]
+fn the_server_answers_while_a_long_explanation_runs_and_stops_gracefully() {
+    let srv = Server::start(ServeOptions::default());
+    let a = srv.addr;
+    let long = std::thread::spawn(move || {
+        post_json(
+            a,
+            "/api/explain",
+            &json!({"text": "A long explanation with many samples of a gorgeous witty movie.", "methods": ["kernel_shap", "lime", "ig"], "steps": 300}),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Cheap requests are not blocked behind the model work.
+    let t0 = Instant::now();
+    assert_eq!(http(a, "GET", "/api/model", None).0, 200);
+    assert!(t0.elapsed().as_secs_f64() < 5.0);
+    // A graceful shutdown lets the in-flight request finish.
+    srv.stop();
+    let (st, v) = long.join().unwrap();
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        std::net::TcpStream::connect(a).is_err(),
+        "still listening after shutdown"
+    );
+}
