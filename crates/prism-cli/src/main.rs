@@ -541,21 +541,22 @@ fn run(cli: Cli) -> Result<()> {
 
 fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
     let m = load(&args.model, dev)?;
-    let prism_model::ModelConfig::Bert(c) = &m.config;
+    let c = m.config.sizes();
     let has_pooler = match &m.encoder {
         prism_model::AnyEncoder::Bert(b) => b.has_pooler(),
+        prism_model::AnyEncoder::Xlnet(_) => false,
     };
     let v = json!({
         "folder": m.dir,
-        "model_type": c.model_type,
+        "model_type": m.config.model_type(),
         "architecture": m.config.base_architecture(),
-        "layers": c.num_hidden_layers,
-        "hidden_size": c.hidden_size,
-        "heads": c.num_attention_heads,
-        "intermediate_size": c.intermediate_size,
-        "vocab_size": c.vocab_size,
+        "layers": c.layers,
+        "hidden_size": c.hidden,
+        "heads": c.heads,
+        "intermediate_size": c.intermediate,
+        "vocab_size": c.vocab,
         "max_tokens": m.config.max_tokens(),
-        "hidden_act": c.hidden_act,
+        "hidden_act": c.activation,
         "parameters": m.num_parameters(),
         "pooler": has_pooler,
         "tokenizer": m.tokenizer.as_ref().map(|t| t.path().display().to_string()),
@@ -574,19 +575,19 @@ fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         println!(
             "architecture  {} ({})",
             m.config.base_architecture(),
-            c.model_type
+            m.config.model_type()
         );
-        println!("layers        {}", c.num_hidden_layers);
+        println!("layers        {}", c.layers);
         println!(
             "hidden        {} ({} heads of {}), FFN {}",
-            c.hidden_size,
-            c.num_attention_heads,
-            c.head_dim(),
-            c.intermediate_size
+            c.hidden,
+            c.heads,
+            c.hidden / c.heads.max(1),
+            c.intermediate
         );
-        println!("vocabulary    {}", c.vocab_size);
+        println!("vocabulary    {}", c.vocab);
         println!("max tokens    {}", m.config.max_tokens());
-        println!("activation    {}", c.hidden_act);
+        println!("activation    {}", c.activation);
         println!(
             "parameters    {} ({:.1} M)",
             m.num_parameters(),

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, BertConfig};
+use crate::models::xlnet::{Xlnet, XlnetConfig};
 use crate::models::{Encoder, EncoderInput, EncoderOutput};
 use crate::nn::{Mode, ParamStore, Source};
 use crate::tokenizer::PrismTokenizer;
@@ -16,14 +17,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Checkpoint key prefixes of transformers' task classes wrapping the base model.
-const BASE_PREFIXES: [&str; 2] = ["bert.", "roberta."];
+const BASE_PREFIXES: [&str; 3] = ["bert.", "roberta.", "transformer."];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
-const HEAD_PREFIXES: [&str; 6] = [
+const HEAD_PREFIXES: [&str; 9] = [
     "cls.",
     "lm_head.",
+    "lm_loss.",
     "classifier.",
     "qa_outputs.",
     "pre_classifier.",
+    "sequence_summary.",
+    "logits_proj.",
     "prism.",
 ];
 /// Buffers, not parameters, that older checkpoints carry.
@@ -33,6 +37,7 @@ const IGNORED_KEYS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_ty
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelConfig {
     Bert(BertConfig),
+    Xlnet(XlnetConfig),
 }
 
 impl ModelConfig {
@@ -64,9 +69,15 @@ impl ModelConfig {
                 c.model_type = model_type;
                 ModelConfig::Bert(c)
             }
+            "xlnet" => {
+                let mut c: XlnetConfig = serde_json::from_value(value)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                c.model_type = model_type;
+                ModelConfig::Xlnet(c)
+            }
             other => {
                 return Err(Error::InvalidConfig(format!(
-                    "`model_type` \"{other}\" is not supported (supported: bert, roberta)"
+                    "`model_type` \"{other}\" is not supported (supported: bert, roberta, xlnet)"
                 )))
             }
         };
@@ -77,12 +88,14 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Bert(c) => c.validate(),
+            ModelConfig::Xlnet(c) => c.validate(),
         }
     }
 
     pub fn model_type(&self) -> &str {
         match self {
             ModelConfig::Bert(c) => &c.model_type,
+            ModelConfig::Xlnet(c) => &c.model_type,
         }
     }
 
@@ -91,43 +104,84 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) if c.model_type == "roberta" => "RobertaModel",
             ModelConfig::Bert(_) => "BertModel",
+            ModelConfig::Xlnet(_) => "XLNetModel",
         }
     }
 
     pub fn max_tokens(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.max_tokens(),
+            // Relative positions: no table to outgrow; 512 as the released models were trained.
+            ModelConfig::Xlnet(_) => 512,
         }
     }
 
     pub fn hidden_size(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.hidden_size,
+            ModelConfig::Xlnet(c) => c.d_model,
+        }
+    }
+
+    /// The sizes every family has, under common names.
+    pub fn sizes(&self) -> Sizes {
+        match self {
+            ModelConfig::Bert(c) => Sizes {
+                layers: c.num_hidden_layers,
+                hidden: c.hidden_size,
+                heads: c.num_attention_heads,
+                intermediate: c.intermediate_size,
+                vocab: c.vocab_size,
+                activation: c.hidden_act.clone(),
+            },
+            ModelConfig::Xlnet(c) => Sizes {
+                layers: c.n_layer,
+                hidden: c.d_model,
+                heads: c.n_head,
+                intermediate: c.d_inner,
+                vocab: c.vocab_size,
+                activation: c.ff_activation.clone(),
+            },
         }
     }
 
     pub fn to_json(&self) -> Result<String> {
         let s = match self {
             ModelConfig::Bert(c) => serde_json::to_string_pretty(c),
+            ModelConfig::Xlnet(c) => serde_json::to_string_pretty(c),
         };
         s.map_err(|e| Error::InvalidConfig(e.to_string()))
     }
 }
 
+/// Sizes of a model of any family.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sizes {
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    pub activation: String,
+}
+
 /// An encoder of any supported family.
 pub enum AnyEncoder {
     Bert(Bert),
+    Xlnet(Xlnet),
 }
 
 impl Encoder for AnyEncoder {
     fn word_embeddings(&self, input_ids: &Tensor) -> Result<Tensor> {
         match self {
             AnyEncoder::Bert(m) => m.word_embeddings(input_ids),
+            AnyEncoder::Xlnet(m) => m.word_embeddings(input_ids),
         }
     }
     fn word_embedding_table(&self) -> &Tensor {
         match self {
             AnyEncoder::Bert(m) => m.word_embedding_table(),
+            AnyEncoder::Xlnet(m) => m.word_embedding_table(),
         }
     }
     fn forward_from_word_embeddings(
@@ -138,11 +192,13 @@ impl Encoder for AnyEncoder {
     ) -> Result<EncoderOutput> {
         match self {
             AnyEncoder::Bert(m) => m.forward_from_word_embeddings(e, input, mode),
+            AnyEncoder::Xlnet(m) => m.forward_from_word_embeddings(e, input, mode),
         }
     }
     fn hidden_size(&self) -> usize {
         match self {
             AnyEncoder::Bert(m) => m.hidden_size(),
+            AnyEncoder::Xlnet(m) => m.hidden_size(),
         }
     }
 }
@@ -262,6 +318,7 @@ impl PretrainedModel {
         let params = ParamStore::from_source(source, device, 0);
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
+            ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
         };
         let mut head_tensors = Vec::new();
         for (name, t) in params.unused_source_tensors() {
@@ -305,6 +362,7 @@ impl PretrainedModel {
         let params = ParamStore::fresh(device, seed);
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
+            ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
         };
         Ok(Self {
             config,
@@ -335,13 +393,14 @@ impl PretrainedModel {
         // are parameters now: keep their current (trained) values, not the ones read at load
         // time. A stale copy of the tied decoder is not written: transformers ties it to the
         // word embeddings on load.
-        let tied = match &self.config {
-            ModelConfig::Bert(c) => c
-                .extra
-                .get("tie_word_embeddings")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(true),
+        let extra = match &self.config {
+            ModelConfig::Bert(c) => &c.extra,
+            ModelConfig::Xlnet(c) => &c.extra,
         };
+        let tied = extra
+            .get("tie_word_embeddings")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (k, v) in self.params.tensors() {
             tensors.insert(k, v.contiguous()?);
@@ -361,18 +420,19 @@ impl PretrainedModel {
             .any(|k| is_head(k) && !k.starts_with("prism."));
         let mut config = self.config.clone();
         let base_arch = self.config.base_architecture().to_string();
-        let arch = match &mut config {
-            ModelConfig::Bert(c) => {
-                if c.architectures.is_empty() || !has_hf_head {
-                    c.architectures = vec![base_arch.clone()];
-                }
-                c.architectures[0].clone()
-            }
+        let archs = match &mut config {
+            ModelConfig::Bert(c) => &mut c.architectures,
+            ModelConfig::Xlnet(c) => &mut c.architectures,
         };
+        if archs.is_empty() || !has_hf_head {
+            *archs = vec![base_arch.clone()];
+        }
+        let arch = archs[0].clone();
         if arch != base_arch {
             let prefix = match &self.config {
                 ModelConfig::Bert(c) if c.flavor() == crate::Flavor::Roberta => "roberta.",
                 ModelConfig::Bert(_) => "bert.",
+                ModelConfig::Xlnet(_) => "transformer.",
             };
             tensors = tensors
                 .into_iter()

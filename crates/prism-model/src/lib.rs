@@ -15,7 +15,7 @@ pub mod nn;
 pub mod ops;
 pub mod tokenizer;
 
-pub use checkpoint::{AnyEncoder, ModelConfig, PretrainedModel};
+pub use checkpoint::{AnyEncoder, ModelConfig, PretrainedModel, Sizes};
 pub use error::{Error, Result};
 pub use grad::{embedding_gradients, EmbeddingGrads};
 pub use models::bert::{mean_pool, Bert, BertConfig, Flavor};

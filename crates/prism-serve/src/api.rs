@@ -192,9 +192,7 @@ struct TaskInfo {
 
 async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
     let m = &s.model;
-    let cfg = match &m.base.config {
-        prism_model::ModelConfig::Bert(c) => c,
-    };
+    let z = m.base.config.sizes();
     let tasks: Vec<TaskInfo> = m
         .tasks
         .iter()
@@ -207,11 +205,11 @@ async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         .collect();
     Json(json!({
         "model_dir": s.model_dir,
-        "model_type": cfg.model_type,
+        "model_type": m.base.config.model_type(),
         "architecture": m.base.config.base_architecture(),
-        "hidden_size": cfg.hidden_size,
-        "layers": cfg.num_hidden_layers,
-        "heads": cfg.num_attention_heads,
+        "hidden_size": z.hidden,
+        "layers": z.layers,
+        "heads": z.heads,
         "max_tokens": m.base.config.max_tokens(),
         "parameters": m.base.num_parameters(),
         "tasks": tasks,

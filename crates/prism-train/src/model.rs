@@ -24,12 +24,14 @@ pub struct MultiTaskModel {
 fn head_dropout(cfg: &ModelConfig) -> f64 {
     match cfg {
         ModelConfig::Bert(c) => c.hidden_dropout_prob,
+        ModelConfig::Xlnet(c) => c.dropout,
     }
 }
 
 fn has_pooler(enc: &AnyEncoder) -> bool {
     match enc {
         AnyEncoder::Bert(b) => b.has_pooler(),
+        AnyEncoder::Xlnet(_) => false,
     }
 }
 

@@ -110,7 +110,12 @@ impl MaskedLm {
     /// Put an MLM head on `base`: the checkpoint's, or a fresh one (continued pre-training of an
     /// encoder released without one, e.g. MiniLM).
     pub fn new(mut base: crate::PretrainedModel) -> Result<Self> {
-        let crate::ModelConfig::Bert(cfg) = &mut base.config;
+        let crate::ModelConfig::Bert(cfg) = &mut base.config else {
+            return Err(crate::Error::InvalidConfig(
+                "masked-LM heads are for BERT and RoBERTa; XLNet is trained with permutation LM"
+                    .into(),
+            ));
+        };
         cfg.architectures = vec![match cfg.flavor() {
             Flavor::Bert => "BertForMaskedLM".into(),
             Flavor::Roberta => "RobertaForMaskedLM".into(),
