@@ -13,6 +13,7 @@ pub mod heads;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod sentencepiece;
 pub mod tokenizer;
 
 pub use checkpoint::{AnyEncoder, ModelConfig, PretrainedModel, Sizes};

@@ -55,6 +55,8 @@ pub struct PrismTokenizer {
     path: PathBuf,
     pad_id: u32,
     max_len: usize,
+    /// Pad batches on the left (XLNet's convention; `padding_side` in tokenizer_config.json).
+    pad_left: bool,
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -79,6 +81,8 @@ impl PrismTokenizer {
         let json = dir.join("tokenizer.json");
         let vocab_txt = dir.join("vocab.txt");
         let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let spiece = dir.join("spiece.model");
+        let mut spm_xlnet = false;
         let (inner, path) = if json.is_file() {
             (
                 Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?,
@@ -91,13 +95,34 @@ impl PrismTokenizer {
             )
         } else if vocab_json.is_file() && merges.is_file() {
             (Self::roberta_from_bpe(&vocab_json, &merges)?, vocab_json)
+        } else if spiece.is_file() {
+            let (tk, info) = crate::sentencepiece::tokenizer_from_spm(&spiece)?;
+            spm_xlnet = info.xlnet;
+            (tk, spiece)
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
-                msg: "no tokenizer.json, vocab.txt, or vocab.json + merges.txt".into(),
+                msg: "no tokenizer.json, vocab.txt, vocab.json + merges.txt, or spiece.model"
+                    .into(),
             });
         };
-        Self::from_tokenizer(inner, path, max_len)
+        let mut tok = Self::from_tokenizer(inner, path, max_len)?;
+        tok.pad_left = spm_xlnet || padding_side(dir).as_deref() == Some("left");
+        Ok(tok)
+    }
+
+    /// A SentencePiece model file (`spiece.model` or any `*.model`), with XLNet's conventions
+    /// when it has `<sep>` and `<cls>`.
+    pub fn from_sentencepiece(path: &Path, max_len: usize) -> Result<Self> {
+        let (tk, info) = crate::sentencepiece::tokenizer_from_spm(path)?;
+        let mut tok = Self::from_tokenizer(tk, path.to_path_buf(), max_len)?;
+        tok.pad_left = info.xlnet;
+        Ok(tok)
+    }
+
+    /// Whether batches are padded on the left.
+    pub fn pads_left(&self) -> bool {
+        self.pad_left
     }
 
     /// Wrap an already-built `tokenizers::Tokenizer`.
@@ -119,6 +144,7 @@ impl PrismTokenizer {
             path,
             pad_id,
             max_len,
+            pad_left: false,
         })
     }
 
@@ -255,12 +281,17 @@ impl PrismTokenizer {
         ))
     }
 
-    /// Pad a batch on the right to its longest member and build the model input.
+    /// Pad a batch to its longest member (on the right, or on the left for XLNet) and build
+    /// the model input.
     ///
     /// # Shapes
     /// result tensors: (B, T) with T the longest encoding
     pub fn batch(&self, encs: &[Encoded], device: &Device) -> Result<EncoderInput> {
-        batch_encodings(encs, self.pad_id, device)
+        if self.pad_left {
+            batch_encodings_left(encs, self.pad_id, device)
+        } else {
+            batch_encodings(encs, self.pad_id, device)
+        }
     }
 
     /// Write `tokenizer.json` (the format Python `tokenizers` and transformers load) into `dir`.
@@ -272,6 +303,51 @@ impl PrismTokenizer {
         tk.save(&out, true).map_err(|e| tok_err(&out, e))?;
         Ok(())
     }
+}
+
+/// `padding_side` from `tokenizer_config.json`.
+fn padding_side(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| {
+            v.get("padding_side")
+                .and_then(|b| b.as_str())
+                .map(String::from)
+        })
+}
+
+/// Left-pad encodings (XLNet): the real tokens end every row, so the last one is `<cls>`.
+pub fn batch_encodings_left(
+    encs: &[Encoded],
+    pad_id: u32,
+    device: &Device,
+) -> Result<EncoderInput> {
+    let t = encs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let shifted: Vec<Encoded> = encs
+        .iter()
+        .map(|e| {
+            let n = t - e.ids.len();
+            let mut p = e.clone();
+            p.ids = std::iter::repeat_n(pad_id, n)
+                .chain(e.ids.iter().copied())
+                .collect();
+            p.type_ids = std::iter::repeat_n(0, n)
+                .chain(e.type_ids.iter().copied())
+                .collect();
+            p
+        })
+        .collect();
+    let mut input = batch_encodings(&shifted, pad_id, device)?;
+    let (b, _) = input.input_ids.dims2()?;
+    let mut mask = vec![0u32; b * t];
+    for (i, e) in encs.iter().enumerate() {
+        for j in t - e.ids.len()..t {
+            mask[i * t + j] = 1;
+        }
+    }
+    input.attention_mask = Tensor::from_vec(mask, (b, t), device)?;
+    Ok(input)
 }
 
 /// Right-pad encodings with `pad_id` into (B, T) id, mask and type-id tensors.

@@ -215,3 +215,40 @@ fn xlnet_folder_round_trips_under_transformer_prefix() {
     let again = PretrainedModel::load(dir.path(), &Device::Cpu).unwrap();
     assert_eq!(again.num_parameters(), m.num_parameters());
 }
+
+#[test]
+fn padding_side_does_not_change_real_token_outputs() {
+    // Relative positions: a row's real tokens see the same distances whether the padding is on
+    // the left (XLNet's tokenizer) or on the right (the trainer's batches).
+    let (m, _) = load();
+    let x = xl(&m);
+    let ids = [vec![7u32, 8, 9, 10, 11], vec![12, 13, 14]];
+    let encs: Vec<prism_model::Encoded> = ids
+        .iter()
+        .map(|i| prism_model::Encoded {
+            tokens: vec![String::new(); i.len()],
+            ids: i.clone(),
+            type_ids: vec![0; i.len()],
+            offsets: vec![(0, 0); i.len()],
+            sequence_ids: vec![Some(0); i.len()],
+            special_tokens_mask: vec![0; i.len()],
+            truncated: false,
+        })
+        .collect();
+    let dev = Device::Cpu;
+    let right = prism_model::tokenizer::batch_encodings(&encs, 5, &dev).unwrap();
+    let left = prism_model::tokenizer::batch_encodings_left(&encs, 5, &dev).unwrap();
+    let hr = x.forward(&right, &Mode::Eval).unwrap().last_hidden_state;
+    let hl = x.forward(&left, &Mode::Eval).unwrap().last_hidden_state;
+    assert_close("row 0", &hr.get(0).unwrap(), &hl.get(0).unwrap(), 1e-5);
+    assert_close(
+        "row 1",
+        &hr.get(1).unwrap().narrow(0, 0, 3).unwrap(),
+        &hl.get(1).unwrap().narrow(0, 2, 3).unwrap(),
+        1e-5,
+    );
+    let last = prism_model::models::xlnet::last_token_positions(&left.attention_mask).unwrap();
+    assert_eq!(last.to_vec1::<u32>().unwrap(), vec![4, 4]);
+    let last = prism_model::models::xlnet::last_token_positions(&right.attention_mask).unwrap();
+    assert_eq!(last.to_vec1::<u32>().unwrap(), vec![4, 2]);
+}

@@ -1,0 +1,185 @@
+//! SentencePiece models (`spiece.model`, any `*.model`): the protobuf is parsed with the
+//! `sentencepiece-model` crate and rebuilt as a `tokenizers` pipeline the way transformers'
+//! `SpmConverter` does: the model's precompiled normaliser, whitespace cleanup, `▁` word
+//! marking, and a Unigram model (scores as log-probabilities) or a BPE model whose merges are
+//! recovered from the vocabulary. Models with `<sep>` and `<cls>` get XLNet's conventions:
+//! `A <sep> <cls>` / `A <sep> B <sep> <cls>` (type id 2 for `<cls>`), left padding, and
+//! XLNetTokenizer's normalisation (quotes, accents stripped).
+
+use crate::error::{Error, Result};
+use sentencepiece_model::{ModelType, SentencePieceModel, Type};
+use std::collections::HashMap;
+use std::path::Path;
+use tokenizers::models::bpe::BPE;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::{
+    Precompiled, Replace, Sequence as NormSeq, Strip, StripAccents, NFKD,
+};
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
+
+/// What the model file says beyond the pipeline.
+#[derive(Clone, Debug)]
+pub struct SpmInfo {
+    /// XLNet's conventions apply (`<sep>`, `<cls>` at the end, left padding).
+    pub xlnet: bool,
+    pub unigram: bool,
+    pub pieces: usize,
+}
+
+fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
+    Error::Tokenizer {
+        path: path.to_path_buf(),
+        msg: msg.to_string(),
+    }
+}
+
+/// Build a tokenizer from a SentencePiece model file.
+pub fn tokenizer_from_spm(path: &Path) -> Result<(Tokenizer, SpmInfo)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let model = SentencePieceModel::from_slice(&bytes)
+        .map_err(|e| err(path, format!("not a SentencePiece model: {e}")))?;
+    let pieces = model.pieces();
+    if pieces.is_empty() {
+        return Err(err(path, "the model has no pieces"));
+    }
+    let trainer = model.trainer();
+    let model_type = trainer
+        .map(|t| t.model_type())
+        .unwrap_or(ModelType::Unigram);
+    let byte_fallback = trainer.is_some_and(|t| t.byte_fallback());
+    let vocab: Vec<(String, f64)> = pieces
+        .iter()
+        .map(|p| (p.piece().to_string(), p.score() as f64))
+        .collect();
+    let unk_id = pieces.iter().position(|p| p.r#type() == Type::Unknown);
+    let mut tk = match model_type {
+        ModelType::Unigram => Tokenizer::new(
+            Unigram::from(vocab.clone(), unk_id, byte_fallback)
+                .map_err(|e| err(path, format!("unigram model: {e}")))?,
+        ),
+        ModelType::Bpe => {
+            let ids: HashMap<String, u32> = vocab
+                .iter()
+                .enumerate()
+                .map(|(i, (p, _))| (p.clone(), i as u32))
+                .collect();
+            // transformers' SentencePieceExtractor: every split of a piece into two pieces is a
+            // merge, ranked by the merged piece's score (ties keep the piece order).
+            let mut merges: Vec<(String, String, f64)> = Vec::new();
+            for (piece, score) in &vocab {
+                let mut local = Vec::new();
+                for (i, _) in piece.char_indices().skip(1) {
+                    let (l, r) = piece.split_at(i);
+                    if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
+                        local.push((li, ri, l.to_string(), r.to_string()));
+                    }
+                }
+                local.sort_by_key(|x| (x.0, x.1));
+                merges.extend(local.into_iter().map(|(_, _, l, r)| (l, r, *score)));
+            }
+            merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+            let merges: Vec<(String, String)> =
+                merges.into_iter().map(|(l, r, _)| (l, r)).collect();
+            let vocab_map: ahash_free::Vocab = ids.into_iter().collect();
+            let mut b = BPE::builder()
+                .vocab_and_merges(vocab_map, merges)
+                .fuse_unk(true)
+                .byte_fallback(byte_fallback);
+            if let Some(u) = unk_id {
+                b = b.unk_token(vocab[u].0.clone());
+            }
+            Tokenizer::new(
+                b.build()
+                    .map_err(|e| err(path, format!("bpe model: {e}")))?,
+            )
+        }
+        other => {
+            return Err(err(
+                path,
+                format!(
+                    "{} SentencePiece models are not supported (unigram, bpe)",
+                    other.as_str_name()
+                ),
+            ))
+        }
+    };
+    let has = |t: &str| vocab.iter().position(|(p, _)| p == t);
+    let xlnet = has("<sep>").is_some() && has("<cls>").is_some();
+    // -- normaliser
+    let norm = model.normalizer();
+    let mut steps: Vec<NormalizerWrapper> = Vec::new();
+    if xlnet {
+        // XLNetTokenizer.preprocess_text: `` and '' are quotes; accents are stripped.
+        steps.push(Replace::new("``", "\"").map_err(|e| err(path, e))?.into());
+        steps.push(Replace::new("''", "\"").map_err(|e| err(path, e))?.into());
+        steps.push(NFKD.into());
+        steps.push(StripAccents.into());
+    }
+    if let Some(map) = norm
+        .map(|n| n.precompiled_charsmap())
+        .filter(|m| !m.is_empty())
+    {
+        steps.push(
+            Precompiled::from(map)
+                .map_err(|e| err(path, format!("precompiled normaliser: {e}")))?
+                .into(),
+        );
+    }
+    if norm.is_none_or(|n| n.remove_extra_whitespaces()) {
+        steps.push(Strip::new(true, true).into());
+        steps.push(
+            Replace::new(
+                tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
+                " ",
+            )
+            .map_err(|e| err(path, e))?
+            .into(),
+        );
+    }
+    tk.with_normalizer(Some(NormSeq::new(steps)))
+        .map_err(|e| err(path, e))?;
+    let prepend = if norm.is_none_or(|n| n.add_dummy_prefix()) {
+        PrependScheme::Always
+    } else {
+        PrependScheme::Never
+    };
+    tk.with_pre_tokenizer(Some(Metaspace::new('▁', prepend, true)));
+    tk.with_decoder(Some(Metaspace::new('▁', prepend, true)));
+    // -- control pieces are special tokens (never produced from ordinary text)
+    let specials: Vec<AddedToken> = pieces
+        .iter()
+        .filter(|p| matches!(p.r#type(), Type::Control | Type::Unknown))
+        .map(|p| AddedToken::from(p.piece().to_string(), true))
+        .collect();
+    tk.add_special_tokens(specials)
+        .map_err(|e| err(path, format!("special tokens: {e}")))?;
+    if xlnet {
+        let (sep, cls) = (
+            has("<sep>").unwrap_or(0) as u32,
+            has("<cls>").unwrap_or(0) as u32,
+        );
+        let tp = TemplateProcessing::builder()
+            .try_single("$A:0 <sep>:0 <cls>:2")
+            .and_then(|b| b.try_pair("$A:0 <sep>:0 $B:1 <sep>:1 <cls>:2"))
+            .map_err(|e| err(path, e))?
+            .special_tokens(vec![("<sep>", sep), ("<cls>", cls)])
+            .build()
+            .map_err(|e| err(path, e))?;
+        tk.with_post_processor(Some(tp));
+    }
+    Ok((
+        tk,
+        SpmInfo {
+            xlnet,
+            unigram: model_type == ModelType::Unigram,
+            pieces: pieces.len(),
+        },
+    ))
+}
+
+mod ahash_free {
+    /// The vocabulary type `BpeBuilder::vocab_and_merges` takes.
+    pub type Vocab = tokenizers::models::bpe::Vocab;
+}
