@@ -1,6 +1,8 @@
 //! Sequence classification and regression: one vector per input, as transformers'
 //! `BertForSequenceClassification` (pooler -> dropout -> linear). Encoders without a pooler use
-//! RoBERTa's head instead (first token -> dropout -> dense -> tanh -> dropout -> linear).
+//! RoBERTa's head instead (first token -> dropout -> dense -> tanh -> dropout -> linear); XLNet
+//! summarises its last real token the same way (its `SequenceSummary`: last -> projection ->
+//! tanh), chosen by the encoder's `summary_positions`.
 
 use crate::error::{Error, Result};
 use crate::models::EncoderOutput;
@@ -45,7 +47,16 @@ impl SequenceHead {
                 return Err(Error::Input("sequence head expects a pooler output".into()))
             }
             (Some(dense), _) => {
-                let cls = enc.last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?; // (B, C)
+                let h = &enc.last_hidden_state;
+                let cls = match &enc.summary_positions {
+                    None => h.narrow(1, 0, 1)?.squeeze(1)?, // (B, C)
+                    Some(pos) => {
+                        let (b, t, c) = h.dims3()?;
+                        let rows = (Tensor::arange(0u32, b as u32, h.device())? * t as f64)?
+                            .add(&pos.to_dtype(candle_core::DType::U32)?)?;
+                        h.reshape((b * t, c))?.index_select(&rows, 0)? // (B, C)
+                    }
+                };
                 dense.forward(&mode.dropout(&cls, self.dropout)?)?.tanh()?
             }
         };

@@ -474,6 +474,7 @@ impl Encoder for Bert {
             pooler_output,
             hidden_states,
             attentions,
+            summary_positions: None,
         })
     }
 

@@ -57,6 +57,9 @@ pub struct EncoderOutput {
     pub pooler_output: Option<Tensor>,
     pub hidden_states: Option<Vec<Tensor>>,
     pub attentions: Option<Vec<Tensor>>,
+    /// (B) u32: the token a sequence head summarises when the model has no pooler and it is
+    /// not the first token (XLNet: the last real token, its `<cls>`).
+    pub summary_positions: Option<Tensor>,
 }
 
 /// What every encoder family provides. The split between word embeddings and the rest lets

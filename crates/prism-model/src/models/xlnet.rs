@@ -624,6 +624,7 @@ impl Encoder for Xlnet {
             pooler_output: None,
             hidden_states: out.hidden_states,
             attentions: out.attentions,
+            summary_positions: Some(last_token_positions(&input.attention_mask)?),
         })
     }
 
