@@ -218,9 +218,12 @@ enum Command {
     /// Pre-train with masked language modelling from a TOML config (fresh or continued);
     /// resumes from the last checkpoint if the run was interrupted.
     Pretrain {
-        /// The pre-training config (see examples/pretrain_*.toml).
+        /// The pre-training config (see examples/pretrain/*.toml).
         #[arg(long)]
         config: PathBuf,
+        /// mlm (BERT, RoBERTa) or plm (permutation LM, XLNet); overrides the config's.
+        #[arg(long)]
+        objective: Option<prism_train::pretrain::Objective>,
         /// Discard any checkpoint in the output folder and start over.
         #[arg(long)]
         restart: bool,
@@ -513,10 +516,11 @@ fn run(cli: Cli) -> Result<()> {
         })?,
         Command::Pretrain {
             config,
+            objective,
             restart,
             quiet,
             json,
-        } => pretrain_cmd::pretrain(&config, restart, !quiet, json, &dev)?,
+        } => pretrain_cmd::pretrain(&config, objective, restart, !quiet, json, &dev)?,
         Command::FillMask {
             model,
             texts,

@@ -5,7 +5,7 @@ use candle_core::Device;
 use prism_model::fetch;
 use prism_model::heads::MaskedLm;
 use prism_train::pretrain::{
-    pretrain as run_pretrain, resolve_corpus, save_trained_tokenizer, train_tokenizer,
+    pretrain as run_pretrain, resolve_corpus, save_trained_tokenizer, train_tokenizer, Objective,
     PretrainConfig, PretrainOptions, TokenizerKind, TokenizerTrainConfig,
 };
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ pub fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
             vocab_size: a.vocab_size,
             min_frequency: a.min_frequency,
             lowercase: !a.cased,
+            xlnet: false,
         },
         &files,
     )?;
@@ -46,12 +47,18 @@ pub fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
 
 pub fn pretrain(
     config: &Path,
+    objective: Option<Objective>,
     restart: bool,
     progress: bool,
     json: bool,
     dev: &Device,
 ) -> Result<()> {
-    let cfg = PretrainConfig::from_file(config)?;
+    let mut cfg = PretrainConfig::from_file(config)?;
+    if let Some(o) = objective {
+        cfg.objective = o;
+        cfg.validate()
+            .with_context(|| format!("{} with --objective", config.display()))?;
+    }
     let r = run_pretrain(
         &cfg,
         dev,

@@ -61,6 +61,7 @@ fn fresh_model(dir: &Path) -> String {
             vocab_size: 200,
             min_frequency: 1,
             lowercase: true,
+            xlnet: false,
         };
         let tk = train_tokenizer(
             &cfg,
@@ -122,6 +123,7 @@ fn tokenizers_of_every_kind_train_and_load() {
             vocab_size: 300,
             min_frequency: 1,
             lowercase: true,
+            xlnet: false,
         };
         let tk = train_tokenizer(&cfg, &files).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -156,6 +158,7 @@ fn packing_respects_max_length_and_documents() {
         vocab_size: 200,
         min_frequency: 1,
         lowercase: true,
+        xlnet: false,
     };
     let tk = train_tokenizer(&cfg, &files).unwrap();
     let enc = TextEncoder::new(&tk).unwrap();
@@ -165,6 +168,7 @@ fn packing_respects_max_length_and_documents() {
     );
     let spec = PackSpec {
         files: files.clone(),
+        cls_last: false,
         format: DocFormat::File,
         max_len: 16,
         cls,
@@ -375,4 +379,105 @@ fn bad_corpus_input_names_the_file() {
     let cfg: PretrainConfig = toml::from_str(text).unwrap();
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("from"), "{e}");
+}
+
+#[test]
+fn xlnet_permutation_lm_learns_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = format!(
+        "objective = \"plm\"\n[model]\nfrom = \"{}\"\n",
+        fixtures().join("tiny-xlnet").display()
+    );
+    let make = |out: &str| {
+        let mut cfg = config(&dir.path().join(out), 12, &model);
+        cfg.lr = 1e-2;
+        cfg
+    };
+    let full = make("full");
+    let r = pretrain(&full, &Device::Cpu, &quiet()).unwrap();
+    assert!(r.completed);
+    let (first, last) = (
+        r.perplexity_curve[0].1,
+        r.perplexity_curve.last().unwrap().1,
+    );
+    assert!(
+        last < first,
+        "PLM held-out perplexity should fall: {:?}",
+        r.perplexity_curve
+    );
+    let cfg_json = std::fs::read_to_string(dir.path().join("full/model/config.json")).unwrap();
+    assert!(cfg_json.contains("XLNetLMHeadModel"), "{cfg_json}");
+    let st = candle_core::safetensors::load(
+        dir.path().join("full/model/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(st.contains_key("lm_loss.bias") && st.contains_key("transformer.mask_emb"));
+
+    let part = make("part");
+    let r1 = pretrain(
+        &part,
+        &Device::Cpu,
+        &PretrainOptions {
+            stop_after: Some(5),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    assert!(!r1.completed);
+    pretrain(&part, &Device::Cpu, &quiet()).unwrap();
+    let w = |d: &str| {
+        let m = prism_model::PretrainedModel::load(&dir.path().join(d).join("model"), &Device::Cpu)
+            .unwrap();
+        m.params
+            .vars()
+            .into_iter()
+            .flat_map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<f32>>()
+    };
+    assert_eq!(
+        w("full"),
+        w("part"),
+        "a resumed PLM run must end at the same weights"
+    );
+    // MLM on an XLNet is refused with a reason.
+    let mut wrong = make("wrong");
+    wrong.objective = prism_train::pretrain::Objective::Mlm;
+    let e = pretrain(&wrong, &Device::Cpu, &quiet())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("permutation"), "{e}");
+}
+
+#[test]
+fn a_fresh_xlnet_trains_its_own_xlnet_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = r#"
+objective = "plm"
+[model]
+train_tokenizer = { kind = "unigram", vocab_size = 150 }
+model_type = "xlnet"
+hidden_size = 16
+num_hidden_layers = 1
+num_attention_heads = 2
+intermediate_size = 32
+"#;
+    let cfg = config(&dir.path().join("x"), 3, model);
+    let r = pretrain(&cfg, &Device::Cpu, &quiet()).unwrap();
+    assert!(r.completed);
+    let tok = PrismTokenizer::load(&dir.path().join("x/model"), 64).unwrap();
+    let e = tok.encode("the river runs", None).unwrap();
+    assert_eq!(&e.tokens[e.tokens.len() - 2..], ["<sep>", "<cls>"]);
+    assert!(tok.pads_left());
+    // BERT with `plm` is refused before anything runs.
+    let mut bad = cfg.clone();
+    bad.model.model_type = "bert".into();
+    assert!(bad.validate().unwrap_err().to_string().contains("plm"));
 }

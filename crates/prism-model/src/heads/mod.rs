@@ -3,12 +3,14 @@
 
 mod domain;
 mod mlm;
+mod plm;
 mod sequence;
 mod span;
 mod token;
 
 pub use domain::DomainHead;
 pub use mlm::{is_tied_decoder_copy, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
+pub use plm::PermutationLm;
 pub use sequence::SequenceHead;
 pub use span::SpanHead;
 pub use token::TokenHead;

@@ -48,6 +48,8 @@ pub struct Packer {
     max_len: usize,
     cls: u32,
     sep: u32,
+    /// XLNet's layout `tokens... <sep> <cls>` instead of `[CLS] tokens... [SEP]`.
+    pub cls_last: bool,
     body: Vec<(u32, bool, bool)>,
     pub out: Vec<Sequence>,
 }
@@ -58,6 +60,7 @@ impl Packer {
             max_len,
             cls,
             sep,
+            cls_last: false,
             body: Vec::new(),
             out: Vec::new(),
         }
@@ -76,17 +79,26 @@ impl Packer {
             word_start: Vec::with_capacity(n),
             special: Vec::with_capacity(n),
         };
-        s.ids.push(self.cls);
-        s.word_start.push(false);
-        s.special.push(true);
+        let (first, last) = if self.cls_last {
+            (None, [self.sep, self.cls])
+        } else {
+            (Some(self.cls), [self.sep, u32::MAX])
+        };
+        if let Some(c) = first {
+            s.ids.push(c);
+            s.word_start.push(false);
+            s.special.push(true);
+        }
         for (id, ws, sp) in self.body.drain(..) {
             s.ids.push(id);
             s.word_start.push(ws);
             s.special.push(sp);
         }
-        s.ids.push(self.sep);
-        s.word_start.push(false);
-        s.special.push(true);
+        for id in last.into_iter().filter(|&i| i != u32::MAX) {
+            s.ids.push(id);
+            s.word_start.push(false);
+            s.special.push(true);
+        }
         self.out.push(s);
     }
 
@@ -210,6 +222,8 @@ fn pack_file(path: &Path, format: DocFormat, enc: &TextEncoder, packer: &mut Pac
 #[derive(Clone)]
 pub struct PackSpec {
     pub files: Vec<PathBuf>,
+    /// XLNet's layout (`<sep> <cls>` at the end).
+    pub cls_last: bool,
     pub format: DocFormat,
     pub max_len: usize,
     pub cls: u32,
@@ -221,6 +235,7 @@ pub struct PackSpec {
 /// Pack every file in order, once (the held-out set); at most `limit` sequences.
 pub fn pack_all(spec: &PackSpec, enc: &TextEncoder, limit: usize) -> Result<Vec<Sequence>> {
     let mut packer = Packer::new(spec.max_len, spec.cls, spec.sep);
+    packer.cls_last = spec.cls_last;
     for f in &spec.files {
         pack_file(f, spec.format, enc, &mut packer)?;
         if packer.out.len() >= limit {
@@ -249,6 +264,7 @@ impl CorpusStream {
                 let mut files = spec.files.clone();
                 files.shuffle(&mut rng_for(spec.seed, STREAM_FILES, epoch));
                 let mut packer = Packer::new(spec.max_len, spec.cls, spec.sep);
+                packer.cls_last = spec.cls_last;
                 let mut pos = 0usize;
                 let mut chunk = 0u64;
                 let mut any = false;

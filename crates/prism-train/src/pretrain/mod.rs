@@ -10,6 +10,7 @@
 
 pub mod corpus;
 pub mod masking;
+pub mod plm;
 pub mod tokenizer;
 
 use crate::error::{Error, Result};
@@ -19,8 +20,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use corpus::{expand_paths, pack_all, CorpusStream, DocFormat, PackSpec, Sequence, TextEncoder};
 use masking::{mask_batch, MaskConfig, MaskedBatch, Vocab};
+use plm::{plm_batch, PlmConfig};
 use prism_model::checkpoint::write_atomic;
-use prism_model::heads::MaskedLm;
+use prism_model::heads::{MaskedLm, PermutationLm};
+use prism_model::models::xlnet::{XlnetConfig, XlnetExtras};
 use prism_model::{
     fetch, BertConfig, EncoderInput, Mode, ModelConfig, PretrainedModel, PrismTokenizer,
 };
@@ -28,7 +31,10 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-pub use tokenizer::{save_trained_tokenizer, train_tokenizer, TokenizerKind, TokenizerTrainConfig};
+pub use tokenizer::{
+    save_trained_tokenizer, save_trained_tokenizer_with, train_tokenizer, TokenizerKind,
+    TokenizerTrainConfig,
+};
 
 const STREAM_MASK: u64 = 31;
 const STREAM_DROPOUT: u64 = 32;
@@ -178,8 +184,35 @@ pub struct PretrainConfig {
     pub eval_batch_size: usize,
     pub model: ModelSpec,
     pub corpus: CorpusConfig,
+    /// `mlm` (BERT, RoBERTa) or `plm` (permutation LM, XLNet).
+    #[serde(default)]
+    pub objective: Objective,
     #[serde(default)]
     pub mlm: MaskConfig,
+    #[serde(default)]
+    pub plm: PlmConfig,
+}
+
+/// The pre-training objective.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Masked language modelling (BERT, RoBERTa).
+    #[default]
+    Mlm,
+    /// Permutation language modelling (XLNet).
+    Plm,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mlm" => Ok(Self::Mlm),
+            "plm" => Ok(Self::Plm),
+            o => Err(format!("unknown objective `{o}` (mlm, plm)")),
+        }
+    }
 }
 
 impl PretrainConfig {
@@ -236,6 +269,7 @@ impl PretrainConfig {
             ));
         }
         self.mlm.validate().map_err(Error::Config)?;
+        self.plm.validate().map_err(Error::Config)?;
         let m = &self.model;
         let fresh = m.tokenizer.is_some() || m.train_tokenizer.is_some();
         match (&m.from, fresh) {
@@ -251,8 +285,17 @@ impl PretrainConfig {
                         return bad(format!("[model]: a fresh model needs `{k}`"));
                     }
                 }
-                if !matches!(m.model_type.as_str(), "bert" | "roberta") {
-                    return bad(format!("[model]: model_type `{}` (bert or roberta)", m.model_type));
+                if !matches!(m.model_type.as_str(), "bert" | "roberta" | "xlnet") {
+                    return bad(format!(
+                        "[model]: model_type `{}` (bert, roberta or xlnet)",
+                        m.model_type
+                    ));
+                }
+                if (m.model_type == "xlnet") != (self.objective == Objective::Plm) {
+                    return bad(format!(
+                        "objective `{:?}` with model_type `{}`: XLNet pre-trains with `plm`, BERT and RoBERTa with `mlm`",
+                        self.objective, m.model_type
+                    ));
                 }
                 Ok(())
             }
@@ -348,8 +391,8 @@ fn vocab_of(tok: &PrismTokenizer) -> Result<(Vocab, u32, u32)> {
         msg: format!("the tokenizer has no {what} token"),
     };
     let mask_id = find(&["[MASK]", "<mask>"]).ok_or_else(|| missing("mask"))?;
-    let cls = find(&["[CLS]", "<s>"]).ok_or_else(|| missing("[CLS]/<s>"))?;
-    let sep = find(&["[SEP]", "</s>"]).ok_or_else(|| missing("[SEP]/</s>"))?;
+    let cls = find(&["[CLS]", "<cls>", "<s>"]).ok_or_else(|| missing("[CLS]/<cls>/<s>"))?;
+    let sep = find(&["[SEP]", "<sep>", "</s>"]).ok_or_else(|| missing("[SEP]/<sep>/</s>"))?;
     let mut special_ids: Vec<u32> = tok
         .inner()
         .get_added_tokens_decoder()
@@ -359,6 +402,7 @@ fn vocab_of(tok: &PrismTokenizer) -> Result<(Vocab, u32, u32)> {
         .collect();
     for t in [
         "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>",
+        "<cls>", "<sep>", "<eod>", "<eop>",
     ] {
         if let Some(i) = tok.token_to_id(t) {
             special_ids.push(i);
@@ -388,41 +432,134 @@ fn batch_input(mb: &MaskedBatch, device: &Device) -> Result<(EncoderInput, Tenso
     ))
 }
 
-/// Held-out loss, perplexity and masked-token accuracy, with masks fixed by the seed (the same
-/// at every evaluation, so the curve compares like with like).
-pub fn evaluate_mlm(
-    model: &MaskedLm,
-    dev: &[Sequence],
-    cfg: &MaskConfig,
+/// The model being pre-trained, with its objective's head.
+pub enum LmModel {
+    Mlm(MaskedLm),
+    Plm(PermutationLm),
+}
+
+impl LmModel {
+    pub fn new(base: PretrainedModel, objective: Objective) -> Result<Self> {
+        Ok(match objective {
+            Objective::Mlm => LmModel::Mlm(MaskedLm::new(base)?),
+            Objective::Plm => LmModel::Plm(PermutationLm::new(base)?),
+        })
+    }
+
+    pub fn base(&self) -> &PretrainedModel {
+        match self {
+            LmModel::Mlm(m) => &m.base,
+            LmModel::Plm(m) => &m.base,
+        }
+    }
+}
+
+/// A batch of either objective, ready for the model.
+pub struct LmBatch {
+    pub input: EncoderInput,
+    /// PLM: the permutation mask and two-stream flag.
+    pub extras: Option<XlnetExtras>,
+    /// Flat positions of the predicted tokens, (P) u32, and their ids.
+    pub positions: Tensor,
+    pub labels: Tensor,
+    pub labels_vec: Vec<u32>,
+    /// Real tokens in the batch.
+    pub tokens: usize,
+}
+
+/// Mask (MLM) or permute (PLM) a batch of packed sequences with `rng`.
+pub fn make_batch(
+    cfg: &PretrainConfig,
+    seqs: &[&Sequence],
     vocab: &Vocab,
-    batch_size: usize,
+    rng: &mut rand::rngs::StdRng,
+    device: &Device,
+) -> Result<LmBatch> {
+    match cfg.objective {
+        Objective::Mlm => {
+            let mb = mask_batch(seqs, &cfg.mlm, vocab, rng);
+            let (input, positions, labels) = batch_input(&mb, device)?;
+            Ok(LmBatch {
+                input,
+                extras: None,
+                positions,
+                labels,
+                labels_vec: mb.labels,
+                tokens: mb.tokens,
+            })
+        }
+        Objective::Plm => {
+            let pb = plm_batch(seqs, &cfg.plm, vocab.pad_id, rng);
+            let (b, t) = (pb.batch, pb.len);
+            let ids = Tensor::from_vec(pb.input_ids, (b, t), device)?;
+            let mask = Tensor::from_vec(pb.attention_mask, (b, t), device)?;
+            // One query-stream slot per position (transformers' identity target_mapping,
+            // without materialising it).
+            let extras = XlnetExtras {
+                perm_mask: Some(Tensor::from_vec(pb.perm_mask, (b, t, t), device)?),
+                target_mapping: None,
+                mems: None,
+                two_stream: true,
+            };
+            Ok(LmBatch {
+                input: EncoderInput::new(ids, mask),
+                extras: Some(extras),
+                positions: Tensor::new(pb.positions.as_slice(), device)?,
+                labels: Tensor::new(pb.labels.as_slice(), device)?,
+                labels_vec: pb.labels,
+                tokens: pb.tokens,
+            })
+        }
+    }
+}
+
+/// Vocabulary logits at the batch's predicted positions, (P, V).
+pub fn lm_logits(model: &LmModel, b: &LmBatch, mode: &Mode) -> Result<Tensor> {
+    Ok(match (model, &b.extras) {
+        (LmModel::Mlm(m), _) => m.logits_at(&b.input, &b.positions, mode)?,
+        (LmModel::Plm(m), Some(x)) => m.logits_at(&b.input, x, &b.positions, mode)?,
+        (LmModel::Plm(_), None) => {
+            return Err(Error::Config(
+                "a PLM batch needs its permutation mask".into(),
+            ))
+        }
+    })
+}
+
+/// Held-out loss, perplexity and predicted-token accuracy, with masks (or permutations) fixed
+/// by the seed, the same at every evaluation, so the curve compares like with like.
+pub fn evaluate_lm(
+    model: &LmModel,
+    dev: &[Sequence],
+    cfg: &PretrainConfig,
+    vocab: &Vocab,
     seed: u64,
 ) -> Result<MlmEval> {
-    let device = model.base.params.device().clone();
+    let device = model.base().params.device().clone();
     let (mut nll, mut correct, mut n) = (0f64, 0usize, 0usize);
-    for (bi, chunk) in dev.chunks(batch_size.max(1)).enumerate() {
+    for (bi, chunk) in dev.chunks(cfg.eval_batch_size.max(1)).enumerate() {
         let refs: Vec<&Sequence> = chunk.iter().collect();
-        let mb = mask_batch(
-            &refs,
+        let b = make_batch(
             cfg,
+            &refs,
             vocab,
             &mut rng_for(seed, STREAM_DEV_MASK, bi as u64),
-        );
-        let (input, pos, labels) = batch_input(&mb, &device)?;
-        let logits = model.logits_at(&input, &pos, &Mode::Eval)?.detach(); // (M, V)
+            &device,
+        )?;
+        let logits = lm_logits(model, &b, &Mode::Eval)?.detach(); // (P, V)
         let logp = crate::tasks::log_softmax(&logits)?;
         let picked: Vec<f32> = logp
-            .gather(&labels.unsqueeze(1)?, 1)?
+            .gather(&b.labels.unsqueeze(1)?, 1)?
             .squeeze(1)?
             .to_vec1()?;
         let argmax: Vec<u32> = logits.argmax(1)?.to_vec1()?;
         nll -= picked.iter().map(|&x| x as f64).sum::<f64>();
         correct += argmax
             .iter()
-            .zip(&mb.labels)
+            .zip(&b.labels_vec)
             .filter(|(a, b)| a == b)
             .count();
-        n += mb.labels.len();
+        n += b.labels_vec.len();
     }
     let loss = nll / n.max(1) as f64;
     Ok(MlmEval {
@@ -465,15 +602,54 @@ fn fresh_model(
                         vocab_size: t.vocab_size,
                         min_frequency: t.min_frequency,
                         lowercase: t.lowercase,
+                        xlnet: m.model_type == "xlnet",
                     },
                     train_files,
                 )?;
-                save_trained_tokenizer(&tk, t.kind, t.lowercase, cfg.corpus.max_length, &dir)?;
+                save_trained_tokenizer_with(
+                    &tk,
+                    t.kind,
+                    m.model_type == "xlnet",
+                    t.lowercase,
+                    cfg.corpus.max_length,
+                    &dir,
+                )?;
             }
             dir
         }
         (None, None) => return Err(Error::Config("[model] needs a tokenizer".into())),
     };
+    if m.model_type == "xlnet" {
+        let tok = PrismTokenizer::load(&tok_dir, cfg.corpus.max_length)?;
+        let hidden = m.hidden_size.unwrap_or(256);
+        let heads = m.num_attention_heads.unwrap_or(4);
+        let config = XlnetConfig {
+            model_type: "xlnet".into(),
+            architectures: vec![],
+            vocab_size: tok.vocab_size(),
+            d_model: hidden,
+            n_layer: m.num_hidden_layers.unwrap_or(4),
+            n_head: heads,
+            d_head: Some(hidden / heads.max(1)),
+            d_inner: m.intermediate_size.unwrap_or(4 * hidden),
+            ff_activation: "gelu".into(),
+            untie_r: true,
+            attn_type: "bi".into(),
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            dropout: m.dropout,
+            mem_len: None,
+            bi_data: false,
+            clamp_len: -1,
+            same_length: false,
+            pad_token_id: Some(tok.pad_id()),
+            extra: serde_json::Map::from_iter([("tie_word_embeddings".to_string(), true.into())]),
+        };
+        let mut model =
+            PretrainedModel::fresh(ModelConfig::Xlnet(config), Some(tok), device, cfg.seed)?;
+        model.dir = Some(tok_dir);
+        return Ok(model);
+    }
     let roberta = m.model_type == "roberta";
     let max_pos = cfg.corpus.max_length + if roberta { 2 } else { 0 };
     let tok = PrismTokenizer::load(&tok_dir, cfg.corpus.max_length)?;
@@ -572,19 +748,21 @@ pub fn pretrain(
         },
     };
     base.params.reseed(cfg.seed ^ 0x4D4C4D);
-    let model = MaskedLm::new(base)?;
-    let tok = model.base.tokenizer()?.clone();
-    if cfg.corpus.max_length > model.base.config.max_tokens() {
+    let xlnet = matches!(base.config, ModelConfig::Xlnet(_));
+    let model = LmModel::new(base, cfg.objective)?;
+    let tok = model.base().tokenizer()?.clone();
+    if cfg.corpus.max_length > model.base().config.max_tokens() {
         return Err(Error::Config(format!(
             "corpus.max_length {} exceeds the model's {} positions",
             cfg.corpus.max_length,
-            model.base.config.max_tokens()
+            model.base().config.max_tokens()
         )));
     }
     let (vocab, cls, sep) = vocab_of(&tok)?;
     let enc = TextEncoder::new(tok.inner())?;
     let spec = PackSpec {
         files: train_files.clone(),
+        cls_last: xlnet,
         format: cfg.corpus.format,
         max_len: cfg.corpus.max_length,
         cls,
@@ -614,7 +792,7 @@ pub fn pretrain(
         config: cfg.clone(),
     });
     let mut opt = AdamW::new(
-        model.base.params.vars(),
+        model.base().params.vars(),
         AdamWConfig {
             weight_decay: cfg.weight_decay,
             ..Default::default()
@@ -629,8 +807,8 @@ pub fn pretrain(
     } else {
         eprintln!(
             "pre-training a {}-parameter {} on {} files ({} held-out sequences)",
-            model.base.num_parameters(),
-            model.base.config.model_type(),
+            model.base().num_parameters(),
+            model.base().config.model_type(),
             train_files.len(),
             dev.len()
         );
@@ -665,18 +843,18 @@ pub fn pretrain(
                 state.cursor = c;
             }
             let refs: Vec<&Sequence> = seqs.iter().collect();
-            let mb = mask_batch(
+            let batch = make_batch(
+                cfg,
                 &refs,
-                &cfg.mlm,
                 &vocab,
                 &mut rng_for(cfg.seed, STREAM_MASK, k),
-            );
-            step_tokens += mb.tokens as u64;
-            let (input, pos, labels) = batch_input(&mb, device)?;
+                device,
+            )?;
+            step_tokens += batch.tokens as u64;
             // -- forward, loss, backward
             let mode = Mode::train(rng_for(cfg.seed, STREAM_DROPOUT, k).random::<u64>());
-            let logits = model.logits_at(&input, &pos, &mode)?;
-            let loss = crate::tasks::cross_entropy(&logits, &labels)?;
+            let logits = lm_logits(&model, &batch, &mode)?;
+            let loss = crate::tasks::cross_entropy(&logits, &batch.labels)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(Error::Config(format!(
@@ -726,14 +904,7 @@ pub fn pretrain(
         // -- held-out evaluation
         let last = state.step == cfg.steps;
         if !dev.is_empty() && ((cfg.eval_every > 0 && state.step % cfg.eval_every == 0) || last) {
-            let r = evaluate_mlm(
-                &model,
-                &dev,
-                &cfg.mlm,
-                &vocab,
-                cfg.eval_batch_size,
-                cfg.seed,
-            )?;
+            let r = evaluate_lm(&model, &dev, cfg, &vocab, cfg.seed)?;
             log.write(serde_json::json!({
                 "step": state.step, "split": "dev", "loss": r.loss,
                 "perplexity": r.perplexity, "accuracy": r.accuracy,
@@ -784,7 +955,7 @@ pub fn pretrain(
         let dir = out.join("model");
         let tmp = out.join(".model-tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        model.base.save(&tmp)?;
+        model.base().save(&tmp)?;
         swap_dir(&tmp, &dir)?;
         dir
     } else {
@@ -795,7 +966,7 @@ pub fn pretrain(
         completed,
         train_seconds: state.elapsed_s,
         tokens_seen: state.tokens_seen,
-        parameters: model.base.num_parameters(),
+        parameters: model.base().num_parameters(),
         dev: last_eval,
         perplexity_curve: curve,
         model_dir,
@@ -812,10 +983,10 @@ pub fn pretrain(
     Ok(report)
 }
 
-fn save_checkpoint(out: &Path, model: &MaskedLm, opt: &AdamW, state: &PretrainState) -> Result<()> {
+fn save_checkpoint(out: &Path, model: &LmModel, opt: &AdamW, state: &PretrainState) -> Result<()> {
     let tmp = out.join(".checkpoint-tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    model.base.save(&tmp)?;
+    model.base().save(&tmp)?;
     let opt_path = tmp.join("optimizer.safetensors");
     candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File {
         path: opt_path.clone(),

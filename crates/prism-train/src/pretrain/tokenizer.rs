@@ -55,10 +55,21 @@ struct Specials {
     cls: &'static str,
     sep: &'static str,
     mask: &'static str,
-    order: [&'static str; 5],
+    order: Vec<&'static str>,
 }
 
-fn specials(kind: TokenizerKind) -> Specials {
+fn specials(kind: TokenizerKind, xlnet: bool) -> Specials {
+    if xlnet {
+        // XLNet's special ids: <unk> 0, <s> 1, </s> 2, <cls> 3, <sep> 4, <pad> 5, <mask> 6.
+        return Specials {
+            pad: "<pad>",
+            unk: "<unk>",
+            cls: "<cls>",
+            sep: "<sep>",
+            mask: "<mask>",
+            order: vec!["<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>"],
+        };
+    }
     match kind {
         TokenizerKind::Bpe => Specials {
             pad: "<pad>",
@@ -66,7 +77,7 @@ fn specials(kind: TokenizerKind) -> Specials {
             cls: "<s>",
             sep: "</s>",
             mask: "<mask>",
-            order: ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+            order: vec!["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
         },
         _ => Specials {
             pad: "[PAD]",
@@ -74,7 +85,7 @@ fn specials(kind: TokenizerKind) -> Specials {
             cls: "[CLS]",
             sep: "[SEP]",
             mask: "[MASK]",
-            order: ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+            order: vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
         },
     }
 }
@@ -87,6 +98,8 @@ pub struct TokenizerTrainConfig {
     pub min_frequency: u64,
     /// Lower-case (wordpiece and unigram; byte-level BPE keeps case, like RoBERTa).
     pub lowercase: bool,
+    /// XLNet's special tokens and layout (`A <sep> <cls>`), for unigram models.
+    pub xlnet: bool,
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -119,7 +132,12 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, files: &[PathBuf]) -> Result<
             return Err(Error::data(f, line, "(text)", "not valid UTF-8"));
         }
     }
-    let sp = specials(cfg.kind);
+    if cfg.xlnet && cfg.kind != TokenizerKind::Unigram {
+        return Err(Error::Config(
+            "XLNet tokenizers are unigram (SentencePiece-style) models".into(),
+        ));
+    }
+    let sp = specials(cfg.kind, cfg.xlnet);
     let special_tokens: Vec<AddedToken> = sp
         .order
         .iter()
@@ -195,6 +213,16 @@ pub fn train_tokenizer(cfg: &TokenizerTrainConfig, files: &[PathBuf]) -> Result<
     };
     let (cls, sep) = (id(sp.cls)?, id(sp.sep)?);
     match cfg.kind {
+        _ if cfg.xlnet => {
+            let tp = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single("$A:0 <sep>:0 <cls>:2")
+                .and_then(|b| b.try_pair("$A:0 <sep>:0 $B:1 <sep>:1 <cls>:2"))
+                .map_err(|e| tok_err(first, e))?
+                .special_tokens(vec![("<sep>", sep), ("<cls>", cls)])
+                .build()
+                .map_err(|e| tok_err(first, e))?;
+            tk.with_post_processor(Some(tp));
+        }
         TokenizerKind::Bpe => {
             tk.with_post_processor(Some(
                 RobertaProcessing::new((sp.sep.into(), sep), (sp.cls.into(), cls))
@@ -221,11 +249,23 @@ pub fn save_trained_tokenizer(
     model_max_length: usize,
     dir: &Path,
 ) -> Result<()> {
+    save_trained_tokenizer_with(tk, kind, false, lowercase, model_max_length, dir)
+}
+
+/// [`save_trained_tokenizer`], for XLNet-convention tokenizers too (left padding).
+pub fn save_trained_tokenizer_with(
+    tk: &Tokenizer,
+    kind: TokenizerKind,
+    xlnet: bool,
+    lowercase: bool,
+    model_max_length: usize,
+    dir: &Path,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = dir.join("tokenizer.json");
     let text = tk.to_string(true).map_err(|e| tok_err(&json, e))?;
     prism_model::checkpoint::write_atomic(&json, text.as_bytes())?;
-    let sp = specials(kind);
+    let sp = specials(kind, xlnet);
     let mut map = serde_json::json!({
         "unk_token": sp.unk, "pad_token": sp.pad, "cls_token": sp.cls,
         "sep_token": sp.sep, "mask_token": sp.mask,
@@ -245,6 +285,9 @@ pub fn save_trained_tokenizer(
     cfg["model_max_length"] = model_max_length.into();
     cfg["do_lower_case"] = (lowercase && kind != TokenizerKind::Bpe).into();
     cfg["clean_up_tokenization_spaces"] = false.into();
+    if xlnet {
+        cfg["padding_side"] = "left".into();
+    }
     prism_model::checkpoint::write_atomic(
         &dir.join("tokenizer_config.json"),
         serde_json::to_string_pretty(&cfg)
