@@ -9,34 +9,34 @@ use crate::tasks::TaskKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-fn d_seed() -> u64 {
+pub(crate) fn d_seed() -> u64 {
     42
 }
 fn d_batch() -> usize {
     16
 }
-fn d_one() -> usize {
+pub(crate) fn d_one() -> usize {
     1
 }
 fn d_lr() -> f64 {
     5e-5
 }
-fn d_wd() -> f64 {
+pub(crate) fn d_wd() -> f64 {
     0.01
 }
 fn d_warmup() -> f64 {
     0.1
 }
-fn d_clip() -> f64 {
+pub(crate) fn d_clip() -> f64 {
     1.0
 }
-fn d_eval_batch() -> usize {
+pub(crate) fn d_eval_batch() -> usize {
     64
 }
 fn d_weight() -> f64 {
     1.0
 }
-fn d_max_len() -> usize {
+pub(crate) fn d_max_len() -> usize {
     128
 }
 fn d_stride() -> usize {
@@ -335,11 +335,7 @@ impl TrainConfig {
     }
 
     pub fn warmup_steps(&self) -> usize {
-        if self.warmup >= 1.0 {
-            self.warmup as usize
-        } else {
-            (self.warmup * self.steps as f64).round() as usize
-        }
+        crate::optim::warmup_steps(self.warmup, self.steps)
     }
 }
 

@@ -2,6 +2,7 @@
 //! their heads, losses and metrics, AdamW with schedules, and the multi-task trainer with exact
 //! resume.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;

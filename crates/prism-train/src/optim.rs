@@ -20,6 +20,15 @@ pub enum Schedule {
     Constant,
 }
 
+/// Warm-up steps from a config's `warmup`: a fraction of `steps` (< 1) or a step count (>= 1).
+pub fn warmup_steps(warmup: f64, steps: usize) -> usize {
+    if warmup >= 1.0 {
+        warmup as usize
+    } else {
+        (warmup * steps as f64).round() as usize
+    }
+}
+
 /// Linear warm-up from 0 to `peak` over `warmup` steps, then `schedule` down to 0 at `total`.
 pub fn lr_at(step: usize, peak: f64, warmup: usize, total: usize, schedule: Schedule) -> f64 {
     if step < warmup {
@@ -139,6 +148,27 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// The update of a training step: the gradient summed over `micro_batches` is averaged,
+    /// its global norm clipped to `max_grad_norm` (0: no clipping), and one step taken.
+    /// Returns the norm before clipping.
+    pub fn clipped_step(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        micro_batches: usize,
+        max_grad_norm: f64,
+    ) -> Result<f64> {
+        let avg = 1.0 / micro_batches.max(1) as f64;
+        let norm = self.grad_norm(grads)? * avg;
+        let clip = if max_grad_norm > 0.0 && norm > max_grad_norm {
+            max_grad_norm / norm
+        } else {
+            1.0
+        };
+        self.step(grads, lr, avg * clip)?;
+        Ok(norm)
     }
 
     /// Moments as tensors `m.<name>` / `v.<name>`, for checkpoints.

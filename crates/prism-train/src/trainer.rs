@@ -8,6 +8,9 @@
 //! optimiser moments, and the early-stopping bookkeeping. Checkpoints are written to a
 //! temporary folder and renamed into place.
 
+use crate::checkpoint::{
+    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir, write_checkpoint,
+};
 use crate::config::{task_probabilities, TrainConfig};
 use crate::data::{self, Example, Target};
 use crate::error::{Error, Result};
@@ -387,54 +390,17 @@ pub fn prepare_with(
     Ok((model, out))
 }
 
-fn checkpoint_dir(out: &Path) -> PathBuf {
-    out.join("checkpoint-last")
-}
-
-/// Replace `dst` by the folder `tmp` as atomically as the file system allows: rename the old
-/// one aside, rename the new one in, then delete the old one.
-pub(crate) fn swap_dir(tmp: &Path, dst: &Path) -> Result<()> {
-    let old = dst.with_extension("old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dst.exists() {
-        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
-    }
-    std::fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
 fn save_checkpoint(
     out: &Path,
     model: &MultiTaskModel,
     opt: &AdamW,
     state: &TrainerState,
 ) -> Result<()> {
-    let tmp = out.join(".checkpoint-tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    model.save(&tmp)?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File {
-        path: opt_path.clone(),
-        msg: e.to_string(),
-    })?;
-    write_atomic(
-        &tmp.join("trainer_state.json"),
-        serde_json::to_string_pretty(state)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    swap_dir(&tmp, &checkpoint_dir(out))
+    write_checkpoint(out, |d| model.save(d), opt, STATE_FILE, state)
 }
 
-/// The checkpoint to resume from, if any (a crash between the two renames of [`swap_dir`]
-/// leaves only the `.old` copy).
-fn find_checkpoint(out: &Path) -> Option<PathBuf> {
-    let dir = checkpoint_dir(out);
-    [dir.clone(), dir.with_extension("old")]
-        .into_iter()
-        .find(|d| d.join("trainer_state.json").is_file())
-}
+/// The JSON state in a fine-tuning checkpoint.
+const STATE_FILE: &str = "trainer_state.json";
 
 fn higher_is_better(metric: &str) -> bool {
     !(metric.ends_with("mse") || metric.ends_with("loss"))
@@ -517,43 +483,17 @@ impl Log {
 /// Train as configured, resuming from `output/checkpoint-last` when it exists.
 pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Report> {
     let out = cfg.output.clone();
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    if opts.restart {
-        for d in [
-            "checkpoint-last",
-            "checkpoint-last.old",
-            ".checkpoint-tmp",
-            "best",
-            "model",
-        ] {
-            let _ = std::fs::remove_dir_all(out.join(d));
-        }
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-    }
-    let resume = find_checkpoint(&out);
+    prepare_output(&out, opts.restart, &["best"])?;
+    let resume = find_checkpoint(&out, STATE_FILE);
     // A resumed run takes its weights (encoder and heads) from the checkpoint; a fresh one from
     // the configured model.
     let mut saved_state = None;
     let mut opt_state = None;
     let base = match &resume {
         Some(ck) => {
-            let sp = ck.join("trainer_state.json");
-            let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-            let saved: TrainerState = serde_json::from_str(&text).map_err(|e| Error::File {
-                path: sp.clone(),
-                msg: format!("corrupt trainer state: {e}"),
-            })?;
-            if saved.config != *cfg {
-                return Err(Error::File { path: sp, msg: "the config changed since this checkpoint was written; run with --restart to start over".into() });
-            }
-            let op = ck.join("optimizer.safetensors");
-            let moments =
-                candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File {
-                    path: op.clone(),
-                    msg: format!("corrupt optimizer state: {e}"),
-                })?;
-            opt_state = Some((moments, op));
-            saved_state = Some(saved);
+            let r = read_checkpoint(ck, STATE_FILE, cfg, |s: &TrainerState| &s.config)?;
+            opt_state = Some((r.moments, r.moments_path));
+            saved_state = Some(r.state);
             PretrainedModel::load(ck, device)?
         }
         None => {
@@ -767,14 +707,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         }
         let grads = grads.ok_or_else(|| Error::Config("no gradient".into()))?;
         // -- clip (the norm of the averaged micro-batch gradient) and step
-        let avg = 1.0 / cfg.grad_accum as f64;
-        let norm = opt.grad_norm(&grads)? * avg;
-        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
-            cfg.max_grad_norm / norm
-        } else {
-            1.0
-        };
-        opt.step(&grads, lr, avg * clip)?;
+        let norm = opt.clipped_step(&grads, lr, cfg.grad_accum, cfg.max_grad_norm)?;
         state.step += 1;
         this_run += 1;
         state.adam_t = opt.t;

@@ -13,9 +13,13 @@ pub mod masking;
 pub mod plm;
 pub mod tokenizer;
 
+use crate::checkpoint::{
+    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir, write_checkpoint,
+};
+use crate::config::{d_clip, d_eval_batch, d_max_len, d_one, d_seed, d_wd};
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, AdamW, AdamWConfig, Schedule};
-use crate::trainer::{progress_bar, rng_for, swap_dir, Cursor, Log};
+use crate::trainer::{progress_bar, rng_for, Cursor, Log};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use corpus::{expand_paths, pack_all, CorpusStream, DocFormat, PackSpec, Sequence, TextEncoder};
@@ -40,32 +44,14 @@ const STREAM_MASK: u64 = 31;
 const STREAM_DROPOUT: u64 = 32;
 const STREAM_DEV_MASK: u64 = 33;
 
-fn d_seed() -> u64 {
-    42
-}
 fn d_batch() -> usize {
     32
-}
-fn d_one() -> usize {
-    1
 }
 fn d_lr() -> f64 {
     5e-4
 }
-fn d_wd() -> f64 {
-    0.01
-}
 fn d_warmup() -> f64 {
     0.06
-}
-fn d_clip() -> f64 {
-    1.0
-}
-fn d_eval_batch() -> usize {
-    64
-}
-fn d_max_len() -> usize {
-    128
 }
 fn d_shuffle() -> usize {
     2000
@@ -304,11 +290,7 @@ impl PretrainConfig {
     }
 
     pub fn warmup_steps(&self) -> usize {
-        if self.warmup >= 1.0 {
-            self.warmup as usize
-        } else {
-            (self.warmup * self.steps as f64).round() as usize
-        }
+        crate::optim::warmup_steps(self.warmup, self.steps)
     }
 }
 
@@ -694,52 +676,22 @@ pub fn pretrain(
     opts: &PretrainOptions,
 ) -> Result<PretrainReport> {
     let out = cfg.output.clone();
-    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    if opts.restart {
-        for d in [
-            "checkpoint-last",
-            "checkpoint-last.old",
-            ".checkpoint-tmp",
-            "model",
-        ] {
-            let _ = std::fs::remove_dir_all(out.join(d));
-        }
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-    }
+    prepare_output(&out, opts.restart, &[])?;
     let train_files = resolve_corpus(&cfg.corpus.train)?;
     let dev_files = if cfg.corpus.dev.is_empty() {
         Vec::new()
     } else {
         resolve_corpus(&cfg.corpus.dev)?
     };
-    let ck = out.join("checkpoint-last");
-    let resume = [ck.clone(), ck.with_extension("old")]
-        .into_iter()
-        .find(|d| d.join("pretrain_state.json").is_file());
+    let ck = checkpoint_dir(&out);
+    let resume = find_checkpoint(&out, STATE_FILE);
     let mut saved = None;
     let mut opt_state = None;
     let base = match &resume {
         Some(dir) => {
-            let sp = dir.join("pretrain_state.json");
-            let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-            let st: PretrainState = serde_json::from_str(&text).map_err(|e| Error::File {
-                path: sp.clone(),
-                msg: format!("corrupt pre-training state: {e}"),
-            })?;
-            if st.config != *cfg {
-                return Err(Error::File {
-                    path: sp,
-                    msg: "the config changed since this checkpoint was written; run with --restart to start over".into(),
-                });
-            }
-            let op = dir.join("optimizer.safetensors");
-            let moments =
-                candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File {
-                    path: op.clone(),
-                    msg: format!("corrupt optimizer state: {e}"),
-                })?;
-            opt_state = Some((moments, op));
-            saved = Some(st);
+            let r = read_checkpoint(dir, STATE_FILE, cfg, |s: &PretrainState| &s.config)?;
+            opt_state = Some((r.moments, r.moments_path));
+            saved = Some(r.state);
             PretrainedModel::load(dir, device)?
         }
         None => match &cfg.model.from {
@@ -872,14 +824,7 @@ pub fn pretrain(
             });
         }
         let grads = grads.ok_or_else(|| Error::Config("no gradient".into()))?;
-        let avg = 1.0 / cfg.grad_accum as f64;
-        let norm = opt.grad_norm(&grads)? * avg;
-        let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
-            cfg.max_grad_norm / norm
-        } else {
-            1.0
-        };
-        opt.step(&grads, lr, avg * clip)?;
+        let norm = opt.clipped_step(&grads, lr, cfg.grad_accum, cfg.max_grad_norm)?;
         drop(grads);
         state.step += 1;
         this_run += 1;
@@ -887,7 +832,7 @@ pub fn pretrain(
         state.tokens_seen += step_tokens;
         tokens_this_run += step_tokens;
         state.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let loss = loss_sum * avg;
+        let loss = loss_sum / cfg.grad_accum as f64;
         running = Some(running.map_or(loss, |r| 0.95 * r + 0.05 * loss));
         let tps = tokens_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
         log.write(serde_json::json!({
@@ -983,22 +928,11 @@ pub fn pretrain(
     Ok(report)
 }
 
+/// The JSON state in a pre-training checkpoint.
+const STATE_FILE: &str = "pretrain_state.json";
+
 fn save_checkpoint(out: &Path, model: &LmModel, opt: &AdamW, state: &PretrainState) -> Result<()> {
-    let tmp = out.join(".checkpoint-tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    model.base().save(&tmp)?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File {
-        path: opt_path.clone(),
-        msg: e.to_string(),
-    })?;
-    write_atomic(
-        &tmp.join("pretrain_state.json"),
-        serde_json::to_string_pretty(state)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
-    swap_dir(&tmp, &out.join("checkpoint-last"))
+    write_checkpoint(out, |d| Ok(model.base().save(d)?), opt, STATE_FILE, state)
 }
 
 /// `report.html`: training loss and held-out perplexity curves.

@@ -1,0 +1,123 @@
+//! The resumable-run plumbing shared by fine-tuning and pre-training: the output folder, the
+//! `checkpoint-last/` folder (model, AdamW moments, a JSON state) written to a temporary folder
+//! and swapped into place, and reading it back with a check that the config did not change.
+
+use crate::error::{Error, Result};
+use crate::optim::AdamW;
+use candle_core::{Device, Tensor};
+use prism_model::checkpoint::write_atomic;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint-last")
+}
+
+/// Create `out`; with `restart`, delete what an earlier run left there (`also`: more folders).
+pub fn prepare_output(out: &Path, restart: bool, also: &[&str]) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if restart {
+        for d in [
+            "checkpoint-last",
+            "checkpoint-last.old",
+            ".checkpoint-tmp",
+            "model",
+        ]
+        .iter()
+        .chain(also)
+        {
+            let _ = std::fs::remove_dir_all(out.join(d));
+        }
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    }
+    Ok(())
+}
+
+/// Replace `dst` by the folder `tmp` as atomically as the file system allows: rename the old
+/// one aside, rename the new one in, then delete the old one.
+pub fn swap_dir(tmp: &Path, dst: &Path) -> Result<()> {
+    let old = dst.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dst.exists() {
+        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
+    }
+    std::fs::rename(tmp, dst).map_err(|e| Error::io(dst, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The checkpoint to resume from, if any (a crash between the two renames of [`swap_dir`]
+/// leaves only the `.old` copy). `state_file` names the run's JSON state.
+pub fn find_checkpoint(out: &Path, state_file: &str) -> Option<PathBuf> {
+    let dir = checkpoint_dir(out);
+    [dir.clone(), dir.with_extension("old")]
+        .into_iter()
+        .find(|d| d.join(state_file).is_file())
+}
+
+/// What a checkpoint folder holds besides the model: the state and the optimiser moments.
+pub struct Resumed<S> {
+    pub state: S,
+    pub moments: HashMap<String, Tensor>,
+    pub moments_path: PathBuf,
+}
+
+/// Read the state and moments of the checkpoint in `dir`; `config_of` extracts the config the
+/// state was written with, which must equal `config`.
+pub fn read_checkpoint<S: DeserializeOwned, C: PartialEq>(
+    dir: &Path,
+    state_file: &str,
+    config: &C,
+    config_of: impl Fn(&S) -> &C,
+) -> Result<Resumed<S>> {
+    let sp = dir.join(state_file);
+    let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+    let state: S = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: sp.clone(),
+        msg: format!("corrupt run state: {e}"),
+    })?;
+    if config_of(&state) != config {
+        return Err(Error::File {
+            path: sp,
+            msg: "the config changed since this checkpoint was written; run with --restart to start over".into(),
+        });
+    }
+    let op = dir.join("optimizer.safetensors");
+    let moments = candle_core::safetensors::load(&op, &Device::Cpu).map_err(|e| Error::File {
+        path: op.clone(),
+        msg: format!("corrupt optimizer state: {e}"),
+    })?;
+    Ok(Resumed {
+        state,
+        moments,
+        moments_path: op,
+    })
+}
+
+/// Write `checkpoint-last/`: the model (by `save_model` into the folder it is given), the
+/// optimiser moments and the state, all into a temporary folder that is then swapped in.
+pub fn write_checkpoint<S: Serialize>(
+    out: &Path,
+    save_model: impl FnOnce(&Path) -> Result<()>,
+    opt: &AdamW,
+    state_file: &str,
+    state: &S,
+) -> Result<()> {
+    let tmp = out.join(".checkpoint-tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_model(&tmp)?;
+    let opt_path = tmp.join("optimizer.safetensors");
+    candle_core::safetensors::save(&opt.state_tensors()?, &opt_path).map_err(|e| Error::File {
+        path: opt_path.clone(),
+        msg: e.to_string(),
+    })?;
+    write_atomic(
+        &tmp.join(state_file),
+        serde_json::to_string_pretty(state)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    swap_dir(&tmp, &checkpoint_dir(out))
+}
