@@ -1,6 +1,6 @@
 //! Attention-based scores (Abnar & Zuidema 2020): raw attention, attention rollout and
-//! attention flow, all read from the first ([CLS]/<s>) position's row, which is what the
-//! sequence heads pool. For token and QA targets, the row of the target position is used.
+//! attention flow, all read from the row of the token the sequence heads pool (the first,
+//! [CLS]/<s>; XLNet's last, <cls>). For token and QA targets, the row of the target position.
 
 mod flow;
 
@@ -54,12 +54,17 @@ pub fn residual_adjusted(a: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn query_position(target: &Target) -> usize {
+/// The row read for a target: the target token for tags and answer boundaries; otherwise the
+/// token the sequence head summarises ([CLS] / <s> first, XLNet's <cls> last).
+fn query_position(m: &ExplainModel, x: &ExplainInput, target: &Target) -> usize {
     match target {
         Target::Tag { position, .. }
         | Target::AnswerStart { position }
         | Target::AnswerEnd { position } => *position,
-        _ => 0,
+        _ => match &m.model.base.encoder {
+            prism_model::AnyEncoder::Xlnet(_) => x.enc.ids.len().saturating_sub(1),
+            _ => 0,
+        },
     }
 }
 
@@ -84,7 +89,7 @@ impl Method for RawAttention {
         m.check(target, x)?;
         let maps = attention_maps(m, x)?;
         let l = self.layer.unwrap_or(maps.len() - 1).min(maps.len() - 1);
-        let q = query_position(target);
+        let q = query_position(m, x, target);
         let scores = match self.head {
             Some(h) => maps[l][h.min(maps[l].len() - 1)][q].clone(),
             None => mean_heads(&maps[l..=l])[0][q].clone(),
@@ -136,7 +141,7 @@ impl Method for AttentionRollout {
             x,
             self.name(),
             target,
-            r[query_position(target)].clone(),
+            r[query_position(m, x, target)].clone(),
             f,
             None,
         ))
@@ -178,7 +183,7 @@ impl Method for AttentionFlow {
                 }
             }
         }
-        let sink = l * t + query_position(target);
+        let sink = l * t + query_position(m, x, target);
         let scores = (0..t)
             .map(|j| max_flow(n, &edges, j, sink) as f32)
             .collect();
