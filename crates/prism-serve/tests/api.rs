@@ -179,9 +179,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[test]
-fn two_hundred_concurrent_explains_without_errors_and_flat_memory() {
-    let srv = Server::start(ServeOptions::default());
+/// 200 concurrent IG-50 explanations; returns the report line.
+fn load_test(srv: &Server) -> String {
     let a = srv.addr;
     let round = |n: usize| -> Vec<f64> {
         let handles: Vec<_> = (0..n)
@@ -208,8 +207,14 @@ fn two_hundred_concurrent_explains_without_errors_and_flat_memory() {
     let (_, rss1) = memory_kb();
     let lat2 = round(200);
     let (peak, rss2) = memory_kb();
-    println!(
-        "load test: 200 concurrent IG-50 explains in {wall:.2} s; latency p50 {:.3} s, p99 {:.3} s (second round p50 {:.3}, p99 {:.3}); RSS {} -> {} MB, peak {} MB",
+    assert_eq!(lat.len(), 200);
+    // Flat memory: a second round of 200 requests does not grow the process materially.
+    assert!(
+        rss2 < rss1 + 64 * 1024,
+        "memory grew from {rss1} kB to {rss2} kB over 200 requests"
+    );
+    format!(
+        "load test: 200 concurrent IG-50 explains in {wall:.2} s, zero errors; latency p50 {:.3} s, p99 {:.3} s (second round p50 {:.3}, p99 {:.3}); RSS {} -> {} MB, peak {} MB",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat2, 0.5),
@@ -217,13 +222,24 @@ fn two_hundred_concurrent_explains_without_errors_and_flat_memory() {
         rss1 / 1024,
         rss2 / 1024,
         peak / 1024
-    );
-    assert_eq!(lat.len(), 200);
-    // Flat memory: a second round of 200 requests does not grow the process materially.
-    assert!(
-        rss2 < rss1 + 64 * 1024,
-        "memory grew from {rss1} kB to {rss2} kB over 200 requests"
-    );
+    )
+}
+
+#[test]
+fn two_hundred_concurrent_explains_without_errors_and_flat_memory() {
+    let srv = Server::start(ServeOptions::default());
+    println!("{}", load_test(&srv));
+    srv.stop();
+}
+
+/// The same against a real model: `PRISM_SERVE_MODEL=DIR cargo test --release -p prism-serve
+/// --test api -- --ignored --nocapture` (DIR written by `prism train`).
+#[test]
+#[ignore]
+fn load_test_on_a_real_model() {
+    let dir = std::env::var_os("PRISM_SERVE_MODEL").expect("set PRISM_SERVE_MODEL");
+    let srv = Server::start_with(dir.into(), ServeOptions::default());
+    println!("{}", load_test(&srv));
     srv.stop();
 }
 

@@ -20,7 +20,10 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: ServeOptions) -> Self {
-        let dir = fixtures().join("tiny-bert-cls");
+        Self::start_with(fixtures().join("tiny-bert-cls"), opts)
+    }
+
+    pub fn start_with(dir: PathBuf, opts: ServeOptions) -> Self {
         let model = MultiTaskModel::load(&dir, &candle_core::Device::Cpu).unwrap();
         let state = AppState::new(model, dir, opts);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
