@@ -82,7 +82,7 @@ pub fn tokenizer_from_spm(path: &Path) -> Result<(Tokenizer, SpmInfo)> {
             merges.sort_by(|a, b| b.2.total_cmp(&a.2));
             let merges: Vec<(String, String)> =
                 merges.into_iter().map(|(l, r, _)| (l, r)).collect();
-            let vocab_map: ahash_free::Vocab = ids.into_iter().collect();
+            let vocab_map: tokenizers::models::bpe::Vocab = ids.into_iter().collect();
             let mut b = BPE::builder()
                 .vocab_and_merges(vocab_map, merges)
                 .fuse_unk(true)
@@ -177,9 +177,4 @@ pub fn tokenizer_from_spm(path: &Path) -> Result<(Tokenizer, SpmInfo)> {
             pieces: pieces.len(),
         },
     ))
-}
-
-mod ahash_free {
-    /// The vocabulary type `BpeBuilder::vocab_and_merges` takes.
-    pub type Vocab = tokenizers::models::bpe::Vocab;
 }

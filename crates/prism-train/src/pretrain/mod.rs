@@ -342,9 +342,9 @@ pub struct PretrainState {
     pub config: PretrainConfig,
 }
 
-/// Held-out MLM figures.
+/// Held-out language-modelling figures (MLM or PLM).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct MlmEval {
+pub struct LmEval {
     pub loss: f64,
     pub perplexity: f64,
     pub accuracy: f64,
@@ -358,7 +358,7 @@ pub struct PretrainReport {
     pub train_seconds: f64,
     pub tokens_seen: u64,
     pub parameters: usize,
-    pub dev: Option<MlmEval>,
+    pub dev: Option<LmEval>,
     /// (step, held-out perplexity) at every evaluation.
     pub perplexity_curve: Vec<(usize, f64)>,
     pub model_dir: PathBuf,
@@ -516,7 +516,7 @@ pub fn evaluate_lm(
     cfg: &PretrainConfig,
     vocab: &Vocab,
     seed: u64,
-) -> Result<MlmEval> {
+) -> Result<LmEval> {
     let device = model.base().params.device().clone();
     let (mut nll, mut correct, mut n) = (0f64, 0usize, 0usize);
     for (bi, chunk) in dev.chunks(cfg.eval_batch_size.max(1)).enumerate() {
@@ -544,7 +544,7 @@ pub fn evaluate_lm(
         n += b.labels_vec.len();
     }
     let loss = nll / n.max(1) as f64;
-    Ok(MlmEval {
+    Ok(LmEval {
         loss,
         perplexity: loss.exp(),
         accuracy: correct as f64 / n.max(1) as f64,
