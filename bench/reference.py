@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""The PyTorch reference for `prism bench`: exactly the same work in PyTorch eager (transformers'
+BERT, default attention implementation) and Captum, on the same thread count.
+
+Workloads (batch B x T tokens, default 16 x 128), per model size:
+  infer  encoder + 2-class head forward, no grad                       sequences/s
+  train  forward (dropout on) + cross-entropy + backward + clip + AdamW  sequences/s
+  ig     Captum LayerIntegratedGradients on the word embeddings, one example of T tokens,
+         50 Gauss-Legendre steps, internal batch B, [PAD] baseline, target softmax class 1,
+         with the convergence delta (one extra forward, as prism computes it)  examples/s
+  mlm    15% of positions masked; encoder forward, MLM head (tied decoder) at the masked
+         positions only, cross-entropy, backward, clip, AdamW                tokens/s
+Sizes: tiny (H32 L2, the test fixture's shape), mini (H256 L4 FFN1024 V30522), minilm (the real
+checkpoint prism fetched: `prism fetch model minilm`), base (H768 L12 FFN3072 V30522).
+
+    pip install torch transformers captum
+    python bench/reference.py [--sizes tiny,mini] [--threads 2] [--json out.json]
+    python bench/reference.py --compare [--prism target/release/prism]   # both, with ratios
+
+--compare runs `prism bench --json -` with the same arguments first, then this script, one after
+the other on the same machine, and prints prism / PyTorch for every row.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SIZES = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100),
+    "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=30522),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522),
+}
+
+
+def peak_rss_mb():
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def stat(v):
+    return {"median": statistics.median(v), "min": min(v), "max": max(v)}
+
+
+def measure(warmup, reps, f):
+    for _ in range(warmup):
+        f()
+    times, phases = [], []
+    for _ in range(max(reps, 1)):
+        t0 = time.perf_counter()
+        p = f()
+        times.append(time.perf_counter() - t0)
+        phases.append(p)
+    return times, phases
+
+
+def encoder_flops(cfg, b, t):
+    c, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    return b * t * l * (8 * c * c + 4 * c * f + 4 * t * c)
+
+
+def make_row(size, work, unit, per_rep, times, flops, phases=None):
+    secs = stat(times)
+    row = {
+        "size": size,
+        "workload": work,
+        "unit": unit,
+        "throughput": stat([per_rep / s for s in times]),
+        "seconds": secs,
+        "gflops": flops / secs["median"] / 1e9,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if phases is not None:
+        order = sorted(range(len(times)), key=lambda i: times[i])
+        row["phases"] = phases[order[len(order) // 2]]
+    return row
+
+
+def minilm_dir(args):
+    if args.minilm:
+        return args.minilm
+    home = os.environ.get("PRISM_HOME") or os.path.expanduser("~/.cache/prism")
+    return os.path.join(home, "models", "minilm")
+
+
+def build(size, args, seq):
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    if size == "minilm":
+        d = minilm_dir(args)
+        cls = BertForSequenceClassification.from_pretrained(d, num_labels=2)
+        mlm = BertForMaskedLM.from_pretrained(d)
+        return cls.config, cls, mlm
+    cfg = BertConfig(max_position_embeddings=max(512, seq), num_labels=2, **SIZES[size])
+    torch.manual_seed(0)
+    return cfg, BertForSequenceClassification(cfg), BertForMaskedLM(cfg)
+
+
+def adamw(model, lr):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if n.endswith(".bias") or "LayerNorm" in n else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def random_ids(g, b, t, vocab):
+    ids = torch.randint(5, vocab, (b, t), generator=g)
+    ids[:, 0] = max(2, min(101, vocab - 1))
+    ids[:, -1] = max(3, min(102, vocab - 1))
+    return ids
+
+
+def bench_size(size, args, rows):
+    b, t = args.batch, args.seq
+    cfg, cls, mlm = build(size, args, t)
+    v, c = cfg.vocab_size, cfg.hidden_size
+    g = torch.Generator().manual_seed(7)
+    fwd = encoder_flops(cfg, b, t)
+    for work in args.workloads:
+        reset_peak_rss()
+        if work == "infer":
+            cls.eval()
+            ids = random_ids(g, b, t, v)
+            mask = torch.ones_like(ids)
+
+            def f():
+                with torch.no_grad():
+                    cls(input_ids=ids, attention_mask=mask).logits.tolist()
+                return None
+
+            times, _ = measure(args.warmup, args.reps, f)
+            row = make_row(size, work, "seq/s", b, times, fwd + 2 * c * c * b)
+        elif work == "train":
+            cls.train()
+            opt = adamw(cls, 1e-5)
+            ids = random_ids(g, b, t, v)
+            mask = torch.ones_like(ids)
+            labels = torch.randint(0, 2, (b,), generator=g)
+
+            def f():
+                t0 = time.perf_counter()
+                loss = torch.nn.functional.cross_entropy(cls(input_ids=ids, attention_mask=mask).logits, labels)
+                loss.item()
+                t1 = time.perf_counter()
+                loss.backward()
+                t2 = time.perf_counter()
+                torch.nn.utils.clip_grad_norm_(cls.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                t3 = time.perf_counter()
+                return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
+
+            times, phases = measure(args.warmup, args.reps, f)
+            row = make_row(size, work, "seq/s", b, times, 3 * (fwd + 2 * c * c * b), phases)
+        elif work == "ig":
+            from captum.attr import LayerIntegratedGradients
+
+            cls.eval()
+            ids = random_ids(g, 1, t, v)
+            base = torch.full_like(ids, cfg.pad_token_id or 0)
+            base[:, 0], base[:, -1] = ids[:, 0], ids[:, -1]
+            mask = torch.ones_like(ids)
+
+            def forward(x, m):
+                return torch.softmax(cls(input_ids=x, attention_mask=m.expand(x.shape[0], -1)).logits, -1)
+
+            lig = LayerIntegratedGradients(forward, cls.bert.embeddings.word_embeddings)
+
+            def f():
+                a, d = lig.attribute(ids, baselines=base, additional_forward_args=(mask,), target=1,
+                                     n_steps=args.ig_steps, method="gausslegendre", internal_batch_size=b,
+                                     return_convergence_delta=True)
+                a.sum(-1).tolist()
+                return None
+
+            times, _ = measure(args.warmup, args.reps, f)
+            one = encoder_flops(cfg, 1, t) + 2 * c * c
+            row = make_row(size, work, "ex/s", 1, times, one * (3 * args.ig_steps + 2))
+        elif work == "mlm":
+            mlm.train()
+            opt = adamw(mlm, 1e-4)
+            ids = random_ids(g, b, t, v)
+            inner = torch.rand((b, t), generator=g) < 0.15
+            inner[:, 0] = inner[:, -1] = False
+            positions = inner.flatten().nonzero().squeeze(1)
+            labels = ids.flatten()[positions].clone()
+            ids = ids.masked_fill(inner, 103 if v > 103 else 4)
+            mask = torch.ones_like(ids)
+
+            def f():
+                t0 = time.perf_counter()
+                h = mlm.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+                logits = mlm.cls(h.reshape(b * t, c)[positions])
+                loss = torch.nn.functional.cross_entropy(logits, labels)
+                loss.item()
+                t1 = time.perf_counter()
+                loss.backward()
+                t2 = time.perf_counter()
+                torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                t3 = time.perf_counter()
+                return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
+
+            times, phases = measure(args.warmup, args.reps, f)
+            head = len(positions) * (2 * c * c + 2 * c * v)
+            row = make_row(size, work, "tok/s", b * t, times, 3 * (fwd + head), phases)
+        else:
+            sys.exit(f"unknown workload {work}")
+        print_row(row)
+        rows.append(row)
+
+
+def print_row(r):
+    ph = r.get("phases")
+    ph = "" if not ph else "%.0f/%.0f/%.0f" % (ph["forward"] * 1e3, ph["backward"] * 1e3, ph["optimizer"] * 1e3)
+    tp = r["throughput"]
+    print(f"{r['size']:<7} {r['workload']:<6} {tp['median']:>12.2f} {r['unit']:>10} {tp['min']:>10.2f} {tp['max']:>10.2f} "
+          f"{r['gflops']:>8.1f} {r['peak_rss_mb']:>9.0f}  {ph}", file=sys.stderr)
+
+
+def sgemm(n):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    s = min(times)
+    return {"n": n, "seconds": s, "gflops": 2 * n ** 3 / s / 1e9}
+
+
+def run_torch(args):
+    torch.set_num_threads(args.threads)
+    print(f"PyTorch {torch.__version__} eager: batch {args.batch} x {args.seq}, {torch.get_num_threads()} threads, "
+          f"{args.warmup} warm-up + {args.reps} repetitions", file=sys.stderr)
+    sg = sgemm(args.sgemm)
+    print(f"sgemm {sg['n']}^3: {sg['gflops']:.1f} GFLOP/s", file=sys.stderr)
+    rows = []
+    for size in args.sizes:
+        bench_size(size, args, rows)
+    return {"torch": torch.__version__, "threads": args.threads, "batch": args.batch, "seq": args.seq,
+            "reps": args.reps, "ig_steps": args.ig_steps, "sgemm": sg, "results": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="tiny,mini,minilm,base")
+    ap.add_argument("--workloads", default="infer,train,ig,mlm")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--ig-steps", type=int, default=50)
+    ap.add_argument("--sgemm", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--minilm", help="MiniLM folder (default: $PRISM_HOME/models/minilm)")
+    ap.add_argument("--json", help="write the JSON report here")
+    ap.add_argument("--compare", action="store_true", help="run `prism bench` first and print the ratios")
+    ap.add_argument("--prism", default="target/release/prism", help="the prism binary for --compare")
+    args = ap.parse_args()
+    args.sizes = args.sizes.split(",")
+    args.workloads = args.workloads.split(",")
+
+    prism = None
+    if args.compare:
+        if "minilm" in args.sizes and not args.minilm:
+            args.minilm = subprocess.run([args.prism, "fetch", "model", "minilm"], check=True,
+                                         capture_output=True, text=True).stdout.strip()
+        cmd = [args.prism, "bench", "--json", "-", "--sizes", ",".join(args.sizes), "--workloads",
+               ",".join(args.workloads), "--batch", str(args.batch), "--seq", str(args.seq), "--reps", str(args.reps),
+               "--warmup", str(args.warmup), "--ig-steps", str(args.ig_steps), "--sgemm", str(args.sgemm),
+               "--threads", str(args.threads)]
+        print("$ " + " ".join(cmd), file=sys.stderr)
+        prism = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+    ref = run_torch(args)
+    out = {"pytorch": ref}
+    if prism is not None:
+        out["prism"] = prism
+        key = lambda r: (r["size"], r["workload"])
+        theirs = {key(r): r for r in ref["results"]}
+        print(f"\n{'size':<7} {'work':<6} {'unit':>6} {'prism':>10} {'PyTorch':>10} {'ratio':>7}   prism GFLOP/s (% of its sgemm)", file=sys.stderr)
+        table = []
+        for r in prism["results"]:
+            t = theirs.get(key(r))
+            if not t:
+                continue
+            ratio = r["throughput"]["median"] / t["throughput"]["median"]
+            pct = 100 * r["gflops"] / prism["sgemm"]["gflops"]
+            print(f"{r['size']:<7} {r['workload']:<6} {r['unit']:>6} {r['throughput']['median']:>10.2f} "
+                  f"{t['throughput']['median']:>10.2f} {ratio:>6.2f}x   {r['gflops']:.1f} ({pct:.0f}%)", file=sys.stderr)
+            table.append({"size": r["size"], "workload": r["workload"], "unit": r["unit"],
+                          "prism": r["throughput"]["median"], "pytorch": t["throughput"]["median"], "ratio": ratio})
+        print(f"sgemm {prism['sgemm']['n']}^3 GFLOP/s: prism {prism['sgemm']['gflops']:.1f}, PyTorch {ref['sgemm']['gflops']:.1f}",
+              file=sys.stderr)
+        out["ratios"] = table
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,534 @@
+//! `prism bench`: throughput of the four workloads that matter (inference, a fine-tuning step,
+//! integrated gradients, a masked-LM step) at four model sizes, with warm-up, repetitions,
+//! median/min/max, peak RSS, achieved GFLOP/s from the matmul FLOP count, and the practical
+//! sgemm peak of this machine. `bench/reference.py` runs the same work in PyTorch eager and
+//! Captum, and `bench/reference.py --compare` prints both side by side with the ratios.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use prism_explain::gradient::IntegratedGradients;
+use prism_explain::{ExplainInput, ExplainModel, Method, Target};
+use prism_model::heads::MaskedLm;
+use prism_model::{
+    fetch, BertConfig, Encoded, Encoder, EncoderInput, Flavor, Mode, ModelConfig, PretrainedModel,
+    PrismTokenizer,
+};
+use prism_train::model::MultiTaskModel;
+use prism_train::optim::{AdamW, AdamWConfig};
+use prism_train::tasks::{cross_entropy, Batch, BatchTargets, TaskKind, TaskSpec};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
+/// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
+pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
+pub const WORKLOADS: [&str; 4] = ["infer", "train", "ig", "mlm"];
+
+pub struct BenchArgs {
+    pub sizes: Vec<String>,
+    pub workloads: Vec<String>,
+    pub batch: usize,
+    pub seq: usize,
+    pub reps: usize,
+    pub warmup: usize,
+    pub ig_steps: usize,
+    pub sgemm: usize,
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(f64::total_cmp);
+        Stat {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Row {
+    size: String,
+    workload: String,
+    /// Throughput unit: sequences/s (infer, train), examples/s (ig), tokens/s (mlm).
+    unit: &'static str,
+    /// Throughput per repetition: median, slowest (min), fastest (max).
+    throughput: Stat,
+    /// Seconds per repetition (one batch, one IG example, one MLM batch).
+    seconds: Stat,
+    /// Matmul GFLOP/s at the median.
+    gflops: f64,
+    /// Seconds of the phases of a training step at the median repetition (train, mlm).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phases: Option<Phases>,
+    peak_rss_mb: f64,
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct Phases {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    threads: usize,
+    batch: usize,
+    seq: usize,
+    reps: usize,
+    ig_steps: usize,
+    sgemm: SgemmRow,
+    results: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct SgemmRow {
+    n: usize,
+    seconds: f64,
+    gflops: f64,
+}
+
+/// The configuration of a named size (None for `minilm`, which is loaded).
+pub fn size_config(size: &str) -> Result<Option<BertConfig>> {
+    let base = prism_model::models::bert::tiny_config(Flavor::Bert);
+    let shaped = |c: usize, l: usize, h: usize, f: usize, v: usize| BertConfig {
+        vocab_size: v,
+        hidden_size: c,
+        num_hidden_layers: l,
+        num_attention_heads: h,
+        intermediate_size: f,
+        max_position_embeddings: 512,
+        ..base.clone()
+    };
+    Ok(match size {
+        "tiny" => Some(base.clone()),
+        "mini" => Some(shaped(256, 4, 4, 1024, 30522)),
+        "base" => Some(shaped(768, 12, 12, 3072, 30522)),
+        "minilm" => None,
+        other => bail!("unknown size `{other}` (one of {})", SIZES.join(", ")),
+    })
+}
+
+/// A word-piece vocabulary of `n` made-up tokens with BERT's specials, written to `dir` so the
+/// synthetic sizes have a tokenizer (IG's [PAD] baseline, the [MASK] id).
+fn synthetic_tokenizer(n: usize, dir: &Path, max_len: usize) -> Result<PrismTokenizer> {
+    std::fs::create_dir_all(dir)?;
+    let mut vocab = String::from("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n");
+    for i in 5..n {
+        vocab.push_str(&format!("w{i}\n"));
+    }
+    std::fs::write(dir.join("vocab.txt"), vocab)?;
+    Ok(PrismTokenizer::load(dir, max_len)?)
+}
+
+fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
+    match size_config(size)? {
+        None => {
+            let dir = fetch::resolve_model(size)?;
+            Ok(PretrainedModel::load(&dir, dev)?)
+        }
+        Some(mut cfg) => {
+            cfg.max_position_embeddings = cfg.max_position_embeddings.max(seq);
+            let dir = std::env::temp_dir().join(format!("prism-bench-vocab-{}", cfg.vocab_size));
+            let tok = synthetic_tokenizer(cfg.vocab_size, &dir, cfg.max_position_embeddings)?;
+            Ok(PretrainedModel::fresh(
+                ModelConfig::Bert(cfg),
+                Some(tok),
+                dev,
+                0,
+            )?)
+        }
+    }
+}
+
+/// Random ids that avoid the specials, with [CLS] first and [SEP] last.
+fn random_ids(b: usize, t: usize, vocab: usize, rng: &mut StdRng) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(b * t);
+    for _ in 0..b {
+        for j in 0..t {
+            ids.push(if j == 0 {
+                101.min(vocab as u32 - 1).max(2)
+            } else if j + 1 == t {
+                102.min(vocab as u32 - 1).max(3)
+            } else {
+                rng.random_range(5..vocab as u32)
+            });
+        }
+    }
+    ids
+}
+
+fn batch_input(ids: Vec<u32>, b: usize, t: usize, dev: &Device) -> Result<EncoderInput> {
+    let ids = Tensor::from_vec(ids, (b, t), dev)?;
+    let mask = Tensor::ones((b, t), DType::U32, dev)?;
+    let types = Tensor::zeros((b, t), DType::U32, dev)?;
+    Ok(EncoderInput::new(ids, mask).with_token_type_ids(types))
+}
+
+/// Forward matmul FLOPs of the encoder on `b` sequences of `t` tokens.
+fn encoder_flops(cfg: &BertConfig, b: usize, t: usize) -> f64 {
+    let (c, f, l) = (
+        cfg.hidden_size as f64,
+        cfg.intermediate_size as f64,
+        cfg.num_hidden_layers as f64,
+    );
+    let (b, t) = (b as f64, t as f64);
+    // Q, K, V, output projections 4 * 2C^2, FFN 2 * 2CF per token; QK^T and PV 2 * 2TC per token.
+    b * t * l * (8.0 * c * c + 4.0 * c * f + 4.0 * t * c)
+}
+
+/// Peak resident set since the last reset, in MB (Linux; 0 elsewhere).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// The practical matmul peak: one `n x n x n` f32 GEMM through the same path as the model.
+fn sgemm(n: usize, dev: &Device) -> Result<SgemmRow> {
+    let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let _ = a.matmul(&b)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let c = a.matmul(&b)?;
+        dev.synchronize()?;
+        drop(c);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let s = times[0];
+    Ok(SgemmRow {
+        n,
+        seconds: s,
+        gflops: 2.0 * (n as f64).powi(3) / s / 1e9,
+    })
+}
+
+/// Run `f` `warmup` times unmeasured and `reps` times measured; `f` returns its phases.
+fn measure<F>(warmup: usize, reps: usize, mut f: F) -> Result<(Vec<f64>, Vec<Phases>)>
+where
+    F: FnMut() -> Result<Phases>,
+{
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::new();
+    let mut phases = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        let p = f()?;
+        times.push(t0.elapsed().as_secs_f64());
+        phases.push(p);
+    }
+    Ok((times, phases))
+}
+
+fn classification_model(base: PretrainedModel) -> Result<MultiTaskModel> {
+    let spec = TaskSpec {
+        name: "bench".into(),
+        kind: TaskKind::Classification,
+        labels: vec!["negative".into(), "positive".into()],
+        max_length: base.config.max_tokens(),
+        doc_stride: 64,
+    };
+    Ok(MultiTaskModel::new(base, vec![spec], 0)?)
+}
+
+fn bert_config(m: &PretrainedModel) -> Result<BertConfig> {
+    match &m.config {
+        ModelConfig::Bert(c) => Ok(c.clone()),
+        ModelConfig::Xlnet(_) => bail!("the benchmark sizes are BERT models"),
+    }
+}
+
+pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
+    for s in &args.sizes {
+        size_config(s)?;
+    }
+    for w in &args.workloads {
+        if !WORKLOADS.contains(&w.as_str()) {
+            bail!("unknown workload `{w}` (one of {})", WORKLOADS.join(", "));
+        }
+    }
+    if args.batch == 0 || args.seq < 2 {
+        bail!("--batch must be at least 1 and --seq at least 2");
+    }
+    let nthreads = threads();
+    eprintln!(
+        "prism bench: batch {} x {} tokens, {} threads, {} warm-up + {} repetitions, IG {} steps",
+        args.batch, args.seq, nthreads, args.warmup, args.reps, args.ig_steps
+    );
+    let sg = sgemm(args.sgemm, dev)?;
+    eprintln!(
+        "sgemm {n}x{n}x{n}: {:.1} GFLOP/s (practical peak)",
+        sg.gflops,
+        n = sg.n
+    );
+    eprintln!(
+        "{:<7} {:<6} {:>12} {:>10} {:>10} {:>10} {:>8} {:>9}  phases (fwd/bwd/opt ms)",
+        "size", "work", "throughput", "unit", "min", "max", "GFLOP/s", "peak MB"
+    );
+    let mut rows = Vec::new();
+    let (b, t) = (args.batch, args.seq);
+    for size in &args.sizes {
+        let base = load_size(size, t, dev).with_context(|| format!("model size `{size}`"))?;
+        let cfg = bert_config(&base)?;
+        if t > cfg.max_position_embeddings {
+            bail!(
+                "--seq {t} is longer than {size}'s {} positions",
+                cfg.max_position_embeddings
+            );
+        }
+        let v = cfg.vocab_size;
+        let mut rng = StdRng::seed_from_u64(7);
+        let fwd_flops = encoder_flops(&cfg, b, t);
+        let c = cfg.hidden_size as f64;
+        // One model per size: MLM needs the tied head, the others a classification head.
+        let needs_cls = args.workloads.iter().any(|w| w != "mlm");
+        let (mt, lm) = if needs_cls {
+            let mt = classification_model(base)?;
+            let lm = if args.workloads.iter().any(|w| w == "mlm") {
+                Some(MaskedLm::new(load_size(size, t, dev)?)?)
+            } else {
+                None
+            };
+            (Some(mt), lm)
+        } else {
+            (None, Some(MaskedLm::new(base)?))
+        };
+        for work in &args.workloads {
+            reset_peak_rss();
+            let row = match work.as_str() {
+                "infer" => {
+                    let mt = mt.as_ref().context("classification model")?;
+                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?;
+                    let (times, _) = measure(args.warmup, args.reps, || {
+                        let out = mt.base.encoder.forward(&input, &Mode::Eval)?;
+                        let logits = mt.tasks[0].logits(&out, &Mode::Eval)?;
+                        logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                        Ok(Phases::default())
+                    })?;
+                    let flops = fwd_flops + 2.0 * c * c * b as f64;
+                    row(size, work, "seq/s", b as f64, &times, flops, None)
+                }
+                "train" => {
+                    let mt = mt.as_ref().context("classification model")?;
+                    let mut opt = AdamW::new(mt.base.params.vars(), AdamWConfig::default());
+                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?;
+                    let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..2)).collect();
+                    let batch = Batch {
+                        input,
+                        targets: BatchTargets::Classes(Tensor::new(labels, dev)?),
+                    };
+                    let mode = Mode::train(1);
+                    let (times, phases) = measure(args.warmup, args.reps, || {
+                        let t0 = Instant::now();
+                        let out = mt.base.encoder.forward(&batch.input, &mode)?;
+                        let loss = mt.tasks[0].loss(&out, &batch, &mode)?;
+                        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                        let t1 = Instant::now();
+                        let grads = loss.backward()?;
+                        let t2 = Instant::now();
+                        opt.clipped_step(&grads, 1e-5, 1, 1.0)?;
+                        let t3 = Instant::now();
+                        Ok(Phases {
+                            forward: (t1 - t0).as_secs_f64(),
+                            backward: (t2 - t1).as_secs_f64(),
+                            optimizer: (t3 - t2).as_secs_f64(),
+                        })
+                    })?;
+                    let flops = 3.0 * (fwd_flops + 2.0 * c * c * b as f64);
+                    row(size, work, "seq/s", b as f64, &times, flops, Some(phases))
+                }
+                "ig" => {
+                    let mt = mt.as_ref().context("classification model")?;
+                    let m = ExplainModel::new(mt, None)?;
+                    let ids = random_ids(1, t, v, &mut rng);
+                    let mut special = vec![0u32; t];
+                    special[0] = 1;
+                    special[t - 1] = 1;
+                    let x = ExplainInput {
+                        input: batch_input(ids.clone(), 1, t, dev)?,
+                        enc: Encoded {
+                            tokens: ids.iter().map(|i| format!("w{i}")).collect(),
+                            type_ids: vec![0; t],
+                            offsets: vec![(0, 0); t],
+                            sequence_ids: (0..t)
+                                .map(|j| (j != 0 && j + 1 != t).then_some(0))
+                                .collect(),
+                            special_tokens_mask: special,
+                            ids,
+                            truncated: false,
+                        },
+                        texts: vec![String::new()],
+                    };
+                    let ig = IntegratedGradients {
+                        steps: args.ig_steps,
+                        batch_size: b,
+                        ..Default::default()
+                    };
+                    let target = Target::Class { class: 1 };
+                    let (times, _) = measure(args.warmup, args.reps, || {
+                        ig.attribute(&m, &x, &target)?;
+                        Ok(Phases::default())
+                    })?;
+                    // Each interpolation: forward + backward (= 2 forwards); plus F(x), F(b).
+                    let one = encoder_flops(&cfg, 1, t) + 2.0 * c * c;
+                    let flops = one * (3.0 * args.ig_steps as f64 + 2.0);
+                    row(size, work, "ex/s", 1.0, &times, flops, None)
+                }
+                "mlm" => {
+                    let lm = lm.as_ref().context("masked-LM model")?;
+                    let mut opt = AdamW::new(lm.base.params.vars(), AdamWConfig::default());
+                    let mask_id = lm
+                        .base
+                        .tokenizer()?
+                        .token_to_id("[MASK]")
+                        .context("[MASK] token")?;
+                    let mut ids = random_ids(b, t, v, &mut rng);
+                    let mut positions = Vec::new();
+                    let mut labels = Vec::new();
+                    for (k, id) in ids.iter_mut().enumerate() {
+                        let j = k % t;
+                        if j != 0 && j + 1 != t && rng.random_bool(0.15) {
+                            positions.push(k as u32);
+                            labels.push(*id);
+                            *id = mask_id;
+                        }
+                    }
+                    let p = positions.len();
+                    let input = batch_input(ids, b, t, dev)?;
+                    let positions = Tensor::new(positions, dev)?;
+                    let labels = Tensor::new(labels, dev)?;
+                    let mode = Mode::train(1);
+                    let (times, phases) = measure(args.warmup, args.reps, || {
+                        let t0 = Instant::now();
+                        let logits = lm.logits_at(&input, &positions, &mode)?;
+                        let loss = cross_entropy(&logits, &labels)?;
+                        loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                        let t1 = Instant::now();
+                        let grads = loss.backward()?;
+                        let t2 = Instant::now();
+                        opt.clipped_step(&grads, 1e-4, 1, 1.0)?;
+                        let t3 = Instant::now();
+                        Ok(Phases {
+                            forward: (t1 - t0).as_secs_f64(),
+                            backward: (t2 - t1).as_secs_f64(),
+                            optimizer: (t3 - t2).as_secs_f64(),
+                        })
+                    })?;
+                    let head = p as f64 * (2.0 * c * c + 2.0 * c * v as f64);
+                    let flops = 3.0 * (fwd_flops + head);
+                    row(
+                        size,
+                        work,
+                        "tok/s",
+                        (b * t) as f64,
+                        &times,
+                        flops,
+                        Some(phases),
+                    )
+                }
+                _ => unreachable!("validated above"),
+            };
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+    let report = Report {
+        threads: nthreads,
+        batch: b,
+        seq: t,
+        reps: args.reps,
+        ig_steps: args.ig_steps,
+        sgemm: sg,
+        results: rows,
+    };
+    let text = serde_json::to_string_pretty(&report)?;
+    match &args.json {
+        Some(p) if p.as_os_str() == "-" => println!("{text}"),
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+fn row(
+    size: &str,
+    work: &str,
+    unit: &'static str,
+    per_rep: f64,
+    times: &[f64],
+    flops: f64,
+    phases: Option<Vec<Phases>>,
+) -> Row {
+    let seconds = Stat::of(times.to_vec());
+    let throughput = Stat::of(times.iter().map(|s| per_rep / s).collect());
+    // The phases of the repetition whose time is the median.
+    let phases = phases.map(|ph| {
+        let mut idx: Vec<usize> = (0..times.len()).collect();
+        idx.sort_by(|&a, &b| times[a].total_cmp(&times[b]));
+        ph[idx[idx.len() / 2]]
+    });
+    Row {
+        size: size.into(),
+        workload: work.into(),
+        unit,
+        gflops: flops / seconds.median / 1e9,
+        throughput,
+        seconds,
+        phases,
+        peak_rss_mb: peak_rss_mb(),
+    }
+}
+
+fn print_row(r: &Row) {
+    let ph = r.phases.map_or(String::new(), |p| {
+        format!(
+            "{:.0}/{:.0}/{:.0}",
+            p.forward * 1e3,
+            p.backward * 1e3,
+            p.optimizer * 1e3
+        )
+    });
+    eprintln!(
+        "{:<7} {:<6} {:>12.2} {:>10} {:>10.2} {:>10.2} {:>8.1} {:>9.0}  {ph}",
+        r.size,
+        r.workload,
+        r.throughput.median,
+        r.unit,
+        r.throughput.min,
+        r.throughput.max,
+        r.gflops,
+        r.peak_rss_mb
+    );
+}
