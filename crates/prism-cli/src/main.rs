@@ -383,7 +383,21 @@ fn load(spec: &str, dev: &Device) -> Result<PretrainedModel> {
     Ok(PretrainedModel::load(&dir, dev)?)
 }
 
+/// Keep freed tensor buffers in the heap instead of returning them to the kernel: glibc serves
+/// allocations above 128 KiB with fresh `mmap`s by default, so every activation and gradient of
+/// every step paid page faults and kernel zeroing (measured: 20-25% of an inference pass). With
+/// a 32 MiB mmap threshold and a 1 GiB trim threshold, a training loop reuses its own memory.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // One line per cause, the outermost first.

@@ -287,10 +287,7 @@ impl Linear {
             .ok_or_else(|| Error::Input("linear: scalar input".into()))?;
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?; // (N, in)
-        let mut y = x2.matmul(&self.weight.t()?)?; // (N, out)
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
-        }
+        let y = ops::linear(&x2, &self.weight, self.bias.as_ref())?; // (N, out)
         let mut out_dims = lead.to_vec();
         out_dims.push(self.weight.dim(0)?);
         Ok(y.reshape(out_dims)?)
@@ -383,6 +380,14 @@ impl DropoutRng {
     }
 
     /// Inverted dropout: zero each element with probability `p`, scale the rest by 1/(1-p).
+    /// A fresh seed for a fused kernel's dropout mask.
+    pub fn seed(&self) -> u64 {
+        self.0
+            .lock()
+            .expect("dropout rng lock poisoned")
+            .random::<u64>()
+    }
+
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
@@ -392,16 +397,9 @@ impl DropoutRng {
                 "dropout probability {p} must be below 1"
             )));
         }
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let n = x.elem_count();
-        let mask: Vec<f32> = {
-            let mut rng = self.0.lock().expect("dropout rng lock poisoned");
-            (0..n)
-                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-                .collect()
-        };
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        Ok((x * mask)?)
+        // One draw per call seeds the fused kernel's mask (ops::dropout), which the backward
+        // pass regenerates instead of storing.
+        Ok(ops::dropout(x, p, self.seed())?)
     }
 }
 
@@ -422,6 +420,14 @@ impl Mode {
         match self {
             Mode::Eval => Ok(x.clone()),
             Mode::Train(rng) => rng.dropout(x, p),
+        }
+    }
+
+    /// Probability and seed for a fused kernel's dropout: None in evaluation or when p is 0.
+    pub fn dropout_seed(&self, p: f64) -> Option<(f64, u64)> {
+        match self {
+            Mode::Train(rng) if p > 0.0 => Some((p, rng.seed())),
+            _ => None,
         }
     }
 

@@ -79,6 +79,24 @@ pub struct AdamW {
     pub t: u64,
 }
 
+/// Sum of squared entries, in f64: straight over the buffer on CPU (one parallel pass, no
+/// temporaries), through tensor ops elsewhere.
+fn sum_squares(g: &Tensor) -> Result<f64> {
+    if g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous() {
+        let (storage, layout) = g.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(v[a..b]
+                .par_chunks(1 << 14)
+                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .sum());
+        }
+    }
+    let s: f32 = g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar()?;
+    Ok(s as f64)
+}
+
 /// Whether a parameter is excluded from weight decay.
 pub fn no_decay(name: &str) -> bool {
     name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm")
@@ -107,8 +125,7 @@ impl AdamW {
         let mut total = 0f64;
         for p in &self.params {
             if let Some(g) = grads.get(p.var.as_tensor()) {
-                let s: f32 = g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar()?;
-                total += s as f64;
+                total += sum_squares(g)?;
             }
         }
         Ok(total.sqrt())

@@ -319,8 +319,27 @@ impl SelfAttention {
         })
     }
 
-    /// Returns the block output (B, T, C) and the attention probabilities (B, H, T, T).
-    fn forward(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
+    /// Returns the block output (B, T, C) and, when `probs` is asked for, the attention
+    /// probabilities (B, H, T, T); otherwise attention runs as one fused kernel.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mode: &Mode,
+        probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if !probs {
+            let ctx = ops::attention(
+                &self.query.forward(x)?,
+                &self.key.forward(x)?,
+                &self.value.forward(x)?,
+                mask,
+                self.heads,
+                mode.dropout_seed(self.attn_dropout),
+            )?; // (B, T, C)
+            let h = mode.dropout(&self.out.forward(&ctx)?, self.hidden_dropout)?;
+            return Ok((self.norm.forward(&(h + x)?)?, None));
+        }
         let (b, t, c) = x.dims3()?;
         let split = |y: Tensor| -> Result<Tensor> {
             Ok(y.reshape((b, t, self.heads, self.head_dim))?
@@ -335,7 +354,7 @@ impl SelfAttention {
         let dropped = mode.dropout(&probs, self.attn_dropout)?;
         let ctx = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
         let h = mode.dropout(&self.out.forward(&ctx)?, self.hidden_dropout)?;
-        Ok((self.norm.forward(&(h + x)?)?, probs))
+        Ok((self.norm.forward(&(h + x)?)?, Some(probs)))
     }
 }
 
@@ -365,8 +384,14 @@ impl Layer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<(Tensor, Tensor)> {
-        let (a, probs) = self.attention.forward(x, mask, mode)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mode: &Mode,
+        probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (a, probs) = self.attention.forward(x, mask, mode, probs)?;
         let h = self.act.forward(&self.intermediate.forward(&a)?)?; // (B, T, F)
         let h = mode.dropout(&self.output.forward(&h)?, self.dropout)?;
         Ok((self.norm.forward(&(h + a)?)?, probs))
@@ -456,13 +481,13 @@ impl Encoder for Bert {
         let mut hidden_states = input.output_hidden_states.then(|| vec![h.clone()]);
         let mut attentions = input.output_attentions.then(Vec::new);
         for layer in &self.layers {
-            let (next, probs) = layer.forward(&h, &mask, mode)?;
+            let (next, probs) = layer.forward(&h, &mask, mode, attentions.is_some())?;
             h = next;
             if let Some(hs) = hidden_states.as_mut() {
                 hs.push(h.clone());
             }
-            if let Some(a) = attentions.as_mut() {
-                a.push(probs);
+            if let (Some(a), Some(p)) = (attentions.as_mut(), probs) {
+                a.push(p);
             }
         }
         let pooler_output = match &self.pooler {

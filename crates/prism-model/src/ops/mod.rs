@@ -4,12 +4,18 @@
 //! fused kernel. On non-CPU devices the public functions fall back to compositions of candle
 //! primitives, which all have a backward pass, so training works everywhere and is fast on CPU.
 
+mod attention;
+mod dropout;
 mod gelu;
 mod layer_norm;
+mod linear;
 mod softmax;
 
+pub use attention::attention;
+pub use dropout::dropout;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use softmax::{masked_softmax, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result};

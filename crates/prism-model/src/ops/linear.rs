@@ -1,0 +1,286 @@
+//! `y = x W^T + b` as one op: on CPU the bias is written into the output first and the GEMM
+//! accumulates onto it (no zero-fill, no separate broadcast-add pass), and the backward pass
+//! produces dx, dW (already in W's layout, no transpose copy) and db directly.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+fn parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    super::contiguous_f32(op, s, l)
+}
+
+/// out (m, n) := out + x (m, k) * w^T where w is (n, k), all row-major and contiguous.
+fn gemm_xwt(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize, acc: bool) {
+    // SAFETY: the slices hold m*n, m*k and n*k elements (checked by the callers' shapes), the
+    // strides below address exactly those, and `out` does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            x.as_ptr(),
+            1,
+            k as isize,
+            // rhs (k, n) with rhs[kk][j] = w[j][kk]: column stride k, row stride 1.
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+    let (m, k) = x.shape().dims2()?;
+    let (n, k2) = w.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("{op}: input has {k} features, the weight expects {k2}");
+    }
+    Ok((m, n, k))
+}
+
+/// `x` (N, in) times `w` (out, in) transposed, plus `b` (out) when given: (N, out).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let cpu_f32 = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && b.map_or(true, |b| b.dtype() == DType::F32);
+    if !cpu_f32 {
+        let y = x.matmul(&w.t()?)?;
+        return match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        };
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias),
+        None => x.apply_op2(&w, LinearNoBias),
+    }
+}
+
+/// dx = dy W, dW = dy^T x (the weight's own layout), both through candle's GEMM.
+fn grads(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dy = dy.contiguous()?;
+    Ok((dy.matmul(w)?, dy.t()?.matmul(x)?))
+}
+
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "prism-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, n, k) = dims(self.name(), l1, l2)?;
+        let (x, w, b) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+            f32_slice(self.name(), s3, l3)?,
+        );
+        if b.len() != n {
+            candle_core::bail!(
+                "{}: bias has {} entries for {n} outputs",
+                self.name(),
+                b.len()
+            );
+        }
+        let mut out = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            out.extend_from_slice(b);
+        }
+        gemm_xwt(&mut out, x, w, m, n, k, true);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = grads(x, w, dy)?;
+        let db = dy.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// Sum over the rows of an (N, M) matrix: (M). Each thread sums a band of rows into its own
+/// accumulator (sequential, vectorisable inner loop), then the bands are added.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "prism-column-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, m) = l.shape().dims2()?;
+        let x = f32_slice(self.name(), s, l)?;
+        let bands = if n * m >= super::PAR_MIN_ELEMS {
+            rayon::current_num_threads().max(1) * 2
+        } else {
+            1
+        };
+        let rows_per = n.div_ceil(bands).max(1);
+        let partial: Vec<Vec<f32>> = x
+            .par_chunks(rows_per * m)
+            .map(|band| {
+                let mut acc = vec![0f32; m];
+                for row in band.chunks(m) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; m];
+        for p in &partial {
+            for (a, v) in out.iter_mut().zip(p) {
+                *a += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+}
+
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "prism-linear-nobias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, n, k) = dims(self.name(), l1, l2)?;
+        let (x, w) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+        );
+        let mut out = vec![0f32; m * n];
+        gemm_xwt(&mut out, x, w, m, n, k, false);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = grads(x, w, dy)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_matmul_and_its_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 19), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (23, 19), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 23, &dev).unwrap()).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (37, 23), &dev).unwrap();
+        for with_bias in [true, false] {
+            let bias = with_bias.then_some(b.as_tensor());
+            let fused = linear(x.as_tensor(), w.as_tensor(), bias).unwrap();
+            let mut plain = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+            if with_bias {
+                plain = plain.broadcast_add(b.as_tensor()).unwrap();
+            }
+            assert!(max_diff(&fused, &plain) < 1e-4);
+            let g1 = (&fused * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&plain * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &w] {
+                let (a, c) = (
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                );
+                assert_eq!(a.dims(), c.dims());
+                assert!(max_diff(a, c) < 1e-4);
+            }
+            if with_bias {
+                let (a, c) = (
+                    g1.get(b.as_tensor()).unwrap(),
+                    g2.get(b.as_tensor()).unwrap(),
+                );
+                assert!(max_diff(a, c) < 1e-4);
+            } else {
+                assert!(g1.get(b.as_tensor()).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((4, 5), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 6), DType::F32, &dev).unwrap();
+        let err = linear(&x, &w, None).unwrap_err().to_string();
+        assert!(err.contains("5 features"), "{err}");
+    }
+}
