@@ -163,7 +163,7 @@ impl Attention {
             }
             let mut sum = 0f32;
             for x in row.iter_mut() {
-                *x = (*x - max).exp();
+                *x = super::exp_f32(*x - max);
                 sum += *x;
             }
             let inv = 1.0 / sum;

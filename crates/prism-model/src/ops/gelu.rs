@@ -33,7 +33,7 @@ fn phi_cdf(x: f32) -> f32 {
     let z = (x * FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + P * z);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let erf_abs = 1.0 - poly * (-z * z).exp();
+    let erf_abs = 1.0 - poly * super::exp_f32(-z * z);
     0.5 * (1.0 + erf_abs.copysign(x))
 }
 
@@ -90,7 +90,7 @@ impl CustomOp2 for GeluErfBwd {
             let start = r * width;
             for (j, v) in dx.iter_mut().enumerate() {
                 let xv = x[start + j];
-                let pdf = INV_SQRT_2PI * (-0.5 * xv * xv).exp();
+                let pdf = INV_SQRT_2PI * super::exp_f32(-0.5 * xv * xv);
                 *v = dy[start + j] * (phi_cdf(xv) + xv * pdf);
             }
         });

@@ -87,7 +87,7 @@ impl CustomOp2 for MaskedSoftmax {
             }
             let mut sum = 0f32;
             for v in y.iter_mut() {
-                *v = (*v - max).exp();
+                *v = super::exp_f32(*v - max);
                 sum += *v;
             }
             let inv = 1.0 / sum;
