@@ -368,7 +368,9 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                 }
                 "ig" => {
                     let mt = mt.as_ref().context("classification model")?;
-                    let m = ExplainModel::new(mt, None)?;
+                    // As `prism explain` does: frozen weights, input gradients only.
+                    let frozen = mt.frozen()?;
+                    let m = ExplainModel::new(&frozen, None)?;
                     let ids = random_ids(1, t, v, &mut rng);
                     let mut special = vec![0u32; t];
                     special[0] = 1;

@@ -54,6 +54,8 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
             dir.display()
         );
     }
+    // Explanations need input gradients only: a frozen copy skips every weight gradient.
+    let mt = mt.frozen()?;
     let m = ExplainModel::new(&mt, a.task.as_deref())?;
     let methods: Vec<Box<dyn Method>> = a
         .methods

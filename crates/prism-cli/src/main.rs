@@ -802,7 +802,8 @@ fn serve(
         max_text_chars,
         ..Default::default()
     };
-    let state = prism_serve::AppState::new(m, dir.clone(), opts);
+    // The server never trains: frozen parameters, so explanations skip weight gradients.
+    let state = prism_serve::AppState::new(m.frozen()?, dir.clone(), opts);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -33,6 +33,7 @@ fn main() {
         doc_stride: 64,
     };
     let mt = MultiTaskModel::new(base, vec![spec], 0).expect("head");
+    let mt = mt.frozen().expect("frozen copy");
     let m = ExplainModel::new(&mt, None).expect("task");
     let inputs: Vec<_> = SENTENCES
         .iter()

@@ -43,9 +43,38 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 }
 
 #[test]
+fn frozen_model_computes_no_weight_gradients() {
+    use prism_model::{Encoder, Mode};
+    let mt = model().frozen().unwrap();
+    let m = ExplainModel::new(&mt, None).unwrap();
+    let x = m
+        .encode("a gorgeous, witty, seductive movie", None)
+        .unwrap();
+    let e = candle_core::Var::from_tensor(&m.embeddings(&x).unwrap()).unwrap();
+    let out = mt
+        .base
+        .encoder
+        .forward_from_word_embeddings(e.as_tensor(), &x.input, &Mode::Eval)
+        .unwrap();
+    let logits = mt.tasks[0].logits(&out, &Mode::Eval).unwrap();
+    let grads = logits.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(e.as_tensor()).is_some(), "input gradient");
+    for (name, v) in mt.base.params.vars() {
+        assert!(grads.get(v.as_tensor()).is_none(), "{name} got a gradient");
+    }
+}
+
+#[test]
 fn gradient_methods_match_captum() {
-    let mt = model();
-    let m = ExplainModel::new(&mt, Some("sentiment")).unwrap();
+    let base = model();
+    // The frozen copy (what `prism explain` and `prism serve` use) gives the same numbers.
+    for mt in [base.frozen().unwrap(), base] {
+        gradient_methods_match_captum_on(&mt);
+    }
+}
+
+fn gradient_methods_match_captum_on(mt: &MultiTaskModel) {
+    let m = ExplainModel::new(mt, Some("sentiment")).unwrap();
     for c in cases() {
         let x = m.encode(&c.text, c.pair.as_deref()).unwrap();
         assert_eq!(x.enc.ids, c.ids);

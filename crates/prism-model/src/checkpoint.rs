@@ -374,6 +374,24 @@ impl PretrainedModel {
         })
     }
 
+    /// The same model with frozen parameters (shared, not copied): gradients flow to the
+    /// inputs only. Explanations use it; training must not.
+    pub fn frozen(&self) -> Result<Self> {
+        let params = self.params.frozen();
+        let encoder = match &self.config {
+            ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
+            ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
+        };
+        Ok(Self {
+            config: self.config.clone(),
+            encoder,
+            params,
+            tokenizer: self.tokenizer.clone(),
+            head_tensors: self.head_tensors.clone(),
+            dir: self.dir.clone(),
+        })
+    }
+
     pub fn tokenizer(&self) -> Result<&PrismTokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer {
             path: self.dir.clone().unwrap_or_default(),

@@ -40,6 +40,8 @@ pub struct ParamStore {
     source: Option<Arc<Source>>,
     rng: Arc<Mutex<StdRng>>,
     device: Device,
+    /// Hand out detached tensors: layers built from this store compute no parameter gradients.
+    frozen: bool,
 }
 
 impl ParamStore {
@@ -50,6 +52,25 @@ impl ParamStore {
             source: None,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             device: device.clone(),
+            frozen: false,
+        }
+    }
+
+    /// The same parameters (shared storage), handed out detached: a model built from this
+    /// store backpropagates to its inputs only, skipping every weight gradient. For
+    /// explanations, which need d output / d embeddings and nothing else.
+    pub fn frozen(&self) -> Self {
+        Self {
+            frozen: true,
+            ..self.clone()
+        }
+    }
+
+    fn hand_out(&self, v: &Var) -> Tensor {
+        if self.frozen {
+            v.as_tensor().detach()
+        } else {
+            v.as_tensor().clone()
         }
     }
 
@@ -156,7 +177,7 @@ impl ParamStore {
                     v.dims()
                 )));
             }
-            return Ok(v.as_tensor().clone());
+            return Ok(self.hand_out(&v));
         }
         let value = match self
             .source
@@ -186,7 +207,7 @@ impl ParamStore {
             },
         };
         let var = Var::from_tensor(&value)?;
-        let t = var.as_tensor().clone();
+        let t = self.hand_out(&var);
         let mut inner = self.inner.lock().expect("parameter store lock poisoned");
         inner.used.insert(name.to_string());
         inner.vars.insert(name.to_string(), var);

@@ -77,12 +77,6 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// dx = dy W, dW = dy^T x (the weight's own layout), both through candle's GEMM.
-fn grads(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let dy = dy.contiguous()?;
-    Ok((dy.matmul(w)?, dy.t()?.matmul(x)?))
-}
-
 struct LinearBias;
 
 impl CustomOp3 for LinearBias {
@@ -124,13 +118,20 @@ impl CustomOp3 for LinearBias {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = grads(x, w, dy)?;
-        let db = dy.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        // Frozen weights (explanations) need no gradient: skip dW and db, a third of the
+        // backward GEMM work.
+        let dy = dy.contiguous()?;
+        let dx = dy.matmul(w)?;
+        let dw = w.track_op().then(|| dy.t()?.matmul(x)).transpose()?;
+        let db = b
+            .track_op()
+            .then(|| dy.apply_op1_no_bwd(&ColumnSums))
+            .transpose()?;
+        Ok((Some(dx), dw, db))
     }
 }
 
@@ -205,8 +206,10 @@ impl CustomOp2 for LinearNoBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = grads(x, w, dy)?;
-        Ok((Some(dx), Some(dw)))
+        let dy = dy.contiguous()?;
+        let dx = dy.matmul(w)?;
+        let dw = w.track_op().then(|| dy.t()?.matmul(x)).transpose()?;
+        Ok((Some(dx), dw))
     }
 }
 

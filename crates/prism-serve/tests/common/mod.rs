@@ -25,7 +25,7 @@ impl Server {
 
     pub fn start_with(dir: PathBuf, opts: ServeOptions) -> Self {
         let model = MultiTaskModel::load(&dir, &candle_core::Device::Cpu).unwrap();
-        let state = AppState::new(model, dir, opts);
+        let state = AppState::new(model.frozen().unwrap(), dir, opts);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
