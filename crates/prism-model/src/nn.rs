@@ -302,16 +302,10 @@ impl Linear {
     /// # Shapes
     /// `x`: (..., in) -> (..., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let (last, lead) = dims
-            .split_last()
-            .ok_or_else(|| Error::Input("linear: scalar input".into()))?;
-        let rows: usize = lead.iter().product();
-        let x2 = x.reshape((rows, *last))?; // (N, in)
-        let y = ops::linear(&x2, &self.weight, self.bias.as_ref())?; // (N, out)
-        let mut out_dims = lead.to_vec();
-        out_dims.push(self.weight.dim(0)?);
-        Ok(y.reshape(out_dims)?)
+        if x.rank() == 0 {
+            return Err(Error::Input("linear: scalar input".into()));
+        }
+        Ok(ops::linear(x, &self.weight, self.bias.as_ref())?)
     }
 }
 

@@ -48,27 +48,55 @@ fn gemm_xwt(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize,
     }
 }
 
-fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
-    let (m, k) = x.shape().dims2()?;
+/// (rows, out, in) of `x` (..., in) against `w` (out, in), and the output shape (..., out).
+fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
+    let xd = x.shape().dims();
+    let Some((&k, lead)) = xd.split_last() else {
+        candle_core::bail!("{op}: scalar input");
+    };
     let (n, k2) = w.shape().dims2()?;
     if k != k2 {
         candle_core::bail!("{op}: input has {k} features, the weight expects {k2}");
     }
-    Ok((m, n, k))
+    let mut out = lead.to_vec();
+    out.push(n);
+    Ok((lead.iter().product(), n, k, Shape::from(out)))
 }
 
-/// `x` (N, in) times `w` (out, in) transposed, plus `b` (out) when given: (N, out).
+/// dx = dy W (shaped like x) and, when the weight is tracked, dW = dy^T x in W's own layout.
+fn input_and_weight_grads(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    let (n, k) = w.dims2()?;
+    let dy2 = dy.contiguous()?.reshape(((), n))?; // (N, out)
+    let dx = dy2.matmul(w)?.reshape(x.shape())?;
+    let dw = w
+        .track_op()
+        .then(|| dy2.t()?.matmul(&x.reshape(((), k))?))
+        .transpose()?;
+    Ok((dx, dw, dy2))
+}
+
+/// `x` (..., in) times `w` (out, in) transposed, plus `b` (out) when given: (..., out). The
+/// leading dimensions are rows of one GEMM; no reshape nodes enter the autograd graph.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let cpu_f32 = x.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && b.map_or(true, |b| b.dtype() == DType::F32);
     if !cpu_f32 {
-        let y = x.matmul(&w.t()?)?;
-        return match b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        };
+        let (n, k) = w.dims2()?;
+        let mut out = x.dims().to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = n;
+        }
+        let mut y = x.reshape(((), k))?.matmul(&w.t()?)?;
+        if let Some(b) = b {
+            y = y.broadcast_add(b)?;
+        }
+        return y.reshape(out);
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
@@ -93,7 +121,7 @@ impl CustomOp3 for LinearBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, n, k) = dims(self.name(), l1, l2)?;
+        let (m, n, k, shape) = dims(self.name(), l1, l2)?;
         let (x, w, b) = (
             f32_slice(self.name(), s1, l1)?,
             f32_slice(self.name(), s2, l2)?,
@@ -111,7 +139,7 @@ impl CustomOp3 for LinearBias {
             out.extend_from_slice(b);
         }
         gemm_xwt(&mut out, x, w, m, n, k, true);
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -124,12 +152,10 @@ impl CustomOp3 for LinearBias {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Frozen weights (explanations) need no gradient: skip dW and db, a third of the
         // backward GEMM work.
-        let dy = dy.contiguous()?;
-        let dx = dy.matmul(w)?;
-        let dw = w.track_op().then(|| dy.t()?.matmul(x)).transpose()?;
+        let (dx, dw, dy2) = input_and_weight_grads(x, w, dy)?;
         let db = b
             .track_op()
-            .then(|| dy.apply_op1_no_bwd(&ColumnSums))
+            .then(|| dy2.apply_op1_no_bwd(&ColumnSums))
             .transpose()?;
         Ok((Some(dx), dw, db))
     }
@@ -189,14 +215,14 @@ impl CustomOp2 for LinearNoBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, n, k) = dims(self.name(), l1, l2)?;
+        let (m, n, k, shape) = dims(self.name(), l1, l2)?;
         let (x, w) = (
             f32_slice(self.name(), s1, l1)?,
             f32_slice(self.name(), s2, l2)?,
         );
         let mut out = vec![0f32; m * n];
         gemm_xwt(&mut out, x, w, m, n, k, false);
-        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -206,9 +232,7 @@ impl CustomOp2 for LinearNoBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = dy.matmul(w)?;
-        let dw = w.track_op().then(|| dy.t()?.matmul(x)).transpose()?;
+        let (dx, dw, _) = input_and_weight_grads(x, w, dy)?;
         Ok((Some(dx), dw))
     }
 }
@@ -275,6 +299,43 @@ mod tests {
             } else {
                 assert!(g1.get(b.as_tensor()).is_none());
             }
+        }
+    }
+
+    #[test]
+    fn leading_dimensions_are_rows() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 5, 7), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 3, &dev).unwrap()).unwrap();
+        let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap();
+        assert_eq!(y.dims(), [2, 5, 3]);
+        let plain = x
+            .as_tensor()
+            .reshape((10, 7))
+            .unwrap()
+            .matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap()
+            .reshape((2, 5, 3))
+            .unwrap();
+        assert!(max_diff(&y, &plain) < 1e-4);
+        let r = Tensor::randn(0f32, 1.0, (2, 5, 3), &dev).unwrap();
+        let g1 = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (&plain * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for v in [&x, &w, &b] {
+            let (a, c) = (
+                g1.get(v.as_tensor()).unwrap(),
+                g2.get(v.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.dims(), c.dims());
+            assert!(max_diff(a, c) < 1e-4);
         }
     }
 
