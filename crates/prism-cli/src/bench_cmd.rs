@@ -48,8 +48,15 @@ struct Stat {
 impl Stat {
     fn of(mut v: Vec<f64>) -> Self {
         v.sort_by(f64::total_cmp);
+        let n = v.len();
+        // As Python's statistics.median (the reference script): the mean of the middle two.
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
         Stat {
-            median: v[v.len() / 2],
+            median,
             min: v[0],
             max: v[v.len() - 1],
         }

@@ -118,3 +118,53 @@ fn every_subcommand_has_help() {
         assert!(out.contains("Usage"), "{args:?}: {out}");
     }
 }
+
+#[test]
+fn bench_reports_every_workload_as_json() {
+    let (ok, out, err) = prism(&[
+        "bench",
+        "--sizes",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "12",
+        "--reps",
+        "2",
+        "--warmup",
+        "0",
+        "--sgemm",
+        "64",
+        "--threads",
+        "1",
+        "--json",
+        "-",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["threads"], 1);
+    assert!(v["sgemm"]["gflops"].as_f64().unwrap() > 0.0);
+    let rows = v["results"].as_array().unwrap();
+    let works: Vec<&str> = rows
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(works, ["infer", "train", "ig", "mlm"]);
+    for r in rows {
+        let t = &r["throughput"];
+        let (lo, med, hi) = (
+            t["min"].as_f64().unwrap(),
+            t["median"].as_f64().unwrap(),
+            t["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < lo && lo <= med && med <= hi, "{r}");
+        assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // Training steps report their phases.
+    assert!(rows[1]["phases"]["backward"].as_f64().unwrap() > 0.0);
+    // Bad sizes and workloads are named.
+    let (ok, _, err) = prism(&["bench", "--sizes", "huge"]);
+    assert!(!ok && err.contains("unknown size `huge`"), "{err}");
+    let (ok, _, err) = prism(&["bench", "--sizes", "tiny", "--workloads", "sing"]);
+    assert!(!ok && err.contains("unknown workload `sing`"), "{err}");
+}
