@@ -76,16 +76,9 @@ impl MlmHead {
         let h = self
             .norm
             .forward(&self.act.forward(&self.dense.forward(hidden)?)?)?;
-        let dims = h.dims().to_vec();
-        let c = *dims.last().unwrap_or(&0);
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let logits = h
-            .reshape((rows, c))?
-            .matmul(&table.t()?)? // (N, V)
-            .broadcast_add(&self.bias)?;
-        let mut out = dims[..dims.len() - 1].to_vec();
-        out.push(table.dim(0)?);
-        Ok(logits.reshape(out)?)
+        // The fused linear op: the table's gradient comes out in its own (V, C) layout, not as a
+        // transposed (C, V) view that would be accumulated element by element.
+        Ok(crate::ops::linear(&h, table, Some(&self.bias))?) // (..., V)
     }
 }
 

@@ -53,8 +53,11 @@ impl PermutationLm {
         let g = x.forward_xlnet(&e, input, extras, mode)?.output; // (B, M, C)
         let (b, m, c) = g.dims3()?;
         let picked = g.reshape((b * m, c))?.index_select(positions, 0)?; // (P, C)
-        Ok(picked
-            .matmul(&x.word_embedding_table().t()?)?
-            .broadcast_add(&self.bias)?)
+                                                                         // Tied decoder through the fused linear op (the table's gradient in its own layout).
+        Ok(crate::ops::linear(
+            &picked,
+            x.word_embedding_table(),
+            Some(&self.bias),
+        )?)
     }
 }
