@@ -6,10 +6,19 @@ use candle_core::{Device, Tensor};
 use common::*;
 use prism_model::{embedding_gradients, Encoder, Mode, PretrainedModel};
 
+/// Parity of the path that returns hidden states and attentions (unfused attention) and, with
+/// `fused`, of the default path (no per-layer outputs: the fused attention kernel), whose
+/// last hidden state, pooler output, loss and every gradient must match the same PyTorch run.
 fn check_model(fixture: &str, name: &str) {
+    check_model_path(fixture, name, false);
+    check_model_path(fixture, name, true);
+}
+
+fn check_model_path(fixture: &str, name: &str, fused: bool) {
     let exp = expected(name);
     let model = PretrainedModel::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
-    let input = input_from(&exp).with_outputs(true, true);
+    let input = input_from(&exp).with_outputs(!fused, !fused);
+    let name = &format!("{name}{}", if fused { " (fused)" } else { "" });
     let (r1, r2) = (exp["r1"].clone(), exp["r2"].clone());
     let g = embedding_gradients(&model.encoder, &input, &Mode::Eval, None, true, |out| {
         let a = (&out.last_hidden_state * &r1)?.sum_all()?;
@@ -19,10 +28,16 @@ fn check_model(fixture: &str, name: &str) {
     .unwrap();
 
     let out = &g.output;
-    let hs = out.hidden_states.as_ref().unwrap();
-    let att = out.attentions.as_ref().unwrap();
-    let layers = att.len();
-    assert_eq!(hs.len(), layers + 1);
+    let layers = model.config.sizes().layers;
+    if fused {
+        assert!(out.hidden_states.is_none() && out.attentions.is_none());
+    }
+    let hs = out.hidden_states.clone().unwrap_or_default();
+    let att = out.attentions.clone().unwrap_or_default();
+    if !fused {
+        assert_eq!(att.len(), layers);
+        assert_eq!(hs.len(), layers + 1);
+    }
     for (i, h) in hs.iter().enumerate() {
         assert_close(
             &format!("{name} hidden_states.{i}"),
