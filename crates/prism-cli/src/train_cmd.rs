@@ -130,7 +130,35 @@ pub fn demo(
         cfg.batch_size,
         cfg.output.display()
     );
-    run_training(&cfg, restart, progress, false, dev)
+    run_training(&cfg, restart, progress, false, dev)?;
+    // Explain: the trained model's sentiment head on the first held-out reviews, five methods
+    // side by side with their faithfulness against a random baseline, as one HTML page.
+    let html = cfg.output.join("explanations.html");
+    eprintln!("\nprism demo: explaining 6 held-out movie reviews (ig, grad_x_input, rollout, occlusion, lime) with faithfulness");
+    crate::explain_cmd::explain(
+        &crate::explain_cmd::ExplainArgs {
+            model: cfg.output.join("model").display().to_string(),
+            task: Some("sentiment".into()),
+            methods: ["ig", "grad_x_input", "rollout", "occlusion", "lime"]
+                .map(String::from)
+                .to_vec(),
+            text: None,
+            text2: None,
+            input: Some(registry::data_dir("vader").join("movie_binary.dev.jsonl")),
+            limit: 6,
+            target: None,
+            steps: 50,
+            rule: "gausslegendre".into(),
+            html: Some(html),
+            svg: None,
+            json: false,
+            words: true,
+            faithfulness: true,
+            seed: 0,
+            progress,
+        },
+        dev,
+    )
 }
 
 fn load(model: &str, dev: &Device) -> Result<MultiTaskModel> {
