@@ -120,6 +120,20 @@ def adamw(model, lr):
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def training_step(model, opt, loss_fn):
+    """One optimiser step as prism bench times it: forward (loss read back), backward, clip + AdamW."""
+    t0 = time.perf_counter()
+    loss = loss_fn()
+    loss.item()
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": time.perf_counter() - t2}
+
+
 def random_ids(g, b, t, vocab):
     ids = torch.randint(5, vocab, (b, t), generator=g)
     ids[:, 0] = max(2, min(101, vocab - 1))
@@ -155,17 +169,8 @@ def bench_size(size, args, rows):
             labels = torch.randint(0, 2, (b,), generator=g)
 
             def f():
-                t0 = time.perf_counter()
-                loss = torch.nn.functional.cross_entropy(cls(input_ids=ids, attention_mask=mask).logits, labels)
-                loss.item()
-                t1 = time.perf_counter()
-                loss.backward()
-                t2 = time.perf_counter()
-                torch.nn.utils.clip_grad_norm_(cls.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                t3 = time.perf_counter()
-                return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
+                return training_step(cls, opt, lambda: torch.nn.functional.cross_entropy(
+                    cls(input_ids=ids, attention_mask=mask).logits, labels))
 
             times, phases = measure(args.warmup, args.reps, f)
             row = make_row(size, work, "seq/s", b, times, 3 * (fwd + 2 * c * c * b), phases)
@@ -204,20 +209,12 @@ def bench_size(size, args, rows):
             ids = ids.masked_fill(inner, 103 if v > 103 else 4)
             mask = torch.ones_like(ids)
 
-            def f():
-                t0 = time.perf_counter()
+            def mlm_loss():
                 h = mlm.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-                logits = mlm.cls(h.reshape(b * t, c)[positions])
-                loss = torch.nn.functional.cross_entropy(logits, labels)
-                loss.item()
-                t1 = time.perf_counter()
-                loss.backward()
-                t2 = time.perf_counter()
-                torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                t3 = time.perf_counter()
-                return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": t3 - t2}
+                return torch.nn.functional.cross_entropy(mlm.cls(h.reshape(b * t, c)[positions]), labels)
+
+            def f():
+                return training_step(mlm, opt, mlm_loss)
 
             times, phases = measure(args.warmup, args.reps, f)
             head = len(positions) * (2 * c * c + 2 * c * v)

@@ -152,24 +152,10 @@ impl Attention {
         }
         let mrow = &self.mask[bi * t..(bi + 1) * t];
         for row in p.chunks_mut(t) {
-            let mut max = f32::NEG_INFINITY;
             for (x, m) in row.iter_mut().zip(mrow) {
                 *x += m;
-                max = max.max(*x);
             }
-            if max == f32::NEG_INFINITY {
-                row.fill(0.0);
-                continue;
-            }
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = super::exp_f32(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in row.iter_mut() {
-                *x *= inv;
-            }
+            super::softmax::softmax_in_place(row);
         }
     }
 
@@ -360,6 +346,7 @@ impl CustomOp3 for Attention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::max_diff;
     use candle_core::{Device, Var};
 
     /// The unfused composition, forced (CPU custom softmax and dropout, explicit head split).
@@ -391,19 +378,6 @@ mod tests {
             .transpose(1, 2)
             .unwrap()
             .reshape((b, t, c))
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 

@@ -240,20 +240,8 @@ impl CustomOp2 for LinearNoBias {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn matches_matmul_and_its_gradients() {

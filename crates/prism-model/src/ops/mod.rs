@@ -124,6 +124,20 @@ pub(crate) mod testing {
     //! Central finite differences for checking custom backward passes.
     use candle_core::{Device, Tensor, Var};
 
+    /// Largest absolute element-wise difference of two tensors of the same shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
     /// Compare the analytic gradient of `sum(f(x) * w)` with central differences on a few
     /// coordinates of `x`, in f64 arithmetic over an f32 op.
     pub fn check_grad<F>(x: &Tensor, f: F, tol: f64)

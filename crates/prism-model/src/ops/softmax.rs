@@ -49,6 +49,26 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     masked_softmax(x, &mask, 1.0)
 }
 
+/// Softmax of one row of logits, in place (shared with the fused attention kernel). A row that
+/// is -inf everywhere becomes zeros rather than NaN.
+#[inline]
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = super::exp_f32(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
 struct MaskedSoftmax {
     scale: f64,
 }
@@ -75,25 +95,10 @@ impl CustomOp2 for MaskedSoftmax {
         for_each_row(&mut out, t, |r, y| {
             let xr = &x[r * t..(r + 1) * t];
             let mr = &mask[(r / per) * t..(r / per + 1) * t];
-            let mut max = f32::NEG_INFINITY;
             for j in 0..t {
                 y[j] = xr[j] * scale + mr[j];
-                max = max.max(y[j]);
             }
-            if max == f32::NEG_INFINITY {
-                // Every position masked with -inf: define the row as zeros rather than NaN.
-                y.fill(0.0);
-                return;
-            }
-            let mut sum = 0f32;
-            for v in y.iter_mut() {
-                *v = super::exp_f32(*v - max);
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            for v in y.iter_mut() {
-                *v *= inv;
-            }
+            softmax_in_place(y);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
