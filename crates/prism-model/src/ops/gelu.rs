@@ -22,6 +22,13 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 /// GELU runs over the whole (B, T, 4C) intermediate activation, forward and backward.
 #[inline(always)]
 fn phi_cdf(x: f32) -> f32 {
+    phi_cdf_pdf(x).0
+}
+
+/// `(Phi(x), phi(x))` from one exponential: erf's A&S form needs `exp(-z^2)` with
+/// `z = |x| / sqrt 2`, which is `exp(-x^2 / 2)`, the normal density's exponential.
+#[inline(always)]
+fn phi_cdf_pdf(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -33,8 +40,9 @@ fn phi_cdf(x: f32) -> f32 {
     let z = (x * FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + P * z);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let erf_abs = 1.0 - poly * super::exp_f32(-z * z);
-    0.5 * (1.0 + erf_abs.copysign(x))
+    let e = super::exp_f32(-z * z);
+    let erf_abs = 1.0 - poly * e;
+    (0.5 * (1.0 + erf_abs.copysign(x)), INV_SQRT_2PI * e)
 }
 
 /// Width of the blocks the element-wise kernels hand to threads.
@@ -90,8 +98,8 @@ impl CustomOp2 for GeluErfBwd {
             let start = r * width;
             for (j, v) in dx.iter_mut().enumerate() {
                 let xv = x[start + j];
-                let pdf = INV_SQRT_2PI * super::exp_f32(-0.5 * xv * xv);
-                *v = dy[start + j] * (phi_cdf(xv) + xv * pdf);
+                let (cdf, pdf) = phi_cdf_pdf(xv);
+                *v = dy[start + j] * (cdf + xv * pdf);
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
