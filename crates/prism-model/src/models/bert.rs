@@ -321,6 +321,24 @@ impl SelfAttention {
 
     /// Returns the block output (B, T, C) and, when `probs` is asked for, the attention
     /// probabilities (B, H, T, T); otherwise attention runs as one fused kernel.
+    /// Query, key and value side by side, (B, T, 3C), from one GEMM against the three
+    /// projections concatenated (the weights stay separate parameters, as in checkpoints; the
+    /// concatenation's backward splits their gradients again).
+    fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        let layers = [&self.query, &self.key, &self.value];
+        let w = Tensor::cat(&layers.map(|l| &l.weight), 0)?;
+        let b = match layers.map(|l| l.bias.as_ref()) {
+            [Some(q), Some(k), Some(v)] => Some(Tensor::cat(&[q, k, v], 0)?),
+            _ => None,
+        };
+        if b.is_none() && layers.iter().any(|l| l.bias.is_some()) {
+            return Err(Error::Input(
+                "attention: query, key and value must all have a bias or none".into(),
+            ));
+        }
+        Ok(ops::linear(x, &w, b.as_ref())?)
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -330,9 +348,7 @@ impl SelfAttention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         if !probs {
             let ctx = ops::attention(
-                &self.query.forward(x)?,
-                &self.key.forward(x)?,
-                &self.value.forward(x)?,
+                &self.qkv(x)?,
                 mask,
                 self.heads,
                 mode.dropout_seed(self.attn_dropout),

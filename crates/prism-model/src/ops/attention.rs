@@ -9,41 +9,42 @@
 //! returned: callers that need them (explanations asking for attentions) use the unfused path.
 
 use super::dropout::{kept, threshold};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Scaled dot-product attention over `heads` heads.
+/// Scaled dot-product attention over `heads` heads, from the fused query/key/value projection.
 ///
-/// `mask` is additive per key position (0 keep, a large negative number drop), one row per
-/// example; `dropout` is the probability and seed of attention dropout (training only).
+/// `qkv` holds each token's query, key and value side by side (channels `0..C`, `C..2C`,
+/// `2C..3C`), as one GEMM against the concatenated projection weights produces them; the op reads
+/// the three blocks in place and its backward pass writes one (B, T, 3C) gradient, so the
+/// projection's backward is one GEMM too. `mask` is additive per key position (0 keep, a large
+/// negative number drop), one row per example; `dropout` is the probability and seed of
+/// attention dropout (training only).
 ///
 /// # Shapes
-/// `q`, `k`, `v`: (B, T, C); `mask`: (B, T) -> (B, T, C)
+/// `qkv`: (B, T, 3C); `mask`: (B, T) -> (B, T, C)
 pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    qkv: &Tensor,
     mask: &Tensor,
     heads: usize,
     dropout: Option<(f64, u64)>,
 ) -> Result<Tensor> {
-    let (b, t, c) = q.dims3()?;
-    if k.dims() != [b, t, c] || v.dims() != [b, t, c] || mask.dims() != [b, t] {
+    let (b, t, c3) = qkv.dims3()?;
+    if c3 % 3 != 0 || mask.dims() != [b, t] {
         candle_core::bail!(
-            "attention: q {:?}, k {:?}, v {:?}, mask {:?} do not fit",
-            q.dims(),
-            k.dims(),
-            v.dims(),
+            "attention: qkv {:?} (B, T, 3C) and mask {:?} (B, T) do not fit",
+            qkv.dims(),
             mask.dims()
         );
     }
+    let c = c3 / 3;
     if heads == 0 || c % heads != 0 {
         candle_core::bail!("attention: {c} channels do not split into {heads} heads");
     }
     let d = c / heads;
     let scale = 1.0 / (d as f64).sqrt();
     let dropout = dropout.filter(|(p, _)| *p > 0.0);
-    if q.device().is_cpu() && q.dtype() == DType::F32 {
+    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
         let mask: Vec<f32> = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let op = Attention {
             b,
@@ -54,21 +55,22 @@ pub fn attention(
             mask,
             dropout,
         };
-        return q
-            .contiguous()?
-            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+        return qkv.contiguous()?.apply_op1(op);
     }
     // Other devices: the same computation from primitives that all have a backward pass.
-    let split = |x: &Tensor| -> Result<Tensor> {
-        x.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+    let split = |i: usize| -> Result<Tensor> {
+        qkv.narrow(2, i * c, c)?
+            .reshape((b, t, heads, d))?
+            .transpose(1, 2)?
+            .contiguous()
     };
-    let scores = split(q)?.matmul(&split(k)?.t()?)?; // (B, H, T, T)
+    let scores = split(0)?.matmul(&split(1)?.t()?)?; // (B, H, T, T)
     let mut probs = super::masked_softmax(&scores, mask, scale)?;
     if let Some((p, seed)) = dropout {
         probs = super::dropout(&probs, p, seed)?;
     }
     probs
-        .matmul(&split(v)?)?
+        .matmul(&split(2)?)?
         .transpose(1, 2)?
         .reshape((b, t, c))
 }
@@ -129,11 +131,17 @@ unsafe fn mm(
 }
 
 impl Attention {
+    /// Offset of head (bi, h)'s query block inside (B, T, 3C); its key block is C further on,
+    /// its value block 2C.
+    fn qkv_offset(&self, bi: usize, h: usize) -> usize {
+        bi * self.t * 3 * self.heads * self.d + h * self.d
+    }
+
     /// Probabilities of head (bi, h) into `p` (T x T), before dropout.
-    fn probs(&self, q: &[f32], k: &[f32], bi: usize, h: usize, p: &mut [f32]) {
+    fn probs(&self, qkv: &[f32], bi: usize, h: usize, p: &mut [f32]) {
         let (t, c) = (self.t, self.heads * self.d);
-        let off = bi * t * c + h * self.d;
-        // SAFETY: Q and K blocks are T rows of D values at row stride C inside (B, T, C);
+        let off = self.qkv_offset(bi, h);
+        // SAFETY: Q and K blocks are T rows of D values at row stride 3C inside (B, T, 3C);
         // `p` holds T x T values.
         unsafe {
             mm(
@@ -142,11 +150,11 @@ impl Attention {
                 self.d,
                 p.as_mut_ptr(),
                 t,
-                q.as_ptr().add(off),
-                (c, 1),
+                qkv.as_ptr().add(off),
+                (3 * c, 1),
                 // rhs = K^T: element (kk, j) is K[j][kk].
-                k.as_ptr().add(off),
-                (1, c),
+                qkv.as_ptr().add(off + c),
+                (1, 3 * c),
                 self.scale,
             );
         }
@@ -187,13 +195,56 @@ fn cpu_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     super::contiguous_f32(op, s, l)
 }
 
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
-}
-
-impl CustomOp3 for Attention {
+impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "prism-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = cpu_f32(self.name(), s, l)?;
+        let (t, c) = (self.t, self.heads * self.d);
+        let mut out = vec![0f32; self.b * t * c];
+        let dst = SendPtr(out.as_mut_ptr());
+        self.tasks().for_each_init(
+            || vec![0f32; t * t],
+            |p, (bi, h)| {
+                let dst = dst;
+                self.probs(qkv, bi, h, p);
+                self.drop(bi, h, p);
+                let v_off = self.qkv_offset(bi, h) + 2 * c;
+                // SAFETY: task (bi, h) writes only the T x D block at `off` (row stride C) and
+                // reads its V block (row stride 3C).
+                unsafe {
+                    mm(
+                        t,
+                        self.d,
+                        t,
+                        dst.0.add(bi * t * c + h * self.d),
+                        c,
+                        p.as_ptr(),
+                        (t, 1),
+                        qkv.as_ptr().add(v_off),
+                        (3 * c, 1),
+                        1.0,
+                    );
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((self.b, t, c))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dqkv = qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBwd(self))?;
+        Ok(Some(dqkv))
+    }
+}
+
+/// The backward pass as an op of (qkv, dY), so that both are read in place.
+struct AttentionBwd<'a>(&'a Attention);
+
+impl CustomOp2 for AttentionBwd<'_> {
+    fn name(&self) -> &'static str {
+        "prism-attention-bwd"
     }
 
     fn cpu_fwd(
@@ -202,82 +253,36 @@ impl CustomOp3 for Attention {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            cpu_f32(self.name(), s1, l1)?,
-            cpu_f32(self.name(), s2, l2)?,
-            cpu_f32(self.name(), s3, l3)?,
-        );
-        let (t, c) = (self.t, self.heads * self.d);
-        let mut out = vec![0f32; self.b * t * c];
-        let dst = SendPtr(out.as_mut_ptr());
-        self.tasks().for_each_init(
-            || vec![0f32; t * t],
-            |p, (bi, h)| {
-                let dst = dst;
-                self.probs(q, k, bi, h, p);
-                self.drop(bi, h, p);
-                let off = bi * t * c + h * self.d;
-                // SAFETY: task (bi, h) writes only the T x D block at `off` (row stride C).
-                unsafe {
-                    mm(
-                        t,
-                        self.d,
-                        t,
-                        dst.0.add(off),
-                        c,
-                        p.as_ptr(),
-                        (t, 1),
-                        v.as_ptr().add(off),
-                        (c, 1),
-                        1.0,
-                    );
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, dy) = (host(q)?, host(k)?, host(v)?, host(grad)?);
-        let (t, c, d) = (self.t, self.heads * self.d, self.d);
-        let n = self.b * t * c;
-        let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-        let ptrs = (
-            SendPtr(dq.as_mut_ptr()),
-            SendPtr(dk.as_mut_ptr()),
-            SendPtr(dv.as_mut_ptr()),
-        );
-        self.tasks().for_each_init(
+        let a = self.0;
+        let qkv = cpu_f32(self.name(), s1, l1)?;
+        let dy = cpu_f32(self.name(), s2, l2)?;
+        let (t, c, d) = (a.t, a.heads * a.d, a.d);
+        let mut dqkv = vec![0f32; a.b * t * 3 * c];
+        let dst = SendPtr(dqkv.as_mut_ptr());
+        a.tasks().for_each_init(
             || (vec![0f32; t * t], vec![0f32; t * t], vec![0f32; t * t]),
             |(p, pd, dp), (bi, h)| {
-                let (dqp, dkp, dvp) = ptrs;
-                let off = bi * t * c + h * d;
-                self.probs(&q, &k, bi, h, p);
+                let dst = dst;
+                let off = a.qkv_offset(bi, h); // query block; key +C, value +2C
+                let dy_off = bi * t * c + h * d;
+                a.probs(qkv, bi, h, p);
                 pd.copy_from_slice(p);
-                self.drop(bi, h, pd);
-                // SAFETY: every product reads (B, T, C) blocks at row stride C or T x T
-                // scratch, and writes only task (bi, h)'s T x D blocks of dq, dk, dv.
+                a.drop(bi, h, pd);
+                // SAFETY: every product reads (B, T, 3C) or (B, T, C) blocks at their row
+                // strides or T x T scratch, and writes only task (bi, h)'s three T x D blocks of
+                // dqkv.
                 unsafe {
                     // dV = dropout(P)^T dY
                     mm(
                         t,
                         d,
                         t,
-                        dvp.0.add(off),
-                        c,
+                        dst.0.add(off + 2 * c),
+                        3 * c,
                         pd.as_ptr(),
                         (1, t),
-                        dy.as_ptr().add(off),
+                        dy.as_ptr().add(dy_off),
                         (c, 1),
                         1.0,
                     );
@@ -288,15 +293,15 @@ impl CustomOp3 for Attention {
                         d,
                         dp.as_mut_ptr(),
                         t,
-                        dy.as_ptr().add(off),
+                        dy.as_ptr().add(dy_off),
                         (c, 1),
-                        v.as_ptr().add(off),
-                        (1, c),
+                        qkv.as_ptr().add(off + 2 * c),
+                        (1, 3 * c),
                         1.0,
                     );
                 }
                 // Through dropout (the same mask), then softmax: dS = P (dP - rowsum(dP P)).
-                self.drop(bi, h, dp);
+                a.drop(bi, h, dp);
                 for (prow, dprow) in p.chunks(t).zip(dp.chunks_mut(t)) {
                     let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
                     for (g, &pv) in dprow.iter_mut().zip(prow) {
@@ -309,37 +314,31 @@ impl CustomOp3 for Attention {
                         t,
                         d,
                         t,
-                        dqp.0.add(off),
-                        c,
+                        dst.0.add(off),
+                        3 * c,
                         dp.as_ptr(),
                         (t, 1),
-                        k.as_ptr().add(off),
-                        (c, 1),
-                        self.scale,
+                        qkv.as_ptr().add(off + c),
+                        (3 * c, 1),
+                        a.scale,
                     );
                     // dK = scale dS^T Q
                     mm(
                         t,
                         d,
                         t,
-                        dkp.0.add(off),
-                        c,
+                        dst.0.add(off + c),
+                        3 * c,
                         dp.as_ptr(),
                         (1, t),
-                        q.as_ptr().add(off),
-                        (c, 1),
-                        self.scale,
+                        qkv.as_ptr().add(off),
+                        (3 * c, 1),
+                        a.scale,
                     );
                 }
             },
         );
-        let shape = (self.b, t, c);
-        let dev = grad.device();
-        Ok((
-            Some(Tensor::from_vec(dq, shape, dev)?),
-            Some(Tensor::from_vec(dk, shape, dev)?),
-            Some(Tensor::from_vec(dv, shape, dev)?),
-        ))
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }
 
@@ -394,7 +393,8 @@ mod tests {
         let mask = Tensor::from_vec(m, (b, t), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (b, t, c), &dev).unwrap();
         for dropout in [None, Some((0.3, 11u64))] {
-            let fused = attention(&q, &k, &v, &mask, heads, dropout).unwrap();
+            let qkv = Tensor::cat(&[q.as_tensor(), k.as_tensor(), v.as_tensor()], 2).unwrap();
+            let fused = attention(&qkv, &mask, heads, dropout).unwrap();
             let plain = reference(&q, &k, &v, &mask, heads, dropout);
             assert!(max_diff(&fused, &plain) < 1e-5, "forward {dropout:?}");
             let g1 = (&fused * &w)
@@ -422,10 +422,13 @@ mod tests {
     #[test]
     fn rejects_mismatched_shapes() {
         let dev = Device::Cpu;
-        let q = Tensor::zeros((2, 4, 8), DType::F32, &dev).unwrap();
+        let qkv = Tensor::zeros((2, 4, 24), DType::F32, &dev).unwrap();
         let mask = Tensor::zeros((2, 4), DType::F32, &dev).unwrap();
-        assert!(attention(&q, &q, &q, &mask, 3, None).is_err());
+        assert!(attention(&qkv, &mask, 2, None).is_ok());
+        assert!(attention(&qkv, &mask, 3, None).is_err());
         let bad = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
-        assert!(attention(&q, &q, &q, &bad, 2, None).is_err());
+        assert!(attention(&qkv, &bad, 2, None).is_err());
+        let not_three = Tensor::zeros((2, 4, 8), DType::F32, &dev).unwrap();
+        assert!(attention(&not_three, &mask, 2, None).is_err());
     }
 }
