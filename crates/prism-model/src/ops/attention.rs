@@ -8,7 +8,7 @@
 //! regenerated from its seed ([`super::dropout`]). The probabilities themselves are not
 //! returned: callers that need them (explanations asking for attentions) use the unfused path.
 
-use super::dropout::{kept, threshold};
+use super::dropout::{dropout_block, threshold};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -160,10 +160,7 @@ impl Attention {
         }
         let mrow = &self.mask[bi * t..(bi + 1) * t];
         for row in p.chunks_mut(t) {
-            for (x, m) in row.iter_mut().zip(mrow) {
-                *x += m;
-            }
-            super::softmax::softmax_in_place(row);
+            super::softmax::masked_softmax_row(None, mrow, 1.0, row);
         }
     }
 
@@ -174,13 +171,7 @@ impl Attention {
         if let Some((prob, seed)) = self.dropout {
             let (thr, keep) = (threshold(prob), (1.0 / (1.0 - prob)) as f32);
             let base = (bi * self.heads + h) * self.t * self.t;
-            for (i, x) in p.iter_mut().enumerate() {
-                *x = if kept(seed, base + i, thr) {
-                    *x * keep
-                } else {
-                    0.0
-                };
-            }
+            dropout_block(None, p, seed, base, thr, keep);
         }
     }
 
@@ -303,10 +294,7 @@ impl CustomOp2 for AttentionBwd<'_> {
                 // Through dropout (the same mask), then softmax: dS = P (dP - rowsum(dP P)).
                 a.drop(bi, h, dp);
                 for (prow, dprow) in p.chunks(t).zip(dp.chunks_mut(t)) {
-                    let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
-                    for (g, &pv) in dprow.iter_mut().zip(prow) {
-                        *g = pv * (*g - dot);
-                    }
+                    super::softmax::softmax_backward_in_place(prow, dprow);
                 }
                 unsafe {
                     // dQ = scale dS K

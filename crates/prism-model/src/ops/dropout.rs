@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 const BLOCK: usize = 8192;
 
 /// SplitMix64's finaliser: a bijective, well-mixed hash of `seed ^ index`.
-#[inline]
+#[inline(always)]
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -18,7 +18,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// Whether element `i` is kept: its 64-bit hash, read as a uniform number in [0, 1), is at
 /// least `p` (so it is dropped with probability `p`).
-#[inline]
+#[inline(always)]
 pub(crate) fn kept(seed: u64, i: usize, threshold: u64) -> bool {
     mix(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >= threshold
 }
@@ -43,6 +43,32 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
     } else {
         // Other devices: the same mask, built on the host, through ops that have a backward.
         x.broadcast_mul(&op.mask(x)?)
+    }
+}
+
+crate::multiversion! {
+    /// `y[j] = x[j] * scale` where element `start + j` is kept, else 0; in place on `y` when `x`
+    /// is `None`.
+    pub(crate) fn dropout_block(
+        x: Option<&[f32]>,
+        y: &mut [f32],
+        seed: u64,
+        start: usize,
+        threshold: u64,
+        scale: f32,
+    ) {
+        match x {
+            Some(x) => {
+                for (j, (v, &x)) in y.iter_mut().zip(x).enumerate() {
+                    *v = if kept(seed, start + j, threshold) { x * scale } else { 0.0 };
+                }
+            }
+            None => {
+                for (j, v) in y.iter_mut().enumerate() {
+                    *v = if kept(seed, start + j, threshold) { *v * scale } else { 0.0 };
+                }
+            }
+        }
     }
 }
 
@@ -71,12 +97,8 @@ impl Dropout {
         let mut out = vec![0f32; n];
         for_each_row(&mut out, width, |r, y| {
             let start = r * width;
-            for (j, v) in y.iter_mut().enumerate() {
-                let i = start + j;
-                if kept(self.seed, i, t) {
-                    *v = x[i] * scale;
-                }
-            }
+            let x = &x[start..start + y.len()];
+            dropout_block(Some(x), y, self.seed, start, t, scale);
         });
         out
     }

@@ -45,6 +45,25 @@ fn phi_cdf_pdf(x: f32) -> (f32, f32) {
     (0.5 * (1.0 + erf_abs.copysign(x)), INV_SQRT_2PI * e)
 }
 
+crate::multiversion! {
+    /// `y = gelu(x)` over a block.
+    fn forward_block(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x * phi_cdf(x);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// `dx = dy * gelu'(x)` over a block.
+    fn backward_block(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let (cdf, pdf) = phi_cdf_pdf(x);
+            *d = g * (cdf + x * pdf);
+        }
+    }
+}
+
 /// Width of the blocks the element-wise kernels hand to threads.
 const BLOCK: usize = 4096;
 
@@ -59,12 +78,10 @@ impl CustomOp1 for GeluErf {
         let x = contiguous_f32(self.name(), s, l)?;
         let mut out = vec![0f32; x.len()];
         let n = x.len();
-        for_each_row(&mut out, BLOCK.min(n.max(1)), |r, y| {
-            let start = r * BLOCK.min(n.max(1));
-            for (j, v) in y.iter_mut().enumerate() {
-                let xv = x[start + j];
-                *v = xv * phi_cdf(xv);
-            }
+        let width = BLOCK.min(n.max(1));
+        for_each_row(&mut out, width, |r, y| {
+            let start = r * width;
+            forward_block(&x[start..start + y.len()], y);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -96,11 +113,8 @@ impl CustomOp2 for GeluErfBwd {
         let mut out = vec![0f32; n];
         for_each_row(&mut out, width, |r, dx| {
             let start = r * width;
-            for (j, v) in dx.iter_mut().enumerate() {
-                let xv = x[start + j];
-                let (cdf, pdf) = phi_cdf_pdf(xv);
-                *v = dy[start + j] * (cdf + xv * pdf);
-            }
+            let end = start + dx.len();
+            backward_block(&x[start..end], &dy[start..end], dx);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -4,7 +4,7 @@
 //! silently get no gradient (candle issues 2168, 3011, 3752). This op computes the forward in one
 //! pass per row and the backward (dx, dgamma, dbeta) in one more.
 
-use super::{contiguous_f32, for_each_row, PAR_MIN_ELEMS};
+use super::{contiguous_f32, for_each_row, simd, PAR_MIN_ELEMS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -34,13 +34,58 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     }
 }
 
-/// Mean and reciprocal standard deviation of one row, accumulated in f64 for stability.
-#[inline]
-fn moments(row: &[f32], eps: f64) -> (f32, f32) {
-    let n = row.len() as f64;
-    let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+/// Mean and reciprocal standard deviation of one row (two passes, 16 partial sums each, in
+/// f32 as PyTorch's kernel).
+#[inline(always)]
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = simd::sum(row) / n;
+    let var = simd::sum_sq_dev(row, mean) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+crate::multiversion! {
+    /// One row of the forward pass.
+    fn forward_row(xr: &[f32], g: &[f32], b: &[f32], y: &mut [f32], eps: f32) {
+        let (mean, rstd) = moments(xr, eps);
+        for (((y, &x), &g), &b) in y.iter_mut().zip(xr).zip(g).zip(b) {
+            *y = (x - mean) * rstd * g + b;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// One row of the backward pass: writes `dx` and `xhat`, adds the row's share of dgamma and
+    /// dbeta to `acc` (dgamma then dbeta).
+    fn backward_row(
+        xr: &[f32],
+        dyr: &[f32],
+        g: &[f32],
+        dxr: &mut [f32],
+        xhat: &mut [f32],
+        acc: &mut [f32],
+        eps: f32,
+    ) {
+        let c = g.len();
+        let (mean, rstd) = moments(xr, eps);
+        for (h, &x) in xhat.iter_mut().zip(xr) {
+            *h = (x - mean) * rstd;
+        }
+        // dx first holds dxhat = dy * gamma.
+        for ((d, &dy), &g) in dxr.iter_mut().zip(dyr).zip(g) {
+            *d = dy * g;
+        }
+        let m1 = simd::sum(dxr) / c as f32;
+        let m2 = simd::dot(dxr, xhat) / c as f32;
+        let (acc_g, acc_b) = acc.split_at_mut(c);
+        for (((ag, ab), &dy), &h) in acc_g.iter_mut().zip(acc_b.iter_mut()).zip(dyr).zip(xhat.iter()) {
+            *ag += dy * h;
+            *ab += dy;
+        }
+        for (d, &h) in dxr.iter_mut().zip(xhat.iter()) {
+            *d = rstd * (*d - m1 - h * m2);
+        }
+    }
 }
 
 struct LayerNorm {
@@ -66,13 +111,9 @@ impl CustomOp3 for LayerNorm {
         let b = contiguous_f32(self.name(), s3, l3)?;
         let c = g.len();
         let mut out = vec![0f32; x.len()];
-        let eps = self.eps;
+        let eps = self.eps as f32;
         for_each_row(&mut out, c, |r, y| {
-            let xr = &x[r * c..(r + 1) * c];
-            let (mean, rstd) = moments(xr, eps);
-            for j in 0..c {
-                y[j] = (xr[j] - mean) * rstd * g[j] + b[j];
-            }
+            forward_row(&x[r * c..(r + 1) * c], g, b, y, eps);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -128,7 +169,7 @@ impl CustomOp3 for LayerNormBwd {
         let c = g.len();
         let n = x.len();
         let rows = n / c;
-        let eps = self.eps;
+        let eps = self.eps as f32;
         let mut out = vec![0f32; n + 2 * c];
         let (dx, dparams) = out.split_at_mut(n);
 
@@ -148,24 +189,8 @@ impl CustomOp3 for LayerNormBwd {
                 let mut xhat = vec![0f32; c];
                 for (i, dxr) in dx_block.chunks_mut(c).enumerate() {
                     let r = blk * block_rows + i;
-                    let xr = &x[r * c..(r + 1) * c];
-                    let dyr = &dy[r * c..(r + 1) * c];
-                    let (mean, rstd) = moments(xr, eps);
-                    let mut sum_dxhat = 0f64;
-                    let mut sum_dxhat_xhat = 0f64;
-                    for j in 0..c {
-                        xhat[j] = (xr[j] - mean) * rstd;
-                        let dxhat = dyr[j] * g[j];
-                        sum_dxhat += dxhat as f64;
-                        sum_dxhat_xhat += (dxhat * xhat[j]) as f64;
-                        acc[j] += dyr[j] * xhat[j];
-                        acc[c + j] += dyr[j];
-                    }
-                    let m1 = (sum_dxhat / c as f64) as f32;
-                    let m2 = (sum_dxhat_xhat / c as f64) as f32;
-                    for j in 0..c {
-                        dxr[j] = rstd * (dyr[j] * g[j] - m1 - xhat[j] * m2);
-                    }
+                    let rows = r * c..(r + 1) * c;
+                    backward_row(&x[rows.clone()], &dy[rows], g, dxr, &mut xhat, &mut acc, eps);
                 }
                 acc
             })

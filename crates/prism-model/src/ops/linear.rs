@@ -184,9 +184,7 @@ impl CustomOp1 for ColumnSums {
             .map(|band| {
                 let mut acc = vec![0f32; m];
                 for row in band.chunks(m) {
-                    for (a, v) in acc.iter_mut().zip(row) {
-                        *a += v;
-                    }
+                    add_assign(&mut acc, row);
                 }
                 acc
             })
@@ -198,6 +196,15 @@ impl CustomOp1 for ColumnSums {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from(m)))
+    }
+}
+
+crate::multiversion! {
+    /// `acc += row`, element-wise.
+    fn add_assign(acc: &mut [f32], row: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
     }
 }
 

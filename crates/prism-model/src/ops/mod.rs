@@ -9,6 +9,7 @@ mod dropout;
 mod gelu;
 mod layer_norm;
 mod linear;
+pub mod simd;
 mod softmax;
 
 pub use attention::attention;
@@ -37,13 +38,17 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Round to nearest with the 1.5 * 2^23 trick (no SSE4.1 `round` needed).
     const MAGIC: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.7);
-    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let shifted = xc * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `shifted`'s low mantissa bits hold n as an integer (offset by MAGIC's bits): integer
+    // arithmetic only, no float-to-int conversion (whose saturating semantics do not vectorise).
+    let n_int = shifted.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
     if x < -87.3 {
         0.0
     } else {

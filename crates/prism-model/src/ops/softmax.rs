@@ -3,7 +3,7 @@
 //! Attention needs `softmax(scale * scores + mask)`; doing it as one kernel avoids two full
 //! (B, H, T, T) temporaries, and candle's own `softmax_last_dim` has no backward pass.
 
-use super::{contiguous_f32, for_each_row};
+use super::{contiguous_f32, for_each_row, simd};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 /// `softmax(scale * scores + mask)` over the last dimension.
@@ -49,23 +49,61 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     masked_softmax(x, &mask, 1.0)
 }
 
-/// Softmax of one row of logits, in place (shared with the fused attention kernel). A row that
-/// is -inf everywhere becomes zeros rather than NaN.
-#[inline]
-pub(crate) fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// Softmax of one row of logits, in place. A row that is -inf everywhere becomes zeros rather
+/// than NaN.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = simd::max(row);
     if max == f32::NEG_INFINITY {
         row.fill(0.0);
         return;
     }
-    let mut sum = 0f32;
     for v in row.iter_mut() {
         *v = super::exp_f32(*v - max);
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / simd::sum(row);
     for v in row.iter_mut() {
         *v *= inv;
+    }
+}
+
+crate::multiversion! {
+    /// `row := softmax(scale * x + mask)` (shared with the fused attention kernel, which passes
+    /// its scaled scores as `row` itself with `x = None`).
+    pub(crate) fn masked_softmax_row(x: Option<&[f32]>, mask: &[f32], scale: f32, row: &mut [f32]) {
+        match x {
+            Some(x) => {
+                for ((y, &x), &m) in row.iter_mut().zip(x).zip(mask) {
+                    *y = x * scale + m;
+                }
+            }
+            None => {
+                for (y, &m) in row.iter_mut().zip(mask) {
+                    *y = *y * scale + m;
+                }
+            }
+        }
+        softmax_row(row);
+    }
+}
+
+crate::multiversion! {
+    /// Softmax backward of one row: `dx = scale * y * (dy - sum(dy * y))`.
+    fn softmax_backward_row(y: &[f32], dy: &[f32], dx: &mut [f32], scale: f32) {
+        let dot = simd::dot(y, dy);
+        for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
+            *d = scale * y * (g - dot);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`softmax_backward_row`] with scale 1 in place of `g` (the fused attention's backward).
+    pub(crate) fn softmax_backward_in_place(y: &[f32], g: &mut [f32]) {
+        let dot = simd::dot(y, g);
+        for (g, &y) in g.iter_mut().zip(y) {
+            *g = y * (*g - dot);
+        }
     }
 }
 
@@ -93,12 +131,8 @@ impl CustomOp2 for MaskedSoftmax {
         let scale = self.scale as f32;
         let mut out = vec![0f32; x.len()];
         for_each_row(&mut out, t, |r, y| {
-            let xr = &x[r * t..(r + 1) * t];
             let mr = &mask[(r / per) * t..(r / per + 1) * t];
-            for j in 0..t {
-                y[j] = xr[j] * scale + mr[j];
-            }
-            softmax_in_place(y);
+            masked_softmax_row(Some(&x[r * t..(r + 1) * t]), mr, scale, y);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -138,12 +172,8 @@ impl CustomOp2 for SoftmaxBwd {
         let scale = self.scale as f32;
         let mut out = vec![0f32; y.len()];
         for_each_row(&mut out, t, |r, dx| {
-            let yr = &y[r * t..(r + 1) * t];
-            let dyr = &dy[r * t..(r + 1) * t];
-            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-            for j in 0..t {
-                dx[j] = scale * yr[j] * (dyr[j] - dot);
-            }
+            let rows = r * t..(r + 1) * t;
+            softmax_backward_row(&y[rows.clone()], &dy[rows], dx, scale);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
