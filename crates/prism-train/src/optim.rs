@@ -87,10 +87,7 @@ fn sum_squares(g: &Tensor) -> Result<f64> {
         if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
             (&*storage, layout.contiguous_offsets())
         {
-            return Ok(v[a..b]
-                .par_chunks(1 << 14)
-                .map(sum_squares_f64)
-                .sum());
+            return Ok(v[a..b].par_chunks(1 << 14).map(sum_squares_f64).sum());
         }
     }
     let s: f32 = g.sqr()?.sum_all()?.to_dtype(DType::F32)?.to_scalar()?;

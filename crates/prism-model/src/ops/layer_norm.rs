@@ -190,7 +190,15 @@ impl CustomOp3 for LayerNormBwd {
                 for (i, dxr) in dx_block.chunks_mut(c).enumerate() {
                     let r = blk * block_rows + i;
                     let rows = r * c..(r + 1) * c;
-                    backward_row(&x[rows.clone()], &dy[rows], g, dxr, &mut xhat, &mut acc, eps);
+                    backward_row(
+                        &x[rows.clone()],
+                        &dy[rows],
+                        g,
+                        dxr,
+                        &mut xhat,
+                        &mut acc,
+                        eps,
+                    );
                 }
                 acc
             })

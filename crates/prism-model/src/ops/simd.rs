@@ -178,7 +178,9 @@ mod tests {
     #[test]
     fn reductions_match_serial_ones() {
         for n in [0usize, 1, 15, 16, 17, 100, 257] {
-            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.25)
+                .collect();
             let y: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.5).collect();
             let s: f32 = x.iter().sum();
             assert!((sum(&x) - s).abs() < 1e-4, "sum {n}");
