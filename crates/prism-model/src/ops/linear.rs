@@ -3,9 +3,7 @@
 //! pass, and the backward pass produces dx, dW (already in W's layout, no transpose copy) and db
 //! directly.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 fn parallelism() -> gemm::Parallelism {
@@ -101,20 +99,132 @@ fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)
     Ok((lead.iter().product(), n, k, Shape::from(out)))
 }
 
-/// dx = dy W (shaped like x) and, when the weight is tracked, dW = dy^T x in W's own layout.
-fn input_and_weight_grads(
+/// dx = dy W (shaped like x) and, when tracked, dW = dy^T x (in W's own layout) and db = the
+/// column sums of dy, from one [`LinearBwd`] kernel.
+fn linear_grads(
     x: &Tensor,
     w: &Tensor,
+    b: Option<&Tensor>,
     dy: &Tensor,
-) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let (n, k) = w.dims2()?;
-    let dy2 = dy.contiguous()?.reshape(((), n))?; // (N, out)
-    let dx = dy2.matmul(w)?.reshape(x.shape())?;
-    let dw = w
-        .track_op()
-        .then(|| dy2.t()?.matmul(&x.reshape(((), k))?))
-        .transpose()?;
-    Ok((dx, dw, dy2))
+    let m = x.elem_count() / k.max(1);
+    // Frozen weights (explanations) need no gradient: skip dW and db, a third of the backward
+    // GEMM work.
+    let op = LinearBwd {
+        weight: w.track_op(),
+        bias: b.is_some_and(|b| b.track_op()),
+    };
+    let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
+    let dx = packed.narrow(0, 0, m * k)?.reshape(x.shape())?;
+    let mut at = m * k;
+    let dw = if op.weight {
+        at += n * k;
+        Some(packed.narrow(0, m * k, n * k)?.reshape((n, k))?)
+    } else {
+        None
+    };
+    let db = op.bias.then(|| packed.narrow(0, at, n)).transpose()?;
+    Ok((dx, dw, db))
+}
+
+/// Backward of `y = x W^T (+ b)` on the CPU as one op of (x, W, dy): a flat buffer holding dx
+/// (m x k), then dW (n x k) when `weight`, then db (n) when `bias`. The GEMMs write straight
+/// into it (no zero fill; candle's matmul would zero-fill each output first).
+struct LinearBwd {
+    weight: bool,
+    bias: bool,
+}
+
+impl CustomOp3 for LinearBwd {
+    fn name(&self) -> &'static str {
+        "prism-linear-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, n, k, _) = dims(self.name(), l1, l2)?;
+        let (x, w, dy) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+            f32_slice(self.name(), s3, l3)?,
+        );
+        if dy.len() != m * n {
+            candle_core::bail!(
+                "{}: gradient has {} values for {m} x {n} outputs",
+                self.name(),
+                dy.len()
+            );
+        }
+        let db = self.bias.then(|| column_sums(dy, n));
+        let nw = if self.weight { n * k } else { 0 };
+        let total = m * k + nw + db.as_ref().map_or(0, Vec::len);
+        let mut out: Vec<f32> = Vec::with_capacity(total);
+        // SAFETY: `out` has room for m*k + n*k values; `x`, `w`, `dy` hold m*k, n*k and m*n
+        // (checked above and by `dims`), the strides address exactly those, and with
+        // `read_dst = false` the GEMMs write every destination element without reading it; the
+        // length is set only after they have.
+        unsafe {
+            // dx (m, k) = dy (m, n) W (n, k)
+            gemm::gemm(
+                m,
+                k,
+                n,
+                out.as_mut_ptr(),
+                1,
+                k as isize,
+                false,
+                dy.as_ptr(),
+                1,
+                n as isize,
+                w.as_ptr(),
+                1,
+                k as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+            if self.weight {
+                // dW (n, k) = dy^T (n, m) x (m, k); element (i, j) of dy^T is dy[j * n + i].
+                gemm::gemm(
+                    n,
+                    k,
+                    m,
+                    out.as_mut_ptr().add(m * k),
+                    1,
+                    k as isize,
+                    false,
+                    dy.as_ptr(),
+                    n as isize,
+                    1,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism(),
+                );
+            }
+            out.set_len(m * k + nw);
+        }
+        if let Some(db) = db {
+            out.extend_from_slice(&db);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(total)))
+    }
 }
 
 /// `x` (..., in) times `w` (out, in) transposed, plus `b` (out) when given: (..., out). The
@@ -185,53 +295,36 @@ impl CustomOp3 for LinearBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // Frozen weights (explanations) need no gradient: skip dW and db, a third of the
-        // backward GEMM work.
-        let (dx, dw, dy2) = input_and_weight_grads(x, w, dy)?;
-        let db = b
-            .track_op()
-            .then(|| dy2.apply_op1_no_bwd(&ColumnSums))
-            .transpose()?;
+        let (dx, dw, db) = linear_grads(x, w, Some(b), dy)?;
         Ok((Some(dx), dw, db))
     }
 }
 
-/// Sum over the rows of an (N, M) matrix: (M). Each thread sums a band of rows into its own
-/// accumulator (sequential, vectorisable inner loop), then the bands are added.
-struct ColumnSums;
-
-impl CustomOp1 for ColumnSums {
-    fn name(&self) -> &'static str {
-        "prism-column-sums"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, m) = l.shape().dims2()?;
-        let x = f32_slice(self.name(), s, l)?;
-        let bands = if n * m >= super::PAR_MIN_ELEMS {
-            rayon::current_num_threads().max(1) * 2
-        } else {
-            1
-        };
-        let rows_per = n.div_ceil(bands).max(1);
-        let partial: Vec<Vec<f32>> = x
-            .par_chunks(rows_per * m)
-            .map(|band| {
-                let mut acc = vec![0f32; m];
-                for row in band.chunks(m) {
-                    add_assign(&mut acc, row);
-                }
-                acc
-            })
-            .collect();
-        let mut out = vec![0f32; m];
-        for p in &partial {
-            for (a, v) in out.iter_mut().zip(p) {
-                *a += v;
+/// Sum over the rows of a row-major matrix `x` with `m` columns: (m). Each thread sums a band
+/// of rows into its own accumulator (vectorised inner loop), then the bands are added.
+fn column_sums(x: &[f32], m: usize) -> Vec<f32> {
+    let n = x.len() / m.max(1);
+    let bands = if n * m >= super::PAR_MIN_ELEMS {
+        rayon::current_num_threads().max(1) * 2
+    } else {
+        1
+    };
+    let rows_per = n.div_ceil(bands).max(1);
+    let partial: Vec<Vec<f32>> = x
+        .par_chunks((rows_per * m).max(1))
+        .map(|band| {
+            let mut acc = vec![0f32; m];
+            for row in band.chunks(m.max(1)) {
+                add_assign(&mut acc, row);
             }
-        }
-        Ok((CpuStorage::F32(out), Shape::from(m)))
+            acc
+        })
+        .collect();
+    let mut out = vec![0f32; m];
+    for p in &partial {
+        add_assign(&mut out, p);
     }
+    out
 }
 
 crate::multiversion! {
@@ -272,7 +365,7 @@ impl CustomOp2 for LinearNoBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = input_and_weight_grads(x, w, dy)?;
+        let (dx, dw, _) = linear_grads(x, w, None, dy)?;
         Ok((Some(dx), dw))
     }
 }
