@@ -387,17 +387,23 @@ fn load(spec: &str, dev: &Device) -> Result<PretrainedModel> {
 /// allocations above 128 KiB with fresh `mmap`s by default, so every activation and gradient of
 /// every step paid page faults and kernel zeroing (measured: 20-25% of an inference pass). With
 /// a 32 MiB mmap threshold and a 1 GiB trim threshold, a training loop reuses its own memory.
-fn keep_freed_memory() {
+fn tune_runtime() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
+    // candle's element-wise thread pool spins 25,000 times after each op before parking; its
+    // spinning worker then competes with rayon's GEMM threads for the same cores (4-7 % of a
+    // mini training step on 2 cores). Park almost at once unless the user chose otherwise.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "64");
+    }
 }
 
 fn main() {
-    keep_freed_memory();
+    tune_runtime();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // One line per cause, the outermost first.

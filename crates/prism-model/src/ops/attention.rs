@@ -92,8 +92,8 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// dst (m, n) := [dst +] beta * lhs (m, k) * rhs (k, n), with explicit (row, column) strides,
-/// single-threaded (the caller parallelises over heads).
+/// dst (m, n) := beta * lhs (m, k) * rhs (k, n), with explicit (row, column) strides,
+/// single-threaded (the caller parallelises over heads). Overwrites dst without reading it.
 #[allow(clippy::too_many_arguments)]
 unsafe fn mm(
     m: usize,
@@ -194,7 +194,8 @@ impl CustomOp1 for Attention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = cpu_f32(self.name(), s, l)?;
         let (t, c) = (self.t, self.heads * self.d);
-        let mut out = vec![0f32; self.b * t * c];
+        let n_out = self.b * t * c;
+        let mut out: Vec<f32> = Vec::with_capacity(n_out);
         let dst = SendPtr(out.as_mut_ptr());
         self.tasks().for_each_init(
             || vec![0f32; t * t],
@@ -221,6 +222,9 @@ impl CustomOp1 for Attention {
                 }
             },
         );
+        // SAFETY: the (B x heads) tasks wrote every T x D block of (B, T, C), each with a GEMM
+        // that overwrites its destination (`mm` does not read dst).
+        unsafe { out.set_len(n_out) };
         Ok((CpuStorage::F32(out), Shape::from((self.b, t, c))))
     }
 
@@ -249,7 +253,8 @@ impl CustomOp2 for AttentionBwd<'_> {
         let qkv = cpu_f32(self.name(), s1, l1)?;
         let dy = cpu_f32(self.name(), s2, l2)?;
         let (t, c, d) = (a.t, a.heads * a.d, a.d);
-        let mut dqkv = vec![0f32; a.b * t * 3 * c];
+        let n_out = a.b * t * 3 * c;
+        let mut dqkv: Vec<f32> = Vec::with_capacity(n_out);
         let dst = SendPtr(dqkv.as_mut_ptr());
         a.tasks().for_each_init(
             || (vec![0f32; t * t], vec![0f32; t * t], vec![0f32; t * t]),
@@ -326,6 +331,9 @@ impl CustomOp2 for AttentionBwd<'_> {
                 }
             },
         );
+        // SAFETY: every task overwrote its head's dQ, dK and dV blocks; together they cover
+        // (B, T, 3C).
+        unsafe { dqkv.set_len(n_out) };
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }

@@ -2,7 +2,7 @@
 //! `(seed, element index)`: the forward pass never materialises a mask tensor, and the backward
 //! pass regenerates the same mask from the seed instead of storing it.
 
-use super::{contiguous_f32, for_each_row};
+use super::{contiguous_f32, rows_filled};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 /// Elements per task of the parallel loop.
@@ -94,13 +94,14 @@ impl Dropout {
         let (t, scale) = (threshold(self.p), (1.0 / (1.0 - self.p)) as f32);
         let n = x.len();
         let width = BLOCK.min(n.max(1));
-        let mut out = vec![0f32; n];
-        for_each_row(&mut out, width, |r, y| {
-            let start = r * width;
-            let x = &x[start..start + y.len()];
-            dropout_block(Some(x), y, self.seed, start, t, scale);
-        });
-        out
+        // SAFETY: `dropout_block` writes every element of `y` (x has the same length).
+        unsafe {
+            rows_filled(n, width, |r, y| {
+                let start = r * width;
+                let x = &x[start..start + y.len()];
+                dropout_block(Some(x), y, self.seed, start, t, scale);
+            })
+        }
     }
 }
 

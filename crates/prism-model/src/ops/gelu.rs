@@ -1,6 +1,6 @@
 //! Exact (erf) GELU, `x * Phi(x)` (Hendrycks & Gimpel 2016), as BERT's `hidden_act = "gelu"`.
 
-use super::{contiguous_f32, for_each_row};
+use super::{contiguous_f32, rows_filled};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -76,13 +76,15 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(self.name(), s, l)?;
-        let mut out = vec![0f32; x.len()];
         let n = x.len();
         let width = BLOCK.min(n.max(1));
-        for_each_row(&mut out, width, |r, y| {
-            let start = r * width;
-            forward_block(&x[start..start + y.len()], y);
-        });
+        // SAFETY: `forward_block` writes every element of `y` (x has the same length).
+        let out = unsafe {
+            rows_filled(n, width, |r, y| {
+                let start = r * width;
+                forward_block(&x[start..start + y.len()], y);
+            })
+        };
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -110,12 +112,17 @@ impl CustomOp2 for GeluErfBwd {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let n = x.len();
         let width = BLOCK.min(n.max(1));
-        let mut out = vec![0f32; n];
-        for_each_row(&mut out, width, |r, dx| {
-            let start = r * width;
-            let end = start + dx.len();
-            backward_block(&x[start..end], &dy[start..end], dx);
-        });
+        if dy.len() != n {
+            candle_core::bail!("{}: {} gradients for {n} inputs", self.name(), dy.len());
+        }
+        // SAFETY: `backward_block` writes every element of `dx` (x and dy have its length).
+        let out = unsafe {
+            rows_filled(n, width, |r, dx| {
+                let start = r * width;
+                let end = start + dx.len();
+                backward_block(&x[start..end], &dy[start..end], dx);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

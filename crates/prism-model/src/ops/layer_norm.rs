@@ -4,7 +4,7 @@
 //! silently get no gradient (candle issues 2168, 3011, 3752). This op computes the forward in one
 //! pass per row and the backward (dx, dgamma, dbeta) in one more.
 
-use super::{contiguous_f32, for_each_row, simd, PAR_MIN_ELEMS};
+use super::{contiguous_f32, rows_filled, simd, PAR_MIN_ELEMS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -110,11 +110,16 @@ impl CustomOp3 for LayerNorm {
         let g = contiguous_f32(self.name(), s2, l2)?;
         let b = contiguous_f32(self.name(), s3, l3)?;
         let c = g.len();
-        let mut out = vec![0f32; x.len()];
+        if b.len() != c || x.len() % c.max(1) != 0 {
+            candle_core::bail!("{}: gamma, beta and input do not fit", self.name());
+        }
         let eps = self.eps as f32;
-        for_each_row(&mut out, c, |r, y| {
-            forward_row(&x[r * c..(r + 1) * c], g, b, y, eps);
-        });
+        // SAFETY: `forward_row` writes every element of `y` (x's row, g and b have its length).
+        let out = unsafe {
+            rows_filled(x.len(), c, |r, y| {
+                forward_row(&x[r * c..(r + 1) * c], g, b, y, eps);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 

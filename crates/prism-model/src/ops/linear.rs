@@ -42,11 +42,13 @@ crate::multiversion! {
 /// (measured with the `gemm` crate at 2048 x 256 x 768 and friends). Costs n * k copies per
 /// call against m * n * k multiply-adds.
 fn transposed(w: &[f32], n: usize, k: usize) -> Vec<f32> {
-    let mut wt = vec![0f32; n * k];
-    super::for_each_row(&mut wt, n * TRANSPOSE_BLOCK.min(k.max(1)), |r, block| {
-        transpose_rows(w, block, r * TRANSPOSE_BLOCK.min(k.max(1)), n, k);
-    });
-    wt
+    let rows = TRANSPOSE_BLOCK.min(k.max(1));
+    // SAFETY: `transpose_rows` writes every element of its block of rows.
+    unsafe {
+        super::rows_filled(n * k, n * rows, |r, block| {
+            transpose_rows(w, block, r * rows, n, k);
+        })
+    }
 }
 
 /// x (m, k) * w^T where w is (n, k), all row-major and contiguous: a new (m, n) buffer.

@@ -3,7 +3,7 @@
 //! Attention needs `softmax(scale * scores + mask)`; doing it as one kernel avoids two full
 //! (B, H, T, T) temporaries, and candle's own `softmax_last_dim` has no backward pass.
 
-use super::{contiguous_f32, for_each_row, simd};
+use super::{contiguous_f32, rows_filled, simd};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 /// `softmax(scale * scores + mask)` over the last dimension.
@@ -129,11 +129,14 @@ impl CustomOp2 for MaskedSoftmax {
         let rows = x.len() / t.max(1);
         let per = rows / (mask.len() / t.max(1)).max(1);
         let scale = self.scale as f32;
-        let mut out = vec![0f32; x.len()];
-        for_each_row(&mut out, t, |r, y| {
-            let mr = &mask[(r / per) * t..(r / per + 1) * t];
-            masked_softmax_row(Some(&x[r * t..(r + 1) * t]), mr, scale, y);
-        });
+        // SAFETY: `masked_softmax_row` writes every element of `y` (the score and mask rows
+        // have its length T, checked by `masked_softmax`).
+        let out = unsafe {
+            rows_filled(x.len(), t, |r, y| {
+                let mr = &mask[(r / per) * t..(r / per + 1) * t];
+                masked_softmax_row(Some(&x[r * t..(r + 1) * t]), mr, scale, y);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -170,11 +173,17 @@ impl CustomOp2 for SoftmaxBwd {
         let dy = contiguous_f32(self.name(), s2, l2)?;
         let t = l1.shape().dims().last().copied().unwrap_or(1);
         let scale = self.scale as f32;
-        let mut out = vec![0f32; y.len()];
-        for_each_row(&mut out, t, |r, dx| {
-            let rows = r * t..(r + 1) * t;
-            softmax_backward_row(&y[rows.clone()], &dy[rows], dx, scale);
-        });
+        if dy.len() != y.len() {
+            candle_core::bail!("{}: gradient and output differ in size", self.name());
+        }
+        // SAFETY: `softmax_backward_row` writes every element of `dx` (rows of y and dy have
+        // its length).
+        let out = unsafe {
+            rows_filled(y.len(), t, |r, dx| {
+                let rows = r * t..(r + 1) * t;
+                softmax_backward_row(&y[rows.clone()], &dy[rows], dx, scale);
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
