@@ -24,7 +24,7 @@ use std::time::Instant;
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
 pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
-pub const WORKLOADS: [&str; 4] = ["infer", "train", "ig", "mlm"];
+pub const WORKLOADS: [&str; 5] = ["infer", "infer-bf16", "train", "ig", "mlm"];
 
 pub struct BenchArgs {
     pub sizes: Vec<String>,
@@ -358,6 +358,23 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     let (times, _) = measure(args.warmup, args.reps, || {
                         let out = mt.base.encoder.forward(&input, &Mode::Eval)?;
                         let logits = mt.tasks[0].logits(&out, &Mode::Eval)?;
+                        logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+                        Ok(Phases::default())
+                    })?;
+                    let flops = fwd_flops + 2.0 * c * c * b as f64;
+                    row(size, work, "seq/s", b as f64, &times, flops, None)
+                }
+                "infer-bf16" => {
+                    // The same forward with every linear layer on the AMX tile unit in bf16
+                    // (f32 accumulation; attention products, softmax, layer norm, GELU in f32).
+                    let frozen = mt.as_ref().context("classification model")?.frozen_bf16()?;
+                    if !prism_model::ops::amx::available() {
+                        eprintln!("note: no AMX-BF16 on this CPU, infer-bf16 runs in f32");
+                    }
+                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?;
+                    let (times, _) = measure(args.warmup, args.reps, || {
+                        let out = frozen.base.encoder.forward(&input, &Mode::Eval)?;
+                        let logits = frozen.tasks[0].logits(&out, &Mode::Eval)?;
                         logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
                         Ok(Phases::default())
                     })?;

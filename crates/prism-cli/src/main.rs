@@ -38,8 +38,12 @@ enum Command {
         /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12).
         #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
         sizes: Vec<String>,
-        /// Workloads: infer, train, ig, mlm.
-        #[arg(long, value_delimiter = ',', default_value = "infer,train,ig,mlm")]
+        /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX), train, ig, mlm.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "infer,infer-bf16,train,ig,mlm"
+        )]
         workloads: Vec<String>,
         /// Sequences per batch (and IG interpolations per pass).
         #[arg(long, default_value_t = 16)]
@@ -126,6 +130,10 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
+        /// Run the linear layers in bf16 on the AMX tile unit (f32 accumulation), to measure
+        /// what bf16 inference changes (f32 on CPUs without AMX-BF16).
+        #[arg(long)]
+        bf16: bool,
         #[arg(long)]
         json: bool,
     },
@@ -481,8 +489,9 @@ fn run(cli: Cli) -> Result<()> {
             task,
             data,
             batch_size,
+            bf16,
             json,
-        } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, json, &dev)?,
+        } => train_cmd::eval(&model, task.as_deref(), &data, batch_size, bf16, json, &dev)?,
         Command::Predict {
             model,
             text,

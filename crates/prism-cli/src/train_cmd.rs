@@ -178,10 +178,17 @@ pub fn eval(
     task: Option<&str>,
     data_file: &Path,
     batch_size: usize,
+    bf16: bool,
     json_out: bool,
     dev: &Device,
 ) -> Result<()> {
-    let m = load(model, dev)?;
+    let mut m = load(model, dev)?;
+    if bf16 {
+        if !prism_model::ops::amx::available() {
+            eprintln!("note: no AMX-BF16 on this CPU; evaluating in f32");
+        }
+        m = m.frozen_bf16()?;
+    }
     let ti = match task {
         Some(t) => m.task_index(t)?,
         None if m.tasks.len() == 1 => 0,

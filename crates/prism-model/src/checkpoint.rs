@@ -377,7 +377,17 @@ impl PretrainedModel {
     /// The same model with frozen parameters (shared, not copied): gradients flow to the
     /// inputs only. Explanations use it; training must not.
     pub fn frozen(&self) -> Result<Self> {
-        let params = self.params.frozen();
+        self.rebuilt_with(self.params.frozen())
+    }
+
+    /// [`PretrainedModel::frozen`] with bf16 AMX inference in every linear layer
+    /// ([`ParamStore::frozen_bf16`]): the packed bf16 weights are a snapshot taken now. On a
+    /// CPU without AMX-BF16 this is `frozen()`.
+    pub fn frozen_bf16(&self) -> Result<Self> {
+        self.rebuilt_with(self.params.frozen_bf16())
+    }
+
+    fn rebuilt_with(&self, params: ParamStore) -> Result<Self> {
         let encoder = match &self.config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
             ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),

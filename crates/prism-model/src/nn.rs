@@ -42,6 +42,8 @@ pub struct ParamStore {
     device: Device,
     /// Hand out detached tensors: layers built from this store compute no parameter gradients.
     frozen: bool,
+    /// Frozen, and linear layers also keep a bf16 copy of their weight for AMX inference.
+    bf16: bool,
 }
 
 impl ParamStore {
@@ -53,6 +55,7 @@ impl ParamStore {
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             device: device.clone(),
             frozen: false,
+            bf16: false,
         }
     }
 
@@ -64,6 +67,23 @@ impl ParamStore {
             frozen: true,
             ..self.clone()
         }
+    }
+
+    /// [`ParamStore::frozen`], and every linear layer built from it also packs a bf16 copy of
+    /// its weight and runs inference (inputs that track no gradient) on the AMX tile unit
+    /// ([`ops::amx`]); gradients still go through the f32 weights. Without AMX this is
+    /// `frozen()`.
+    pub fn frozen_bf16(&self) -> Self {
+        Self {
+            frozen: true,
+            bf16: crate::ops::amx::available(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether layers built from this store use bf16 AMX inference.
+    pub fn bf16(&self) -> bool {
+        self.bf16
     }
 
     fn hand_out(&self, v: &Var) -> Tensor {
@@ -278,13 +298,32 @@ impl ParamBuilder {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The weight in bf16 for AMX inference, when built from a [`ParamStore::frozen_bf16`]
+    /// store.
+    pub packed: Option<Arc<ops::amx::PackedWeight>>,
 }
 
 impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            packed: None,
+        }
+    }
+
     pub fn load(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
         let weight = pb.get(&[out_dim, in_dim], "weight", Init::Normal(std))?;
         let bias = Some(pb.get(&[out_dim], "bias", Init::Const(0.0))?);
-        Ok(Self { weight, bias })
+        Self::new(weight, bias).packed_for(pb.store())
+    }
+
+    /// Pack the weight for bf16 inference when `store` asks for it.
+    fn packed_for(mut self, store: &ParamStore) -> Result<Self> {
+        if store.bf16() {
+            self.packed = Some(Arc::new(ops::amx::PackedWeight::from_tensor(&self.weight)?));
+        }
+        Ok(self)
     }
 
     /// Like [`Linear::load`], but initialised when the checkpoint lacks it (a new task head).
@@ -296,7 +335,7 @@ impl Linear {
     ) -> Result<Self> {
         let weight = pb.get_or_init(&[out_dim, in_dim], "weight", Init::Normal(std))?;
         let bias = Some(pb.get_or_init(&[out_dim], "bias", Init::Const(0.0))?);
-        Ok(Self { weight, bias })
+        Self::new(weight, bias).packed_for(pb.store())
     }
 
     /// # Shapes
@@ -304,6 +343,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.rank() == 0 {
             return Err(Error::Input("linear: scalar input".into()));
+        }
+        if let Some(p) = &self.packed {
+            if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
+                return Ok(ops::amx::linear(x, p, self.bias.as_ref())?);
+            }
         }
         Ok(ops::linear(x, &self.weight, self.bias.as_ref())?)
     }

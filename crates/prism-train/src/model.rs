@@ -102,8 +102,18 @@ impl MultiTaskModel {
     /// the inputs only, with no weight gradients. What explanations need, at about two thirds
     /// of the backward cost.
     pub fn frozen(&self) -> Result<Self> {
+        self.rebuilt_with(self.base.frozen()?)
+    }
+
+    /// [`MultiTaskModel::frozen`] with bf16 AMX inference in the encoder's and heads' linear
+    /// layers (a snapshot of the weights); `frozen()` on a CPU without AMX-BF16.
+    pub fn frozen_bf16(&self) -> Result<Self> {
+        self.rebuilt_with(self.base.frozen_bf16()?)
+    }
+
+    fn rebuilt_with(&self, base: PretrainedModel) -> Result<Self> {
         let specs = self.tasks.iter().map(|t| t.spec.clone()).collect();
-        let mut m = Self::new(self.base.frozen()?, specs, 0)?;
+        let mut m = Self::new(base, specs, 0)?;
         for (new, old) in m.tasks.iter_mut().zip(&self.tasks) {
             new.loss_config = old.loss_config.clone();
             new.adversarial = old.adversarial.clone();

@@ -7,8 +7,10 @@ use super::{Encoder, EncoderInput, EncoderOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Embedding, LayerNorm, Linear, Mode, ParamBuilder};
 use crate::ops;
+use crate::ops::amx::PackedWeight;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 fn default_act() -> String {
     "gelu".into()
@@ -293,6 +295,8 @@ struct SelfAttention {
     query: Linear,
     key: Linear,
     value: Linear,
+    /// The three projections packed side by side for bf16 AMX inference.
+    qkv_packed: Option<Arc<PackedWeight>>,
     out: Linear,
     norm: LayerNorm,
     heads: usize,
@@ -306,10 +310,23 @@ impl SelfAttention {
         let (c, std) = (cfg.hidden_size, cfg.initializer_range);
         let s = pb.pp("self");
         let o = pb.pp("output");
+        let (query, key, value) = (
+            Linear::load(&s.pp("query"), c, c, std)?,
+            Linear::load(&s.pp("key"), c, c, std)?,
+            Linear::load(&s.pp("value"), c, c, std)?,
+        );
+        // bf16 inference: one packed (3C, C) weight for the fused projection.
+        let qkv_packed = if pb.store().bf16() {
+            let w = Tensor::cat(&[&query.weight, &key.weight, &value.weight], 0)?;
+            Some(Arc::new(PackedWeight::from_tensor(&w)?))
+        } else {
+            None
+        };
         Ok(Self {
-            query: Linear::load(&s.pp("query"), c, c, std)?,
-            key: Linear::load(&s.pp("key"), c, c, std)?,
-            value: Linear::load(&s.pp("value"), c, c, std)?,
+            query,
+            key,
+            value,
+            qkv_packed,
             out: Linear::load(&o.pp("dense"), c, c, std)?,
             norm: LayerNorm::load(&o.pp("LayerNorm"), c, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
@@ -335,6 +352,11 @@ impl SelfAttention {
             return Err(Error::Input(
                 "attention: query, key and value must all have a bias or none".into(),
             ));
+        }
+        if let Some(p) = &self.qkv_packed {
+            if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
+                return Ok(ops::amx::linear(x, p, b.as_ref())?);
+            }
         }
         Ok(ops::linear(x, &w, b.as_ref())?)
     }

@@ -17,20 +17,38 @@ fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     super::contiguous_f32(op, s, l)
 }
 
-/// Rows of W per block of the transpose (a block of rows and its columns stay in cache).
-const TRANSPOSE_BLOCK: usize = 32;
+/// Rows of the transposed weight per parallel task.
+const TRANSPOSE_BLOCK: usize = 64;
 
 crate::multiversion! {
-    /// `dst` (k, n) := `w` (n, k) transposed, for the rows `r0..r0 + dst.len() / n` of `dst`.
+    /// `dst` (k, n) := `w` (n, k) transposed, for the rows `r0..r0 + dst.len() / n` of `dst`,
+    /// through 16 x 16 tiles held in registers: rows of `w` are read and rows of `dst` written
+    /// 16 contiguous values at a time.
     fn transpose_rows(w: &[f32], dst: &mut [f32], r0: usize, n: usize, k: usize) {
+        const T: usize = 16;
         let rows = dst.len() / n;
-        for i0 in (0..n).step_by(TRANSPOSE_BLOCK) {
-            let i1 = (i0 + TRANSPOSE_BLOCK).min(n);
-            for j in 0..rows {
-                let src_col = r0 + j;
-                let d = &mut dst[j * n + i0..j * n + i1];
-                for (o, i) in d.iter_mut().zip(i0..i1) {
-                    *o = w[i * k + src_col];
+        let mut tile = [[0f32; T]; T];
+        for i0 in (0..n).step_by(T) {
+            let ti = T.min(n - i0);
+            for j0 in (0..rows).step_by(T) {
+                let tj = T.min(rows - j0);
+                if ti == T && tj == T {
+                    for (a, row) in tile.iter_mut().enumerate() {
+                        let src = &w[(i0 + a) * k + r0 + j0..][..T];
+                        row.copy_from_slice(src);
+                    }
+                    for b in 0..T {
+                        let out = &mut dst[(j0 + b) * n + i0..][..T];
+                        for (a, o) in out.iter_mut().enumerate() {
+                            *o = tile[a][b];
+                        }
+                    }
+                } else {
+                    for a in 0..ti {
+                        for b in 0..tj {
+                            dst[(j0 + b) * n + i0 + a] = w[(i0 + a) * k + r0 + j0 + b];
+                        }
+                    }
                 }
             }
         }
@@ -459,6 +477,19 @@ mod tests {
             );
             assert_eq!(a.dims(), c.dims());
             assert!(max_diff(a, c) < 1e-4);
+        }
+    }
+
+    #[test]
+    fn transpose_handles_full_and_partial_tiles() {
+        for (n, k) in [(1, 1), (16, 16), (37, 70), (300, 129), (64, 16)] {
+            let w: Vec<f32> = (0..n * k).map(|i| i as f32).collect();
+            let wt = transposed(&w, n, k);
+            for i in 0..n {
+                for j in 0..k {
+                    assert_eq!(wt[j * n + i], w[i * k + j], "({n}, {k}) at ({i}, {j})");
+                }
+            }
         }
     }
 

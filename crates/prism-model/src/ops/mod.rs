@@ -4,6 +4,7 @@
 //! fused kernel. On non-CPU devices the public functions fall back to compositions of candle
 //! primitives, which all have a backward pass, so training works everywhere and is fast on CPU.
 
+pub mod amx;
 mod attention;
 mod dropout;
 mod gelu;
