@@ -4,6 +4,8 @@ BERT, default attention implementation) and Captum, on the same thread count.
 
 Workloads (batch B x T tokens, default 16 x 128), per model size:
   infer  encoder + 2-class head forward, no grad                       sequences/s
+  infer-bf16  the same under torch.autocast("cpu", bfloat16) (oneDNN's AMX kernels), against
+         prism's linear layers in bf16 on AMX; the table also gives the ratio to f32 PyTorch
   train  forward (dropout on) + cross-entropy + backward + clip + AdamW  sequences/s
   ig     Captum LayerIntegratedGradients on the word embeddings, one example of T tokens,
          50 Gauss-Legendre steps, internal batch B, [PAD] baseline, target softmax class 1,
@@ -161,6 +163,18 @@ def bench_size(size, args, rows):
 
             times, _ = measure(args.warmup, args.reps, f)
             row = make_row(size, work, "seq/s", b, times, fwd + 2 * c * c * b)
+        elif work == "infer-bf16":
+            cls.eval()
+            ids = random_ids(g, b, t, v)
+            mask = torch.ones_like(ids)
+
+            def f():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    cls(input_ids=ids, attention_mask=mask).logits.float().tolist()
+                return None
+
+            times, _ = measure(args.warmup, args.reps, f)
+            row = make_row(size, work, "seq/s", b, times, fwd + 2 * c * c * b)
         elif work == "train":
             cls.train()
             opt = adamw(cls, 1e-5)
@@ -261,7 +275,7 @@ def run_torch(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,mini,minilm,base")
-    ap.add_argument("--workloads", default="infer,train,ig,mlm")
+    ap.add_argument("--workloads", default="infer,infer-bf16,train,ig,mlm")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
@@ -302,10 +316,17 @@ def main():
                 continue
             ratio = r["throughput"]["median"] / t["throughput"]["median"]
             pct = 100 * r["gflops"] / prism["sgemm"]["gflops"]
+            f32 = theirs.get((r["size"], "infer")) if r["workload"] == "infer-bf16" else None
+            vs_f32 = r["throughput"]["median"] / f32["throughput"]["median"] if f32 else None
+            extra = f"   vs PyTorch f32: {vs_f32:.2f}x" if vs_f32 else ""
             print(f"{r['size']:<7} {r['workload']:<6} {r['unit']:>6} {r['throughput']['median']:>10.2f} "
-                  f"{t['throughput']['median']:>10.2f} {ratio:>6.2f}x   {r['gflops']:.1f} ({pct:.0f}%)", file=sys.stderr)
-            table.append({"size": r["size"], "workload": r["workload"], "unit": r["unit"],
-                          "prism": r["throughput"]["median"], "pytorch": t["throughput"]["median"], "ratio": ratio})
+                  f"{t['throughput']['median']:>10.2f} {ratio:>6.2f}x   {r['gflops']:.1f} ({pct:.0f}%){extra}",
+                  file=sys.stderr)
+            entry = {"size": r["size"], "workload": r["workload"], "unit": r["unit"],
+                     "prism": r["throughput"]["median"], "pytorch": t["throughput"]["median"], "ratio": ratio}
+            if vs_f32:
+                entry["ratio_vs_pytorch_f32"] = vs_f32
+            table.append(entry)
         print(f"sgemm {prism['sgemm']['n']}^3 GFLOP/s: prism {prism['sgemm']['gflops']:.1f}, PyTorch {ref['sgemm']['gflops']:.1f}",
               file=sys.stderr)
         out["ratios"] = table

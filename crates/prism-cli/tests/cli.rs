@@ -161,7 +161,8 @@ fn bench_reports_every_workload_as_json() {
         assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
     }
     // Training steps report their phases.
-    assert!(rows[1]["phases"]["backward"].as_f64().unwrap() > 0.0);
+    let train = rows.iter().find(|r| r["workload"] == "train").unwrap();
+    assert!(train["phases"]["backward"].as_f64().unwrap() > 0.0, "{train}");
     // Bad sizes and workloads are named.
     let (ok, _, err) = prism(&["bench", "--sizes", "huge"]);
     assert!(!ok && err.contains("unknown size `huge`"), "{err}");
