@@ -354,7 +354,9 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
             let row = match work.as_str() {
                 "infer" => {
                     let mt = mt.as_ref().context("classification model")?;
-                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?;
+                    // As the task's own batches: a sequence head asks for position 0 only.
+                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
+                        .with_first_token_only(mt.tasks[0].reads_first_token_only());
                     let (times, _) = measure(args.warmup, args.reps, || {
                         let out = mt.base.encoder.forward(&input, &Mode::Eval)?;
                         let logits = mt.tasks[0].logits(&out, &Mode::Eval)?;
@@ -371,7 +373,8 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     if !prism_model::ops::amx::available() {
                         eprintln!("note: no AMX-BF16 on this CPU, infer-bf16 runs in f32");
                     }
-                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?;
+                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
+                        .with_first_token_only(frozen.tasks[0].reads_first_token_only());
                     let (times, _) = measure(args.warmup, args.reps, || {
                         let out = frozen.base.encoder.forward(&input, &Mode::Eval)?;
                         let logits = frozen.tasks[0].logits(&out, &Mode::Eval)?;
@@ -384,7 +387,8 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                 "train" => {
                     let mt = mt.as_ref().context("classification model")?;
                     let mut opt = AdamW::new(mt.base.params.vars(), AdamWConfig::default());
-                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?;
+                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
+                        .with_first_token_only(mt.tasks[0].reads_first_token_only());
                     let labels: Vec<u32> = (0..b).map(|_| rng.random_range(0..2)).collect();
                     let batch = Batch {
                         input,
@@ -410,7 +414,9 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     special[0] = 1;
                     special[t - 1] = 1;
                     let x = ExplainInput {
-                        input: batch_input(ids.clone(), 1, t, dev)?,
+                        // As `ExplainModel::encode` builds it for a sequence head.
+                        input: batch_input(ids.clone(), 1, t, dev)?
+                            .with_first_token_only(frozen.tasks[0].reads_first_token_only()),
                         enc: Encoded {
                             tokens: ids.iter().map(|i| format!("w{i}")).collect(),
                             type_ids: vec![0; t],

@@ -162,7 +162,10 @@ fn bench_reports_every_workload_as_json() {
     }
     // Training steps report their phases.
     let train = rows.iter().find(|r| r["workload"] == "train").unwrap();
-    assert!(train["phases"]["backward"].as_f64().unwrap() > 0.0, "{train}");
+    assert!(
+        train["phases"]["backward"].as_f64().unwrap() > 0.0,
+        "{train}"
+    );
     // Bad sizes and workloads are named.
     let (ok, _, err) = prism(&["bench", "--sizes", "huge"]);
     assert!(!ok && err.contains("unknown size `huge`"), "{err}");

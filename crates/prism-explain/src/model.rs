@@ -117,7 +117,8 @@ impl<'a> ExplainModel<'a> {
         let enc = self.tokenizer()?.encode(text, text2)?;
         let input = self
             .tokenizer()?
-            .batch(std::slice::from_ref(&enc), self.device())?;
+            .batch(std::slice::from_ref(&enc), self.device())?
+            .with_first_token_only(self.model.tasks[self.task].reads_first_token_only());
         let mut texts = vec![text.to_string()];
         texts.extend(text2.map(str::to_string));
         Ok(ExplainInput { enc, input, texts })
@@ -198,6 +199,7 @@ impl<'a> ExplainModel<'a> {
             token_type_ids: input.token_type_ids.as_ref().map(rep).transpose()?,
             output_hidden_states: false,
             output_attentions: false,
+            first_token_only: input.first_token_only,
         })
     }
 

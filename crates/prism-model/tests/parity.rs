@@ -225,3 +225,69 @@ fn embedding_gradients_without_params_match_with_params() {
     let manual = Tensor::from_vec(manual, table_grad.shape(), &Device::Cpu).unwrap();
     assert_close("table gradient", &table_grad, &manual, 1e-5);
 }
+
+/// A sequence head's input path (`first_token_only`: the last layer runs for position 0 alone)
+/// gives the full computation's first position, pooler output, loss, embedding gradients and
+/// parameter gradients, for BERT (pooler) and RoBERTa (first token).
+#[test]
+fn first_token_only_matches_the_full_last_layer() {
+    for fixture in ["tiny-bert", "tiny-roberta"] {
+        let exp = expected(fixture);
+        let model = PretrainedModel::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
+        let r2 = exp["r2"].clone();
+        let run = |first: bool| {
+            let input = input_from(&exp).with_first_token_only(first);
+            embedding_gradients(&model.encoder, &input, &Mode::Eval, None, true, |out| {
+                let cls = out
+                    .last_hidden_state
+                    .narrow(1, 0, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap();
+                let pooled = out.pooler_output.clone().unwrap_or(cls.clone());
+                Ok(((cls * &r2)?.sum_all()? + (pooled * &r2)?.sum_all()?)?)
+            })
+            .unwrap()
+        };
+        let (full, first) = (run(false), run(true));
+        let (b, _, c) = full.output.last_hidden_state.dims3().unwrap();
+        assert_eq!(
+            first.output.last_hidden_state.dims(),
+            [b, 1, c],
+            "{fixture}"
+        );
+        assert_close(
+            &format!("{fixture} first position"),
+            &first.output.last_hidden_state,
+            &full.output.last_hidden_state.narrow(1, 0, 1).unwrap(),
+            1e-5,
+        );
+        if let (Some(p1), Some(p2)) = (&first.output.pooler_output, &full.output.pooler_output) {
+            assert_close(&format!("{fixture} pooler"), p1, p2, 1e-5);
+        }
+        assert_close(&format!("{fixture} loss"), &first.loss, &full.loss, 1e-5);
+        assert_close(
+            &format!("{fixture} d embeddings"),
+            &first.grad,
+            &full.grad,
+            1e-5,
+        );
+        let (g1, g2) = (first.params.unwrap(), full.params.unwrap());
+        let mut compared = 0;
+        for (name, var) in model.params.vars() {
+            let (a, r) = (g1.get(var.as_tensor()), g2.get(var.as_tensor()));
+            match (a, r) {
+                (Some(a), Some(r)) => {
+                    assert_close(&format!("{fixture} d {name}"), a, r, 1e-5);
+                    compared += 1;
+                }
+                (None, None) => {}
+                _ => panic!("{fixture}: {name} has a gradient on one path only"),
+            }
+        }
+        assert!(
+            compared > 10,
+            "{fixture}: only {compared} gradients compared"
+        );
+    }
+}

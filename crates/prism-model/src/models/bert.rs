@@ -436,6 +436,35 @@ impl Layer {
     }
 }
 
+impl Layer {
+    /// The layer's output at position 0 only, (B, 1, C): keys and values come from every
+    /// token, but the query, attention, output projection and feed-forward block run for the
+    /// first token alone (a sequence head's [CLS] or `<s>`).
+    fn forward_first_token(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let att = &self.attention;
+        let (b, t, c) = x.dims3()?;
+        let (heads, d) = (att.heads, att.head_dim);
+        let qkv = att.qkv(x)?; // (B, T, 3C)
+        let split = |y: Tensor, rows: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, rows, heads, d))?
+                .transpose(1, 2)?
+                .contiguous()?) // (B, H, rows, D)
+        };
+        let q = split(qkv.narrow(1, 0, 1)?.narrow(2, 0, c)?, 1)?;
+        let k = split(qkv.narrow(2, c, c)?, t)?;
+        let v = split(qkv.narrow(2, 2 * c, c)?, t)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, 1, T)
+        let probs = ops::masked_softmax(&scores, mask, 1.0 / (d as f64).sqrt())?;
+        let probs = mode.dropout(&probs, att.attn_dropout)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, c))?; // (B, 1, C)
+        let h = mode.dropout(&att.out.forward(&ctx)?, att.hidden_dropout)?;
+        let a = att.norm.forward(&(h + x.narrow(1, 0, 1)?)?)?;
+        let f = self.act.forward(&self.intermediate.forward(&a)?)?;
+        let f = mode.dropout(&self.output.forward(&f)?, self.dropout)?;
+        Ok(self.norm.forward(&(f + a)?)?)
+    }
+}
+
 /// A BERT or RoBERTa encoder with its (optional) pooler.
 pub struct Bert {
     embeddings: Embeddings,
@@ -518,7 +547,12 @@ impl Encoder for Bert {
         let mut h = self.embeddings.forward(word_embeds, input, mode)?; // (B, T, C)
         let mut hidden_states = input.output_hidden_states.then(|| vec![h.clone()]);
         let mut attentions = input.output_attentions.then(Vec::new);
-        for layer in &self.layers {
+        let first_only = input.first_token_only && hidden_states.is_none() && attentions.is_none();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if first_only && i + 1 == self.layers.len() {
+                h = layer.forward_first_token(&h, &mask, mode)?; // (B, 1, C)
+                continue;
+            }
             let (next, probs) = layer.forward(&h, &mask, mode, attentions.is_some())?;
             h = next;
             if let Some(hs) = hidden_states.as_mut() {

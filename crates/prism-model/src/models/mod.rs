@@ -21,6 +21,12 @@ pub struct EncoderInput {
     pub output_hidden_states: bool,
     /// Return every layer's attention probabilities, (B, H, T, T) each.
     pub output_attentions: bool,
+    /// Only the first token's final hidden state is needed (a sequence head reading [CLS] or
+    /// `<s>`): BERT/RoBERTa then run the last layer's attention query, output projection and
+    /// feed-forward block for position 0 alone and return `last_hidden_state` as (B, 1, C). The
+    /// result equals position 0 of the full computation. Ignored when hidden states or
+    /// attentions are asked for, and by XLNet (whose summary token is the last one).
+    pub first_token_only: bool,
 }
 
 impl EncoderInput {
@@ -31,7 +37,13 @@ impl EncoderInput {
             token_type_ids: None,
             output_hidden_states: false,
             output_attentions: false,
+            first_token_only: false,
         }
+    }
+
+    pub fn with_first_token_only(mut self, yes: bool) -> Self {
+        self.first_token_only = yes;
+        self
     }
 
     pub fn with_token_type_ids(mut self, t: Tensor) -> Self {

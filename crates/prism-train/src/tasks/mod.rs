@@ -345,7 +345,10 @@ impl Task {
     /// Pad features into a batch.
     pub fn batch(&self, feats: &[&Feature], device: &Device) -> Result<Batch> {
         let encs: Vec<Encoded> = feats.iter().map(|f| f.enc.clone()).collect();
-        let input = self.tokenizer.batch(&encs, device)?;
+        let input = self
+            .tokenizer
+            .batch(&encs, device)?
+            .with_first_token_only(self.reads_first_token_only());
         let t = input.input_ids.dim(1)?;
         let all_labelled = feats.iter().all(|f| f.target != FeatureTarget::None);
         let targets = if !all_labelled {
@@ -405,6 +408,13 @@ impl Task {
             }
         };
         Ok(Batch { input, targets })
+    }
+
+    /// Whether the head reads only the encoder's first position (a sequence head on BERT or
+    /// RoBERTa): its batches ask the encoder for that position alone
+    /// ([`EncoderInput::first_token_only`]), which skips most of the last layer.
+    pub fn reads_first_token_only(&self) -> bool {
+        matches!(self.head, Head::Sequence(_))
     }
 
     /// The head's raw outputs: (B, n) for sequence tasks, (B, T, n) for tokens, and
