@@ -96,6 +96,23 @@ macro_rules! multiversion {
     };
 }
 
+/// Force the level the kernels use (tests: every path must give the same numbers).
+#[cfg(test)]
+pub(crate) fn force_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+/// The levels this CPU can run, narrowest first.
+#[cfg(test)]
+pub(crate) fn supported_levels() -> Vec<Level> {
+    LEVEL.store(0, Ordering::Relaxed);
+    let best = level();
+    [Level::Baseline, Level::Avx2, Level::Avx512]
+        .into_iter()
+        .filter(|l| *l as u8 <= best as u8)
+        .collect()
+}
+
 const LANES: usize = 16;
 
 /// Sum of `x`, in 16 interleaved partial sums.
@@ -193,5 +210,45 @@ mod tests {
             assert!((sum_sq_dev(&x, 0.3) - v).abs() < 1e-3, "sum_sq_dev {n}");
         }
         assert!(level() as u8 >= Level::Baseline as u8);
+    }
+
+    /// Every instruction-set path of the fused kernels gives the same results: the baseline and
+    /// AVX2 paths are never taken on an AVX-512 machine otherwise.
+    #[test]
+    fn every_dispatch_level_gives_the_same_kernels() {
+        use candle_core::{Device, Tensor, Var};
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 2.0, (37, 96), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(1f32, 0.1, 96, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, 96, &dev).unwrap();
+        let mask = Tensor::zeros((1, 96), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (37, 96), &dev).unwrap();
+        let run = || {
+            let y = crate::ops::layer_norm(x.as_tensor(), &g, &b, 1e-12).unwrap();
+            let y = crate::ops::gelu_erf(&y).unwrap();
+            let y = crate::ops::masked_softmax(&y, &mask, 0.5).unwrap();
+            let y = crate::ops::dropout(&y, 0.1, 7).unwrap();
+            let loss = (&y * &w).unwrap().sum_all().unwrap();
+            let grad = loss.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+            (y, grad)
+        };
+        let levels = supported_levels();
+        let (y0, g0) = {
+            force_level(Level::Baseline);
+            run()
+        };
+        for l in levels {
+            force_level(l);
+            let (y, g) = run();
+            assert!(
+                crate::ops::testing::max_diff(&y, &y0) < 1e-5,
+                "{l:?} forward"
+            );
+            assert!(
+                crate::ops::testing::max_diff(&g, &g0) < 1e-4,
+                "{l:?} backward"
+            );
+        }
+        LEVEL.store(0, Ordering::Relaxed);
     }
 }
