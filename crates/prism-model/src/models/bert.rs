@@ -430,13 +430,25 @@ impl Layer {
         probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (a, probs) = self.attention.forward(x, mask, mode, probs)?;
-        let h = self.act.forward(&self.intermediate.forward(&a)?)?; // (B, T, F)
+        let h = self.intermediate_act(&a)?; // (B, T, F)
         let h = mode.dropout(&self.output.forward(&h)?, self.dropout)?;
         Ok((self.norm.forward(&(h + a)?)?, probs))
     }
 }
 
 impl Layer {
+    /// `act(intermediate(a))`; in bf16 inference with the exact GELU, one AMX pass whose
+    /// epilogue applies the GELU to each block while it is in cache.
+    fn intermediate_act(&self, a: &Tensor) -> Result<Tensor> {
+        if let (Some(p), Activation::Gelu) = (&self.intermediate.packed, self.act) {
+            if !a.track_op() && a.device().is_cpu() && a.dtype() == DType::F32 {
+                let b = self.intermediate.bias.as_ref();
+                return Ok(ops::amx::linear_then(a, p, b, ops::amx::Epilogue::Gelu)?);
+            }
+        }
+        self.act.forward(&self.intermediate.forward(a)?)
+    }
+
     /// The layer's output at position 0 only, (B, 1, C): keys and values come from every
     /// token, but the query, attention, output projection and feed-forward block run for the
     /// first token alone (a sequence head's [CLS] or `<s>`).
@@ -459,7 +471,7 @@ impl Layer {
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, c))?; // (B, 1, C)
         let h = mode.dropout(&att.out.forward(&ctx)?, att.hidden_dropout)?;
         let a = att.norm.forward(&(h + x.narrow(1, 0, 1)?)?)?;
-        let f = self.act.forward(&self.intermediate.forward(&a)?)?;
+        let f = self.intermediate_act(&a)?;
         let f = mode.dropout(&self.output.forward(&f)?, self.dropout)?;
         Ok(self.norm.forward(&(f + a)?)?)
     }

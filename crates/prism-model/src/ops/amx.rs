@@ -140,6 +140,16 @@ impl std::fmt::Debug for PackedWeight {
 /// [`linear_bf16`] on tensors: `x` (..., k) -> (..., n), no gradient (callers use it only for
 /// inputs that track none).
 pub fn linear(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    linear_then(x, w, bias, Epilogue::None)
+}
+
+/// [`linear`] followed by `epilogue` (e.g. BERT's intermediate layer and its GELU in one pass).
+pub fn linear_then(
+    x: &Tensor,
+    w: &PackedWeight,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> candle_core::Result<Tensor> {
     let dims = x.dims();
     let Some((&k, lead)) = dims.split_last() else {
         candle_core::bail!("linear: scalar input");
@@ -155,7 +165,7 @@ pub fn linear(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> candle_cor
     let (storage, layout) = x.storage_and_layout();
     let out = match (&*storage, layout.contiguous_offsets()) {
         (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((s, e))) => {
-            linear_bf16(&v[s..e], m, w, b.as_deref())
+            linear_bf16(&v[s..e], m, w, b.as_deref(), epilogue)
         }
         _ => candle_core::bail!("linear: bf16 inference needs a contiguous f32 CPU input"),
     };
@@ -184,14 +194,15 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// One 32 x 32 output block: `c` (row stride `ldc` bytes) := `a` (32 rows of bf16, stride
-/// `lda` bytes) times the packed panel at `b` (stride `ldb` bytes per input pair), over
-/// `steps` steps of 32 inputs.
+/// One 32 x 32 output block: `c` (row stride `ldc` bytes) := the 32 values at `bias` in every
+/// row + `a` (32 rows of bf16, stride `lda` bytes) times the packed panel at `b` (stride `ldb`
+/// bytes per input pair), over `steps` steps of 32 inputs.
 ///
 /// # Safety
 /// AMX must be [`available`] and the tile configuration loaded on this thread; the pointers
 /// must address the extents described.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     a: *const u8,
     lda: usize,
@@ -200,14 +211,21 @@ unsafe fn block(
     c: *mut u8,
     ldc: usize,
     steps: usize,
+    bias: *const u8,
 ) {
     use std::arch::asm;
+    // Accumulators start at the bias: a tile load with row stride 0 repeats one row of 16
+    // values in all 16 rows.
+    let bias1 = bias.add(64);
     asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack)
+        "tileloadd tmm0, [{b0} + {zero}*1]",
+        "tileloadd tmm1, [{b1} + {zero}*1]",
+        "tileloadd tmm2, [{b0} + {zero}*1]",
+        "tileloadd tmm3, [{b1} + {zero}*1]",
+        b0 = in(reg) bias,
+        b1 = in(reg) bias1,
+        zero = in(reg) 0usize,
+        options(nostack, readonly)
     );
     for s in 0..steps {
         let a0 = a.add(s * 64);
@@ -249,35 +267,65 @@ unsafe fn block(
     );
 }
 
-/// `x` (m, k) times `w` transposed, plus `bias`: (m, n) f32, on the tile unit.
+/// What to apply to each output block while it is still in cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// Exact (erf) GELU, as BERT's intermediate layer.
+    Gelu,
+}
+
+/// `x` (m, k) times `w` transposed, plus `bias`, then `epilogue`: (m, n) f32, on the tile
+/// unit. The bias is where the accumulators start and the epilogue runs on each block of 32
+/// rows right after it is stored, so neither costs a separate pass over the output.
 ///
 /// # Panics
 /// If AMX is not [`available`] or `x` does not hold `m` rows of the weight's `k` inputs.
-pub fn linear_bf16(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>) -> Vec<f32> {
+pub fn linear_bf16(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
     assert!(available(), "AMX-BF16 is not available on this machine");
     let (n, k, n_pad, k_pad) = (w.n, w.k, w.n_pad, w.k_pad);
-    let ldc = padded_stride(n_pad);
-    let lda = padded_stride(k_pad / 2) * 2;
     assert_eq!(
         x.len(),
         m * k,
         "input of {} values is not {m} x {k}",
         x.len()
     );
+    let mut bias_pad = vec![0f32; n_pad];
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias of {} values for {n} outputs", b.len());
+        bias_pad[..n].copy_from_slice(b);
     }
     let m_pad = m.div_ceil(BLOCK) * BLOCK;
-    // x in bf16, padded with zero rows and columns.
-    let mut a = vec![0u16; m_pad * lda];
-    a.par_chunks_mut(lda)
-        .take(m)
-        .enumerate()
-        .for_each(|(r, row)| {
-            for (o, &v) in row.iter_mut().zip(&x[r * k..(r + 1) * k]) {
-                *o = to_bf16(v);
-            }
+    let lda = padded_stride(k_pad / 2) * 2;
+    // x in bf16, padded with zero rows and columns; every element is written once.
+    let mut a: Vec<u16> = Vec::with_capacity(m_pad * lda);
+    // SAFETY: each chunk is one row of `lda` values of the allocation, written in full (the
+    // converted row, then zeros) before `set_len`.
+    unsafe {
+        let a_ptr = a.as_mut_ptr() as usize;
+        (0..m_pad).into_par_iter().for_each(|r| {
+            let row = std::slice::from_raw_parts_mut((a_ptr as *mut u16).add(r * lda), lda);
+            let filled = if r < m {
+                for (o, &v) in row.iter_mut().zip(&x[r * k..(r + 1) * k]) {
+                    *o = to_bf16(v);
+                }
+                k
+            } else {
+                0
+            };
+            row[filled..].fill(0);
         });
+        a.set_len(m_pad * lda);
+    }
+    // Straight into the result when no padding is needed; otherwise into a padded buffer.
+    let direct = m == m_pad && n == n_pad;
+    let ldc = if direct { n } else { padded_stride(n_pad) };
     let mut c: Vec<f32> = Vec::with_capacity(m_pad * ldc);
     let c_ptr = c.as_mut_ptr() as usize;
     let row_blocks = m_pad / BLOCK;
@@ -290,58 +338,68 @@ pub fn linear_bf16(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>) 
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AMX is available (asserted above); the tile configuration is loaded on
             // this thread before use and released after. Task `task` writes only its own row
-            // blocks of `c` (m_pad x n_pad f32, allocated above); `a` and `w.data` hold the
+            // blocks of `c` (m_pad rows of stride ldc >= n_pad, allocated above) and applies
+            // the epilogue to values it has just stored; `a`, `w.data` and `bias_pad` hold the
             // padded extents the blocks read.
             unsafe {
                 std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
                 let c_base = c_ptr as *mut f32;
                 for rb in task * per_task..((task + 1) * per_task).min(row_blocks) {
                     for jb in 0..n_pad / BLOCK {
+                        let c_block = c_base.add(rb * BLOCK * ldc + jb * BLOCK);
                         block(
                             a.as_ptr().add(rb * BLOCK * lda) as *const u8,
                             lda * 2,
                             w.data.as_ptr().add(jb * BLOCK * 2) as *const u8,
                             w.ld * 4,
-                            c_base.add(rb * BLOCK * ldc + jb * BLOCK) as *mut u8,
+                            c_block as *mut u8,
                             ldc * 4,
                             k_pad / BLOCK,
+                            bias_pad.as_ptr().add(jb * BLOCK) as *const u8,
                         );
+                    }
+                    // The row block (32 x n_pad, at most a few hundred KiB) is still in cache.
+                    if epilogue == Epilogue::Gelu {
+                        for r in 0..BLOCK {
+                            let row = c_base.add((rb * BLOCK + r) * ldc);
+                            super::gelu::gelu_in_place(std::slice::from_raw_parts_mut(row, n_pad));
+                        }
                     }
                 }
                 std::arch::asm!("tilerelease", options(nostack));
             }
         });
-    // SAFETY: the tasks stored every 32 x 32 block of the m_pad x n_pad output; the columns
-    // n_pad..ldc of each row (stride padding) are never written by them, so fill them.
-    unsafe {
-        for r in 0..m_pad {
-            for j in n_pad..ldc {
-                c.as_mut_ptr().add(r * ldc + j).write(0.0);
-            }
-        }
-        c.set_len(m_pad * ldc);
-    }
-    if n == ldc && bias.is_none() {
-        c.truncate(m * n);
+    if direct {
+        // SAFETY: the tasks stored every 32 x 32 block of the m x n result.
+        unsafe { c.set_len(m * n) };
         return c;
     }
-    let mut out = vec![0f32; m * n];
-    out.par_chunks_mut(n.max(1))
-        .enumerate()
-        .for_each(|(r, row)| {
-            row.copy_from_slice(&c[r * ldc..r * ldc + n]);
-            if let Some(b) = bias {
-                for (o, &bv) in row.iter_mut().zip(b) {
-                    *o += bv;
-                }
-            }
-        });
+    // SAFETY: rows 0..m, columns 0..n of the padded buffer were stored by the tasks; only
+    // those are read, through raw pointers, before the buffer is dropped uninitialised.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    unsafe {
+        for r in 0..m {
+            std::ptr::copy_nonoverlapping(
+                (c_ptr as *const f32).add(r * ldc),
+                out.as_mut_ptr().add(r * n),
+                n,
+            );
+        }
+        out.set_len(m * n);
+    }
+    drop(c);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// erf through candle (f64 reference for the GELU epilogue).
+    fn libm_erf(x: f64) -> f64 {
+        let t = candle_core::Tensor::new(&[x], &candle_core::Device::Cpu).unwrap();
+        t.erf().unwrap().to_vec1::<f64>().unwrap()[0]
+    }
 
     fn bf16_value(x: f32) -> f32 {
         f32::from_bits((to_bf16(x) as u32) << 16)
@@ -372,8 +430,16 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
             let packed = PackedWeight::pack(&w, n, k);
-            let y = linear_bf16(&x, m, &packed, Some(&b));
-            let y0 = linear_bf16(&x, m, &packed, None);
+            let y = linear_bf16(&x, m, &packed, Some(&b), Epilogue::None);
+            let y0 = linear_bf16(&x, m, &packed, None, Epilogue::None);
+            let yg = linear_bf16(&x, m, &packed, Some(&b), Epilogue::Gelu);
+            for (g, v) in yg.iter().zip(&y) {
+                let want = v * 0.5 * (1.0 + libm_erf(*v as f64 / std::f64::consts::SQRT_2)) as f32;
+                assert!(
+                    (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "gelu {g} vs {want}"
+                );
+            }
             for r in 0..m {
                 for j in 0..n {
                     let exact: f64 = (0..k)

@@ -64,6 +64,15 @@ crate::multiversion! {
     }
 }
 
+crate::multiversion! {
+    /// `y = gelu(y)` in place (the AMX kernel's epilogue).
+    pub(crate) fn gelu_in_place(y: &mut [f32]) {
+        for v in y.iter_mut() {
+            *v *= phi_cdf(*v);
+        }
+    }
+}
+
 /// Width of the blocks the element-wise kernels hand to threads.
 const BLOCK: usize = 4096;
 
