@@ -336,7 +336,7 @@ impl InplaceOp2 for AdamWKernel<'_> {
             .lock()
             .map_err(|_| candle_core::Error::Msg("optimizer lock poisoned".into()))?;
         let (m, v) = &mut *st;
-        if p.len() != g.len() || m.len() != p.len() {
+        if p.len() != g.len() || m.len() != p.len() || v.len() != p.len() {
             candle_core::bail!(
                 "prism-adamw: sizes differ (param {}, grad {}, state {})",
                 p.len(),

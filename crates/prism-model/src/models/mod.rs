@@ -23,9 +23,12 @@ pub struct EncoderInput {
     pub output_attentions: bool,
     /// Only the first token's final hidden state is needed (a sequence head reading [CLS] or
     /// `<s>`): BERT/RoBERTa then run the last layer's attention query, output projection and
-    /// feed-forward block for position 0 alone and return `last_hidden_state` as (B, 1, C). The
-    /// result equals position 0 of the full computation. Ignored when hidden states or
-    /// attentions are asked for, and by XLNet (whose summary token is the last one).
+    /// feed-forward block for position 0 alone and return `last_hidden_state` as (B, 1, C). In
+    /// evaluation the result equals position 0 of the full computation (parity-tested, outputs
+    /// and gradients); in training it is the same model, but the last layer's dropout masks are
+    /// drawn over the smaller tensors, so a run is not bit-identical to the full path. Ignored
+    /// when hidden states or attentions are asked for, and by XLNet (whose summary token is the
+    /// last one).
     pub first_token_only: bool,
 }
 

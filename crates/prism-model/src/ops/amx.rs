@@ -305,24 +305,25 @@ pub fn linear_bf16(
     let lda = padded_stride(k_pad / 2) * 2;
     // x in bf16, padded with zero rows and columns; every element is written once.
     let mut a: Vec<u16> = Vec::with_capacity(m_pad * lda);
-    // SAFETY: each chunk is one row of `lda` values of the allocation, written in full (the
-    // converted row, then zeros) before `set_len`.
-    unsafe {
-        let a_ptr = a.as_mut_ptr() as usize;
-        (0..m_pad).into_par_iter().for_each(|r| {
-            let row = std::slice::from_raw_parts_mut((a_ptr as *mut u16).add(r * lda), lda);
+    a.spare_capacity_mut()[..m_pad * lda]
+        .par_chunks_mut(lda)
+        .enumerate()
+        .for_each(|(r, row)| {
             let filled = if r < m {
                 for (o, &v) in row.iter_mut().zip(&x[r * k..(r + 1) * k]) {
-                    *o = to_bf16(v);
+                    o.write(to_bf16(v));
                 }
                 k
             } else {
                 0
             };
-            row[filled..].fill(0);
+            for o in &mut row[filled..] {
+                o.write(0);
+            }
         });
-        a.set_len(m_pad * lda);
-    }
+    // SAFETY: every row of `lda` values was written in full just above (k <= lda values, then
+    // zeros).
+    unsafe { a.set_len(m_pad * lda) };
     // Straight into the result when no padding is needed; otherwise into a padded buffer.
     let direct = m == m_pad && n == n_pad;
     let ldc = if direct { n } else { padded_stride(n_pad) };

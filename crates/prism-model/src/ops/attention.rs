@@ -8,7 +8,7 @@
 //! regenerated from its seed ([`super::dropout`]). The probabilities themselves are not
 //! returned: callers that need them (explanations asking for attentions) use the unfused path.
 
-use super::dropout::{dropout_block, threshold};
+use super::dropout::{dropout_in_place, threshold};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -42,6 +42,10 @@ pub fn attention(
         candle_core::bail!("attention: {c} channels do not split into {heads} heads");
     }
     let d = c / heads;
+    if t == 0 {
+        // No tokens: an empty context (the kernels below work row by row).
+        return Tensor::zeros((b, 0, c), qkv.dtype(), qkv.device());
+    }
     let scale = 1.0 / (d as f64).sqrt();
     let dropout = dropout.filter(|(p, _)| *p > 0.0);
     if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
@@ -160,7 +164,7 @@ impl Attention {
         }
         let mrow = &self.mask[bi * t..(bi + 1) * t];
         for row in p.chunks_mut(t) {
-            super::softmax::masked_softmax_row(None, mrow, 1.0, row);
+            super::softmax::masked_softmax_in_place(mrow, row);
         }
     }
 
@@ -171,7 +175,7 @@ impl Attention {
         if let Some((prob, seed)) = self.dropout {
             let (thr, keep) = (threshold(prob), (1.0 / (1.0 - prob)) as f32);
             let base = (bi * self.heads + h) * self.t * self.t;
-            dropout_block(None, p, seed, base, thr, keep);
+            dropout_in_place(p, seed, base, thr, keep);
         }
     }
 
@@ -426,5 +430,10 @@ mod tests {
         assert!(attention(&qkv, &bad, 2, None).is_err());
         let not_three = Tensor::zeros((2, 4, 8), DType::F32, &dev).unwrap();
         assert!(attention(&not_three, &mask, 2, None).is_err());
+        // No tokens at all: an empty context, not a panic.
+        let empty = Tensor::zeros((2, 0, 24), DType::F32, &dev).unwrap();
+        let no_mask = Tensor::zeros((2, 0), DType::F32, &dev).unwrap();
+        let out = attention(&empty, &no_mask, 2, None).unwrap();
+        assert_eq!(out.dims(), [2, 0, 8]);
     }
 }

@@ -4,6 +4,7 @@
 
 use super::{contiguous_f32, rows_filled};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 /// Elements per task of the parallel loop.
 const BLOCK: usize = 8192;
@@ -47,27 +48,27 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
 }
 
 crate::multiversion! {
-    /// `y[j] = x[j] * scale` where element `start + j` is kept, else 0; in place on `y` when `x`
-    /// is `None`.
-    pub(crate) fn dropout_block(
-        x: Option<&[f32]>,
-        y: &mut [f32],
+    /// `y[j] = x[j] * scale` where element `start + j` is kept, else 0 (`y` as long as `x`).
+    fn dropout_into(
+        x: &[f32],
+        y: &mut [MaybeUninit<f32>],
         seed: u64,
         start: usize,
         threshold: u64,
         scale: f32,
     ) {
-        match x {
-            Some(x) => {
-                for (j, (v, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *v = if kept(seed, start + j, threshold) { x * scale } else { 0.0 };
-                }
-            }
-            None => {
-                for (j, v) in y.iter_mut().enumerate() {
-                    *v = if kept(seed, start + j, threshold) { *v * scale } else { 0.0 };
-                }
-            }
+        assert_eq!(x.len(), y.len(), "dropout block lengths differ");
+        for (j, (v, &x)) in y.iter_mut().zip(x).enumerate() {
+            v.write(if kept(seed, start + j, threshold) { x * scale } else { 0.0 });
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`dropout_into`] in place (the fused attention's probabilities).
+    pub(crate) fn dropout_in_place(y: &mut [f32], seed: u64, start: usize, threshold: u64, scale: f32) {
+        for (j, v) in y.iter_mut().enumerate() {
+            *v = if kept(seed, start + j, threshold) { *v * scale } else { 0.0 };
         }
     }
 }
@@ -94,12 +95,12 @@ impl Dropout {
         let (t, scale) = (threshold(self.p), (1.0 / (1.0 - self.p)) as f32);
         let n = x.len();
         let width = BLOCK.min(n.max(1));
-        // SAFETY: `dropout_block` writes every element of `y` (x has the same length).
+        // SAFETY: `dropout_into` writes every element of `y` (x is cut to its length).
         unsafe {
             rows_filled(n, width, |r, y| {
                 let start = r * width;
                 let x = &x[start..start + y.len()];
-                dropout_block(Some(x), y, self.seed, start, t, scale);
+                dropout_into(x, y, self.seed, start, t, scale);
             })
         }
     }

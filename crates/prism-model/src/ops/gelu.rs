@@ -2,6 +2,7 @@
 
 use super::{contiguous_f32, rows_filled};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// 1 / sqrt(2 pi), the normal density's constant.
@@ -47,19 +48,21 @@ fn phi_cdf_pdf(x: f32) -> (f32, f32) {
 
 crate::multiversion! {
     /// `y = gelu(x)` over a block.
-    fn forward_block(x: &[f32], y: &mut [f32]) {
+    fn forward_block(x: &[f32], y: &mut [MaybeUninit<f32>]) {
+        assert_eq!(x.len(), y.len(), "gelu block lengths differ");
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * phi_cdf(x);
+            y.write(x * phi_cdf(x));
         }
     }
 }
 
 crate::multiversion! {
     /// `dx = dy * gelu'(x)` over a block.
-    fn backward_block(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn backward_block(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>]) {
+        assert!(x.len() == dx.len() && dy.len() == dx.len(), "gelu block lengths differ");
         for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
             let (cdf, pdf) = phi_cdf_pdf(x);
-            *d = g * (cdf + x * pdf);
+            d.write(g * (cdf + x * pdf));
         }
     }
 }

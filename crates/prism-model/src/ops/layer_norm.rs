@@ -7,6 +7,7 @@
 use super::{contiguous_f32, rows_filled, simd, PAR_MIN_ELEMS};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `y = (x - mean) / sqrt(var + eps) * gamma + beta` over the last dimension of `x`.
 ///
@@ -46,10 +47,12 @@ fn moments(row: &[f32], eps: f32) -> (f32, f32) {
 
 crate::multiversion! {
     /// One row of the forward pass.
-    fn forward_row(xr: &[f32], g: &[f32], b: &[f32], y: &mut [f32], eps: f32) {
+    fn forward_row(xr: &[f32], g: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>], eps: f32) {
+        let c = y.len();
+        assert!(xr.len() == c && g.len() == c && b.len() == c, "layer norm row lengths differ");
         let (mean, rstd) = moments(xr, eps);
         for (((y, &x), &g), &b) in y.iter_mut().zip(xr).zip(g).zip(b) {
-            *y = (x - mean) * rstd * g + b;
+            y.write((x - mean) * rstd * g + b);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 fn parallelism() -> gemm::Parallelism {
     match candle_core::utils::get_num_threads() {
@@ -24,9 +25,10 @@ crate::multiversion! {
     /// `dst` (k, n) := `w` (n, k) transposed, for the rows `r0..r0 + dst.len() / n` of `dst`,
     /// through 16 x 16 tiles held in registers: rows of `w` are read and rows of `dst` written
     /// 16 contiguous values at a time.
-    fn transpose_rows(w: &[f32], dst: &mut [f32], r0: usize, n: usize, k: usize) {
+    fn transpose_rows(w: &[f32], dst: &mut [MaybeUninit<f32>], r0: usize, n: usize, k: usize) {
         const T: usize = 16;
-        let rows = dst.len() / n;
+        assert_eq!(dst.len() % n.max(1), 0, "transpose block is not whole rows");
+        let rows = dst.len() / n.max(1);
         let mut tile = [[0f32; T]; T];
         for i0 in (0..n).step_by(T) {
             let ti = T.min(n - i0);
@@ -40,13 +42,13 @@ crate::multiversion! {
                     for b in 0..T {
                         let out = &mut dst[(j0 + b) * n + i0..][..T];
                         for (a, o) in out.iter_mut().enumerate() {
-                            *o = tile[a][b];
+                            o.write(tile[a][b]);
                         }
                     }
                 } else {
                     for a in 0..ti {
                         for b in 0..tj {
-                            dst[(j0 + b) * n + i0 + a] = w[(i0 + a) * k + r0 + j0 + b];
+                            dst[(j0 + b) * n + i0 + a].write(w[(i0 + a) * k + r0 + j0 + b]);
                         }
                     }
                 }

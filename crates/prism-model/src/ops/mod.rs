@@ -22,6 +22,7 @@ pub use softmax::{masked_softmax, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many elements the kernels run on the calling thread: rayon's fork/join costs more
 /// than it saves on tiny tensors.
@@ -79,37 +80,40 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
-/// A new buffer of `n` values produced by `fill`, without zero-filling it first (for kernel
-/// outputs that are overwritten anyway; zeroing them cost ~5 % of a training step).
+/// A new buffer of `n` values whose rows of `width` are produced by `f(row_index, row)`, without
+/// zero-filling it first (for kernel outputs that are overwritten anyway; zeroing them cost ~5 %
+/// of a training step). `f` gets the row as `MaybeUninit` slots and writes them with
+/// `MaybeUninit::write`.
 ///
 /// # Safety
-/// `fill` must write every element of the slice it is given and must not read an element
-/// before writing it.
-pub(crate) unsafe fn new_filled(n: usize, fill: impl FnOnce(&mut [f32])) -> Vec<f32> {
+/// `f` must initialise every element of each row it is given.
+pub(crate) unsafe fn rows_filled<F>(n: usize, width: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+{
     let mut v = Vec::<f32>::with_capacity(n);
-    // SAFETY: the slice is the allocation's first n values; by the caller's contract they are
-    // only written, and all of them, before `set_len` exposes them.
-    fill(std::slice::from_raw_parts_mut(v.as_mut_ptr(), n));
+    for_each_row(&mut v.spare_capacity_mut()[..n], width, f);
+    // SAFETY: by the caller's contract every one of the n values was initialised.
     v.set_len(n);
     v
 }
 
-/// [`for_each_row`] into a new buffer of `n` values that is not zero-filled first.
+/// A row of `MaybeUninit` values that has been initialised in full, as plain values.
 ///
 /// # Safety
-/// `f` must write every element of each row it is given, without reading it first.
-pub(crate) unsafe fn rows_filled<F>(n: usize, width: usize, f: F) -> Vec<f32>
-where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
-{
-    new_filled(n, |out| for_each_row(out, width, f))
+/// Every element of `row` must be initialised.
+#[inline(always)]
+pub(crate) unsafe fn assume_init_mut(row: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the caller guarantees initialisation.
+    std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut f32, row.len())
 }
 
 /// Apply `f(row_index, in_rows..., out_row)` to every row of width `width`, in parallel when the
 /// work is large enough.
-pub(crate) fn for_each_row<F>(out: &mut [f32], width: usize, f: F)
+pub(crate) fn for_each_row<T, F>(out: &mut [T], width: usize, f: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync + Send,
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync + Send,
 {
     if width == 0 {
         return;

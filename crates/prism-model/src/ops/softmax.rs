@@ -5,6 +5,7 @@
 
 use super::{contiguous_f32, rows_filled, simd};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
+use std::mem::MaybeUninit;
 
 /// `softmax(scale * scores + mask)` over the last dimension.
 ///
@@ -68,20 +69,22 @@ fn softmax_row(row: &mut [f32]) {
 }
 
 crate::multiversion! {
-    /// `row := softmax(scale * x + mask)` (shared with the fused attention kernel, which passes
-    /// its scaled scores as `row` itself with `x = None`).
-    pub(crate) fn masked_softmax_row(x: Option<&[f32]>, mask: &[f32], scale: f32, row: &mut [f32]) {
-        match x {
-            Some(x) => {
-                for ((y, &x), &m) in row.iter_mut().zip(x).zip(mask) {
-                    *y = x * scale + m;
-                }
-            }
-            None => {
-                for (y, &m) in row.iter_mut().zip(mask) {
-                    *y = *y * scale + m;
-                }
-            }
+    /// `y := softmax(scale * x + mask)` for one row (`x`, `mask` and `y` of the same length).
+    fn masked_softmax_into(x: &[f32], mask: &[f32], scale: f32, y: &mut [MaybeUninit<f32>]) {
+        assert!(x.len() == y.len() && mask.len() == y.len(), "softmax row lengths differ");
+        for ((y, &x), &m) in y.iter_mut().zip(x).zip(mask) {
+            y.write(x * scale + m);
+        }
+        // SAFETY: every element of `y` was just written.
+        softmax_row(unsafe { super::assume_init_mut(y) });
+    }
+}
+
+crate::multiversion! {
+    /// `row := softmax(row + mask)` in place (the fused attention kernel's scaled scores).
+    pub(crate) fn masked_softmax_in_place(mask: &[f32], row: &mut [f32]) {
+        for (y, &m) in row.iter_mut().zip(mask) {
+            *y += m;
         }
         softmax_row(row);
     }
@@ -89,10 +92,11 @@ crate::multiversion! {
 
 crate::multiversion! {
     /// Softmax backward of one row: `dx = scale * y * (dy - sum(dy * y))`.
-    fn softmax_backward_row(y: &[f32], dy: &[f32], dx: &mut [f32], scale: f32) {
+    fn softmax_backward_row(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], scale: f32) {
+        assert!(y.len() == dx.len() && dy.len() == dx.len(), "softmax row lengths differ");
         let dot = simd::dot(y, dy);
         for ((d, &y), &g) in dx.iter_mut().zip(y).zip(dy) {
-            *d = scale * y * (g - dot);
+            d.write(scale * y * (g - dot));
         }
     }
 }
@@ -129,12 +133,12 @@ impl CustomOp2 for MaskedSoftmax {
         let rows = x.len() / t.max(1);
         let per = rows / (mask.len() / t.max(1)).max(1);
         let scale = self.scale as f32;
-        // SAFETY: `masked_softmax_row` writes every element of `y` (the score and mask rows
+        // SAFETY: `masked_softmax_into` writes every element of `y` (the score and mask rows
         // have its length T, checked by `masked_softmax`).
         let out = unsafe {
             rows_filled(x.len(), t, |r, y| {
                 let mr = &mask[(r / per) * t..(r / per + 1) * t];
-                masked_softmax_row(Some(&x[r * t..(r + 1) * t]), mr, scale, y);
+                masked_softmax_into(&x[r * t..(r + 1) * t], mr, scale, y);
             })
         };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
