@@ -313,9 +313,20 @@ impl Linear {
     }
 
     pub fn load(pb: &ParamBuilder, in_dim: usize, out_dim: usize, std: f64) -> Result<Self> {
+        Self::load_unpacked(pb, in_dim, out_dim, std)?.packed_for(pb.store())
+    }
+
+    /// [`Linear::load`] without a bf16 copy even from a `frozen_bf16` store (for layers that
+    /// are packed together with others, like BERT's query, key and value).
+    pub fn load_unpacked(
+        pb: &ParamBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        std: f64,
+    ) -> Result<Self> {
         let weight = pb.get(&[out_dim, in_dim], "weight", Init::Normal(std))?;
         let bias = Some(pb.get(&[out_dim], "bias", Init::Const(0.0))?);
-        Self::new(weight, bias).packed_for(pb.store())
+        Ok(Self::new(weight, bias))
     }
 
     /// Pack the weight for bf16 inference when `store` asks for it.

@@ -291,3 +291,35 @@ fn first_token_only_matches_the_full_last_layer() {
         );
     }
 }
+
+/// bf16 inference on AMX (every linear layer, the fused query/key/value projection and the
+/// GELU epilogue) stays within bf16 rounding of the f32 model, for BERT and RoBERTa.
+#[test]
+fn bf16_inference_is_close_to_f32() {
+    if !prism_model::ops::amx::available() {
+        eprintln!("skipped: no AMX-BF16 on this machine");
+        return;
+    }
+    for fixture in ["tiny-bert", "tiny-roberta"] {
+        let exp = expected(fixture);
+        let model = PretrainedModel::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
+        let bf16 = model.frozen_bf16().unwrap();
+        assert!(
+            bf16.params.bf16(),
+            "{fixture}: the store did not switch to bf16"
+        );
+        for first in [false, true] {
+            let input = input_from(&exp).with_first_token_only(first);
+            let a = model.encoder.forward(&input, &Mode::Eval).unwrap();
+            let b = bf16.encoder.forward(&input, &Mode::Eval).unwrap();
+            let (x, y) = (&a.last_hidden_state, &b.last_hidden_state);
+            let diff = max_abs(&(x - y).unwrap());
+            let scale = max_abs(x);
+            assert!(diff > 0.0, "{fixture}: bf16 path not taken");
+            assert!(
+                diff < 0.05 * scale,
+                "{fixture}: bf16 differs by {diff} (scale {scale})"
+            );
+        }
+    }
+}

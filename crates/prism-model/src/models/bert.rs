@@ -311,9 +311,9 @@ impl SelfAttention {
         let s = pb.pp("self");
         let o = pb.pp("output");
         let (query, key, value) = (
-            Linear::load(&s.pp("query"), c, c, std)?,
-            Linear::load(&s.pp("key"), c, c, std)?,
-            Linear::load(&s.pp("value"), c, c, std)?,
+            Linear::load_unpacked(&s.pp("query"), c, c, std)?,
+            Linear::load_unpacked(&s.pp("key"), c, c, std)?,
+            Linear::load_unpacked(&s.pp("value"), c, c, std)?,
         );
         // bf16 inference: one packed (3C, C) weight for the fused projection.
         let qkv_packed = if pb.store().bf16() {
@@ -336,31 +336,31 @@ impl SelfAttention {
         })
     }
 
-    /// Returns the block output (B, T, C) and, when `probs` is asked for, the attention
-    /// probabilities (B, H, T, T); otherwise attention runs as one fused kernel.
     /// Query, key and value side by side, (B, T, 3C), from one GEMM against the three
     /// projections concatenated (the weights stay separate parameters, as in checkpoints; the
     /// concatenation's backward splits their gradients again).
     fn qkv(&self, x: &Tensor) -> Result<Tensor> {
         let layers = [&self.query, &self.key, &self.value];
-        let w = Tensor::cat(&layers.map(|l| &l.weight), 0)?;
         let b = match layers.map(|l| l.bias.as_ref()) {
             [Some(q), Some(k), Some(v)] => Some(Tensor::cat(&[q, k, v], 0)?),
-            _ => None,
+            [None, None, None] => None,
+            _ => {
+                return Err(Error::Input(
+                    "attention: query, key and value must all have a bias or none".into(),
+                ))
+            }
         };
-        if b.is_none() && layers.iter().any(|l| l.bias.is_some()) {
-            return Err(Error::Input(
-                "attention: query, key and value must all have a bias or none".into(),
-            ));
-        }
         if let Some(p) = &self.qkv_packed {
             if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
                 return Ok(ops::amx::linear(x, p, b.as_ref())?);
             }
         }
+        let w = Tensor::cat(&layers.map(|l| &l.weight), 0)?;
         Ok(ops::linear(x, &w, b.as_ref())?)
     }
 
+    /// Returns the block output (B, T, C) and, when `probs` is asked for, the attention
+    /// probabilities (B, H, T, T); otherwise attention runs as one fused kernel.
     fn forward(
         &self,
         x: &Tensor,
