@@ -356,7 +356,7 @@ impl Linear {
             return Err(Error::Input("linear: scalar input".into()));
         }
         if let Some(p) = &self.packed {
-            if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            if ops::amx::applies_to(x) {
                 return Ok(ops::amx::linear(x, p, self.bias.as_ref())?);
             }
         }

@@ -351,7 +351,7 @@ impl SelfAttention {
             }
         };
         if let Some(p) = &self.qkv_packed {
-            if !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            if ops::amx::applies_to(x) {
                 return Ok(ops::amx::linear(x, p, b.as_ref())?);
             }
         }
@@ -430,18 +430,21 @@ impl Layer {
         probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (a, probs) = self.attention.forward(x, mask, mode, probs)?;
-        let h = self.intermediate_act(&a)?; // (B, T, F)
-        let h = mode.dropout(&self.output.forward(&h)?, self.dropout)?;
-        Ok((self.norm.forward(&(h + a)?)?, probs))
+        Ok((self.feed_forward(&a, mode)?, probs))
     }
-}
 
-impl Layer {
+    /// The feed-forward block with its residual connection and layer norm: (..., C) -> (..., C).
+    fn feed_forward(&self, a: &Tensor, mode: &Mode) -> Result<Tensor> {
+        let h = self.intermediate_act(a)?; // (..., F)
+        let h = mode.dropout(&self.output.forward(&h)?, self.dropout)?;
+        Ok(self.norm.forward(&(h + a)?)?)
+    }
+
     /// `act(intermediate(a))`; in bf16 inference with the exact GELU, one AMX pass whose
     /// epilogue applies the GELU to each block while it is in cache.
     fn intermediate_act(&self, a: &Tensor) -> Result<Tensor> {
         if let (Some(p), Activation::Gelu) = (&self.intermediate.packed, self.act) {
-            if !a.track_op() && a.device().is_cpu() && a.dtype() == DType::F32 {
+            if ops::amx::applies_to(a) {
                 let b = self.intermediate.bias.as_ref();
                 return Ok(ops::amx::linear_then(a, p, b, ops::amx::Epilogue::Gelu)?);
             }
@@ -471,9 +474,7 @@ impl Layer {
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, c))?; // (B, 1, C)
         let h = mode.dropout(&att.out.forward(&ctx)?, att.hidden_dropout)?;
         let a = att.norm.forward(&(h + x.narrow(1, 0, 1)?)?)?;
-        let f = self.intermediate_act(&a)?;
-        let f = mode.dropout(&self.output.forward(&f)?, self.dropout)?;
-        Ok(self.norm.forward(&(f + a)?)?)
+        self.feed_forward(&a, mode)
     }
 }
 

@@ -124,17 +124,18 @@ impl PackedWeight {
         let v: Vec<f32> = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         Ok(Self::pack(&v, n, k))
     }
-
-    /// (outputs, inputs).
-    pub fn dims(&self) -> (usize, usize) {
-        (self.n, self.k)
-    }
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PackedWeight(bf16, {} x {})", self.n, self.k)
     }
+}
+
+/// Whether a layer holding a packed weight runs `x` through it: an f32 CPU input that tracks no
+/// gradient (inference). Inputs that need gradients (training, explanations) take the f32 path.
+pub fn applies_to(x: &Tensor) -> bool {
+    !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// [`linear_bf16`] on tensors: `x` (..., k) -> (..., n), no gradient (callers use it only for
