@@ -10,6 +10,8 @@ Workloads (batch B x T tokens, default 16 x 128), per model size:
   ig     Captum LayerIntegratedGradients on the word embeddings, one example of T tokens,
          50 Gauss-Legendre steps, internal batch B, [PAD] baseline, target softmax class 1,
          with the convergence delta (one extra forward, as prism computes it)  examples/s
+  ig-bf16  the same under torch.autocast("cpu", bfloat16), against `prism explain --bf16` (linear
+         layers forward and backward in bf16 on AMX); the table also gives the ratio to f32 Captum
   mlm    15% of positions masked; encoder forward, MLM head (tied decoder) at the masked
          positions only, cross-entropy, backward, clip, AdamW                tokens/s
 Sizes: tiny (H32 L2, the test fixture's shape), mini (H256 L4 FFN1024 V30522), minilm (the real
@@ -31,6 +33,9 @@ import sys
 import time
 
 import torch
+
+# bf16 workloads and the f32 workload each is also compared with.
+F32_OF = {"infer-bf16": "infer", "ig-bf16": "ig"}
 
 SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100),
@@ -188,8 +193,9 @@ def bench_size(size, args, rows):
 
             times, phases = measure(args.warmup, args.reps, f)
             row = make_row(size, work, "seq/s", b, times, 3 * (fwd + 2 * c * c * b), phases)
-        elif work == "ig":
+        elif work in ("ig", "ig-bf16"):
             from captum.attr import LayerIntegratedGradients
+            import contextlib
 
             cls.eval()
             ids = random_ids(g, 1, t, v)
@@ -202,11 +208,15 @@ def bench_size(size, args, rows):
 
             lig = LayerIntegratedGradients(forward, cls.bert.embeddings.word_embeddings)
 
+            amp = (torch.autocast("cpu", dtype=torch.bfloat16) if work == "ig-bf16"
+                   else contextlib.nullcontext())
+
             def f():
-                a, d = lig.attribute(ids, baselines=base, additional_forward_args=(mask,), target=1,
-                                     n_steps=args.ig_steps, method="gausslegendre", internal_batch_size=b,
-                                     return_convergence_delta=True)
-                a.sum(-1).tolist()
+                with amp:
+                    a, d = lig.attribute(ids, baselines=base, additional_forward_args=(mask,), target=1,
+                                         n_steps=args.ig_steps, method="gausslegendre", internal_batch_size=b,
+                                         return_convergence_delta=True)
+                a.float().sum(-1).tolist()
                 return None
 
             times, _ = measure(args.warmup, args.reps, f)
@@ -275,7 +285,7 @@ def run_torch(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,mini,minilm,base")
-    ap.add_argument("--workloads", default="infer,infer-bf16,train,ig,mlm")
+    ap.add_argument("--workloads", default="infer,infer-bf16,train,ig,ig-bf16,mlm")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
@@ -316,7 +326,7 @@ def main():
                 continue
             ratio = r["throughput"]["median"] / t["throughput"]["median"]
             pct = 100 * r["gflops"] / prism["sgemm"]["gflops"]
-            f32 = theirs.get((r["size"], "infer")) if r["workload"] == "infer-bf16" else None
+            f32 = theirs.get((r["size"], F32_OF.get(r["workload"]))) if r["workload"] in F32_OF else None
             vs_f32 = r["throughput"]["median"] / f32["throughput"]["median"] if f32 else None
             extra = f"   vs PyTorch f32: {vs_f32:.2f}x" if vs_f32 else ""
             print(f"{r['size']:<7} {r['workload']:<6} {r['unit']:>6} {r['throughput']['median']:>10.2f} "

@@ -11,6 +11,9 @@ import json
 import statistics
 import sys
 
+# bf16 workloads and the f32 workload each is also compared with (as bench/reference.py).
+F32_OF = {"infer-bf16": "infer", "ig-bf16": "ig"}
+
 
 def main(paths):
     runs = [json.load(open(p)) for p in paths]
@@ -27,7 +30,7 @@ def main(paths):
                 rows[key] = []
                 order.append(key)
             p, q = r["throughput"]["median"], t["throughput"]["median"]
-            f32 = theirs.get((r["size"], "infer")) if r["workload"] == "infer-bf16" else None
+            f32 = theirs.get((r["size"], F32_OF[r["workload"]])) if r["workload"] in F32_OF else None
             rows[key].append((p, q, p / q, p / f32["throughput"]["median"] if f32 else None, r["unit"]))
     print(f"{len(runs)} runs; throughput medians; ratio prism / PyTorch: median (min-max)\n")
     print("| size | workload | unit | prism | PyTorch | ratio | range |")

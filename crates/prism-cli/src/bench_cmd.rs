@@ -24,7 +24,7 @@ use std::time::Instant;
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
 pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
-pub const WORKLOADS: [&str; 5] = ["infer", "infer-bf16", "train", "ig", "mlm"];
+pub const WORKLOADS: [&str; 6] = ["infer", "infer-bf16", "train", "ig", "ig-bf16", "mlm"];
 
 pub struct BenchArgs {
     pub sizes: Vec<String>,
@@ -404,10 +404,18 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     let flops = 3.0 * (fwd_flops + 2.0 * c * c * b as f64);
                     row(size, work, "seq/s", b as f64, &times, flops, Some(phases))
                 }
-                "ig" => {
+                "ig" | "ig-bf16" => {
                     let mt = mt.as_ref().context("classification model")?;
-                    // As `prism explain` does: frozen weights, input gradients only.
-                    let frozen = mt.frozen()?;
+                    // As `prism explain` does: frozen weights, input gradients only; `ig-bf16`
+                    // as `prism explain --bf16` (linear layers forward and backward on AMX).
+                    let frozen = if work == "ig-bf16" {
+                        if !prism_model::ops::amx::available() {
+                            eprintln!("note: no AMX-BF16 on this CPU, ig-bf16 runs in f32");
+                        }
+                        mt.frozen_bf16()?
+                    } else {
+                        mt.frozen()?
+                    };
                     let m = ExplainModel::new(&frozen, None)?;
                     let ids = random_ids(1, t, v, &mut rng);
                     let mut special = vec![0u32; t];

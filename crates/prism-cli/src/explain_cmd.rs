@@ -31,6 +31,8 @@ pub struct ExplainArgs {
     pub words: bool,
     pub faithfulness: bool,
     pub seed: u64,
+    /// Linear layers in bf16 on AMX (forward and input gradients).
+    pub bf16: bool,
     pub progress: bool,
 }
 
@@ -55,7 +57,14 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         );
     }
     // Explanations need input gradients only: a frozen copy skips every weight gradient.
-    let mt = mt.frozen()?;
+    let mt = if a.bf16 {
+        if !prism_model::ops::amx::available() {
+            eprintln!("note: no AMX-BF16 on this CPU; explaining in f32");
+        }
+        mt.frozen_bf16()?
+    } else {
+        mt.frozen()?
+    };
     let m = ExplainModel::new(&mt, a.task.as_deref())?;
     let methods: Vec<Box<dyn Method>> = a
         .methods

@@ -155,6 +155,7 @@ pub fn demo(
             words: true,
             faithfulness: true,
             seed: 0,
+            bf16: false,
             progress,
         },
         dev,

@@ -293,7 +293,8 @@ fn first_token_only_matches_the_full_last_layer() {
 }
 
 /// bf16 inference on AMX (every linear layer, the fused query/key/value projection and the
-/// GELU epilogue) stays within bf16 rounding of the f32 model, for BERT and RoBERTa.
+/// GELU epilogue) stays within bf16 rounding of the f32 model, for BERT and RoBERTa; so do the
+/// embedding gradients explanations take through it (the input gradients on the tile unit).
 #[test]
 fn bf16_inference_is_close_to_f32() {
     if !prism_model::ops::amx::available() {
@@ -319,6 +320,25 @@ fn bf16_inference_is_close_to_f32() {
             assert!(
                 diff < 0.05 * scale,
                 "{fixture}: bf16 differs by {diff} (scale {scale})"
+            );
+            let loss = |o: &prism_model::EncoderOutput| {
+                Ok(
+                    (o.last_hidden_state.narrow(1, 0, 1)? * exp["r1"].narrow(1, 0, 1)?)?
+                        .sum_all()?,
+                )
+            };
+            let ga = embedding_gradients(&model.encoder, &input, &Mode::Eval, None, false, loss)
+                .unwrap()
+                .grad;
+            let gb = embedding_gradients(&bf16.encoder, &input, &Mode::Eval, None, false, loss)
+                .unwrap()
+                .grad;
+            let diff = max_abs(&(&ga - &gb).unwrap());
+            let scale = max_abs(&ga);
+            assert!(diff > 0.0, "{fixture}: bf16 backward not taken");
+            assert!(
+                diff < 0.05 * scale,
+                "{fixture}: bf16 embedding gradient differs by {diff} (scale {scale})"
             );
         }
     }

@@ -3,17 +3,18 @@
 //! `y = x W^T + b` with `x` rounded to bf16 on the fly, `W` packed once into bf16 in the layout
 //! the tile unit reads (pairs of consecutive input features interleaved per output, "VNNI"), and
 //! f32 accumulation. Each tile multiply (`tdpbf16ps`) does 16 x 16 x 32 multiply-adds; a task
-//! computes 32 x 32 output blocks from four accumulator tiles. Used only where no gradient is
-//! needed (the weights are frozen and the input does not track gradients): explanations and
-//! training stay in f32.
+//! computes 32 x 32 output blocks from four accumulator tiles. The weights are constants (models
+//! built from [`crate::nn::ParamStore::frozen_bf16`]): training stays in f32. An input that
+//! tracks gradients (an explanation's embeddings) gets its gradient `dy W` on the tile unit too,
+//! from `W^T` packed at the first backward pass.
 //!
 //! The `gemm` crate has no AMX kernels and Rust's AMX intrinsics are unstable, so the five tile
 //! instructions are written as inline assembly. [`available`] checks CPUID and asks Linux for
 //! the tile-data permission (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), once.
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Output rows and columns per block, and input features per tile step.
 const BLOCK: usize = 32;
@@ -71,6 +72,8 @@ pub struct PackedWeight {
     k_pad: usize,
     ld: usize,
     data: Vec<u16>,
+    /// `W^T` packed the same way, for input gradients; built on first use.
+    transposed: OnceLock<Arc<PackedWeight>>,
 }
 
 /// A row length of at least `n` f32 (or bf16 pairs) whose byte stride is not a multiple of
@@ -93,6 +96,11 @@ impl PackedWeight {
             "weight of {} values is not {n} x {k}",
             w.len()
         );
+        Self::pack_with(n, k, |j, kk| to_bf16(w[j * k + kk]))
+    }
+
+    /// Pack the n x k weight whose bf16 value at (output `j`, input `kk`) is `value(j, kk)`.
+    fn pack_with(n: usize, k: usize, value: impl Fn(usize, usize) -> u16 + Sync) -> Self {
         let (n_pad, k_pad) = (n.div_ceil(BLOCK) * BLOCK, k.div_ceil(BLOCK) * BLOCK);
         let ld = padded_stride(n_pad);
         let mut data = vec![0u16; k_pad * ld];
@@ -103,7 +111,7 @@ impl PackedWeight {
                     for h in 0..2 {
                         let kk = 2 * pair + h;
                         if kk < k {
-                            row[2 * j + h] = to_bf16(w[j * k + kk]);
+                            row[2 * j + h] = value(j, kk);
                         }
                     }
                 }
@@ -115,7 +123,21 @@ impl PackedWeight {
             k_pad,
             ld,
             data,
+            transposed: OnceLock::new(),
         }
+    }
+
+    /// The bf16 value of the weight at output `j`, input `kk`.
+    fn value(&self, j: usize, kk: usize) -> u16 {
+        self.data[(kk / 2) * 2 * self.ld + 2 * j + kk % 2]
+    }
+
+    /// `W^T` (k outputs x n inputs) packed for the tile unit: the input gradient of
+    /// `x W^T` is `dy W = dy (W^T)^T`, a product of the same kind. Repacked from the bf16
+    /// values (no second rounding) at the first call, then kept.
+    pub fn transposed(&self) -> &Arc<PackedWeight> {
+        self.transposed
+            .get_or_init(|| Arc::new(Self::pack_with(self.k, self.n, |j, kk| self.value(kk, j))))
     }
 
     /// Pack a 2-D f32 weight tensor (outputs, inputs).
@@ -132,26 +154,74 @@ impl std::fmt::Debug for PackedWeight {
     }
 }
 
-/// Whether a layer holding a packed weight runs `x` through it: an f32 CPU input that tracks no
-/// gradient (inference). Inputs that need gradients (training, explanations) take the f32 path.
+/// Whether a layer holding a packed weight runs `x` through it: an f32 CPU input. Inputs that
+/// track gradients take it too, with the input gradient on the tile unit ([`linear_then`]).
 pub fn applies_to(x: &Tensor) -> bool {
-    !x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32
+    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// [`linear_bf16`] on tensors: `x` (..., k) -> (..., n), no gradient (callers use it only for
-/// inputs that track none).
-pub fn linear(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+/// [`linear_bf16`] on tensors: `x` (..., k) -> (..., n); see [`linear_then`].
+pub fn linear(
+    x: &Tensor,
+    w: &Arc<PackedWeight>,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
     linear_then(x, w, bias, Epilogue::None)
 }
 
 /// [`linear`] followed by `epilogue` (e.g. BERT's intermediate layer and its GELU in one pass).
+///
+/// When `x` tracks gradients the result does too: its backward pass gives `x` the gradient
+/// `dy W`, computed on the tile unit against [`PackedWeight::transposed`] (the weight and bias
+/// are constants and get none). The epilogue then runs as its own op, whose backward needs the
+/// value before it.
 pub fn linear_then(
     x: &Tensor,
-    w: &PackedWeight,
+    w: &Arc<PackedWeight>,
     bias: Option<&Tensor>,
     epilogue: Epilogue,
 ) -> candle_core::Result<Tensor> {
-    let dims = x.dims();
+    let bias: Option<Vec<f32>> = bias
+        .map(|b| b.to_dtype(DType::F32)?.to_vec1())
+        .transpose()?;
+    if !x.track_op() {
+        return apply(x, w, bias.as_deref(), epilogue);
+    }
+    let y = x
+        .contiguous()?
+        .apply_op1(TileLinear { w: w.clone(), bias })?;
+    match epilogue {
+        Epilogue::None => Ok(y),
+        Epilogue::Gelu => super::gelu_erf(&y),
+    }
+}
+
+/// `x W^T + b` on the tile unit for an `x` of any leading shape, untracked.
+fn apply(
+    x: &Tensor,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> candle_core::Result<Tensor> {
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let (out, shape) = match &*storage {
+        candle_core::Storage::Cpu(s) => forward_cpu(s, layout, w, bias, epilogue)?,
+        _ => candle_core::bail!("linear: bf16 inference needs a contiguous f32 CPU input"),
+    };
+    drop(storage);
+    Tensor::from_vec(out, shape, x.device())
+}
+
+/// The product on a contiguous f32 CPU input: the output values and shape.
+fn forward_cpu(
+    s: &CpuStorage,
+    layout: &Layout,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> candle_core::Result<(Vec<f32>, Shape)> {
+    let dims = layout.dims();
     let Some((&k, lead)) = dims.split_last() else {
         candle_core::bail!("linear: scalar input");
     };
@@ -159,21 +229,34 @@ pub fn linear_then(
         candle_core::bail!("linear: input has {k} features, the weight expects {}", w.k);
     }
     let m: usize = lead.iter().product();
-    let b: Option<Vec<f32>> = bias
-        .map(|b| b.to_dtype(DType::F32)?.to_vec1())
-        .transpose()?;
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let out = match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((s, e))) => {
-            linear_bf16(&v[s..e], m, w, b.as_deref(), epilogue)
-        }
-        _ => candle_core::bail!("linear: bf16 inference needs a contiguous f32 CPU input"),
+    let (CpuStorage::F32(v), Some((a, b))) = (s, layout.contiguous_offsets()) else {
+        candle_core::bail!("linear: bf16 inference needs a contiguous f32 CPU input");
     };
-    drop(storage);
+    let out = linear_bf16(&v[a..b], m, w, bias, epilogue);
     let mut shape = lead.to_vec();
     shape.push(w.n);
-    Tensor::from_vec(out, shape, x.device())
+    Ok((out, Shape::from(shape)))
+}
+
+/// The tracked product: forward `x W^T + b`, backward `dy W` (both on the tile unit).
+struct TileLinear {
+    w: Arc<PackedWeight>,
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp1 for TileLinear {
+    fn name(&self) -> &'static str {
+        "amx-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, shape) = forward_cpu(s, l, &self.w, self.bias.as_deref(), Epilogue::None)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(apply(dy, self.w.transposed(), None, Epilogue::None)?))
+    }
 }
 
 #[repr(C, align(64))]
@@ -458,6 +541,105 @@ mod tests {
                     assert!((y0[r * n + j] as f64 - exact).abs() < 1e-3 * (1.0 + exact.abs()));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn transposed_packs_w_transposed_exactly() {
+        for (n, k) in [(1, 1), (45, 70), (33, 31), (64, 96)] {
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let packed = PackedWeight::pack(&w, n, k);
+            let t = packed.transposed();
+            let direct = PackedWeight::pack(&wt, k, n);
+            assert_eq!((t.n, t.k, t.ld), (direct.n, direct.k, direct.ld));
+            assert!(
+                t.data == direct.data,
+                "({n}, {k}): transposed packing differs"
+            );
+            // Built once, then shared.
+            assert!(Arc::ptr_eq(t, packed.transposed()));
+        }
+    }
+
+    /// The tracked product gives its input the gradient `dy W` (on bf16 values), the bias
+    /// through, and GELU's backward when it is the epilogue.
+    #[test]
+    fn input_gradient_on_the_tile_unit() {
+        if !available() {
+            eprintln!("skipped: no AMX-BF16 on this machine");
+            return;
+        }
+        use candle_core::{Device, Var};
+        let (m, n, k) = (37, 45, 70);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.37).sin() * 0.2).collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let packed = Arc::new(PackedWeight::pack(&w, n, k));
+        let dev = Device::Cpu;
+        let bias = Tensor::new(b.as_slice(), &dev).unwrap();
+        let wq: Vec<f32> = w.iter().map(|&v| bf16_value(v)).collect();
+        let wt = Tensor::from_vec(wq, (n, k), &dev).unwrap();
+        for epilogue in [Epilogue::None, Epilogue::Gelu] {
+            let xv = Var::from_vec(x.clone(), (m, k), &dev).unwrap();
+            let y = linear_then(xv.as_tensor(), &packed, Some(&bias), epilogue).unwrap();
+            // Forward as the untracked path (whose GELU is fused into the product).
+            let plain =
+                linear_then(&xv.as_tensor().detach(), &packed, Some(&bias), epilogue).unwrap();
+            let d = (&y - &plain).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "{epilogue:?} forward");
+            // Loss: sum(y * c) for a fixed c, so dy = c.
+            let c: Vec<f32> = (0..m * n).map(|i| (i as f32 * 0.05).sin()).collect();
+            let c = Tensor::from_vec(c, (m, n), &dev).unwrap();
+            let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = g.get(xv.as_tensor()).unwrap();
+            // Reference: dy (times GELU' at the pre-activation) times W, in f32 on the bf16 W.
+            let dy = match epilogue {
+                Epilogue::None => c.clone(),
+                Epilogue::Gelu => {
+                    let pre = linear_then(
+                        &xv.as_tensor().detach(),
+                        &packed,
+                        Some(&bias),
+                        Epilogue::None,
+                    )
+                    .unwrap();
+                    let p = Var::from_tensor(&pre).unwrap();
+                    let gg = (crate::ops::gelu_erf(p.as_tensor()).unwrap() * &c)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
+                    gg.get(p.as_tensor()).unwrap().clone()
+                }
+            };
+            let want = dy.matmul(&wt).unwrap();
+            let dq: Vec<f32> = dy
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| bf16_value(v))
+                .collect();
+            let want_q = Tensor::from_vec(dq, (m, n), &dev)
+                .unwrap()
+                .matmul(&wt)
+                .unwrap();
+            let err = (got - &want_q).unwrap().abs().unwrap().max_all().unwrap();
+            let err = err.to_scalar::<f32>().unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                err < 1e-4 * scale.max(1.0),
+                "{epilogue:?}: {err} (scale {scale})"
+            );
         }
     }
 }
