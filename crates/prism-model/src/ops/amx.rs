@@ -56,10 +56,27 @@ fn detect() -> bool {
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
+    // A select rather than an early return, so that loops over it vectorise.
+    let rounded = ((b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16) as u16;
     if b & 0x7fff_ffff > 0x7f80_0000 {
-        return 0x7fc0;
+        0x7fc0
+    } else {
+        rounded
     }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+crate::multiversion! {
+    /// `dst[i] = to_bf16(src[i])`, then zeros to the end of `dst` (an input row padded for the
+    /// tile unit), compiled for the widest vector unit the CPU has.
+    fn bf16_row(src: &[f32], dst: &mut [std::mem::MaybeUninit<u16>]) {
+        let (head, tail) = dst.split_at_mut(src.len());
+        for (o, &v) in head.iter_mut().zip(src) {
+            o.write(to_bf16(v));
+        }
+        for o in tail {
+            o.write(0);
+        }
+    }
 }
 
 /// A weight (n outputs x k inputs, PyTorch's `Linear` layout) packed for the tile unit:
@@ -393,17 +410,8 @@ pub fn linear_bf16(
         .par_chunks_mut(lda)
         .enumerate()
         .for_each(|(r, row)| {
-            let filled = if r < m {
-                for (o, &v) in row.iter_mut().zip(&x[r * k..(r + 1) * k]) {
-                    o.write(to_bf16(v));
-                }
-                k
-            } else {
-                0
-            };
-            for o in &mut row[filled..] {
-                o.write(0);
-            }
+            let src = if r < m { &x[r * k..(r + 1) * k] } else { &[] };
+            bf16_row(src, row);
         });
     // SAFETY: every row of `lda` values was written in full just above (k <= lda values, then
     // zeros).
