@@ -58,10 +58,7 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
     }
     // Explanations need input gradients only: a frozen copy skips every weight gradient.
     let mt = if a.bf16 {
-        if !prism_model::ops::amx::available() {
-            eprintln!("note: no AMX-BF16 on this CPU; explaining in f32");
-        }
-        mt.frozen_bf16()?
+        crate::train_cmd::bf16_or_note(&mt)?
     } else {
         mt.frozen()?
     };

@@ -174,6 +174,15 @@ fn load(model: &str, dev: &Device) -> Result<MultiTaskModel> {
     Ok(m)
 }
 
+/// `m` frozen with its linear layers in bf16 on AMX (`--bf16`), with a note where this CPU has
+/// no AMX-BF16 and the layers stay f32.
+pub fn bf16_or_note(m: &MultiTaskModel) -> Result<MultiTaskModel> {
+    if !prism_model::ops::amx::available() {
+        eprintln!("note: no AMX-BF16 on this CPU; running in f32");
+    }
+    Ok(m.frozen_bf16()?)
+}
+
 pub fn eval(
     model: &str,
     task: Option<&str>,
@@ -185,10 +194,7 @@ pub fn eval(
 ) -> Result<()> {
     let mut m = load(model, dev)?;
     if bf16 {
-        if !prism_model::ops::amx::available() {
-            eprintln!("note: no AMX-BF16 on this CPU; evaluating in f32");
-        }
-        m = m.frozen_bf16()?;
+        m = bf16_or_note(&m)?;
     }
     let ti = match task {
         Some(t) => m.task_index(t)?,
@@ -235,10 +241,14 @@ pub fn predict(
     text: &str,
     text2: Option<&str>,
     task: Option<&str>,
+    bf16: bool,
     json_out: bool,
     dev: &Device,
 ) -> Result<()> {
-    let m = load(model, dev)?;
+    let mut m = load(model, dev)?;
+    if bf16 {
+        m = bf16_or_note(&m)?;
+    }
     let mut results = Vec::new();
     for (ti, t) in m.tasks.iter().enumerate() {
         if task.is_some_and(|n| n != t.spec.name) {
