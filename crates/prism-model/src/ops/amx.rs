@@ -19,6 +19,9 @@ use std::sync::{Arc, OnceLock};
 /// Output rows and columns per block, and input features per tile step.
 const BLOCK: usize = 32;
 
+/// Bytes of packed weight a task keeps hot while its row blocks pass over them.
+const L2_PANEL_BYTES: usize = 1 << 20;
+
 /// Whether this CPU and OS let the process use AMX-BF16 (checked once).
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
@@ -422,6 +425,8 @@ pub fn linear_bf16(
     let mut c: Vec<f32> = Vec::with_capacity(m_pad * ldc);
     let c_ptr = c.as_mut_ptr() as usize;
     let row_blocks = m_pad / BLOCK;
+    // Output columns per W panel: ~1 MiB of packed W, half of a core's L2.
+    let panel = ((L2_PANEL_BYTES / (k_pad * 2)) / BLOCK * BLOCK).clamp(BLOCK, n_pad);
     let per_task = row_blocks
         .div_ceil(rayon::current_num_threads().max(1) * 4)
         .max(1);
@@ -437,25 +442,35 @@ pub fn linear_bf16(
             unsafe {
                 std::arch::asm!("ldtilecfg [{0}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
                 let c_base = c_ptr as *mut f32;
-                for rb in task * per_task..((task + 1) * per_task).min(row_blocks) {
-                    for jb in 0..n_pad / BLOCK {
-                        let c_block = c_base.add(rb * BLOCK * ldc + jb * BLOCK);
-                        block(
-                            a.as_ptr().add(rb * BLOCK * lda) as *const u8,
-                            lda * 2,
-                            w.data.as_ptr().add(jb * BLOCK * 2) as *const u8,
-                            w.ld * 4,
-                            c_block as *mut u8,
-                            ldc * 4,
-                            k_pad / BLOCK,
-                            bias_pad.as_ptr().add(jb * BLOCK) as *const u8,
-                        );
-                    }
-                    // The row block (32 x n_pad, at most a few hundred KiB) is still in cache.
-                    if epilogue == Epilogue::Gelu {
-                        for r in 0..BLOCK {
-                            let row = c_base.add((rb * BLOCK + r) * ldc);
-                            super::gelu::gelu_in_place(std::slice::from_raw_parts_mut(row, n_pad));
+                let rows = task * per_task..((task + 1) * per_task).min(row_blocks);
+                // Column panels of W that stay in L2 while every row block of the task runs
+                // through them (W itself is up to 4.7 MiB at base size and was streamed from
+                // memory once per row block).
+                for p0 in (0..n_pad).step_by(panel) {
+                    let p1 = (p0 + panel).min(n_pad);
+                    for rb in rows.clone() {
+                        for jb in p0 / BLOCK..p1 / BLOCK {
+                            let c_block = c_base.add(rb * BLOCK * ldc + jb * BLOCK);
+                            block(
+                                a.as_ptr().add(rb * BLOCK * lda) as *const u8,
+                                lda * 2,
+                                w.data.as_ptr().add(jb * BLOCK * 2) as *const u8,
+                                w.ld * 4,
+                                c_block as *mut u8,
+                                ldc * 4,
+                                k_pad / BLOCK,
+                                bias_pad.as_ptr().add(jb * BLOCK) as *const u8,
+                            );
+                        }
+                        // The 32 x panel block just stored is still in cache.
+                        if epilogue == Epilogue::Gelu {
+                            for r in 0..BLOCK {
+                                let row = c_base.add((rb * BLOCK + r) * ldc + p0);
+                                super::gelu::gelu_in_place(std::slice::from_raw_parts_mut(
+                                    row,
+                                    p1 - p0,
+                                ));
+                            }
                         }
                     }
                 }
