@@ -149,7 +149,10 @@ fn bench_reports_every_workload_as_json() {
         .iter()
         .map(|r| r["workload"].as_str().unwrap())
         .collect();
-    assert_eq!(works, ["infer", "infer-bf16", "train", "ig", "mlm"]);
+    assert_eq!(
+        works,
+        ["infer", "infer-bf16", "train", "ig", "ig-bf16", "mlm"]
+    );
     for r in rows {
         let t = &r["throughput"];
         let (lo, med, hi) = (

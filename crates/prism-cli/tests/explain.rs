@@ -129,3 +129,60 @@ fn explain_rejects_unknown_methods_and_targets_with_the_choices() {
         "{err}"
     );
 }
+
+/// `--bf16` (linear layers forward and backward on AMX) gives the same explanation as f32 up to
+/// bf16 rounding; on CPUs without AMX-BF16 it says so and runs in f32.
+#[test]
+fn explain_bf16_agrees_with_f32() {
+    let m = fixtures().join("tiny-bert-cls");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            "--model",
+            m.to_str().unwrap(),
+            "--method",
+            "ig,grad_x_input",
+            "--json",
+            "--quiet",
+            "a gorgeous, moving film",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = prism(&args);
+        assert!(ok, "{err}");
+        (
+            serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+            err,
+        )
+    };
+    let (f32_run, _) = run(&[]);
+    let (bf16_run, err) = run(&["--bf16"]);
+    if err.contains("no AMX-BF16") {
+        eprintln!("skipped the comparison: no AMX-BF16 on this machine");
+        return;
+    }
+    for (a, b) in f32_run["examples"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(bf16_run["examples"][0].as_array().unwrap())
+    {
+        assert_eq!(a["method"], b["method"]);
+        let (sa, sb): (Vec<f64>, Vec<f64>) = (
+            serde_json::from_value(a["scores"].clone()).unwrap(),
+            serde_json::from_value(b["scores"].clone()).unwrap(),
+        );
+        let scale = sa.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let diff = sa
+            .iter()
+            .zip(&sb)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff > 0.0, "{}: bf16 path not taken", a["method"]);
+        assert!(
+            diff < 0.05 * scale,
+            "{}: bf16 scores differ by {diff} (largest score {scale})",
+            a["method"]
+        );
+    }
+    // Completeness still holds to bf16 precision.
+    assert!(bf16_run["examples"][0][0]["delta"].as_f64().unwrap().abs() < 1e-2);
+}

@@ -380,8 +380,9 @@ pub enum Epilogue {
 }
 
 /// `x` (m, k) times `w` transposed, plus `bias`, then `epilogue`: (m, n) f32, on the tile
-/// unit. The bias is where the accumulators start and the epilogue runs on each block of 32
-/// rows right after it is stored, so neither costs a separate pass over the output.
+/// unit. The bias is where the accumulators start and the epilogue runs on each 32-row block
+/// of a weight panel right after it is stored, so neither costs a separate pass over the
+/// output.
 ///
 /// # Panics
 /// If AMX is not [`available`] or `x` does not hold `m` rows of the weight's `k` inputs.
@@ -426,7 +427,7 @@ pub fn linear_bf16(
     let c_ptr = c.as_mut_ptr() as usize;
     let row_blocks = m_pad / BLOCK;
     // Output columns per W panel: ~1 MiB of packed W, half of a core's L2.
-    let panel = ((L2_PANEL_BYTES / (k_pad * 2)) / BLOCK * BLOCK).clamp(BLOCK, n_pad);
+    let panel = (L2_PANEL_BYTES / (k_pad * 2).max(1) / BLOCK * BLOCK).max(BLOCK);
     let per_task = row_blocks
         .div_ceil(rayon::current_num_threads().max(1) * 4)
         .max(1);
@@ -528,8 +529,16 @@ mod tests {
             eprintln!("skipped: no AMX-BF16 on this machine");
             return;
         }
-        // Sizes that are not multiples of the 32 x 32 block in any dimension.
-        for (m, n, k) in [(1, 1, 1), (37, 45, 70), (64, 96, 256), (5, 33, 31)] {
+        // Sizes that are not multiples of the 32 x 32 block in any dimension, no inputs at all,
+        // and (k = 3072) a weight in two L2 panels.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (37, 45, 70),
+            (64, 96, 256),
+            (5, 33, 31),
+            (3, 5, 0),
+            (40, 200, 3072),
+        ] {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13)
                 .collect();
