@@ -380,9 +380,9 @@ impl PretrainedModel {
         self.rebuilt_with(self.params.frozen())
     }
 
-    /// [`PretrainedModel::frozen`] with bf16 AMX inference in every linear layer
-    /// ([`ParamStore::frozen_bf16`]): the packed bf16 weights are a snapshot taken now. On a
-    /// CPU without AMX-BF16 this is `frozen()`.
+    /// [`PretrainedModel::frozen`] with every linear layer in bf16 on AMX, forward and input
+    /// gradients ([`ParamStore::frozen_bf16`]): the packed bf16 weights are a snapshot taken
+    /// now. On a CPU without AMX-BF16 (or another device) this is `frozen()`.
     pub fn frozen_bf16(&self) -> Result<Self> {
         self.rebuilt_with(self.params.frozen_bf16())
     }

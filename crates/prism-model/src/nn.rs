@@ -70,13 +70,13 @@ impl ParamStore {
     }
 
     /// [`ParamStore::frozen`], and every linear layer built from it also packs a bf16 copy of
-    /// its weight and runs inference (inputs that track no gradient) on the AMX tile unit
-    /// ([`ops::amx`]); gradients still go through the f32 weights. Without AMX this is
-    /// `frozen()`.
+    /// its weight and runs on the AMX tile unit ([`ops::amx`]): the forward pass, and for
+    /// inputs that track gradients (explanations) their gradient `dy W` too. Without AMX, or
+    /// off the CPU, this is `frozen()`.
     pub fn frozen_bf16(&self) -> Self {
         Self {
             frozen: true,
-            bf16: crate::ops::amx::available(),
+            bf16: self.device().is_cpu() && crate::ops::amx::available(),
             ..self.clone()
         }
     }

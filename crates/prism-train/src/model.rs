@@ -105,8 +105,9 @@ impl MultiTaskModel {
         self.rebuilt_with(self.base.frozen()?)
     }
 
-    /// [`MultiTaskModel::frozen`] with bf16 AMX inference in the encoder's and heads' linear
-    /// layers (a snapshot of the weights); `frozen()` on a CPU without AMX-BF16.
+    /// [`MultiTaskModel::frozen`] with the encoder's and heads' linear layers in bf16 on AMX,
+    /// forward and input gradients (a snapshot of the weights); `frozen()` on a CPU without
+    /// AMX-BF16 or another device.
     pub fn frozen_bf16(&self) -> Result<Self> {
         self.rebuilt_with(self.base.frozen_bf16()?)
     }
