@@ -20,6 +20,7 @@ checkpoint prism fetched: `prism fetch model minilm`), base (H768 L12 FFN3072 V3
     pip install torch transformers captum
     python bench/reference.py [--sizes tiny,mini] [--threads 2] [--json out.json]
     python bench/reference.py --compare [--prism target/release/prism]   # both, with ratios
+    python bench/reference.py --compare --device cuda --prism target/cuda/release/prism  # on a GPU
 
 --compare runs `prism bench --json -` with the same arguments first, then this script, one after
 the other on the same machine, and prints prism / PyTorch for every row.
@@ -36,6 +37,14 @@ import torch
 
 # bf16 workloads and the f32 workload each is also compared with.
 F32_OF = {"infer-bf16": "infer", "ig-bf16": "ig"}
+
+# Where the models run (--device); timings wait for the GPU to finish.
+DEV = torch.device("cpu")
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
 
 SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100),
@@ -71,8 +80,10 @@ def measure(warmup, reps, f):
         f()
     times, phases = [], []
     for _ in range(max(reps, 1)):
+        sync()
         t0 = time.perf_counter()
         p = f()
+        sync()
         times.append(time.perf_counter() - t0)
         phases.append(p)
     return times, phases
@@ -114,10 +125,10 @@ def build(size, args, seq):
         d = minilm_dir(args)
         cls = BertForSequenceClassification.from_pretrained(d, num_labels=2)
         mlm = BertForMaskedLM.from_pretrained(d)
-        return cls.config, cls, mlm
+        return cls.config, cls.to(DEV), mlm.to(DEV)
     cfg = BertConfig(max_position_embeddings=max(512, seq), num_labels=2, **SIZES[size])
     torch.manual_seed(0)
-    return cfg, BertForSequenceClassification(cfg), BertForMaskedLM(cfg)
+    return cfg, BertForSequenceClassification(cfg).to(DEV), BertForMaskedLM(cfg).to(DEV)
 
 
 def adamw(model, lr):
@@ -129,15 +140,18 @@ def adamw(model, lr):
 
 def training_step(model, opt, loss_fn):
     """One optimiser step as prism bench times it: forward (loss read back), backward, clip + AdamW."""
+    sync()
     t0 = time.perf_counter()
     loss = loss_fn()
     loss.item()
     t1 = time.perf_counter()
     loss.backward()
+    sync()
     t2 = time.perf_counter()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
+    sync()
     return {"forward": t1 - t0, "backward": t2 - t1, "optimizer": time.perf_counter() - t2}
 
 
@@ -145,7 +159,7 @@ def random_ids(g, b, t, vocab):
     ids = torch.randint(5, vocab, (b, t), generator=g)
     ids[:, 0] = max(2, min(101, vocab - 1))
     ids[:, -1] = max(3, min(102, vocab - 1))
-    return ids
+    return ids.to(DEV)
 
 
 def bench_size(size, args, rows):
@@ -174,7 +188,7 @@ def bench_size(size, args, rows):
             mask = torch.ones_like(ids)
 
             def f():
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.no_grad(), torch.autocast(DEV.type, dtype=torch.bfloat16):
                     cls(input_ids=ids, attention_mask=mask).logits.float().tolist()
                 return None
 
@@ -185,7 +199,7 @@ def bench_size(size, args, rows):
             opt = adamw(cls, 1e-5)
             ids = random_ids(g, b, t, v)
             mask = torch.ones_like(ids)
-            labels = torch.randint(0, 2, (b,), generator=g)
+            labels = torch.randint(0, 2, (b,), generator=g).to(DEV)
 
             def f():
                 return training_step(cls, opt, lambda: torch.nn.functional.cross_entropy(
@@ -208,7 +222,7 @@ def bench_size(size, args, rows):
 
             lig = LayerIntegratedGradients(forward, cls.bert.embeddings.word_embeddings)
 
-            amp = (torch.autocast("cpu", dtype=torch.bfloat16) if work == "ig-bf16"
+            amp = (torch.autocast(DEV.type, dtype=torch.bfloat16) if work == "ig-bf16"
                    else contextlib.nullcontext())
 
             def f():
@@ -228,6 +242,7 @@ def bench_size(size, args, rows):
             ids = random_ids(g, b, t, v)
             inner = torch.rand((b, t), generator=g) < 0.15
             inner[:, 0] = inner[:, -1] = False
+            inner = inner.to(DEV)
             positions = inner.flatten().nonzero().squeeze(1)
             labels = ids.flatten()[positions].clone()
             ids = ids.masked_fill(inner, 103 if v > 103 else 4)
@@ -258,27 +273,31 @@ def print_row(r):
 
 
 def sgemm(n):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     a @ b
     times = []
     for _ in range(5):
+        sync()
         t0 = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t0)
     s = min(times)
     return {"n": n, "seconds": s, "gflops": 2 * n ** 3 / s / 1e9}
 
 
 def run_torch(args):
+    global DEV
+    DEV = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    print(f"PyTorch {torch.__version__} eager: batch {args.batch} x {args.seq}, {torch.get_num_threads()} threads, "
+    print(f"PyTorch {torch.__version__} eager on {DEV}: batch {args.batch} x {args.seq}, {torch.get_num_threads()} threads, "
           f"{args.warmup} warm-up + {args.reps} repetitions", file=sys.stderr)
     sg = sgemm(args.sgemm)
     print(f"sgemm {sg['n']}^3: {sg['gflops']:.1f} GFLOP/s", file=sys.stderr)
     rows = []
     for size in args.sizes:
         bench_size(size, args, rows)
-    return {"torch": torch.__version__, "threads": args.threads, "batch": args.batch, "seq": args.seq,
+    return {"torch": torch.__version__, "device": str(DEV), "threads": args.threads, "batch": args.batch, "seq": args.seq,
             "reps": args.reps, "ig_steps": args.ig_steps, "sgemm": sg, "results": rows}
 
 
@@ -293,6 +312,8 @@ def main():
     ap.add_argument("--ig-steps", type=int, default=50)
     ap.add_argument("--sgemm", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="run both sides here (prism needs the CUDA build: scripts/build-cuda.sh)")
     ap.add_argument("--minilm", help="MiniLM folder (default: $PRISM_HOME/models/minilm)")
     ap.add_argument("--json", help="write the JSON report here")
     ap.add_argument("--compare", action="store_true", help="run `prism bench` first and print the ratios")
@@ -309,7 +330,7 @@ def main():
         cmd = [args.prism, "bench", "--json", "-", "--sizes", ",".join(args.sizes), "--workloads",
                ",".join(args.workloads), "--batch", str(args.batch), "--seq", str(args.seq), "--reps", str(args.reps),
                "--warmup", str(args.warmup), "--ig-steps", str(args.ig_steps), "--sgemm", str(args.sgemm),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--device", args.device]
         print("$ " + " ".join(cmd), file=sys.stderr)
         prism = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
     ref = run_torch(args)
