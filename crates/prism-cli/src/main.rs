@@ -221,8 +221,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Run the linear layers in bf16 on the AMX tile unit, forward and input gradients
-        /// (f32 accumulation; f32 on CPUs without AMX-BF16): about twice as fast, attributions
-        /// within bf16 rounding of f32.
+        /// (f32 accumulation; f32 on CPUs without AMX-BF16): IG ~1.5x faster, attributions
+        /// within bf16 rounding of f32 (README "Performance").
         #[arg(long)]
         bf16: bool,
         #[arg(long)]
@@ -314,8 +314,8 @@ enum Command {
         /// Longest accepted text, in characters.
         #[arg(long, default_value_t = 4000)]
         max_text_chars: usize,
-        /// Linear layers in bf16 on the AMX tile unit, for predictions and explanations (about
-        /// twice the f32 throughput; see README "Performance").
+        /// Linear layers in bf16 on the AMX tile unit, for predictions and explanations (2-2.5x
+        /// the f32 inference throughput, IG ~1.5x; see README "Performance").
         #[arg(long)]
         bf16: bool,
     },
@@ -395,15 +395,18 @@ fn device(d: DeviceArg) -> Result<Device> {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda => {
             // The CUDA libraries are opened at first use (see vendor/README.md), and the
-            // bindings panic when one is missing: report that as an error, not a crash.
+            // bindings panic when one is missing: report that as an error, not a crash (only
+            // where panics unwind; with `panic = "abort"` the panic message is the report).
+            const HINT: &str = "CUDA device (build with `--features cuda`: scripts/build-cuda.sh)";
+            if cfg!(panic = "abort") {
+                return Device::new_cuda(0).context(HINT);
+            }
             let hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(|_| {}));
             let dev = std::panic::catch_unwind(|| Device::new_cuda(0));
             std::panic::set_hook(hook);
             match dev {
-                Ok(d) => {
-                    d.context("CUDA device (build with `--features cuda`: scripts/build-cuda.sh)")?
-                }
+                Ok(d) => d.context(HINT)?,
                 Err(p) => {
                     let msg = p
                         .downcast_ref::<String>()
