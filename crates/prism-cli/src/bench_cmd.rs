@@ -352,32 +352,23 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
         for work in &args.workloads {
             reset_peak_rss();
             let row = match work.as_str() {
-                "infer" => {
+                "infer" | "infer-bf16" => {
                     let mt = mt.as_ref().context("classification model")?;
+                    // `infer-bf16`: the same forward with every linear layer on the AMX tile unit
+                    // in bf16 (f32 accumulation; attention products, softmax, layer norm in f32).
+                    let bf16;
+                    let m = if work == "infer-bf16" {
+                        bf16 = crate::train_cmd::bf16_or_note(mt)?;
+                        &bf16
+                    } else {
+                        mt
+                    };
                     // As the task's own batches: a sequence head asks for position 0 only.
                     let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
-                        .with_first_token_only(mt.tasks[0].reads_first_token_only());
+                        .with_first_token_only(m.tasks[0].reads_first_token_only());
                     let (times, _) = measure(args.warmup, args.reps, || {
-                        let out = mt.base.encoder.forward(&input, &Mode::Eval)?;
-                        let logits = mt.tasks[0].logits(&out, &Mode::Eval)?;
-                        logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-                        Ok(Phases::default())
-                    })?;
-                    let flops = fwd_flops + 2.0 * c * c * b as f64;
-                    row(size, work, "seq/s", b as f64, &times, flops, None)
-                }
-                "infer-bf16" => {
-                    // The same forward with every linear layer on the AMX tile unit in bf16
-                    // (f32 accumulation; attention products, softmax, layer norm, GELU in f32).
-                    let frozen = mt.as_ref().context("classification model")?.frozen_bf16()?;
-                    if !prism_model::ops::amx::available() {
-                        eprintln!("note: no AMX-BF16 on this CPU, infer-bf16 runs in f32");
-                    }
-                    let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
-                        .with_first_token_only(frozen.tasks[0].reads_first_token_only());
-                    let (times, _) = measure(args.warmup, args.reps, || {
-                        let out = frozen.base.encoder.forward(&input, &Mode::Eval)?;
-                        let logits = frozen.tasks[0].logits(&out, &Mode::Eval)?;
+                        let out = m.base.encoder.forward(&input, &Mode::Eval)?;
+                        let logits = m.tasks[0].logits(&out, &Mode::Eval)?;
                         logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
                         Ok(Phases::default())
                     })?;
@@ -409,10 +400,7 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     // As `prism explain` does: frozen weights, input gradients only; `ig-bf16`
                     // as `prism explain --bf16` (linear layers forward and backward on AMX).
                     let frozen = if work == "ig-bf16" {
-                        if !prism_model::ops::amx::available() {
-                            eprintln!("note: no AMX-BF16 on this CPU, ig-bf16 runs in f32");
-                        }
-                        mt.frozen_bf16()?
+                        crate::train_cmd::bf16_or_note(mt)?
                     } else {
                         mt.frozen()?
                     };
