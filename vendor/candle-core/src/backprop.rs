@@ -721,17 +721,19 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
-    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     /// Adds `grad` to the gradient of `tensor`. The first gradient of a tensor is stored as is
     /// (made contiguous when it is a strided view) instead of being added to a fresh zero tensor:
     /// most nodes have one consumer, so this saves an allocation, a zero fill and an addition per
-    /// node in the backward pass. (prism patch, see vendor/README.md)
+    /// node in the backward pass. Later gradients are added in place when the stored sum is a
+    /// contiguous CPU f32/f64 buffer that nothing else references (a residual stream's second
+    /// gradient, say); otherwise into a new tensor. (prism patch, see vendor/README.md)
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => {
                 let sum = entry.into_mut();
-                *sum = sum.add(grad)?;
+                if !sum.add_assign_if_sole_owner(grad)? {
+                    *sum = sum.add(grad)?;
+                }
             }
             Entry::Vacant(entry) => {
                 if grad.shape() != tensor.shape() || grad.dtype() != tensor.dtype() {
@@ -754,6 +756,8 @@ impl GradStore {
         Ok(())
     }
 
+    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),

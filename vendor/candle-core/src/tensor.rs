@@ -2781,6 +2781,52 @@ impl Tensor {
         (storage, &self.layout)
     }
 
+    /// `self += rhs` in place when nothing else can observe `self`'s data: this handle is the only
+    /// reference to its node, no other node (a view) shares its storage, and both are contiguous
+    /// CPU f32 or f64 tensors of the same shape. Returns whether it added; when it returns false,
+    /// nothing was changed. Used by the gradient store to accumulate without allocating.
+    /// (prism patch, see vendor/README.md)
+    pub(crate) fn add_assign_if_sole_owner(&self, rhs: &Self) -> Result<bool> {
+        use crate::CpuStorage;
+        use rayon::prelude::*;
+        if Arc::strong_count(&self.0) != 1
+            || Arc::strong_count(&self.storage) != 1
+            || self.shape() != rhs.shape()
+            || self.dtype() != rhs.dtype()
+        {
+            return Ok(false);
+        }
+        let (Some((s0, s1)), Some((r0, r1))) = (
+            self.layout.contiguous_offsets(),
+            rhs.layout.contiguous_offsets(),
+        ) else {
+            return Ok(false);
+        };
+        // The storages differ (ours has no other owner), so the two locks cannot deadlock.
+        let mut dst = self.storage.write();
+        let src = rhs.storage.read_recursive();
+        fn add<T: Copy + std::ops::AddAssign + Send + Sync>(d: &mut [T], s: &[T]) {
+            const CHUNK: usize = 1 << 15;
+            if d.len() >= 4 * CHUNK {
+                d.par_chunks_mut(CHUNK)
+                    .zip(s.par_chunks(CHUNK))
+                    .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, s)| *d += *s));
+            } else {
+                d.iter_mut().zip(s).for_each(|(d, s)| *d += *s);
+            }
+        }
+        match (&mut *dst, &*src) {
+            (Storage::Cpu(CpuStorage::F32(d)), Storage::Cpu(CpuStorage::F32(s))) => {
+                add(&mut d[s0..s1], &s[r0..r1])
+            }
+            (Storage::Cpu(CpuStorage::F64(d)), Storage::Cpu(CpuStorage::F64(s))) => {
+                add(&mut d[s0..s1], &s[r0..r1])
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Unique key for this tensor's storage. Equal keys mean the tensors share the same allocation.
     #[inline]
     pub(crate) fn storage_key(&self) -> usize {

@@ -457,21 +457,10 @@ impl Layer {
     /// first token alone (a sequence head's [CLS] or `<s>`).
     fn forward_first_token(&self, x: &Tensor, mask: &Tensor, mode: &Mode) -> Result<Tensor> {
         let att = &self.attention;
-        let (b, t, c) = x.dims3()?;
-        let (heads, d) = (att.heads, att.head_dim);
         let qkv = att.qkv(x)?; // (B, T, 3C)
-        let split = |y: Tensor, rows: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, rows, heads, d))?
-                .transpose(1, 2)?
-                .contiguous()?) // (B, H, rows, D)
-        };
-        let q = split(qkv.narrow(1, 0, 1)?.narrow(2, 0, c)?, 1)?;
-        let k = split(qkv.narrow(2, c, c)?, t)?;
-        let v = split(qkv.narrow(2, 2 * c, c)?, t)?;
-        let scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, 1, T)
-        let probs = ops::masked_softmax(&scores, mask, 1.0 / (d as f64).sqrt())?;
-        let probs = mode.dropout(&probs, att.attn_dropout)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, c))?; // (B, 1, C)
+                               // One fused op for the single query row; its backward writes the (B, T, 3C) gradient.
+        let dropout = mode.dropout_seed(att.attn_dropout);
+        let ctx = ops::attention_queries(&qkv, mask, att.heads, 1, dropout)?; // (B, 1, C)
         let h = mode.dropout(&att.out.forward(&ctx)?, att.hidden_dropout)?;
         let a = att.norm.forward(&(h + x.narrow(1, 0, 1)?)?)?;
         self.feed_forward(&a, mode)

@@ -2,15 +2,26 @@
 //!
 //! `ctx = dropout(softmax(scale * Q K^T + mask)) V`, per example and head, reading Q, K and V
 //! straight from their (B, T, C) projections and writing the context straight into (B, T, C):
-//! no head split/merge copies, no (B, H, T, T) tensors kept between forward and backward (the
-//! backward pass recomputes each head's T x T probabilities, as FlashAttention does), one
-//! single-threaded GEMM per head with the heads spread over the threads, and the dropout mask
-//! regenerated from its seed ([`super::dropout`]). The probabilities themselves are not
-//! returned: callers that need them (explanations asking for attentions) use the unfused path.
+//! no head split/merge copies, one single-threaded GEMM per head with the heads spread over the
+//! threads, and the dropout mask regenerated from its seed ([`super::dropout`]). When the input
+//! tracks gradients, each head's probabilities are kept for the backward pass if all of them
+//! fit in [`KEEP_PROBS_BYTES`] (PyTorch keeps them too); longer sequences recompute them in the
+//! backward pass instead, as FlashAttention does. The probabilities are not returned: callers
+//! that need them (explanations asking for attentions) use the unfused path.
+//!
+//! [`attention_queries`] runs only the first rows' queries against every key: a sequence
+//! head reads the last layer at position 0 alone, and its backward pass is the same fused kernel
+//! (one (B, T, 3C) gradient, no slicing of the projection).
 
 use super::dropout::{dropout_in_place, threshold};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::OnceLock;
+
+/// The most memory the probabilities of one attention op may keep for its backward pass
+/// (B x H x T x T f32); above it they are recomputed. 16 x 12 heads x 128^2 (BERT-base, batch 16)
+/// is 12.6 MB; at 512 tokens the same batch would need 201 MB per layer.
+pub const KEEP_PROBS_BYTES: usize = 32 << 20;
 
 /// Scaled dot-product attention over `heads` heads, from the fused query/key/value projection.
 ///
@@ -29,6 +40,23 @@ pub fn attention(
     heads: usize,
     dropout: Option<(f64, u64)>,
 ) -> Result<Tensor> {
+    let t = qkv.dims3()?.1;
+    attention_queries(qkv, mask, heads, t, dropout)
+}
+
+/// [`attention`] for the queries of the first `rows` tokens only, against every key and value:
+/// the context of those rows, (B, rows, C). The dropout mask of row i, head h, key j is the one
+/// `ops::dropout` draws for element (b, h, i, j) of a contiguous (B, H, rows, T) tensor.
+///
+/// # Shapes
+/// `qkv`: (B, T, 3C); `mask`: (B, T) -> (B, rows, C)
+pub fn attention_queries(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    rows: usize,
+    dropout: Option<(f64, u64)>,
+) -> Result<Tensor> {
     let (b, t, c3) = qkv.dims3()?;
     if c3 % 3 != 0 || mask.dims() != [b, t] {
         candle_core::bail!(
@@ -37,13 +65,16 @@ pub fn attention(
             mask.dims()
         );
     }
+    if rows > t {
+        candle_core::bail!("attention: {rows} query rows asked of {t} tokens");
+    }
     let c = c3 / 3;
     if heads == 0 || c % heads != 0 {
         candle_core::bail!("attention: {c} channels do not split into {heads} heads");
     }
     let d = c / heads;
-    if t == 0 {
-        // No tokens: an empty context (the kernels below work row by row).
+    if rows == 0 {
+        // No queries (or no tokens): an empty context (the kernels below work row by row).
         return Tensor::zeros((b, 0, c), qkv.dtype(), qkv.device());
     }
     let scale = 1.0 / (d as f64).sqrt();
@@ -53,41 +84,51 @@ pub fn attention(
         let op = Attention {
             b,
             t,
+            rows,
             heads,
             d,
             scale: scale as f32,
             mask,
             dropout,
+            keep_probs: qkv.track_op() && b * heads * rows * t * 4 <= KEEP_PROBS_BYTES,
+            saved: OnceLock::new(),
         };
         return qkv.contiguous()?.apply_op1(op);
     }
     // Other devices: the same computation from primitives that all have a backward pass.
-    let split = |i: usize| -> Result<Tensor> {
+    let split = |i: usize, n: usize| -> Result<Tensor> {
         qkv.narrow(2, i * c, c)?
-            .reshape((b, t, heads, d))?
+            .narrow(1, 0, n)?
+            .reshape((b, n, heads, d))?
             .transpose(1, 2)?
             .contiguous()
     };
-    let scores = split(0)?.matmul(&split(1)?.t()?)?; // (B, H, T, T)
+    let scores = split(0, rows)?.matmul(&split(1, t)?.t()?)?; // (B, H, rows, T)
     let mut probs = super::masked_softmax(&scores, mask, scale)?;
     if let Some((p, seed)) = dropout {
         probs = super::dropout(&probs, p, seed)?;
     }
     probs
-        .matmul(&split(2)?)?
+        .matmul(&split(2, t)?)?
         .transpose(1, 2)?
-        .reshape((b, t, c))
+        .reshape((b, rows, c))
 }
 
 struct Attention {
     b: usize,
     t: usize,
+    /// Query rows: the first `rows` tokens (`t` for full attention).
+    rows: usize,
     heads: usize,
     d: usize,
     scale: f32,
     /// Additive mask, (B, T) row-major.
     mask: Vec<f32>,
     dropout: Option<(f64, u64)>,
+    /// Whether the forward pass keeps its probabilities in `saved` for the backward pass.
+    keep_probs: bool,
+    /// Probabilities before dropout, (B, H, rows, T), when `keep_probs`.
+    saved: OnceLock<Vec<f32>>,
 }
 
 /// A raw pointer that may cross threads: every task writes a disjoint (example, head) block.
@@ -141,15 +182,15 @@ impl Attention {
         bi * self.t * 3 * self.heads * self.d + h * self.d
     }
 
-    /// Probabilities of head (bi, h) into `p` (T x T), before dropout.
+    /// Probabilities of head (bi, h) into `p` (rows x T), before dropout.
     fn probs(&self, qkv: &[f32], bi: usize, h: usize, p: &mut [f32]) {
         let (t, c) = (self.t, self.heads * self.d);
         let off = self.qkv_offset(bi, h);
-        // SAFETY: Q and K blocks are T rows of D values at row stride 3C inside (B, T, 3C);
-        // `p` holds T x T values.
+        // SAFETY: Q and K blocks are T rows of D values at row stride 3C inside (B, T, 3C)
+        // (Q's first `rows` are read); `p` holds rows x T values.
         unsafe {
             mm(
-                t,
+                self.rows,
                 t,
                 self.d,
                 p.as_mut_ptr(),
@@ -169,14 +210,19 @@ impl Attention {
     }
 
     /// Multiply head (bi, h)'s probabilities by its dropout mask (0 or 1 / (1 - p)), in place.
-    /// Element (i, j) has the index it would have in a contiguous (B, H, T, T) tensor, so the
+    /// Element (i, j) has the index it would have in a contiguous (B, H, rows, T) tensor, so the
     /// mask equals `ops::dropout` applied to the unfused probabilities with the same seed.
     fn drop(&self, bi: usize, h: usize, p: &mut [f32]) {
         if let Some((prob, seed)) = self.dropout {
             let (thr, keep) = (threshold(prob), (1.0 / (1.0 - prob)) as f32);
-            let base = (bi * self.heads + h) * self.t * self.t;
+            let base = (bi * self.heads + h) * self.rows * self.t;
             dropout_in_place(p, seed, base, thr, keep);
         }
+    }
+
+    /// Values per head's probabilities (rows x T).
+    fn head_len(&self) -> usize {
+        self.rows * self.t
     }
 
     fn tasks(&self) -> impl ParallelIterator<Item = (usize, usize)> + '_ {
@@ -197,25 +243,53 @@ impl CustomOp1 for Attention {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = cpu_f32(self.name(), s, l)?;
-        let (t, c) = (self.t, self.heads * self.d);
-        let n_out = self.b * t * c;
+        let (t, c, rows, hl) = (self.t, self.heads * self.d, self.rows, self.head_len());
+        let n_out = self.b * rows * c;
         let mut out: Vec<f32> = Vec::with_capacity(n_out);
         let dst = SendPtr(out.as_mut_ptr());
+        let mut saved: Vec<f32> = Vec::new();
+        if self.keep_probs {
+            saved.reserve_exact(self.b * self.heads * hl);
+        }
+        let kept = SendPtr(saved.as_mut_ptr());
         self.tasks().for_each_init(
-            || vec![0f32; t * t],
-            |p, (bi, h)| {
-                let dst = dst;
-                self.probs(qkv, bi, h, p);
-                self.drop(bi, h, p);
+            || vec![0f32; hl],
+            |scratch, (bi, h)| {
+                let (dst, kept) = (dst, kept);
+                // The probabilities go straight into the kept buffer when there is one.
+                let kept_p = self.keep_probs.then(|| {
+                    // SAFETY: task (bi, h) alone writes this head's rows x T block of `saved`,
+                    // whose capacity holds every head's.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(kept.0.add((bi * self.heads + h) * hl), hl)
+                    }
+                });
+                let p: &[f32] = match kept_p {
+                    Some(kp) => {
+                        self.probs(qkv, bi, h, kp);
+                        if self.dropout.is_some() {
+                            scratch.copy_from_slice(kp);
+                            self.drop(bi, h, scratch);
+                            scratch
+                        } else {
+                            kp
+                        }
+                    }
+                    None => {
+                        self.probs(qkv, bi, h, scratch);
+                        self.drop(bi, h, scratch);
+                        scratch
+                    }
+                };
                 let v_off = self.qkv_offset(bi, h) + 2 * c;
-                // SAFETY: task (bi, h) writes only the T x D block at `off` (row stride C) and
-                // reads its V block (row stride 3C).
+                // SAFETY: task (bi, h) writes only the rows x D block at `off` (row stride C)
+                // and reads its V block (row stride 3C).
                 unsafe {
                     mm(
-                        t,
+                        rows,
                         self.d,
                         t,
-                        dst.0.add(bi * t * c + h * self.d),
+                        dst.0.add(bi * rows * c + h * self.d),
                         c,
                         p.as_ptr(),
                         (t, 1),
@@ -226,10 +300,16 @@ impl CustomOp1 for Attention {
                 }
             },
         );
-        // SAFETY: the (B x heads) tasks wrote every T x D block of (B, T, C), each with a GEMM
-        // that overwrites its destination (`mm` does not read dst).
+        // SAFETY: the (B x heads) tasks wrote every rows x D block of (B, rows, C), each with a
+        // GEMM that overwrites its destination (`mm` does not read dst), and, when kept, every
+        // head's probabilities.
         unsafe { out.set_len(n_out) };
-        Ok((CpuStorage::F32(out), Shape::from((self.b, t, c))))
+        if self.keep_probs {
+            unsafe { saved.set_len(self.b * self.heads * hl) };
+            // cpu_fwd runs once per op; a second call would keep the first result, the same.
+            let _ = self.saved.set(saved);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((self.b, rows, c))))
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -256,28 +336,40 @@ impl CustomOp2 for AttentionBwd<'_> {
         let a = self.0;
         let qkv = cpu_f32(self.name(), s1, l1)?;
         let dy = cpu_f32(self.name(), s2, l2)?;
-        let (t, c, d) = (a.t, a.heads * a.d, a.d);
+        let (t, c, d, rows, hl) = (a.t, a.heads * a.d, a.d, a.rows, a.head_len());
         let n_out = a.b * t * 3 * c;
         let mut dqkv: Vec<f32> = Vec::with_capacity(n_out);
         let dst = SendPtr(dqkv.as_mut_ptr());
+        let saved = a.saved.get();
         a.tasks().for_each_init(
-            || (vec![0f32; t * t], vec![0f32; t * t], vec![0f32; t * t]),
-            |(p, pd, dp), (bi, h)| {
+            || (vec![0f32; hl], vec![0f32; hl], vec![0f32; hl]),
+            |(scratch, pd, dp), (bi, h)| {
                 let dst = dst;
                 let off = a.qkv_offset(bi, h); // query block; key +C, value +2C
-                let dy_off = bi * t * c + h * d;
-                a.probs(qkv, bi, h, p);
-                pd.copy_from_slice(p);
-                a.drop(bi, h, pd);
-                // SAFETY: every product reads (B, T, 3C) or (B, T, C) blocks at their row
-                // strides or T x T scratch, and writes only task (bi, h)'s three T x D blocks of
-                // dqkv.
+                let dy_off = bi * rows * c + h * d;
+                let p: &[f32] = match saved {
+                    Some(s) => &s[(bi * a.heads + h) * hl..][..hl],
+                    None => {
+                        a.probs(qkv, bi, h, scratch);
+                        scratch
+                    }
+                };
+                let pd: &[f32] = if a.dropout.is_some() {
+                    pd.copy_from_slice(p);
+                    a.drop(bi, h, pd);
+                    pd
+                } else {
+                    p
+                };
+                // SAFETY: every product reads (B, T, 3C) or (B, rows, C) blocks at their row
+                // strides or rows x T scratch, and writes only task (bi, h)'s three T x D blocks
+                // of dqkv.
                 unsafe {
                     // dV = dropout(P)^T dY
                     mm(
                         t,
                         d,
-                        t,
+                        rows,
                         dst.0.add(off + 2 * c),
                         3 * c,
                         pd.as_ptr(),
@@ -288,7 +380,7 @@ impl CustomOp2 for AttentionBwd<'_> {
                     );
                     // d dropout(P) = dY V^T
                     mm(
-                        t,
+                        rows,
                         t,
                         d,
                         dp.as_mut_ptr(),
@@ -306,9 +398,9 @@ impl CustomOp2 for AttentionBwd<'_> {
                     super::softmax::softmax_backward_in_place(prow, dprow);
                 }
                 unsafe {
-                    // dQ = scale dS K
+                    // dQ = scale dS K for the query rows; the other rows had no query.
                     mm(
-                        t,
+                        rows,
                         d,
                         t,
                         dst.0.add(off),
@@ -319,11 +411,14 @@ impl CustomOp2 for AttentionBwd<'_> {
                         (3 * c, 1),
                         a.scale,
                     );
+                    for r in rows..t {
+                        std::ptr::write_bytes(dst.0.add(off + r * 3 * c), 0, d);
+                    }
                     // dK = scale dS^T Q
                     mm(
                         t,
                         d,
-                        t,
+                        rows,
                         dst.0.add(off + c),
                         3 * c,
                         dp.as_ptr(),
@@ -348,38 +443,45 @@ mod tests {
     use crate::ops::testing::max_diff;
     use candle_core::{Device, Var};
 
-    /// The unfused composition, forced (CPU custom softmax and dropout, explicit head split).
+    /// The unfused composition, forced (CPU custom softmax and dropout, explicit head split),
+    /// for the queries of the first `rows` tokens.
     fn reference(
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         mask: &Tensor,
         heads: usize,
+        rows: usize,
         dropout: Option<(f64, u64)>,
     ) -> Tensor {
         let (b, t, c) = q.dims3().unwrap();
         let d = c / heads;
-        let split = |x: &Tensor| {
-            x.reshape((b, t, heads, d))
+        let split = |x: &Tensor, n: usize| {
+            x.narrow(1, 0, n)
+                .unwrap()
+                .reshape((b, n, heads, d))
                 .unwrap()
                 .transpose(1, 2)
                 .unwrap()
                 .contiguous()
                 .unwrap()
         };
-        let s = split(q).matmul(&split(k).t().unwrap()).unwrap();
+        let s = split(q, rows).matmul(&split(k, t).t().unwrap()).unwrap();
         let mut p = crate::ops::masked_softmax(&s, mask, 1.0 / (d as f64).sqrt()).unwrap();
         if let Some((pr, seed)) = dropout {
             p = crate::ops::dropout(&p, pr, seed).unwrap();
         }
-        p.matmul(&split(v))
+        p.matmul(&split(v, t))
             .unwrap()
             .transpose(1, 2)
             .unwrap()
-            .reshape((b, t, c))
+            .reshape((b, rows, c))
             .unwrap()
     }
 
+    /// Forward and every input gradient against the unfused path, for all queries and for the
+    /// first rows only, with and without dropout, with the probabilities kept (inputs that
+    /// track gradients) and recomputed (the backward of a second, untracked-input op).
     #[test]
     fn matches_the_unfused_path_forward_and_backward() {
         let dev = Device::Cpu;
@@ -391,32 +493,76 @@ mod tests {
         m[t + 5] = f32::MIN;
         m[t + 6] = f32::MIN;
         let mask = Tensor::from_vec(m, (b, t), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (b, t, c), &dev).unwrap();
-        for dropout in [None, Some((0.3, 11u64))] {
-            let qkv = Tensor::cat(&[q.as_tensor(), k.as_tensor(), v.as_tensor()], 2).unwrap();
-            let fused = attention(&qkv, &mask, heads, dropout).unwrap();
-            let plain = reference(&q, &k, &v, &mask, heads, dropout);
-            assert!(max_diff(&fused, &plain) < 1e-5, "forward {dropout:?}");
-            let g1 = (&fused * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&plain * &w)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
-                let (a, r) = (
-                    g1.get(x.as_tensor()).unwrap(),
-                    g2.get(x.as_tensor()).unwrap(),
+        for rows in [t, 1, 3] {
+            let w = Tensor::randn(0f32, 1.0, (b, rows, c), &dev).unwrap();
+            for dropout in [None, Some((0.3, 11u64))] {
+                let qkv = Tensor::cat(&[q.as_tensor(), k.as_tensor(), v.as_tensor()], 2).unwrap();
+                let fused = attention_queries(&qkv, &mask, heads, rows, dropout).unwrap();
+                let plain = reference(&q, &k, &v, &mask, heads, rows, dropout);
+                assert!(
+                    max_diff(&fused, &plain) < 1e-5,
+                    "forward {rows} {dropout:?}"
                 );
-                assert!(max_diff(a, r) < 1e-5, "d{name} {dropout:?}");
+                let g1 = (&fused * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g2 = (&plain * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                    let (a, r) = (
+                        g1.get(x.as_tensor()).unwrap(),
+                        g2.get(x.as_tensor()).unwrap(),
+                    );
+                    assert!(max_diff(a, r) < 1e-5, "d{name} {rows} {dropout:?}");
+                }
+                // The same gradient when the backward pass recomputes the probabilities.
+                let op = Attention {
+                    b,
+                    t,
+                    rows,
+                    heads,
+                    d: c / heads,
+                    scale: 1.0 / ((c / heads) as f32).sqrt(),
+                    mask: mask.flatten_all().unwrap().to_vec1().unwrap(),
+                    dropout,
+                    keep_probs: false,
+                    saved: OnceLock::new(),
+                };
+                let dy = w.contiguous().unwrap();
+                let recomputed = qkv
+                    .detach()
+                    .apply_op2_no_bwd(&dy, &AttentionBwd(&op))
+                    .unwrap();
+                let kept = Tensor::cat(
+                    &[
+                        g1.get(q.as_tensor()).unwrap(),
+                        g1.get(k.as_tensor()).unwrap(),
+                        g1.get(v.as_tensor()).unwrap(),
+                    ],
+                    2,
+                )
+                .unwrap();
+                assert!(
+                    max_diff(&recomputed, &kept) < 1e-6,
+                    "recomputed {rows} {dropout:?}"
+                );
             }
         }
+        assert!(attention_queries(
+            &Tensor::zeros((b, t, 3 * c), DType::F32, &dev).unwrap(),
+            &mask,
+            heads,
+            t + 1,
+            None
+        )
+        .is_err());
     }
 
     #[test]

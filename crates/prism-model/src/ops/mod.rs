@@ -13,7 +13,7 @@ mod linear;
 pub mod simd;
 mod softmax;
 
-pub use attention::attention;
+pub use attention::{attention, attention_queries, KEEP_PROBS_BYTES};
 pub use dropout::dropout;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
