@@ -5,7 +5,7 @@
 //! pass per row and the backward (dx, dgamma, dbeta) in one more.
 
 use super::{contiguous_f32, rows_filled, simd, PAR_MIN_ELEMS};
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -64,20 +64,23 @@ crate::multiversion! {
         xr: &[f32],
         dyr: &[f32],
         g: &[f32],
-        dxr: &mut [f32],
+        dxr: &mut [MaybeUninit<f32>],
         xhat: &mut [f32],
         acc: &mut [f32],
         eps: f32,
     ) {
         let c = g.len();
+        assert!(xr.len() == c && dyr.len() == c && dxr.len() == c, "layer norm row lengths differ");
         let (mean, rstd) = moments(xr, eps);
         for (h, &x) in xhat.iter_mut().zip(xr) {
             *h = (x - mean) * rstd;
         }
         // dx first holds dxhat = dy * gamma.
         for ((d, &dy), &g) in dxr.iter_mut().zip(dyr).zip(g) {
-            *d = dy * g;
+            d.write(dy * g);
         }
+        // SAFETY: every element of the row was written just above.
+        let dxr = unsafe { super::assume_init_mut(dxr) };
         let m1 = simd::sum(dxr) / c as f32;
         let m2 = simd::dot(dxr, xhat) / c as f32;
         let (acc_g, acc_b) = acc.split_at_mut(c);
@@ -130,94 +133,97 @@ impl CustomOp3 for LayerNorm {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = gamma.dim(0)?;
-        let n = x.elem_count();
-        if x.device().is_cpu() {
-            let packed = x.apply_op3_no_bwd(
-                &gamma.contiguous()?,
-                &grad.contiguous()?,
-                &LayerNormBwd { eps: self.eps },
-            )?;
-            let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-            let dg = packed.narrow(0, n, c)?;
-            let db = packed.narrow(0, n + c, c)?;
-            Ok((Some(dx), Some(dg), Some(db)))
-        } else {
+        if !x.device().is_cpu() {
             candle_core::bail!("prism-layer-norm backward only runs on CPU")
         }
-    }
-}
-
-/// Backward of [`LayerNorm`]: returns `dx` (flattened) followed by `dgamma` and `dbeta`.
-struct LayerNormBwd {
-    eps: f64,
-}
-
-impl CustomOp3 for LayerNormBwd {
-    fn name(&self) -> &'static str {
-        "prism-layer-norm-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), s1, l1)?;
-        let g = contiguous_f32(self.name(), s2, l2)?;
-        let dy = contiguous_f32(self.name(), s3, l3)?;
-        let c = g.len();
-        let n = x.len();
-        let rows = n / c;
-        let eps = self.eps as f32;
-        let mut out = vec![0f32; n + 2 * c];
-        let (dx, dparams) = out.split_at_mut(n);
-
-        // dx needs only its own row; dgamma/dbeta are reductions over rows, accumulated in
-        // per-block partial sums and then added up.
-        let block_rows = if n >= PAR_MIN_ELEMS {
-            rows.div_ceil(rayon::current_num_threads().max(1) * 4)
-                .max(1)
-        } else {
-            rows.max(1)
+        let c = gamma.dim(0)?;
+        // Frozen gamma and beta (explanations) get no gradient, and dx is a tensor of its own:
+        // a gradient store can then add the residual stream's other gradient into it in place.
+        let params = gamma.track_op() || beta.track_op();
+        let (x, gamma, dy) = (x.contiguous()?, gamma.contiguous()?, grad.contiguous()?);
+        let (dx, dparams) = {
+            let (xs, xl) = x.storage_and_layout();
+            let (gs, gl) = gamma.storage_and_layout();
+            let (ds, dl) = dy.storage_and_layout();
+            let name = "prism-layer-norm-bwd";
+            let (Storage::Cpu(xs), Storage::Cpu(gs), Storage::Cpu(ds)) = (&*xs, &*gs, &*ds) else {
+                candle_core::bail!("{name}: CPU tensors expected")
+            };
+            backward(
+                contiguous_f32(name, xs, xl)?,
+                contiguous_f32(name, gs, gl)?,
+                contiguous_f32(name, ds, dl)?,
+                self.eps as f32,
+            )?
         };
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(block_rows * c)
-            .enumerate()
-            .map(|(blk, dx_block)| {
-                let mut acc = vec![0f32; 2 * c];
-                let mut xhat = vec![0f32; c];
-                for (i, dxr) in dx_block.chunks_mut(c).enumerate() {
-                    let r = blk * block_rows + i;
-                    let rows = r * c..(r + 1) * c;
-                    backward_row(
-                        &x[rows.clone()],
-                        &dy[rows],
-                        g,
-                        dxr,
-                        &mut xhat,
-                        &mut acc,
-                        eps,
-                    );
-                }
-                acc
-            })
-            .collect();
-        for p in partials {
-            for (d, v) in dparams.iter_mut().zip(p) {
-                *d += v;
-            }
+        let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
+        if !params {
+            return Ok((Some(dx), None, None));
         }
-        Ok((CpuStorage::F32(out), Shape::from(n + 2 * c)))
+        let dparams = Tensor::from_vec(dparams, 2 * c, x.device())?;
+        Ok((
+            Some(dx),
+            Some(dparams.narrow(0, 0, c)?),
+            Some(dparams.narrow(0, c, c)?),
+        ))
     }
+}
+
+/// The backward pass on slices: `dx` (like x) and `dgamma` followed by `dbeta` (2C).
+fn backward(x: &[f32], g: &[f32], dy: &[f32], eps: f32) -> Result<(Vec<f32>, Vec<f32>)> {
+    let c = g.len();
+    let n = x.len();
+    if c == 0 || n % c != 0 || dy.len() != n {
+        candle_core::bail!(
+            "prism-layer-norm-bwd: input of {n}, gradient of {} and {c} features do not fit",
+            dy.len()
+        );
+    }
+    let rows = n / c;
+    let mut dx: Vec<f32> = Vec::with_capacity(n);
+    // dx needs only its own row; dgamma/dbeta are reductions over rows, accumulated in
+    // per-block partial sums and then added up.
+    let block_rows = if n >= PAR_MIN_ELEMS {
+        rows.div_ceil(rayon::current_num_threads().max(1) * 4)
+            .max(1)
+    } else {
+        rows.max(1)
+    };
+    let partials: Vec<Vec<f32>> = dx.spare_capacity_mut()[..n]
+        .par_chunks_mut(block_rows * c)
+        .enumerate()
+        .map(|(blk, dx_block)| {
+            let mut acc = vec![0f32; 2 * c];
+            let mut xhat = vec![0f32; c];
+            for (i, dxr) in dx_block.chunks_mut(c).enumerate() {
+                let r = blk * block_rows + i;
+                let rows = r * c..(r + 1) * c;
+                backward_row(
+                    &x[rows.clone()],
+                    &dy[rows],
+                    g,
+                    dxr,
+                    &mut xhat,
+                    &mut acc,
+                    eps,
+                );
+            }
+            acc
+        })
+        .collect();
+    // SAFETY: `backward_row` wrote every row of dx.
+    unsafe { dx.set_len(n) };
+    let mut dparams = vec![0f32; 2 * c];
+    for p in partials {
+        for (d, v) in dparams.iter_mut().zip(p) {
+            *d += v;
+        }
+    }
+    Ok((dx, dparams))
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! pass, and the backward pass produces dx, dW (already in W's layout, no transpose copy) and db
 //! directly.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -122,84 +124,51 @@ fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)
 }
 
 /// dx = dy W (shaped like x) and, when tracked, dW = dy^T x (in W's own layout) and db = the
-/// column sums of dy, from one [`LinearBwd`] kernel.
+/// column sums of dy, each written by the GEMMs straight into a tensor of its own (no zero
+/// fill; candle's matmul would zero-fill each output first). Separate buffers let a gradient
+/// store add another gradient into dx in place (the residual stream's).
 fn linear_grads(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
     dy: &Tensor,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
-    let (n, k) = w.dims2()?;
-    let m = x.elem_count() / k.max(1);
+    let name = "prism-linear-bwd";
     // Frozen weights (explanations) need no gradient: skip dW and db, a third of the backward
     // GEMM work.
-    let op = LinearBwd {
-        weight: w.track_op(),
-        bias: b.is_some_and(|b| b.track_op()),
-    };
-    let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
-    let dx = packed.narrow(0, 0, m * k)?.reshape(x.shape())?;
-    let mut at = m * k;
-    let dw = if op.weight {
-        at += n * k;
-        Some(packed.narrow(0, m * k, n * k)?.reshape((n, k))?)
-    } else {
-        None
-    };
-    let db = op.bias.then(|| packed.narrow(0, at, n)).transpose()?;
-    Ok((dx, dw, db))
-}
-
-/// Backward of `y = x W^T (+ b)` on the CPU as one op of (x, W, dy): a flat buffer holding dx
-/// (m x k), then dW (n x k) when `weight`, then db (n) when `bias`. The GEMMs write straight
-/// into it (no zero fill; candle's matmul would zero-fill each output first).
-struct LinearBwd {
-    weight: bool,
-    bias: bool,
-}
-
-impl CustomOp3 for LinearBwd {
-    fn name(&self) -> &'static str {
-        "prism-linear-bwd"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (m, n, k, _) = dims(self.name(), l1, l2)?;
+    let (want_w, want_b) = (w.track_op(), b.is_some_and(|b| b.track_op()));
+    let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+    let (m, n, k, _) = dims(name, x.layout(), w.layout())?;
+    let (dx, dw, db) = {
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (ds, dl) = dy.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(ds)) = (&*xs, &*ws, &*ds) else {
+            candle_core::bail!("{name}: CPU tensors expected")
+        };
         let (x, w, dy) = (
-            f32_slice(self.name(), s1, l1)?,
-            f32_slice(self.name(), s2, l2)?,
-            f32_slice(self.name(), s3, l3)?,
+            f32_slice(name, xs, xl)?,
+            f32_slice(name, ws, wl)?,
+            f32_slice(name, ds, dl)?,
         );
         if dy.len() != m * n {
             candle_core::bail!(
-                "{}: gradient has {} values for {m} x {n} outputs",
-                self.name(),
+                "{name}: gradient has {} values for {m} x {n} outputs",
                 dy.len()
             );
         }
-        let db = self.bias.then(|| column_sums(dy, n));
-        let nw = if self.weight { n * k } else { 0 };
-        let total = m * k + nw + db.as_ref().map_or(0, Vec::len);
-        let mut out: Vec<f32> = Vec::with_capacity(total);
-        // SAFETY: `out` has room for m*k + n*k values; `x`, `w`, `dy` hold m*k, n*k and m*n
-        // (checked above and by `dims`), the strides address exactly those, and with
-        // `read_dst = false` the GEMMs write every destination element without reading it; the
-        // length is set only after they have.
+        let mut dx: Vec<f32> = Vec::with_capacity(m * k);
+        // SAFETY: dx has room for m*k values; `x`, `w`, `dy` hold m*k, n*k and m*n (checked
+        // above and by `dims`), the strides address exactly those, and with `read_dst = false`
+        // the GEMMs write every destination element without reading it; lengths are set only
+        // after they have.
         unsafe {
             // dx (m, k) = dy (m, n) W (n, k)
             gemm::gemm(
                 m,
                 k,
                 n,
-                out.as_mut_ptr(),
+                dx.as_mut_ptr(),
                 1,
                 k as isize,
                 false,
@@ -216,13 +185,18 @@ impl CustomOp3 for LinearBwd {
                 false,
                 parallelism(),
             );
-            if self.weight {
-                // dW (n, k) = dy^T (n, m) x (m, k); element (i, j) of dy^T is dy[j * n + i].
+            dx.set_len(m * k);
+        }
+        let dw = want_w.then(|| {
+            let mut dw: Vec<f32> = Vec::with_capacity(n * k);
+            // SAFETY: as above; dW (n, k) = dy^T (n, m) x (m, k), element (i, j) of dy^T is
+            // dy[j * n + i].
+            unsafe {
                 gemm::gemm(
                     n,
                     k,
                     m,
-                    out.as_mut_ptr().add(m * k),
+                    dw.as_mut_ptr(),
                     1,
                     k as isize,
                     false,
@@ -239,14 +213,18 @@ impl CustomOp3 for LinearBwd {
                     false,
                     parallelism(),
                 );
+                dw.set_len(n * k);
             }
-            out.set_len(m * k + nw);
-        }
-        if let Some(db) = db {
-            out.extend_from_slice(&db);
-        }
-        Ok((CpuStorage::F32(out), Shape::from(total)))
-    }
+            dw
+        });
+        (dx, dw, want_b.then(|| column_sums(dy, n)))
+    };
+    let dev = x.device();
+    Ok((
+        Tensor::from_vec(dx, x.shape(), dev)?,
+        dw.map(|v| Tensor::from_vec(v, (n, k), dev)).transpose()?,
+        db.map(|v| Tensor::from_vec(v, n, dev)).transpose()?,
+    ))
 }
 
 /// `x` (..., in) times `w` (out, in) transposed, plus `b` (out) when given: (..., out). The

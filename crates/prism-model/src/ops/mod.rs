@@ -6,6 +6,7 @@
 
 pub mod amx;
 mod attention;
+mod cross_entropy;
 mod dropout;
 mod gelu;
 mod layer_norm;
@@ -14,6 +15,7 @@ pub mod simd;
 mod softmax;
 
 pub use attention::{attention, attention_queries, KEEP_PROBS_BYTES};
+pub use cross_entropy::cross_entropy_rows;
 pub use dropout::dropout;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;

@@ -529,13 +529,10 @@ pub fn evaluate_lm(
             &device,
         )?;
         let logits = lm_logits(model, &b, &Mode::Eval)?.detach(); // (P, V)
-        let logp = crate::tasks::log_softmax(&logits)?;
-        let picked: Vec<f32> = logp
-            .gather(&b.labels.unsqueeze(1)?, 1)?
-            .squeeze(1)?
-            .to_vec1()?;
+        let labels: Vec<i64> = b.labels_vec.iter().map(|&x| x as i64).collect();
+        let rows: Vec<f32> = prism_model::ops::cross_entropy_rows(&logits, &labels)?.to_vec1()?;
         let argmax: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-        nll -= picked.iter().map(|&x| x as f64).sum::<f64>();
+        nll += rows.iter().map(|&x| x as f64).sum::<f64>();
         correct += argmax
             .iter()
             .zip(&b.labels_vec)

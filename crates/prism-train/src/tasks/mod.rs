@@ -718,26 +718,29 @@ fn argmax(v: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// Mean cross-entropy of logits (N, K) against class ids (N).
+/// Mean cross-entropy of logits (N, K) against class ids (N), as one fused op
+/// ([`prism_model::ops::cross_entropy_rows`]).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let logp = log_softmax(logits)?;
-    let picked = logp.gather(&targets.to_dtype(DType::U32)?.unsqueeze(1)?, 1)?; // (N, 1)
-    Ok((picked.mean_all()? * -1.0)?)
+    let t: Vec<i64> = targets.to_dtype(DType::I64)?.to_vec1()?;
+    if let Some(&bad) = t.iter().find(|&&x| x < 0) {
+        return Err(
+            candle_core::Error::Msg(format!("cross-entropy: class id {bad} is negative")).into(),
+        );
+    }
+    Ok(prism_model::ops::cross_entropy_rows(logits, &t)?.mean_all()?)
 }
 
 /// Cross-entropy over rows whose target is not [`IGNORE`], averaged over those rows.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let t: Vec<i64> = targets.to_dtype(DType::I64)?.to_vec1()?;
-    let keep: Vec<f32> = t.iter().map(|&x| (x != IGNORE) as u8 as f32).collect();
-    let count = keep.iter().sum::<f32>().max(1.0);
-    let ids: Vec<u32> = t.iter().map(|&x| x.max(0) as u32).collect();
-    let dev = logits.device();
-    let logp = log_softmax(logits)?;
-    let picked = logp
-        .gather(&Tensor::from_vec(ids, (t.len(), 1), dev)?, 1)?
-        .squeeze(1)?; // (N)
-    let keep = Tensor::from_vec(keep, t.len(), dev)?;
-    Ok(((picked * keep)?.sum_all()? * (-1.0 / count as f64))?)
+    if let Some(&bad) = t.iter().find(|&&x| x < 0 && x != IGNORE) {
+        return Err(
+            candle_core::Error::Msg(format!("cross-entropy: class id {bad} is negative")).into(),
+        );
+    }
+    let count = t.iter().filter(|&&x| x != IGNORE).count().max(1);
+    let rows = prism_model::ops::cross_entropy_rows(logits, &t)?; // (N), 0 where ignored
+    Ok((rows.sum_all()? * (1.0 / count as f64))?)
 }
 
 /// log-softmax over the last dimension, built from ops that all have a backward pass.
