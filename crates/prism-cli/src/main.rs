@@ -428,12 +428,15 @@ fn load(spec: &str, dev: &Device) -> Result<PretrainedModel> {
 /// Keep freed tensor buffers in the heap instead of returning them to the kernel: glibc serves
 /// allocations above 128 KiB with fresh `mmap`s by default, so every activation and gradient of
 /// every step paid page faults and kernel zeroing (measured: 20-25% of an inference pass). With
-/// a 32 MiB mmap threshold and a 1 GiB trim threshold, a training loop reuses its own memory.
+/// no `mmap` allocations at all (glibc will not raise the threshold above 32 MiB, and a
+/// masked-LM's logits over 30,522 tokens are 37.5 MB per step) and a 1 GiB trim threshold, a
+/// training loop reuses its own memory.
 fn tune_runtime() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
     // candle's element-wise thread pool spins 25,000 times after each op before parking; its
