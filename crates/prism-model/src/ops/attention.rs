@@ -305,6 +305,8 @@ impl CustomOp1 for Attention {
         // head's probabilities.
         unsafe { out.set_len(n_out) };
         if self.keep_probs {
+            // SAFETY: with `keep_probs` every task wrote its head's rows x T block of `saved`
+            // (reserved above for all B x heads of them) before anything else.
             unsafe { saved.set_len(self.b * self.heads * hl) };
             // cpu_fwd runs once per op; a second call would keep the first result, the same.
             let _ = self.saved.set(saved);
