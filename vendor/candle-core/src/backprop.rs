@@ -731,7 +731,11 @@ impl GradStore {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => {
                 let sum = entry.into_mut();
-                if !sum.add_assign_if_sole_owner(grad)? {
+                // With second-order gradients (CANDLE_GRAD_DO_NOT_DETACH) the sum keeps the
+                // op that made it: adding in place would falsify that recorded graph.
+                let in_place = !CANDLE_GRAD_DO_NOT_DETACH.with(|b| *b)
+                    && sum.add_assign_if_sole_owner(grad)?;
+                if !in_place {
                     *sum = sum.add(grad)?;
                 }
             }

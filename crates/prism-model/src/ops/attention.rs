@@ -184,16 +184,38 @@ impl Attention {
 
     /// Probabilities of head (bi, h) into `p` (rows x T), before dropout.
     fn probs(&self, qkv: &[f32], bi: usize, h: usize, p: &mut [f32]) {
+        assert_eq!(
+            p.len(),
+            self.head_len(),
+            "attention: probability block size"
+        );
+        // SAFETY: `p` is a valid, exclusive block of rows x T values.
+        unsafe { self.probs_into(qkv, bi, h, p.as_mut_ptr()) };
+    }
+
+    /// [`Self::probs`] into a possibly uninitialised block, returned initialised.
+    ///
+    /// # Safety
+    /// `p` must be valid for writes of rows x T values that nothing else accesses during the
+    /// call and the returned borrow.
+    unsafe fn probs_into<'a>(
+        &self,
+        qkv: &[f32],
+        bi: usize,
+        h: usize,
+        p: *mut f32,
+    ) -> &'a mut [f32] {
         let (t, c) = (self.t, self.heads * self.d);
         let off = self.qkv_offset(bi, h);
         // SAFETY: Q and K blocks are T rows of D values at row stride 3C inside (B, T, 3C)
-        // (Q's first `rows` are read); `p` holds rows x T values.
-        unsafe {
+        // (Q's first `rows` are read); `p` holds rows x T values, every one of which the GEMM
+        // writes (it never reads dst), so the slice made after it is initialised.
+        let p = unsafe {
             mm(
                 self.rows,
                 t,
                 self.d,
-                p.as_mut_ptr(),
+                p,
                 t,
                 qkv.as_ptr().add(off),
                 (3 * c, 1),
@@ -202,11 +224,13 @@ impl Attention {
                 (1, 3 * c),
                 self.scale,
             );
-        }
+            std::slice::from_raw_parts_mut(p, self.head_len())
+        };
         let mrow = &self.mask[bi * t..(bi + 1) * t];
         for row in p.chunks_mut(t) {
             super::softmax::masked_softmax_in_place(mrow, row);
         }
+        p
     }
 
     /// Multiply head (bi, h)'s probabilities by its dropout mask (0 or 1 / (1 - p)), in place.
@@ -257,29 +281,23 @@ impl CustomOp1 for Attention {
             |scratch, (bi, h)| {
                 let (dst, kept) = (dst, kept);
                 // The probabilities go straight into the kept buffer when there is one.
-                let kept_p = self.keep_probs.then(|| {
+                let p: &[f32] = if self.keep_probs {
                     // SAFETY: task (bi, h) alone writes this head's rows x T block of `saved`,
-                    // whose capacity holds every head's.
-                    unsafe {
-                        std::slice::from_raw_parts_mut(kept.0.add((bi * self.heads + h) * hl), hl)
-                    }
-                });
-                let p: &[f32] = match kept_p {
-                    Some(kp) => {
-                        self.probs(qkv, bi, h, kp);
-                        if self.dropout.is_some() {
-                            scratch.copy_from_slice(kp);
-                            self.drop(bi, h, scratch);
-                            scratch
-                        } else {
-                            kp
-                        }
-                    }
-                    None => {
-                        self.probs(qkv, bi, h, scratch);
+                    // whose capacity holds every head's; `probs_into` initialises all of it.
+                    let kp = unsafe {
+                        self.probs_into(qkv, bi, h, kept.0.add((bi * self.heads + h) * hl))
+                    };
+                    if self.dropout.is_some() {
+                        scratch.copy_from_slice(kp);
                         self.drop(bi, h, scratch);
                         scratch
+                    } else {
+                        kp
                     }
+                } else {
+                    self.probs(qkv, bi, h, scratch);
+                    self.drop(bi, h, scratch);
+                    scratch
                 };
                 let v_off = self.qkv_offset(bi, h) + 2 * c;
                 // SAFETY: task (bi, h) writes only the rows x D block at `off` (row stride C)

@@ -161,13 +161,17 @@ impl CustomOp1 for CrossEntropy {
                     for (i, row) in block.chunks_mut(k.max(1)).enumerate() {
                         let r = task * per + i;
                         let t = self.targets[r];
-                        let gr = if t < 0 { 0.0 } else { g[r] };
-                        softmax_row(&x[r * k..(r + 1) * k], lse[r], gr, row);
-                        if t >= 0 {
-                            // SAFETY: softmax_row wrote every element of the row.
-                            let v = unsafe { row[t as usize].assume_init_mut() };
-                            *v -= gr;
+                        if t < 0 {
+                            // An ignored row: no gradient (also when its logits are infinite).
+                            row.iter_mut().for_each(|v| {
+                                v.write(0.0);
+                            });
+                            continue;
                         }
+                        softmax_row(&x[r * k..(r + 1) * k], lse[r], g[r], row);
+                        // SAFETY: softmax_row wrote every element of the row.
+                        let v = unsafe { row[t as usize].assume_init_mut() };
+                        *v -= g[r];
                     }
                 });
             // SAFETY: every row of dx was written above.

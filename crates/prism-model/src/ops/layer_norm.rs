@@ -177,6 +177,10 @@ impl CustomOp3 for LayerNorm {
 fn backward(x: &[f32], g: &[f32], dy: &[f32], eps: f32) -> Result<(Vec<f32>, Vec<f32>)> {
     let c = g.len();
     let n = x.len();
+    if c == 0 && n == 0 && dy.is_empty() {
+        // No features: nothing to normalise, as in the forward pass.
+        return Ok((Vec::new(), Vec::new()));
+    }
     if c == 0 || !n.is_multiple_of(c) || dy.len() != n {
         candle_core::bail!(
             "prism-layer-norm-bwd: input of {n}, gradient of {} and {c} features do not fit",
