@@ -78,7 +78,7 @@ fn transposed(w: &[f32], n: usize, k: usize) -> Vec<f32> {
 /// where the copy costs more than it saves: a masked-LM's tied decoder (300 masked positions x
 /// 30,522 x 256 at mini size, W 31 MB) ran in ~40 instead of ~45 ms reading W at column stride,
 /// while 600 x 256 x 1024 (W 1 MB) ran in 1.4 instead of 2.3 ms transposed
-/// (`examples`-style timings, 2 threads).
+/// (a scratch timing program calling `ops::linear` 10 times per shape, 2 threads, not committed).
 const TRANSPOSE_MIN_ROWS: usize = 1024;
 const TRANSPOSE_MAX_BYTES: usize = 8 << 20;
 
