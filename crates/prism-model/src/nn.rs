@@ -400,20 +400,7 @@ impl Embedding {
         }
         let mut shape = ids.dims().to_vec();
         shape.push(dim);
-        let rows = self.weight.index_select(&flat, 0)?; // (N, C)
-        let rows = match self.padding_idx {
-            Some(p) if host.contains(&p) => {
-                // Same values; the gradient reaches the table only through non-padding rows.
-                let keep: Vec<f32> = host
-                    .iter()
-                    .map(|&i| if i == p { 0.0 } else { 1.0 })
-                    .collect();
-                let keep = Tensor::from_vec(keep, (host.len(), 1), ids.device())?
-                    .to_dtype(rows.dtype())?;
-                (rows.broadcast_mul(&keep)? + rows.detach().broadcast_mul(&(1.0 - &keep)?)?)?
-            }
-            _ => rows,
-        };
+        let rows = ops::embedding(&self.weight, &host, self.padding_idx)?; // (N, C)
         Ok(rows.reshape(shape)?)
     }
 }

@@ -174,6 +174,24 @@ impl Activation {
         }
     }
 
+    /// `act(linear(x))`; with the exact GELU one fused op: in bf16 inference an AMX pass whose
+    /// epilogue applies the GELU to each block while it is in cache, else [`ops::linear_gelu`]
+    /// (bias and GELU in one pass over the GEMM's output, forward and backward).
+    pub fn after_linear(&self, linear: &Linear, x: &Tensor) -> Result<Tensor> {
+        if let Self::Gelu = self {
+            let b = linear.bias.as_ref();
+            if let Some(p) = &linear.packed {
+                if ops::amx::applies_to(x) {
+                    return Ok(ops::amx::linear_then(x, p, b, ops::amx::Epilogue::Gelu)?);
+                }
+            }
+            if let (Some(b), true) = (b, x.rank() > 0) {
+                return Ok(ops::linear_gelu(x, &linear.weight, b)?);
+            }
+        }
+        self.forward(&linear.forward(x)?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::Gelu => ops::gelu_erf(x)?,
@@ -440,16 +458,9 @@ impl Layer {
         Ok(self.norm.forward(&(h + a)?)?)
     }
 
-    /// `act(intermediate(a))`; in bf16 inference with the exact GELU, one AMX pass whose
-    /// epilogue applies the GELU to each block while it is in cache.
+    /// `act(intermediate(a))`, fused where it can be ([`Activation::after_linear`]).
     fn intermediate_act(&self, a: &Tensor) -> Result<Tensor> {
-        if let (Some(p), Activation::Gelu) = (&self.intermediate.packed, self.act) {
-            if ops::amx::applies_to(a) {
-                let b = self.intermediate.bias.as_ref();
-                return Ok(ops::amx::linear_then(a, p, b, ops::amx::Epilogue::Gelu)?);
-            }
-        }
-        self.act.forward(&self.intermediate.forward(a)?)
+        self.act.after_linear(&self.intermediate, a)
     }
 
     /// The layer's output at position 0 only, (B, 1, C): keys and values come from every

@@ -304,7 +304,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        let h = self.act.forward(&self.layer_1.forward(x)?)?;
+        let h = self.act.after_linear(&self.layer_1, x)?;
         let h = mode.dropout(&h, self.dropout)?;
         let h = mode.dropout(&self.layer_2.forward(&h)?, self.dropout)?;
         self.norm.forward(&(h + x)?)

@@ -76,6 +76,44 @@ crate::multiversion! {
     }
 }
 
+crate::multiversion! {
+    /// One row of a fused linear + GELU: `h += b`, then `y = gelu(h)` into a new row while `h`
+    /// keeps the pre-activation for the backward pass.
+    pub(crate) fn bias_gelu_keep(h: &mut [f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
+        assert!(h.len() == b.len() && y.len() == b.len(), "bias-gelu row lengths differ");
+        for ((h, &b), y) in h.iter_mut().zip(b).zip(y.iter_mut()) {
+            let v = *h + b;
+            *h = v;
+            y.write(v * phi_cdf(v));
+        }
+    }
+}
+
+crate::multiversion! {
+    /// One row of a fused linear + GELU in inference: `h = gelu(h + b)` in place.
+    pub(crate) fn bias_gelu_in_place(h: &mut [f32], b: &[f32]) {
+        assert_eq!(h.len(), b.len(), "bias-gelu row lengths differ");
+        for (h, &b) in h.iter_mut().zip(b) {
+            let v = *h + b;
+            *h = v * phi_cdf(v);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// The backward pass of one row of a fused linear + GELU: the pre-activation `h` is
+    /// overwritten by `dh = dy * gelu'(h)`, which is also added into the bias gradient `db`.
+    pub(crate) fn gelu_grad_in_place(h: &mut [f32], dy: &[f32], db: &mut [f32]) {
+        assert!(h.len() == dy.len() && db.len() == dy.len(), "gelu-grad row lengths differ");
+        for ((h, &g), d) in h.iter_mut().zip(dy).zip(db.iter_mut()) {
+            let (cdf, pdf) = phi_cdf_pdf(*h);
+            let v = g * (cdf + *h * pdf);
+            *h = v;
+            *d += v;
+        }
+    }
+}
+
 /// Width of the blocks the element-wise kernels hand to threads.
 const BLOCK: usize = 4096;
 

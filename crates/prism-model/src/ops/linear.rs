@@ -3,11 +3,13 @@
 //! pass, and the backward pass produces dx, dW (already in W's layout, no transpose copy) and db
 //! directly.
 
+use super::gelu;
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
 };
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::Mutex;
 
 fn parallelism() -> gemm::Parallelism {
     match candle_core::utils::get_num_threads() {
@@ -138,6 +140,82 @@ fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)
     Ok((lead.iter().product(), n, k, Shape::from(out)))
 }
 
+/// dx (m, k) = dy (m, n) W (n, k) and, when `want_w`, dW (n, k) = dy^T x, each GEMM writing a
+/// fresh buffer without zero-filling it. `x`, `w`, `dy` must hold m*k, n*k and m*n values.
+fn dx_dw(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (m, n, k): (usize, usize, usize),
+    want_w: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    assert!(
+        x.len() == m * k && w.len() == n * k && dy.len() == m * n,
+        "linear backward: operand sizes do not match {m} x {n} x {k}"
+    );
+    let mut dx: Vec<f32> = Vec::with_capacity(m * k);
+    // SAFETY: dx has room for m*k values; `x`, `w`, `dy` hold m*k, n*k and m*n (asserted
+    // above), the strides address exactly those, and with `read_dst = false`
+    // the GEMMs write every destination element without reading it; lengths are set only
+    // after they have.
+    unsafe {
+        // dx (m, k) = dy (m, n) W (n, k)
+        gemm::gemm(
+            m,
+            k,
+            n,
+            dx.as_mut_ptr(),
+            1,
+            k as isize,
+            false,
+            dy.as_ptr(),
+            1,
+            n as isize,
+            w.as_ptr(),
+            1,
+            k as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+        dx.set_len(m * k);
+    }
+    let dw = want_w.then(|| {
+        let mut dw: Vec<f32> = Vec::with_capacity(n * k);
+        // SAFETY: as above; dW (n, k) = dy^T (n, m) x (m, k), element (i, j) of dy^T is
+        // dy[j * n + i].
+        unsafe {
+            gemm::gemm(
+                n,
+                k,
+                m,
+                dw.as_mut_ptr(),
+                1,
+                k as isize,
+                false,
+                dy.as_ptr(),
+                n as isize,
+                1,
+                x.as_ptr(),
+                1,
+                k as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+            dw.set_len(n * k);
+        }
+        dw
+    });
+    (dx, dw)
+}
+
 /// dx = dy W (shaped like x) and, when tracked, dW = dy^T x (in W's own layout) and db = the
 /// column sums of dy, each written by the GEMMs straight into a tensor of its own (no zero
 /// fill; candle's matmul would zero-fill each output first). Separate buffers let a gradient
@@ -172,66 +250,7 @@ fn linear_grads(
                 dy.len()
             );
         }
-        let mut dx: Vec<f32> = Vec::with_capacity(m * k);
-        // SAFETY: dx has room for m*k values; `x`, `w`, `dy` hold m*k, n*k and m*n (checked
-        // above and by `dims`), the strides address exactly those, and with `read_dst = false`
-        // the GEMMs write every destination element without reading it; lengths are set only
-        // after they have.
-        unsafe {
-            // dx (m, k) = dy (m, n) W (n, k)
-            gemm::gemm(
-                m,
-                k,
-                n,
-                dx.as_mut_ptr(),
-                1,
-                k as isize,
-                false,
-                dy.as_ptr(),
-                1,
-                n as isize,
-                w.as_ptr(),
-                1,
-                k as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism(),
-            );
-            dx.set_len(m * k);
-        }
-        let dw = want_w.then(|| {
-            let mut dw: Vec<f32> = Vec::with_capacity(n * k);
-            // SAFETY: as above; dW (n, k) = dy^T (n, m) x (m, k), element (i, j) of dy^T is
-            // dy[j * n + i].
-            unsafe {
-                gemm::gemm(
-                    n,
-                    k,
-                    m,
-                    dw.as_mut_ptr(),
-                    1,
-                    k as isize,
-                    false,
-                    dy.as_ptr(),
-                    n as isize,
-                    1,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(),
-                );
-                dw.set_len(n * k);
-            }
-            dw
-        });
+        let (dx, dw) = dx_dw(x, w, dy, (m, n, k), want_w);
         (dx, dw, want_b.then(|| column_sums(dy, n)))
     };
     let dev = x.device();
@@ -385,6 +404,173 @@ impl CustomOp2 for LinearNoBias {
     }
 }
 
+/// `gelu(x W^T + b)` with the exact (erf) GELU, BERT's intermediate layer, as one op. On CPU
+/// the bias and the GELU are one pass over the GEMM's output (separately: a bias pass, then a
+/// GELU pass reading it back), in inference in place; when tracked the op keeps the
+/// pre-activation and its backward pass turns it in place into `dh = dy * gelu'(h)`, summing
+/// the bias gradient in the same pass, before the two GEMMs of [`linear`]'s backward pass.
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let cpu_f32 = x.device().is_cpu() && [x, w, b].iter().all(|t| t.dtype() == DType::F32);
+    if !cpu_f32 {
+        return super::gelu_erf(&linear(x, w, Some(b))?);
+    }
+    let keep = x.track_op() || w.track_op() || b.track_op();
+    let op = LinearGelu {
+        keep,
+        pre: Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+}
+
+struct LinearGelu {
+    /// Whether to keep the pre-activation for a backward pass (any input tracks gradients).
+    keep: bool,
+    /// `x W^T + b`, (rows, out), kept by the forward pass and taken by the backward pass (which
+    /// recomputes it when it is gone: a second backward pass over the same graph).
+    pre: Mutex<Option<Vec<f32>>>,
+}
+
+impl LinearGelu {
+    fn pre(&self) -> std::sync::MutexGuard<'_, Option<Vec<f32>>> {
+        self.pre.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Rows per parallel task for an (m, n) element-wise pass: a few tasks per thread when the work
+/// is large enough, else one.
+fn band_rows(m: usize, n: usize) -> usize {
+    if m * n >= super::PAR_MIN_ELEMS {
+        m.div_ceil(rayon::current_num_threads().max(1) * 4).max(1)
+    } else {
+        m.max(1)
+    }
+}
+
+impl CustomOp3 for LinearGelu {
+    fn name(&self) -> &'static str {
+        "prism-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, n, k, shape) = dims(self.name(), l1, l2)?;
+        let (x, w, b) = (
+            f32_slice(self.name(), s1, l1)?,
+            f32_slice(self.name(), s2, l2)?,
+            f32_slice(self.name(), s3, l3)?,
+        );
+        if b.len() != n {
+            candle_core::bail!(
+                "{}: bias has {} entries for {n} outputs",
+                self.name(),
+                b.len()
+            );
+        }
+        let mut h = gemm_xwt(x, w, m, n, k);
+        if !self.keep {
+            super::for_each_row(&mut h, n, |_, row| gelu::bias_gelu_in_place(row, b));
+            return Ok((CpuStorage::F32(h), shape));
+        }
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        let band = (band_rows(m, n) * n).max(1);
+        h.par_chunks_mut(band)
+            .zip(y.spare_capacity_mut()[..m * n].par_chunks_mut(band))
+            .for_each(|(h, y)| {
+                for (h, y) in h.chunks_mut(n).zip(y.chunks_mut(n)) {
+                    gelu::bias_gelu_keep(h, b, y);
+                }
+            });
+        // SAFETY: `bias_gelu_keep` wrote every element of every row of y's m*n values.
+        unsafe { y.set_len(m * n) };
+        *self.pre() = Some(h);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = "prism-linear-gelu-bwd";
+        let (want_w, want_b) = (w.track_op(), b.track_op());
+        let (x, w, b, dy) = (
+            x.contiguous()?,
+            w.contiguous()?,
+            b.contiguous()?,
+            dy.contiguous()?,
+        );
+        let (m, n, k, _) = dims(name, x.layout(), w.layout())?;
+        let (dx, dw, db) = {
+            let (xs, xl) = x.storage_and_layout();
+            let (ws, wl) = w.storage_and_layout();
+            let (bs, bl) = b.storage_and_layout();
+            let (ds, dl) = dy.storage_and_layout();
+            let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(bs), Storage::Cpu(ds)) =
+                (&*xs, &*ws, &*bs, &*ds)
+            else {
+                candle_core::bail!("{name}: CPU tensors expected")
+            };
+            let (x, w, b, dy) = (
+                f32_slice(name, xs, xl)?,
+                f32_slice(name, ws, wl)?,
+                f32_slice(name, bs, bl)?,
+                f32_slice(name, ds, dl)?,
+            );
+            if dy.len() != m * n || b.len() != n {
+                candle_core::bail!(
+                    "{name}: gradient has {} values and bias {} for {m} x {n} outputs",
+                    dy.len(),
+                    b.len()
+                );
+            }
+            let kept = self.pre().take().filter(|h| h.len() == m * n);
+            let mut dh = match kept {
+                Some(h) => h,
+                None => {
+                    let mut h = gemm_xwt(x, w, m, n, k);
+                    super::for_each_row(&mut h, n, |_, row| add_assign(row, b));
+                    h
+                }
+            };
+            let band = (band_rows(m, n) * n).max(1);
+            let partial: Vec<Vec<f32>> = dh
+                .par_chunks_mut(band)
+                .zip(dy.par_chunks(band))
+                .map(|(h, g)| {
+                    let mut acc = vec![0f32; n];
+                    for (h, g) in h.chunks_mut(n).zip(g.chunks(n)) {
+                        gelu::gelu_grad_in_place(h, g, &mut acc);
+                    }
+                    acc
+                })
+                .collect();
+            let mut db = vec![0f32; n];
+            for p in &partial {
+                add_assign(&mut db, p);
+            }
+            let (dx, dw) = dx_dw(x, w, &dh, (m, n, k), want_w);
+            (dx, dw, db)
+        };
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            dw.map(|v| Tensor::from_vec(v, (n, k), dev)).transpose()?,
+            want_b.then(|| Tensor::from_vec(db, n, dev)).transpose()?,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +630,52 @@ mod tests {
                 assert!(max_diff(a, c) < 1e-4);
             } else {
                 assert!(g1.get(b.as_tensor()).is_none());
+            }
+        }
+    }
+
+    /// The fused linear + GELU against `gelu_erf(linear(..))`: the output untracked (in place)
+    /// and tracked (pre-activation kept), every gradient, and a second backward pass over the
+    /// same graph (the kept pre-activation is gone: recomputed).
+    #[test]
+    fn linear_gelu_matches_linear_then_gelu() {
+        let dev = Device::Cpu;
+        // 300 rows x 70 outputs: above the parallel threshold, rows split into bands.
+        for (m, n) in [(3, 5), (300, 70)] {
+            let xt = Tensor::randn(0f32, 1.0, (m, 19), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.5, (n, 19), &dev).unwrap();
+            let bt = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let plain = crate::ops::gelu_erf(&linear(&xt, &wt, Some(&bt)).unwrap()).unwrap();
+            let fused = linear_gelu(&xt, &wt, &bt).unwrap();
+            assert!(max_diff(&fused, &plain) < 1e-5);
+            let (x, w, b) = (
+                Var::from_tensor(&xt).unwrap(),
+                Var::from_tensor(&wt).unwrap(),
+                Var::from_tensor(&bt).unwrap(),
+            );
+            let r = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
+            let fused = linear_gelu(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+            let plain = crate::ops::gelu_erf(
+                &linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap(),
+            )
+            .unwrap();
+            assert!(max_diff(&fused, &plain) < 1e-5);
+            let loss = (&fused * &r).unwrap().sum_all().unwrap();
+            let g1 = loss.backward().unwrap();
+            let g1b = loss.backward().unwrap();
+            let g2 = (&plain * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &w, &b] {
+                let want = g2.get(v.as_tensor()).unwrap();
+                for g in [&g1, &g1b] {
+                    let got = g.get(v.as_tensor()).unwrap();
+                    assert_eq!(got.dims(), want.dims());
+                    assert!(max_diff(got, want) < 1e-4);
+                }
             }
         }
     }
