@@ -356,13 +356,14 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     let mt = mt.as_ref().context("classification model")?;
                     // `infer-bf16`: the same forward with every linear layer on the AMX tile unit
                     // in bf16 (f32 accumulation; attention products, softmax, layer norm in f32).
-                    let bf16;
+                    // Both frozen, as `prism predict` and `prism serve` run (PyTorch: eval mode
+                    // under `no_grad`): no graph, weights transposed or packed once.
                     let m = if work == "infer-bf16" {
-                        bf16 = crate::train_cmd::bf16_or_note(mt)?;
-                        &bf16
+                        crate::train_cmd::bf16_or_note(mt)?
                     } else {
-                        mt
+                        mt.frozen()?
                     };
+                    let m = &m;
                     // As the task's own batches: a sequence head asks for position 0 only.
                     let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
                         .with_first_token_only(m.tasks[0].reads_first_token_only());

@@ -60,8 +60,10 @@ impl ParamStore {
     }
 
     /// The same parameters (shared storage), handed out detached: a model built from this
-    /// store backpropagates to its inputs only, skipping every weight gradient. For
-    /// explanations, which need d output / d embeddings and nothing else.
+    /// store backpropagates to its inputs only, skipping every weight gradient. For inference
+    /// and explanations, which need d output / d embeddings and nothing else. Linear layers
+    /// built from it also keep their weight transposed (and BERT's query, key and value
+    /// concatenated) once, as a snapshot: build the frozen model after training, not before.
     pub fn frozen(&self) -> Self {
         Self {
             frozen: true,
@@ -84,6 +86,11 @@ impl ParamStore {
     /// Whether layers built from this store use bf16 AMX inference.
     pub fn bf16(&self) -> bool {
         self.bf16
+    }
+
+    /// Whether this store hands out detached parameters ([`ParamStore::frozen`]).
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
     }
 
     fn hand_out(&self, v: &Var) -> Tensor {
@@ -301,6 +308,9 @@ pub struct Linear {
     /// The weight in bf16 for AMX inference, when built from a [`ParamStore::frozen_bf16`]
     /// store.
     pub packed: Option<Arc<ops::amx::PackedWeight>>,
+    /// The weight transposed once for the f32 GEMM, when built from a frozen store (a
+    /// snapshot, like `packed`).
+    pub transposed: Option<Arc<ops::TransposedWeight>>,
 }
 
 impl Linear {
@@ -309,6 +319,7 @@ impl Linear {
             weight,
             bias,
             packed: None,
+            transposed: None,
         }
     }
 
@@ -329,12 +340,21 @@ impl Linear {
         Ok(Self::new(weight, bias))
     }
 
-    /// Pack the weight for bf16 inference when `store` asks for it.
+    /// Pack the weight for bf16 inference when `store` asks for it; from any other frozen
+    /// store, transpose it once for the f32 GEMM.
     fn packed_for(mut self, store: &ParamStore) -> Result<Self> {
         if store.bf16() {
             self.packed = Some(Arc::new(ops::amx::PackedWeight::from_tensor(&self.weight)?));
+        } else if store.is_frozen() {
+            self.transposed = ops::TransposedWeight::of(&self.weight)?.map(Arc::new);
         }
         Ok(self)
+    }
+
+    /// A frozen layer of its own from separate weights (snapshots: BERT's query, key and value
+    /// concatenated), prepared for `store` as [`Linear::load`] does.
+    pub fn frozen_from(weight: Tensor, bias: Option<Tensor>, store: &ParamStore) -> Result<Self> {
+        Self::new(weight.detach(), bias.map(|b| b.detach())).packed_for(store)
     }
 
     /// Like [`Linear::load`], but initialised when the checkpoint lacks it (a new task head).
@@ -360,7 +380,12 @@ impl Linear {
                 return Ok(ops::amx::linear(x, p, self.bias.as_ref())?);
             }
         }
-        Ok(ops::linear(x, &self.weight, self.bias.as_ref())?)
+        Ok(ops::linear_with(
+            x,
+            &self.weight,
+            self.transposed.as_ref(),
+            self.bias.as_ref(),
+        )?)
     }
 }
 

@@ -413,11 +413,13 @@ fn evaluate_dev(
     cfg: &TrainConfig,
 ) -> Result<(BTreeMap<String, EvalResult>, f64)> {
     let mut res = BTreeMap::new();
+    // A frozen copy (shared parameters): no graph recorded, nothing kept for a backward pass.
+    let frozen = model.frozen()?;
     for (ti, d) in data.iter().enumerate() {
         if d.dev_path.is_some() {
             res.insert(
                 model.tasks[ti].spec.name.clone(),
-                model.evaluate_features(ti, &d.dev, &d.dev_feats, cfg.eval_batch_size)?,
+                frozen.evaluate_features(ti, &d.dev, &d.dev_feats, cfg.eval_batch_size)?,
             );
         }
     }
@@ -818,20 +820,20 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         Some(es) => es.metric.clone(),
         None => "mean of each task's main dev metric".to_string(),
     };
+    // Evaluation needs no gradients: a frozen copy records no graph, keeps nothing for a
+    // backward pass and transposes each weight once.
+    let eval_model = final_model.frozen()?;
     let mut tasks = BTreeMap::new();
     for (ti, d) in data.iter().enumerate() {
         let t = &final_model.tasks[ti];
         let dev = match &d.dev_path {
-            Some(_) => Some(final_model.evaluate_features(
-                ti,
-                &d.dev,
-                &d.dev_feats,
-                cfg.eval_batch_size,
-            )?),
+            Some(_) => {
+                Some(eval_model.evaluate_features(ti, &d.dev, &d.dev_feats, cfg.eval_batch_size)?)
+            }
             None => None,
         };
         let test = match &d.test_path {
-            Some(_) => Some(final_model.evaluate_features(
+            Some(_) => Some(eval_model.evaluate_features(
                 ti,
                 &d.test,
                 &d.test_feats,
@@ -843,7 +845,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         for (name, _, ex, feats) in &d.extra_test {
             extra_test.insert(
                 name.clone(),
-                final_model.evaluate_features(ti, ex, feats, cfg.eval_batch_size)?,
+                eval_model.evaluate_features(ti, ex, feats, cfg.eval_batch_size)?,
             );
         }
         tasks.insert(

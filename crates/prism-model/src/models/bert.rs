@@ -186,7 +186,8 @@ impl Activation {
                 }
             }
             if let (Some(b), true) = (b, x.rank() > 0) {
-                return Ok(ops::linear_gelu(x, &linear.weight, b)?);
+                let wt = linear.transposed.as_ref();
+                return Ok(ops::linear_gelu(x, &linear.weight, wt, b)?);
             }
         }
         self.forward(&linear.forward(x)?)
@@ -315,6 +316,9 @@ struct SelfAttention {
     value: Linear,
     /// The three projections packed side by side for bf16 AMX inference.
     qkv_packed: Option<Arc<PackedWeight>>,
+    /// Frozen models: the three projections concatenated once (the weights do not change, so
+    /// neither the concatenation nor its transpose is redone on every call).
+    qkv_frozen: Option<Linear>,
     out: Linear,
     norm: LayerNorm,
     heads: usize,
@@ -340,11 +344,20 @@ impl SelfAttention {
         } else {
             None
         };
+        let qkv_frozen = match [&query, &key, &value].map(|l| l.bias.as_ref()) {
+            [Some(qb), Some(kb), Some(vb)] if pb.store().is_frozen() && !pb.store().bf16() => {
+                let w = Tensor::cat(&[&query.weight, &key.weight, &value.weight], 0)?;
+                let b = Tensor::cat(&[qb, kb, vb], 0)?;
+                Some(Linear::frozen_from(w, Some(b), pb.store())?)
+            }
+            _ => None,
+        };
         Ok(Self {
             query,
             key,
             value,
             qkv_packed,
+            qkv_frozen,
             out: Linear::load(&o.pp("dense"), c, c, std)?,
             norm: LayerNorm::load(&o.pp("LayerNorm"), c, cfg.layer_norm_eps)?,
             heads: cfg.num_attention_heads,
@@ -358,6 +371,9 @@ impl SelfAttention {
     /// projections concatenated (the weights stay separate parameters, as in checkpoints; the
     /// concatenation's backward splits their gradients again).
     fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(l) = &self.qkv_frozen {
+            return l.forward(x);
+        }
         let layers = [&self.query, &self.key, &self.value];
         let b = match layers.map(|l| l.bias.as_ref()) {
             [Some(q), Some(k), Some(v)] => Some(Tensor::cat(&[q, k, v], 0)?),

@@ -9,7 +9,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 fn parallelism() -> gemm::Parallelism {
     match candle_core::utils::get_num_threads() {
@@ -84,12 +84,52 @@ fn transposed(w: &[f32], n: usize, k: usize) -> Vec<f32> {
 const TRANSPOSE_MIN_ROWS: usize = 1024;
 const TRANSPOSE_MAX_BYTES: usize = 8 << 20;
 
-/// x (m, k) * w^T where w is (n, k), all row-major and contiguous: a new (m, n) buffer.
-fn gemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let transpose = m >= TRANSPOSE_MIN_ROWS || n * k * 4 <= TRANSPOSE_MAX_BYTES;
-    let wt = transpose.then(|| transposed(w, n, k));
+/// A linear layer's weight W (out, in) transposed once into a contiguous (in, out) copy, for
+/// layers whose weight does not change (frozen inference and explanation models): their GEMMs
+/// read it instead of transposing W on every call (~4 % of a mini forward pass). A snapshot:
+/// it does not follow later in-place updates of W.
+#[derive(Debug)]
+pub struct TransposedWeight {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+}
+
+impl TransposedWeight {
+    /// The transpose of `w` (n, k), or `None` off the CPU or for a weight not in f32 (those
+    /// layers do not go through this module's GEMM).
+    pub fn of(w: &Tensor) -> Result<Option<Self>> {
+        if !w.device().is_cpu() || w.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        let flat = w.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Some(Self {
+            data: transposed(&flat, n, k),
+            n,
+            k,
+        }))
+    }
+}
+
+/// x (m, k) * w^T where w is (n, k), all row-major and contiguous: a new (m, n) buffer. Reads
+/// `wt` when it is w's transpose.
+fn gemm_xwt(
+    x: &[f32],
+    w: &[f32],
+    wt: Option<&TransposedWeight>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    let cached = wt
+        .filter(|t| t.n == n && t.k == k)
+        .map(|t| t.data.as_slice());
+    let transpose =
+        cached.is_none() && (m >= TRANSPOSE_MIN_ROWS || n * k * 4 <= TRANSPOSE_MAX_BYTES);
+    let fresh = transpose.then(|| transposed(w, n, k));
     // rhs element (kk, j) is wt[kk * n + j], or w[j * k + kk] when not transposed.
-    let (rhs, rhs_cs, rhs_rs) = match &wt {
+    let (rhs, rhs_cs, rhs_rs) = match cached.or(fresh.as_deref()) {
         Some(wt) => (wt.as_ptr(), 1, n as isize),
         None => (w.as_ptr(), k as isize, 1),
     };
@@ -264,6 +304,16 @@ fn linear_grads(
 /// `x` (..., in) times `w` (out, in) transposed, plus `b` (out) when given: (..., out). The
 /// leading dimensions are rows of one GEMM; no reshape nodes enter the autograd graph.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(x, w, None, b)
+}
+
+/// [`linear`] reading `wt`, W's transpose made once, instead of transposing W on every call.
+pub fn linear_with(
+    x: &Tensor,
+    w: &Tensor,
+    wt: Option<&Arc<TransposedWeight>>,
+    b: Option<&Tensor>,
+) -> Result<Tensor> {
     let cpu_f32 = x.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
@@ -281,13 +331,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         return y.reshape(out);
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let wt = wt.cloned();
     match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias),
-        None => x.apply_op2(&w, LinearNoBias),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias(wt)),
+        None => x.apply_op2(&w, LinearNoBias(wt)),
     }
 }
 
-struct LinearBias;
+struct LinearBias(Option<Arc<TransposedWeight>>);
 
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
@@ -316,7 +367,7 @@ impl CustomOp3 for LinearBias {
                 b.len()
             );
         }
-        let mut out = gemm_xwt(x, w, m, n, k);
+        let mut out = gemm_xwt(x, w, self.0.as_deref(), m, n, k);
         super::for_each_row(&mut out, n, |_, row| add_assign(row, b));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -370,7 +421,7 @@ crate::multiversion! {
     }
 }
 
-struct LinearNoBias;
+struct LinearNoBias(Option<Arc<TransposedWeight>>);
 
 impl CustomOp2 for LinearNoBias {
     fn name(&self) -> &'static str {
@@ -389,7 +440,8 @@ impl CustomOp2 for LinearNoBias {
             f32_slice(self.name(), s1, l1)?,
             f32_slice(self.name(), s2, l2)?,
         );
-        Ok((CpuStorage::F32(gemm_xwt(x, w, m, n, k)), shape))
+        let out = gemm_xwt(x, w, self.0.as_deref(), m, n, k);
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
@@ -409,7 +461,13 @@ impl CustomOp2 for LinearNoBias {
 /// GELU pass reading it back), in inference in place; when tracked the op keeps the
 /// pre-activation and its backward pass turns it in place into `dh = dy * gelu'(h)`, summing
 /// the bias gradient in the same pass, before the two GEMMs of [`linear`]'s backward pass.
-pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `wt`, when given, is W's transpose made once ([`linear_with`]).
+pub fn linear_gelu(
+    x: &Tensor,
+    w: &Tensor,
+    wt: Option<&Arc<TransposedWeight>>,
+    b: &Tensor,
+) -> Result<Tensor> {
     let cpu_f32 = x.device().is_cpu() && [x, w, b].iter().all(|t| t.dtype() == DType::F32);
     if !cpu_f32 {
         return super::gelu_erf(&linear(x, w, Some(b))?);
@@ -418,6 +476,7 @@ pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = LinearGelu {
         keep,
         pre: Mutex::new(None),
+        wt: wt.cloned(),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
@@ -429,6 +488,7 @@ struct LinearGelu {
     /// `x W^T + b`, (rows, out), kept by the forward pass and taken by the backward pass (which
     /// recomputes it when it is gone: a second backward pass over the same graph).
     pre: Mutex<Option<Vec<f32>>>,
+    wt: Option<Arc<TransposedWeight>>,
 }
 
 impl LinearGelu {
@@ -474,7 +534,7 @@ impl CustomOp3 for LinearGelu {
                 b.len()
             );
         }
-        let mut h = gemm_xwt(x, w, m, n, k);
+        let mut h = gemm_xwt(x, w, self.wt.as_deref(), m, n, k);
         if !self.keep {
             super::for_each_row(&mut h, n, |_, row| gelu::bias_gelu_in_place(row, b));
             return Ok((CpuStorage::F32(h), shape));
@@ -538,7 +598,7 @@ impl CustomOp3 for LinearGelu {
             let mut dh = match kept {
                 Some(h) => h,
                 None => {
-                    let mut h = gemm_xwt(x, w, m, n, k);
+                    let mut h = gemm_xwt(x, w, self.wt.as_deref(), m, n, k);
                     super::for_each_row(&mut h, n, |_, row| add_assign(row, b));
                     h
                 }
@@ -577,9 +637,9 @@ mod tests {
     use crate::ops::testing::max_diff;
     use candle_core::{Device, Var};
 
-    /// Both forward paths (W transposed first; a W above `TRANSPOSE_MAX_BYTES` read at column
-    /// stride by fewer than `TRANSPOSE_MIN_ROWS` rows), with and without bias, and every
-    /// gradient.
+    /// Every forward path (W transposed first; a W above `TRANSPOSE_MAX_BYTES` read at column
+    /// stride by fewer than `TRANSPOSE_MIN_ROWS` rows; W's transpose made once), with and
+    /// without bias, and every gradient.
     #[test]
     fn matches_matmul_and_its_gradients() {
         let big = TRANSPOSE_MAX_BYTES / 4 / 19 + 1;
@@ -602,6 +662,10 @@ mod tests {
                 plain = plain.broadcast_add(b.as_tensor()).unwrap();
             }
             assert!(max_diff(&fused, &plain) < 1e-4);
+            // W's transpose made once (frozen layers) gives the same values.
+            let cached = Arc::new(TransposedWeight::of(w.as_tensor()).unwrap().unwrap());
+            let once = linear_with(x.as_tensor(), w.as_tensor(), Some(&cached), bias).unwrap();
+            assert!(max_diff(&once, &plain) < 1e-4);
             let g1 = (&fused * &r)
                 .unwrap()
                 .sum_all()
@@ -646,7 +710,10 @@ mod tests {
             let wt = Tensor::randn(0f32, 0.5, (n, 19), &dev).unwrap();
             let bt = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
             let plain = crate::ops::gelu_erf(&linear(&xt, &wt, Some(&bt)).unwrap()).unwrap();
-            let fused = linear_gelu(&xt, &wt, &bt).unwrap();
+            let fused = linear_gelu(&xt, &wt, None, &bt).unwrap();
+            assert!(max_diff(&fused, &plain) < 1e-5);
+            let cached = Arc::new(TransposedWeight::of(&wt).unwrap().unwrap());
+            let fused = linear_gelu(&xt, &wt, Some(&cached), &bt).unwrap();
             assert!(max_diff(&fused, &plain) < 1e-5);
             let (x, w, b) = (
                 Var::from_tensor(&xt).unwrap(),
@@ -654,7 +721,7 @@ mod tests {
                 Var::from_tensor(&bt).unwrap(),
             );
             let r = Tensor::randn(0f32, 1.0, (m, n), &dev).unwrap();
-            let fused = linear_gelu(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+            let fused = linear_gelu(x.as_tensor(), w.as_tensor(), None, b.as_tensor()).unwrap();
             let plain = crate::ops::gelu_erf(
                 &linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())).unwrap(),
             )

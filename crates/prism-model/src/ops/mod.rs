@@ -21,7 +21,7 @@ pub use dropout::dropout;
 pub use embedding::embedding;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
-pub use linear::{linear, linear_gelu};
+pub use linear::{linear, linear_gelu, linear_with, TransposedWeight};
 pub use softmax::{masked_softmax, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result};
