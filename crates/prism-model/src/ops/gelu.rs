@@ -101,9 +101,20 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
-    /// The backward pass of one row of a fused linear + GELU: the pre-activation `h` is
-    /// overwritten by `dh = dy * gelu'(h)`, which is also added into the bias gradient `db`.
-    pub(crate) fn gelu_grad_in_place(h: &mut [f32], dy: &[f32], db: &mut [f32]) {
+    /// The backward pass of one row of a fused linear + GELU with a frozen bias: the
+    /// pre-activation `h` is overwritten by `dh = dy * gelu'(h)`.
+    pub(crate) fn gelu_grad_in_place(h: &mut [f32], dy: &[f32]) {
+        assert_eq!(h.len(), dy.len(), "gelu-grad row lengths differ");
+        for (h, &g) in h.iter_mut().zip(dy) {
+            let (cdf, pdf) = phi_cdf_pdf(*h);
+            *h = g * (cdf + *h * pdf);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// [`gelu_grad_in_place`], and `dh` is also added into the bias gradient `db`.
+    pub(crate) fn gelu_grad_in_place_sum(h: &mut [f32], dy: &[f32], db: &mut [f32]) {
         assert!(h.len() == dy.len() && db.len() == dy.len(), "gelu-grad row lengths differ");
         for ((h, &g), d) in h.iter_mut().zip(dy).zip(db.iter_mut()) {
             let (cdf, pdf) = phi_cdf_pdf(*h);

@@ -604,20 +604,26 @@ impl CustomOp3 for LinearGelu {
                 }
             };
             let band = (band_rows(m, n) * n).max(1);
-            let partial: Vec<Vec<f32>> = dh
-                .par_chunks_mut(band)
-                .zip(dy.par_chunks(band))
-                .map(|(h, g)| {
-                    let mut acc = vec![0f32; n];
-                    for (h, g) in h.chunks_mut(n).zip(g.chunks(n)) {
-                        gelu::gelu_grad_in_place(h, g, &mut acc);
-                    }
-                    acc
-                })
-                .collect();
             let mut db = vec![0f32; n];
-            for p in &partial {
-                add_assign(&mut db, p);
+            if want_b {
+                let partial: Vec<Vec<f32>> = dh
+                    .par_chunks_mut(band)
+                    .zip(dy.par_chunks(band))
+                    .map(|(h, g)| {
+                        let mut acc = vec![0f32; n];
+                        for (h, g) in h.chunks_mut(n).zip(g.chunks(n)) {
+                            gelu::gelu_grad_in_place_sum(h, g, &mut acc);
+                        }
+                        acc
+                    })
+                    .collect();
+                for p in &partial {
+                    add_assign(&mut db, p);
+                }
+            } else {
+                dh.par_chunks_mut(band)
+                    .zip(dy.par_chunks(band))
+                    .for_each(|(h, g)| gelu::gelu_grad_in_place(h, g));
             }
             let (dx, dw) = dx_dw(x, w, &dh, (m, n, k), want_w);
             (dx, dw, db)
@@ -744,6 +750,17 @@ mod tests {
                     assert!(max_diff(got, want) < 1e-4);
                 }
             }
+            // Frozen weight and bias (explanations): the input gradient alone.
+            let frozen = linear_gelu(x.as_tensor(), &wt, None, &bt).unwrap();
+            let g3 = (&frozen * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let want = g2.get(x.as_tensor()).unwrap();
+            assert!(max_diff(g3.get(x.as_tensor()).unwrap(), want) < 1e-4);
+            assert!(g3.get(&bt).is_none() && g3.get(&wt).is_none());
         }
     }
 
