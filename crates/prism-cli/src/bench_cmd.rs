@@ -356,8 +356,8 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     let mt = mt.as_ref().context("classification model")?;
                     // `infer-bf16`: the same forward with every linear layer on the AMX tile unit
                     // in bf16 (f32 accumulation; attention products, softmax, layer norm in f32).
-                    // Both frozen, as `prism predict` and `prism serve` run (PyTorch: eval mode
-                    // under `no_grad`): no graph, weights transposed or packed once.
+                    // Both frozen, as `prism eval`, `predict` and `serve` run (PyTorch: eval
+                    // mode under `no_grad`): no graph, weights transposed or packed once.
                     let m = if work == "infer-bf16" {
                         crate::train_cmd::bf16_or_note(mt)?
                     } else {

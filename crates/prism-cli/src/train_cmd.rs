@@ -192,10 +192,9 @@ pub fn eval(
     json_out: bool,
     dev: &Device,
 ) -> Result<()> {
-    let mut m = load(model, dev)?;
-    if bf16 {
-        m = bf16_or_note(&m)?;
-    }
+    // Frozen (no graph, weights transposed once), in bf16 on AMX with `--bf16`.
+    let m = load(model, dev)?;
+    let m = if bf16 { bf16_or_note(&m)? } else { m.frozen()? };
     let ti = match task {
         Some(t) => m.task_index(t)?,
         None if m.tasks.len() == 1 => 0,
@@ -245,10 +244,9 @@ pub fn predict(
     json_out: bool,
     dev: &Device,
 ) -> Result<()> {
-    let mut m = load(model, dev)?;
-    if bf16 {
-        m = bf16_or_note(&m)?;
-    }
+    // Frozen (no graph, weights transposed once), in bf16 on AMX with `--bf16`.
+    let m = load(model, dev)?;
+    let m = if bf16 { bf16_or_note(&m)? } else { m.frozen()? };
     let mut results = Vec::new();
     for (ti, t) in m.tasks.iter().enumerate() {
         if task.is_some_and(|n| n != t.spec.name) {

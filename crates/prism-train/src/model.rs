@@ -40,6 +40,12 @@ impl MultiTaskModel {
     /// initialised from `seed`.
     pub fn new(base: PretrainedModel, specs: Vec<TaskSpec>, seed: u64) -> Result<Self> {
         base.params.reseed(seed);
+        Self::with_heads(base, specs)
+    }
+
+    /// Heads for `specs` on `base`, drawing any new parameter from the store's generator as it
+    /// stands (no reseed).
+    fn with_heads(base: PretrainedModel, specs: Vec<TaskSpec>) -> Result<Self> {
         let tok = base.tokenizer()?.clone();
         let hidden = base.config.hidden_size();
         let pooler = has_pooler(&base.encoder);
@@ -114,7 +120,8 @@ impl MultiTaskModel {
 
     fn rebuilt_with(&self, base: PretrainedModel) -> Result<Self> {
         let specs = self.tasks.iter().map(|t| t.spec.clone()).collect();
-        let mut m = Self::new(base, specs, 0)?;
+        // No reseed: the store (and its generator) is shared with the model being trained.
+        let mut m = Self::with_heads(base, specs)?;
         for (new, old) in m.tasks.iter_mut().zip(&self.tasks) {
             new.loss_config = old.loss_config.clone();
             new.adversarial = old.adversarial.clone();
