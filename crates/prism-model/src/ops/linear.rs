@@ -338,6 +338,28 @@ pub fn linear_with(
     }
 }
 
+/// `x W^T` (m, n) for a biased op's operands `x`, `W`, `b` (reading `wt` when it is W's
+/// transpose), with the bias, the output width n and the output shape; the bias must have n
+/// entries.
+fn biased_product<'a>(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+    wt: Option<&TransposedWeight>,
+) -> Result<(Vec<f32>, &'a [f32], usize, Shape)> {
+    let (m, n, k, shape) = dims(name, l1, l2)?;
+    let (x, w, b) = (
+        f32_slice(name, s1, l1)?,
+        f32_slice(name, s2, l2)?,
+        f32_slice(name, s3, l3)?,
+    );
+    if b.len() != n {
+        candle_core::bail!("{name}: bias has {} entries for {n} outputs", b.len());
+    }
+    Ok((gemm_xwt(x, w, wt, m, n, k), b, n, shape))
+}
+
 struct LinearBias(Option<Arc<TransposedWeight>>);
 
 impl CustomOp3 for LinearBias {
@@ -354,20 +376,8 @@ impl CustomOp3 for LinearBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, n, k, shape) = dims(self.name(), l1, l2)?;
-        let (x, w, b) = (
-            f32_slice(self.name(), s1, l1)?,
-            f32_slice(self.name(), s2, l2)?,
-            f32_slice(self.name(), s3, l3)?,
-        );
-        if b.len() != n {
-            candle_core::bail!(
-                "{}: bias has {} entries for {n} outputs",
-                self.name(),
-                b.len()
-            );
-        }
-        let mut out = gemm_xwt(x, w, self.0.as_deref(), m, n, k);
+        let (mut out, b, n, shape) =
+            biased_product(self.name(), (s1, l1), (s2, l2), (s3, l3), self.0.as_deref())?;
         super::for_each_row(&mut out, n, |_, row| add_assign(row, b));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -521,20 +531,14 @@ impl CustomOp3 for LinearGelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (m, n, k, shape) = dims(self.name(), l1, l2)?;
-        let (x, w, b) = (
-            f32_slice(self.name(), s1, l1)?,
-            f32_slice(self.name(), s2, l2)?,
-            f32_slice(self.name(), s3, l3)?,
-        );
-        if b.len() != n {
-            candle_core::bail!(
-                "{}: bias has {} entries for {n} outputs",
-                self.name(),
-                b.len()
-            );
-        }
-        let mut h = gemm_xwt(x, w, self.wt.as_deref(), m, n, k);
+        let (mut h, b, n, shape) = biased_product(
+            self.name(),
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            self.wt.as_deref(),
+        )?;
+        let m = h.len() / n.max(1);
         if !self.keep {
             super::for_each_row(&mut h, n, |_, row| gelu::bias_gelu_in_place(row, b));
             return Ok((CpuStorage::F32(h), shape));
@@ -563,48 +567,33 @@ impl CustomOp3 for LinearGelu {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let name = "prism-linear-gelu-bwd";
-        let (want_w, want_b) = (w.track_op(), b.track_op());
-        let (x, w, b, dy) = (
-            x.contiguous()?,
-            w.contiguous()?,
-            b.contiguous()?,
-            dy.contiguous()?,
-        );
-        let (m, n, k, _) = dims(name, x.layout(), w.layout())?;
-        let (dx, dw, db) = {
-            let (xs, xl) = x.storage_and_layout();
-            let (ws, wl) = w.storage_and_layout();
-            let (bs, bl) = b.storage_and_layout();
+        let (x, w, dy) = (x.contiguous()?, w.contiguous()?, dy.contiguous()?);
+        let (m, n, _, _) = dims(name, x.layout(), w.layout())?;
+        // The pre-activation kept by the forward pass; recomputed when a second backward pass
+        // over the same graph finds it gone.
+        let mut dh = match self.pre().take().filter(|h| h.len() == m * n) {
+            Some(h) => h,
+            None => linear_with(
+                &x.detach(),
+                &w.detach(),
+                self.wt.as_ref(),
+                Some(&b.detach()),
+            )?
+            .flatten_all()?
+            .to_vec1::<f32>()?,
+        };
+        let want_b = b.track_op();
+        let mut db = vec![0f32; n];
+        {
             let (ds, dl) = dy.storage_and_layout();
-            let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(bs), Storage::Cpu(ds)) =
-                (&*xs, &*ws, &*bs, &*ds)
-            else {
-                candle_core::bail!("{name}: CPU tensors expected")
+            let Storage::Cpu(ds) = &*ds else {
+                candle_core::bail!("{name}: a CPU gradient expected")
             };
-            let (x, w, b, dy) = (
-                f32_slice(name, xs, xl)?,
-                f32_slice(name, ws, wl)?,
-                f32_slice(name, bs, bl)?,
-                f32_slice(name, ds, dl)?,
-            );
-            if dy.len() != m * n || b.len() != n {
-                candle_core::bail!(
-                    "{name}: gradient has {} values and bias {} for {m} x {n} outputs",
-                    dy.len(),
-                    b.len()
-                );
+            let dy = f32_slice(name, ds, dl)?;
+            if dy.len() != m * n {
+                candle_core::bail!("{name}: gradient has {} values for {m} x {n}", dy.len());
             }
-            let kept = self.pre().take().filter(|h| h.len() == m * n);
-            let mut dh = match kept {
-                Some(h) => h,
-                None => {
-                    let mut h = gemm_xwt(x, w, self.wt.as_deref(), m, n, k);
-                    super::for_each_row(&mut h, n, |_, row| add_assign(row, b));
-                    h
-                }
-            };
             let band = (band_rows(m, n) * n).max(1);
-            let mut db = vec![0f32; n];
             if want_b {
                 let partial: Vec<Vec<f32>> = dh
                     .par_chunks_mut(band)
@@ -625,15 +614,18 @@ impl CustomOp3 for LinearGelu {
                     .zip(dy.par_chunks(band))
                     .for_each(|(h, g)| gelu::gelu_grad_in_place(h, g));
             }
-            let (dx, dw) = dx_dw(x, w, &dh, (m, n, k), want_w);
-            (dx, dw, db)
-        };
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            dw.map(|v| Tensor::from_vec(v, (n, k), dev)).transpose()?,
-            want_b.then(|| Tensor::from_vec(db, n, dev)).transpose()?,
-        ))
+        }
+        // dh is the gradient of a plain linear layer's output: its dx and dW.
+        let mut out_shape = x.dims().to_vec();
+        if let Some(last) = out_shape.last_mut() {
+            *last = n;
+        }
+        let dh = Tensor::from_vec(dh, out_shape, x.device())?;
+        let (dx, dw, _) = linear_grads(&x, &w, None, &dh)?;
+        let db = want_b
+            .then(|| Tensor::from_vec(db, n, x.device()))
+            .transpose()?;
+        Ok((Some(dx), dw, db))
     }
 }
 
