@@ -13,9 +13,9 @@ use prism_model::{
     fetch, BertConfig, Encoded, Encoder, EncoderInput, Flavor, Mode, ModelConfig, PretrainedModel,
     PrismTokenizer,
 };
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
 use prism_train::optim::{AdamW, AdamWConfig};
-use prism_train::tasks::{cross_entropy, Batch, BatchTargets, TaskKind, TaskSpec};
+use prism_train::tasks::{cross_entropy, Batch, BatchTargets, Supervised, TaskKind, TaskSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -390,7 +390,7 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     let (times, phases) = measure(args.warmup, args.reps, || {
                         training_step(&mut opt, 1e-5, || {
                             let out = mt.base.encoder.forward(&batch.input, &mode)?;
-                            Ok(mt.tasks[0].loss(&out, &batch, &mode)?)
+                            Ok(mt.tasks[0].loss(&Default::default(), &out, &batch, &mode)?)
                         })
                     })?;
                     let flops = 3.0 * (fwd_flops + 2.0 * c * c * b as f64);

@@ -10,7 +10,7 @@ use prism_explain::{
     aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method,
 };
 use prism_train::data;
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
 use std::path::PathBuf;
 use std::time::Instant;
 

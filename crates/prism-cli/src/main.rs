@@ -855,7 +855,7 @@ fn serve(
 ) -> Result<()> {
     let dir = fetch::resolve_model(model)?;
     let t0 = std::time::Instant::now();
-    let m = prism_train::model::MultiTaskModel::load(&dir, dev)?;
+    let m = prism_model::tasks::MultiTaskModel::load(&dir, dev)?;
     if m.tasks.is_empty() {
         bail!(
             "{}: no prism.json with task heads (train one with `prism train`)",

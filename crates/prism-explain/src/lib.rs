@@ -26,8 +26,6 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] prism_model::Error),
     #[error(transparent)]
-    Train(#[from] prism_train::Error),
-    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
@@ -105,19 +103,125 @@ pub fn aggregate_words(a: &Attributions, texts: &[&str]) -> Attributions {
     out
 }
 
-/// The names `--method` accepts.
-pub const METHODS: [&str; 10] = [
-    "saliency",
-    "grad_x_input",
-    "smoothgrad",
-    "ig",
-    "attention",
-    "rollout",
-    "flow",
-    "occlusion",
-    "lime",
-    "kernel_shap",
-];
+/// Options a method takes from the command line, the API or the web UI; each method reads
+/// the ones it has (integrated gradients: `steps` and `rule`; sampling methods: `seed`).
+#[derive(Clone, Copy, Debug)]
+pub struct MethodOptions {
+    pub seed: u64,
+    /// Integrated gradients' interpolation steps (Captum's default: 50).
+    pub steps: usize,
+    /// Integrated gradients' quadrature rule.
+    pub rule: gradient::Rule,
+}
+
+impl Default for MethodOptions {
+    fn default() -> Self {
+        let ig = gradient::IntegratedGradients::default();
+        Self {
+            seed: 0,
+            steps: ig.steps,
+            rule: ig.rule,
+        }
+    }
+}
+
+/// One registered method: its name, the other names it answers to, and how to build it.
+struct Registered {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    build: fn(&MethodOptions) -> Box<dyn Method>,
+}
+
+/// Every attribution method, in the order help texts and the web UI list them.
+const REGISTRY: [Registered; 10] = {
+    use attention::{AttentionFlow, AttentionRollout, RawAttention};
+    use gradient::{GradientXInput, IntegratedGradients, Saliency, SmoothGrad};
+    use perturbation::{KernelShap, Lime, Occlusion};
+    [
+        Registered {
+            name: "saliency",
+            aliases: &[],
+            build: |_| Box::new(Saliency),
+        },
+        Registered {
+            name: "grad_x_input",
+            aliases: &["gxi"],
+            build: |_| Box::new(GradientXInput),
+        },
+        Registered {
+            name: "smoothgrad",
+            aliases: &[],
+            build: |o| {
+                Box::new(SmoothGrad {
+                    seed: o.seed,
+                    ..Default::default()
+                })
+            },
+        },
+        Registered {
+            name: "ig",
+            aliases: &["integrated_gradients"],
+            build: |o| {
+                Box::new(IntegratedGradients {
+                    steps: o.steps,
+                    rule: o.rule,
+                    ..Default::default()
+                })
+            },
+        },
+        Registered {
+            name: "attention",
+            aliases: &[],
+            build: |_| Box::new(RawAttention::default()),
+        },
+        Registered {
+            name: "rollout",
+            aliases: &[],
+            build: |_| Box::new(AttentionRollout),
+        },
+        Registered {
+            name: "flow",
+            aliases: &[],
+            build: |_| Box::new(AttentionFlow),
+        },
+        Registered {
+            name: "occlusion",
+            aliases: &[],
+            build: |_| Box::new(Occlusion::default()),
+        },
+        Registered {
+            name: "lime",
+            aliases: &[],
+            build: |o| {
+                Box::new(Lime {
+                    seed: o.seed,
+                    ..Default::default()
+                })
+            },
+        },
+        Registered {
+            name: "kernel_shap",
+            aliases: &["shap"],
+            build: |o| {
+                Box::new(KernelShap {
+                    seed: o.seed,
+                    ..Default::default()
+                })
+            },
+        },
+    ]
+};
+
+/// The names `--method` accepts (each method's main name), read from the registry.
+pub const METHODS: [&str; REGISTRY.len()] = {
+    let mut names = [""; REGISTRY.len()];
+    let mut i = 0;
+    while i < REGISTRY.len() {
+        names[i] = REGISTRY[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// An attribution method, configured.
 pub trait Method: Send + Sync {
@@ -130,36 +234,25 @@ pub trait Method: Send + Sync {
     ) -> Result<Attributions>;
 }
 
+/// A method by name, configured by `opts`.
+pub fn method_with(name: &str, opts: &MethodOptions) -> Result<Box<dyn Method>> {
+    REGISTRY
+        .iter()
+        .find(|r| r.name == name || r.aliases.contains(&name))
+        .map(|r| (r.build)(opts))
+        .ok_or_else(|| Error::UnknownMethod {
+            name: name.into(),
+            available: METHODS.join(", "),
+        })
+}
+
 /// A method by name with its default options (seeded where it samples).
 pub fn method_by_name(name: &str, seed: u64) -> Result<Box<dyn Method>> {
-    use attention::{AttentionFlow, AttentionRollout, RawAttention};
-    use gradient::{GradientXInput, IntegratedGradients, Saliency, SmoothGrad};
-    use perturbation::{KernelShap, Lime, Occlusion};
-    Ok(match name {
-        "saliency" => Box::new(Saliency),
-        "grad_x_input" | "gxi" => Box::new(GradientXInput),
-        "smoothgrad" => Box::new(SmoothGrad {
+    method_with(
+        name,
+        &MethodOptions {
             seed,
             ..Default::default()
-        }),
-        "ig" | "integrated_gradients" => Box::new(IntegratedGradients::default()),
-        "attention" => Box::new(RawAttention::default()),
-        "rollout" => Box::new(AttentionRollout),
-        "flow" => Box::new(AttentionFlow),
-        "occlusion" => Box::new(Occlusion::default()),
-        "lime" => Box::new(Lime {
-            seed,
-            ..Default::default()
-        }),
-        "kernel_shap" | "shap" => Box::new(KernelShap {
-            seed,
-            ..Default::default()
-        }),
-        other => {
-            return Err(Error::UnknownMethod {
-                name: other.into(),
-                available: METHODS.join(", "),
-            })
-        }
-    })
+        },
+    )
 }

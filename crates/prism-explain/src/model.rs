@@ -3,9 +3,8 @@
 
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
-use prism_model::{embedding_gradients, Encoded, Encoder, EncoderInput, Mode};
-use prism_train::model::MultiTaskModel;
-use prism_train::tasks::TaskKind;
+use prism_model::{embedding_gradients_with, Encoded, Encoder, EncoderInput, Mode};
+use prism_model::tasks::{MultiTaskModel, TaskKind};
 use serde::{Deserialize, Serialize};
 
 /// What output is explained.
@@ -224,21 +223,17 @@ impl<'a> ExplainModel<'a> {
         let rep = Self::repeat(&input.input, s)?;
         let head = &self.model.tasks[self.task];
         let mut f_vals = Vec::new();
-        let g = embedding_gradients(
+        let g = embedding_gradients_with(
             &self.model.base.encoder,
             &rep,
             &Mode::Eval,
             Some(&embeds.detach()),
             false,
             |out| {
-                let logits = head
-                    .logits(out, &Mode::Eval)
-                    .map_err(|e| prism_model::Error::Input(e.to_string()))?;
-                let f = self
-                    .select(&logits, target)
-                    .map_err(|e| prism_model::Error::Input(e.to_string()))?;
+                let logits = head.logits(out, &Mode::Eval)?;
+                let f = self.select(&logits, target)?;
                 f_vals = f.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                Ok(f.sum_all()?)
+                Ok::<_, Error>(f.sum_all()?)
             },
         )?;
         Ok((g.grad, f_vals))

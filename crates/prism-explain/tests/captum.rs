@@ -4,7 +4,7 @@
 use candle_core::Device;
 use prism_explain::gradient::{Baseline, GradientXInput, IntegratedGradients, Rule, Saliency};
 use prism_explain::{faithfulness, method_by_name, ExplainModel, Method, Target, METHODS};
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {

@@ -123,6 +123,14 @@ impl ModelConfig {
         }
     }
 
+    /// Standard deviation of freshly initialised weights (transformers' `_init_weights`).
+    pub fn initializer_range(&self) -> f64 {
+        match self {
+            ModelConfig::Bert(c) => c.initializer_range,
+            ModelConfig::Xlnet(c) => c.initializer_range,
+        }
+    }
+
     /// The sizes every family has, under common names.
     pub fn sizes(&self) -> Sizes {
         match self {

@@ -43,6 +43,13 @@ pub enum Error {
     Encode(String),
     #[error("{0}")]
     Input(String),
+    #[error("{path}:{line}: field `{field}`: {msg}")]
+    Data {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        msg: String,
+    },
     #[error("fetch {name}: {msg}")]
     Fetch { name: String, msg: String },
     #[error(transparent)]

@@ -45,6 +45,24 @@ where
     E: Encoder + ?Sized,
     F: FnOnce(&EncoderOutput) -> Result<Tensor>,
 {
+    embedding_gradients_with(model, input, mode, embeds, with_params, loss_fn)
+}
+
+/// [`embedding_gradients`] whose `loss_fn` fails with the caller's own error type `Er` (an
+/// attribution target, a task loss); its errors come back unchanged.
+pub fn embedding_gradients_with<E, F, Er>(
+    model: &E,
+    input: &EncoderInput,
+    mode: &Mode,
+    embeds: Option<&Tensor>,
+    with_params: bool,
+    loss_fn: F,
+) -> std::result::Result<EmbeddingGrads, Er>
+where
+    E: Encoder + ?Sized,
+    F: FnOnce(&EncoderOutput) -> std::result::Result<Tensor, Er>,
+    Er: From<crate::Error> + From<candle_core::Error>,
+{
     let attached = match embeds {
         Some(e) => e.clone(),
         None => model.word_embeddings(&input.input_ids)?,

@@ -10,15 +10,17 @@ pub mod error;
 pub mod fetch;
 pub mod grad;
 pub mod heads;
+pub mod html;
 pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod sentencepiece;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use checkpoint::{AnyEncoder, ModelConfig, PretrainedModel, Sizes};
 pub use error::{Error, Result};
-pub use grad::{embedding_gradients, EmbeddingGrads};
+pub use grad::{embedding_gradients, embedding_gradients_with, EmbeddingGrads};
 pub use models::bert::{mean_pool, Bert, BertConfig, Flavor};
 pub use models::{Encoder, EncoderInput, EncoderOutput};
 pub use nn::{Mode, ParamStore};

@@ -10,9 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use prism_explain::faithfulness::{self, Faithfulness};
-use prism_explain::gradient::IntegratedGradients;
-use prism_explain::{aggregate_words, attention, method_by_name, ExplainModel, Method, Target};
-use prism_train::model::MultiTaskModel;
+use prism_explain::{
+    aggregate_words, attention, method_with, ExplainModel, Method, MethodOptions, Target,
+};
+use prism_model::tasks::MultiTaskModel;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -62,18 +63,7 @@ impl From<prism_explain::Error> for ApiError {
             prism_explain::Error::Invalid(_) | prism_explain::Error::UnknownMethod { .. } => {
                 Self::bad(e.to_string())
             }
-            prism_explain::Error::Train(t) => t.into(),
-            other => Self::internal(other.to_string()),
-        }
-    }
-}
-
-impl From<prism_train::Error> for ApiError {
-    fn from(e: prism_train::Error) -> Self {
-        match e {
-            prism_train::Error::Config(_) | prism_train::Error::Data { .. } => {
-                Self::bad(e.to_string())
-            }
+            prism_explain::Error::Model(m) => m.into(),
             other => Self::internal(other.to_string()),
         }
     }
@@ -82,7 +72,9 @@ impl From<prism_train::Error> for ApiError {
 impl From<prism_model::Error> for ApiError {
     fn from(e: prism_model::Error) -> Self {
         match e {
-            prism_model::Error::Input(_) => Self::bad(e.to_string()),
+            prism_model::Error::Input(_)
+            | prism_model::Error::InvalidConfig(_)
+            | prism_model::Error::Data { .. } => Self::bad(e.to_string()),
             other => Self::internal(other.to_string()),
         }
     }
@@ -185,7 +177,7 @@ fn check_text(s: &AppState, text: &str, text2: Option<&str>) -> Result<(), ApiEr
 #[derive(Serialize)]
 struct TaskInfo {
     name: String,
-    kind: prism_train::tasks::TaskKind,
+    kind: prism_model::tasks::TaskKind,
     labels: Vec<String>,
     pair: bool,
 }
@@ -312,19 +304,12 @@ fn build_methods(
     if steps == 0 || steps > max_steps {
         return Err(ApiError::bad(format!("`steps` must be in 1..={max_steps}")));
     }
-    names
-        .iter()
-        .map(|n| {
-            if matches!(n.as_str(), "ig" | "integrated_gradients") {
-                Ok(Box::new(IntegratedGradients {
-                    steps,
-                    ..Default::default()
-                }) as Box<dyn Method>)
-            } else {
-                Ok(method_by_name(n, seed)?)
-            }
-        })
-        .collect()
+    let opts = MethodOptions {
+        seed,
+        steps,
+        ..Default::default()
+    };
+    names.iter().map(|n| Ok(method_with(n, &opts)?)).collect()
 }
 
 fn round4(v: f32) -> f32 {

@@ -9,7 +9,7 @@
 pub mod api;
 mod assets;
 
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;

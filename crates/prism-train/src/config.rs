@@ -229,6 +229,23 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The loop's settings: length, optimiser, schedule, evaluation and checkpoint cadence.
+    pub fn loop_config(&self) -> crate::train_loop::LoopConfig {
+        crate::train_loop::LoopConfig {
+            steps: self.steps,
+            grad_accum: self.grad_accum,
+            optim: crate::train_loop::OptimConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                warmup: self.warmup,
+                schedule: self.schedule,
+                max_grad_norm: self.max_grad_norm,
+            },
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+        }
+    }
+
     /// Parse a TOML file; relative data paths and `output` are taken relative to its folder.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

@@ -21,6 +21,16 @@ pub enum Error {
     },
     #[error("config: {0}")]
     Config(String),
+    /// Training diverged: a loss became NaN or infinite.
+    #[error("step {step}: {what} loss is {value}; lower the learning rate")]
+    NonFiniteLoss {
+        step: usize,
+        what: String,
+        value: f64,
+    },
+    /// An update computed no gradient (an objective that ran no backward pass).
+    #[error("step {step}: no gradient was computed")]
+    NoGradient { step: usize },
     #[error("fetch {name}: {msg}")]
     Fetch { name: String, msg: String },
     #[error(transparent)]

@@ -3,25 +3,45 @@
 //! network) and every piece of text escaped.
 
 use crate::error::{Error, Result};
-use crate::trainer::Report;
+use crate::tasks::{EvalResult, TaskKind};
+use serde::{Deserialize, Serialize};
+use prism_model::html::escape;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Escape text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// What a finished run reports.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub steps: usize,
+    pub completed: bool,
+    pub stopped_early: bool,
+    pub best: Option<(usize, f64)>,
+    pub best_metric: String,
+    /// Whether `model_dir` holds the best dev checkpoint (early stopping) or the last update.
+    #[serde(default)]
+    pub final_is_best: bool,
+    pub train_seconds: f64,
+    pub tasks: BTreeMap<String, TaskReport>,
+    pub model_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub kind: TaskKind,
+    pub labels: Vec<String>,
+    pub train_examples: usize,
+    pub dev: Option<EvalResult>,
+    pub test: Option<EvalResult>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_test: BTreeMap<String, EvalResult>,
+}
+
+pub fn fmt_metrics(m: &BTreeMap<String, f64>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 const COLORS: [&str; 8] = [
@@ -133,7 +153,7 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
     for (name, t) in &report.tasks {
         for (split, r) in [("dev", &t.dev), ("test", &t.test)] {
             if let Some(r) = r {
-                let _ = write!(h, "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{split}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>", escape(name), t.kind, t.train_examples, r.examples, escape(&crate::trainer::fmt_metrics(&r.metrics)));
+                let _ = write!(h, "<tr><td>{}</td><td>{:?}</td><td>{}</td><td>{split}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>", escape(name), t.kind, t.train_examples, r.examples, escape(&fmt_metrics(&r.metrics)));
             }
         }
     }
@@ -176,17 +196,4 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
     h.push_str("</body></html>\n");
     let path = out.join("report.html");
     prism_model::checkpoint::write_atomic(&path, h.as_bytes()).map_err(Error::from)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape("<script>alert('x')</script> & \""),
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;"
-        );
-    }
 }

@@ -3,7 +3,8 @@
 
 use candle_core::Device;
 use prism_train::config::TrainConfig;
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
+use prism_train::tasks::Evaluate;
 use prism_train::trainer::{flat_params, train, RunOptions};
 use std::path::{Path, PathBuf};
 

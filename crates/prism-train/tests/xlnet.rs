@@ -3,7 +3,7 @@
 
 use candle_core::Device;
 use prism_train::config::TrainConfig;
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
 use prism_train::trainer::{train, RunOptions};
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use crate::Attributions;
 use serde::Serialize;
 use std::fmt::Write as _;
 
-pub use prism_train::report::escape;
+pub use prism_model::html::escape;
 
 /// Everything shown for one example.
 #[derive(Clone, Debug, Serialize)]

@@ -47,16 +47,7 @@ impl SequenceHead {
                 return Err(Error::Input("sequence head expects a pooler output".into()))
             }
             (Some(dense), _) => {
-                let h = &enc.last_hidden_state;
-                let cls = match &enc.summary_positions {
-                    None => h.narrow(1, 0, 1)?.squeeze(1)?, // (B, C)
-                    Some(pos) => {
-                        let (b, t, c) = h.dims3()?;
-                        let rows = (Tensor::arange(0u32, b as u32, h.device())? * t as f64)?
-                            .add(&pos.to_dtype(candle_core::DType::U32)?)?;
-                        h.reshape((b * t, c))?.index_select(&rows, 0)? // (B, C)
-                    }
-                };
+                let cls = enc.summary_token()?; // (B, C)
                 dense.forward(&mode.dropout(&cls, self.dropout)?)?.tanh()?
             }
         };

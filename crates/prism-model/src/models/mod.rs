@@ -77,6 +77,32 @@ pub struct EncoderOutput {
     pub summary_positions: Option<Tensor>,
 }
 
+impl EncoderOutput {
+    /// The token a sequence head summarises, (B, C): the first position, or each row's
+    /// `summary_positions` (XLNet: the last real token, its `<cls>`, wherever padding put it).
+    pub fn summary_token(&self) -> Result<Tensor> {
+        let h = &self.last_hidden_state;
+        match &self.summary_positions {
+            None => Ok(h.narrow(1, 0, 1)?.squeeze(1)?),
+            Some(pos) => {
+                let (b, t, c) = h.dims3()?;
+                let rows = (Tensor::arange(0u32, b as u32, h.device())? * t as f64)?
+                    .add(&pos.to_dtype(candle_core::DType::U32)?)?;
+                Ok(h.reshape((b * t, c))?.index_select(&rows, 0)?)
+            }
+        }
+    }
+
+    /// One vector per sequence, (B, C): the pooler's output when the model has one (BERT),
+    /// else [`EncoderOutput::summary_token`].
+    pub fn summary(&self) -> Result<Tensor> {
+        match &self.pooler_output {
+            Some(p) => Ok(p.clone()),
+            None => self.summary_token(),
+        }
+    }
+}
+
 /// What every encoder family provides. The split between word embeddings and the rest lets
 /// gradient-based attribution and adversarial training work on the embedding output
 /// (see [`crate::grad`]).

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use prism_serve::{AppState, ServeOptions};
-use prism_train::model::MultiTaskModel;
+use prism_model::tasks::MultiTaskModel;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -1,47 +1,19 @@
 //! Training data: the example type every task kind reads, and readers for JSONL, CSV/TSV and
 //! SQuAD v1.1 JSON. A malformed line is an error naming the file, line and field.
 
+mod noise;
+mod order;
 pub mod registry;
+
+pub use noise::{flip_labels, perturb_text};
+pub use order::{next_batch, Cursor};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 use std::path::Path;
 
-/// One answer of an extractive QA example: its text and character offset in the context.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Answer {
-    pub text: String,
-    pub start: usize,
-}
-
-/// What an example is labelled with.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Target {
-    /// A class name (classification, NLI).
-    Label(String),
-    /// A real value (regression).
-    Value(f64),
-    /// Answers in `text_b`, the context (QA); empty for unanswerable or unlabelled.
-    Answers(Vec<Answer>),
-    /// One tag per pre-split token (token classification).
-    Tags(Vec<String>),
-    /// Unlabelled (prediction, or unlabelled target-domain text).
-    None,
-}
-
-/// One example. For QA, `text` is the question and `text_b` the context; for token
-/// classification, `tokens` holds the words.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Example {
-    /// 1-based line (JSONL/CSV) or question index (SQuAD) it came from, for error messages.
-    pub line: usize,
-    pub id: Option<String>,
-    pub text: String,
-    pub text_b: Option<String>,
-    pub tokens: Vec<String>,
-    pub target: Target,
-}
+pub use prism_model::tasks::{Answer, Example, Target, TargetKind};
 
 /// Which fields hold what, for a task's data files.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -83,15 +55,6 @@ impl Default for Fields {
             tags: d_tags(),
         }
     }
-}
-
-/// What shape of target to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetKind {
-    Label,
-    Value,
-    Answers,
-    Tags,
 }
 
 /// Read a data file, choosing the format by extension: `.jsonl`, `.csv`, `.tsv`, or `.json`
@@ -430,66 +393,6 @@ pub fn read_squad(path: &Path) -> Result<Vec<Example>> {
         }
     }
     Ok(out)
-}
-
-/// Flip a fraction `p` of the labels to a different label drawn uniformly from `labels`
-/// (seeded); returns how many were flipped.
-pub fn flip_labels(examples: &mut [Example], labels: &[String], p: f64, seed: u64) -> usize {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut flipped = 0;
-    for ex in examples.iter_mut() {
-        if let Target::Label(l) = &ex.target {
-            let u: f64 = rng.random();
-            if u < p && labels.len() > 1 {
-                let others: Vec<&String> = labels.iter().filter(|x| *x != l).collect();
-                let pick = others[rng.random_range(0..others.len())].clone();
-                ex.target = Target::Label(pick);
-                flipped += 1;
-            }
-        }
-    }
-    flipped
-}
-
-/// A seeded noisy copy of `text`: a character-level typo (swap, drop, insert or replace one
-/// letter) in `typo_rate` of the words, then each word dropped with probability `word_dropout`
-/// (never all of them).
-pub fn perturb_text(
-    text: &str,
-    typo_rate: f64,
-    word_dropout: f64,
-    rng: &mut rand::rngs::StdRng,
-) -> String {
-    use rand::Rng;
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let mut out: Vec<String> = Vec::with_capacity(words.len());
-    for w in &words {
-        if rng.random::<f64>() < word_dropout {
-            continue;
-        }
-        let mut chars: Vec<char> = w.chars().collect();
-        let letters: Vec<usize> = (0..chars.len())
-            .filter(|&i| chars[i].is_alphabetic())
-            .collect();
-        if !letters.is_empty() && rng.random::<f64>() < typo_rate {
-            let i = letters[rng.random_range(0..letters.len())];
-            let c = (b'a' + rng.random_range(0..26u8)) as char;
-            match rng.random_range(0..4) {
-                0 if i + 1 < chars.len() => chars.swap(i, i + 1),
-                1 if chars.len() > 1 => {
-                    chars.remove(i);
-                }
-                2 => chars.insert(i, c),
-                _ => chars[i] = c,
-            }
-        }
-        out.push(chars.into_iter().collect());
-    }
-    if out.is_empty() {
-        return text.to_string();
-    }
-    out.join(" ")
 }
 
 /// Character offset of `text` in `context`: `given` when it is there; otherwise (a few SQuAD

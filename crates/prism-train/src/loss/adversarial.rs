@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, D};
-use prism_model::{embedding_gradients, Encoder, EncoderInput, EncoderOutput, Mode};
+use prism_model::{embedding_gradients_with, Encoder, EncoderInput, EncoderOutput, Mode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -129,8 +129,8 @@ pub fn project_l2(d: &Tensor, eps: f64) -> Result<Tensor> {
 /// Symmetric KL divergence between the softmax distributions of two logit tensors, averaged
 /// over rows: `sum (p - q)(log p - log q)`.
 pub fn symmetric_kl(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let la = crate::tasks::log_softmax(a)?;
-    let lb = crate::tasks::log_softmax(b)?;
+    let la = crate::loss::log_softmax(a)?;
+    let lb = crate::loss::log_softmax(b)?;
     let d = ((la.exp()? - lb.exp()?)? * (la - lb)?)?.sum(D::Minus1)?;
     Ok(d.mean_all()?)
 }
@@ -151,12 +151,11 @@ pub fn adversarial_step<E: Encoder + ?Sized>(
                    scale: f64|
      -> Result<(prism_model::EmbeddingGrads, f64)> {
         let mut value = 0.0;
-        let g = embedding_gradients(enc, input, mode, Some(embeds), with_params, |out| {
-            let logits =
-                (task.logits)(out, mode).map_err(|e| prism_model::Error::Input(e.to_string()))?;
-            let l = (task.loss)(&logits).map_err(|e| prism_model::Error::Input(e.to_string()))?;
+        let g = embedding_gradients_with(enc, input, mode, Some(embeds), with_params, |out| {
+            let logits = (task.logits)(out, mode)?;
+            let l = (task.loss)(&logits)?;
             value = l.to_scalar::<f32>()? as f64;
-            Ok((l * scale)?)
+            Ok::<_, Error>((l * scale)?)
         })?;
         Ok((g, value))
     };
@@ -270,17 +269,15 @@ pub fn adversarial_step<E: Encoder + ?Sized>(
             let mut delta = Tensor::from_vec(z, e.shape(), e.device())?;
             // One ascent step on the divergence from the (fixed) clean output, L-inf normalised.
             let target = clean_logits.detach();
-            let g = embedding_gradients(
+            let g = embedding_gradients_with(
                 enc,
                 input,
                 mode,
                 Some(&(e.detach() + &delta)?),
                 false,
                 |out| {
-                    let adv = (task.logits)(out, mode)
-                        .map_err(|e| prism_model::Error::Input(e.to_string()))?;
+                    let adv = (task.logits)(out, mode)?;
                     (task.divergence)(&adv, &target)
-                        .map_err(|e| prism_model::Error::Input(e.to_string()))
                 },
             )?;
             let inf = g.grad.abs()?.max_keepdim(D::Minus1)?.max_keepdim(1)?; // (B, 1, 1)

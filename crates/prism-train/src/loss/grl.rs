@@ -1,7 +1,12 @@
-//! Gradient reversal (Ganin et al. 2016): identity in the forward pass, `-lambda * grad` in the
-//! backward pass, so the encoder learns features the domain classifier cannot separate.
+//! Domain-adversarial training (DANN, Ganin et al. 2016): gradient reversal — identity in the
+//! forward pass, `-lambda * grad` in the backward pass, so the encoder learns features the
+//! domain classifier cannot separate — its `lambda` schedule, and the training step that uses
+//! both.
 
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use prism_model::heads::DomainHead;
+use prism_model::{Encoder, EncoderInput, EncoderOutput, Mode};
 
 struct GradReverse {
     lambda: f64,
@@ -41,6 +46,47 @@ pub fn grad_reverse(x: &Tensor, lambda: f64) -> Result<Tensor> {
 /// DANN's schedule: `2 / (1 + exp(-gamma p)) - 1` at training progress `p` in [0, 1].
 pub fn dann_lambda(progress: f64, gamma: f64) -> f64 {
     2.0 / (1.0 + (-gamma * progress.clamp(0.0, 1.0)).exp()) - 1.0
+}
+
+/// The losses of one DANN step.
+#[derive(Clone, Copy, Debug)]
+pub struct DannLosses {
+    /// The task loss on the labelled source batch.
+    pub task: f64,
+    /// The domain classifier's cross-entropy over source (0) and target (1) examples.
+    pub domain: f64,
+}
+
+/// One DANN micro-batch: `task_loss` on the source batch plus `weight` × the domain loss of
+/// `head` on every source and target sequence's summary (the pooler, or the token a sequence
+/// head reads: XLNet's last real token), passed through gradient reversal with `lambda`.
+#[allow(clippy::too_many_arguments)]
+pub fn dann_step<E: Encoder + ?Sized>(
+    encoder: &E,
+    task_loss: &dyn Fn(&EncoderOutput) -> crate::Result<Tensor>,
+    head: &DomainHead,
+    source: &EncoderInput,
+    target: &EncoderInput,
+    mode: &Mode,
+    lambda: f64,
+    weight: f64,
+) -> crate::Result<(GradStore, DannLosses)> {
+    let enc_s = encoder.forward(source, mode)?;
+    let loss = task_loss(&enc_s)?;
+    let enc_t = encoder.forward(target, mode)?;
+    let both = Tensor::cat(&[enc_s.summary()?, enc_t.summary()?], 0)?;
+    let logits = head.forward(&grad_reverse(&both, lambda)?)?;
+    let (ns, nt) = (source.input_ids.dim(0)?, target.input_ids.dim(0)?);
+    let labels: Vec<u32> = std::iter::repeat_n(0, ns)
+        .chain(std::iter::repeat_n(1, nt))
+        .collect();
+    let dl = super::cross_entropy(&logits, &Tensor::new(labels, logits.device())?)?;
+    let total = (&loss + (&dl * weight)?)?;
+    let losses = DannLosses {
+        task: loss.to_scalar::<f32>()? as f64,
+        domain: dl.to_scalar::<f32>()? as f64,
+    };
+    Ok((total.backward()?, losses))
 }
 
 #[cfg(test)]

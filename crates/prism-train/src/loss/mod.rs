@@ -4,11 +4,13 @@
 //! fixture and a finite-difference test.
 
 mod adversarial;
+mod cross_entropy;
 mod grl;
 mod robust;
 
 pub use adversarial::{
     adversarial_step, project_l2, symmetric_kl, AdversarialConfig, StepLosses, TaskFns,
 };
-pub use grl::{dann_lambda, grad_reverse};
+pub use cross_entropy::{cross_entropy, log_softmax, masked_cross_entropy, IGNORE};
+pub use grl::{dann_lambda, dann_step, grad_reverse, DannLosses};
 pub use robust::{focal, generalized_ce, label_smoothed_ce, symmetric_ce, LossConfig};

@@ -9,7 +9,7 @@
 //!   cross-entropy `RCE = -sum_k p_k log y_k = -A (1 - p_y)`, log 0 clipped to `A = -4`.
 
 use crate::error::{Error, Result};
-use crate::tasks::log_softmax;
+use crate::loss::log_softmax;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +85,7 @@ impl LossConfig {
     /// The batch loss of logits (N, K) against class ids (N).
     pub fn loss(&self, logits: &Tensor, y: &Tensor) -> Result<Tensor> {
         match self {
-            LossConfig::CrossEntropy => crate::tasks::cross_entropy(logits, y),
+            LossConfig::CrossEntropy => crate::loss::cross_entropy(logits, y),
             LossConfig::LabelSmoothing { epsilon } => label_smoothed_ce(logits, y, *epsilon),
             LossConfig::Focal { gamma, alpha } => focal(logits, y, *gamma, alpha.as_deref()),
             LossConfig::Gce { q } => generalized_ce(logits, y, *q),

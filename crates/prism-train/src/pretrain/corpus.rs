@@ -9,7 +9,8 @@
 //! trainer's position is (epoch, sequences taken), and a resumed stream skips to it.
 
 use crate::error::{Error, Result};
-use crate::trainer::{rng_for, Cursor};
+use crate::data::Cursor;
+use crate::rng::{rng_for, Stream};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
@@ -17,8 +18,6 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use tokenizers::Tokenizer;
 
-const STREAM_FILES: u64 = 21;
-const STREAM_SHUFFLE: u64 = 22;
 
 /// How documents are delimited in the text files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,7 +261,7 @@ impl CorpusStream {
             let mut epoch = start.epoch;
             loop {
                 let mut files = spec.files.clone();
-                files.shuffle(&mut rng_for(spec.seed, STREAM_FILES, epoch));
+                files.shuffle(&mut rng_for(spec.seed, Stream::CorpusFiles, epoch));
                 let mut packer = Packer::new(spec.max_len, spec.cls, spec.sep);
                 packer.cls_last = spec.cls_last;
                 let mut pos = 0usize;
@@ -284,7 +283,7 @@ impl CorpusStream {
                     let mut buf: Vec<Sequence> = packer.out.drain(..).collect();
                     buf.shuffle(&mut rng_for(
                         spec.seed,
-                        STREAM_SHUFFLE,
+                        Stream::CorpusShuffle,
                         (epoch << 32) | chunk,
                     ));
                     chunk += 1;

@@ -1,11 +1,11 @@
 //! A shared encoder with one head per task, saved as an HF folder plus `prism.json`.
 
-use crate::data::Example;
+use super::task::HeadShape;
+use super::{Example, Feature, Prediction, Task, TaskSpec};
+use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
-use crate::tasks::{EvalResult, Feature, Prediction, Task, TaskSpec};
+use crate::{AnyEncoder, Encoder, Mode, ModelConfig, PretrainedModel};
 use candle_core::Device;
-use prism_model::checkpoint::write_atomic;
-use prism_model::{AnyEncoder, Encoder, Mode, ModelConfig, PretrainedModel};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -21,17 +21,19 @@ pub struct MultiTaskModel {
     pub tasks: Vec<Task>,
 }
 
-fn head_dropout(cfg: &ModelConfig) -> f64 {
-    match cfg {
-        ModelConfig::Bert(c) => c.hidden_dropout_prob,
-        ModelConfig::Xlnet(c) => c.dropout,
-    }
-}
-
-fn has_pooler(enc: &AnyEncoder) -> bool {
-    match enc {
-        AnyEncoder::Bert(b) => b.has_pooler(),
-        AnyEncoder::Xlnet(_) => false,
+fn head_shape(base: &PretrainedModel) -> HeadShape {
+    let (dropout, init_std) = match &base.config {
+        ModelConfig::Bert(c) => (c.hidden_dropout_prob, c.initializer_range),
+        ModelConfig::Xlnet(c) => (c.dropout, c.initializer_range),
+    };
+    HeadShape {
+        hidden: base.config.hidden_size(),
+        has_pooler: match &base.encoder {
+            AnyEncoder::Bert(b) => b.has_pooler(),
+            AnyEncoder::Xlnet(_) => false,
+        },
+        dropout,
+        init_std,
     }
 }
 
@@ -47,13 +49,11 @@ impl MultiTaskModel {
     /// stands (no reseed).
     fn with_heads(base: PretrainedModel, specs: Vec<TaskSpec>) -> Result<Self> {
         let tok = base.tokenizer()?.clone();
-        let hidden = base.config.hidden_size();
-        let pooler = has_pooler(&base.encoder);
-        let dropout = head_dropout(&base.config);
+        let shape = head_shape(&base);
         let root = base.params.root();
         let tasks = specs
             .into_iter()
-            .map(|s| Task::new(s, &root, &tok, hidden, pooler, dropout))
+            .map(|s| Task::new(s, &root, &tok, shape))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { base, tasks })
     }
@@ -76,23 +76,16 @@ impl MultiTaskModel {
         };
         let model = Self::new(base, specs, 0)?;
         // Every head must have come from the checkpoint: a missing head tensor means a damaged folder.
+        let vars = model.base.params.vars();
         for t in &model.tasks {
             let prefix = format!("prism.heads.{}.", t.spec.name);
-            if !model
-                .base
-                .params
-                .vars()
-                .iter()
-                .any(|(k, _)| k.starts_with(&prefix))
-                || model
-                    .base
-                    .params
-                    .vars()
-                    .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix))
-                    .any(|(k, _)| !model.base.params.source_has(k))
-            {
-                return Err(Error::File {
+            let mut names = vars.iter().map(|(k, _)| k).filter(|k| k.starts_with(&prefix));
+            let complete = names
+                .clone()
+                .next()
+                .is_some_and(|_| names.all(|k| model.base.params.source_has(k)));
+            if !complete {
+                return Err(Error::Checkpoint {
                     path: dir.to_path_buf(),
                     msg: format!(
                         "prism.json lists task `{}` but its head weights `{prefix}*` are missing",
@@ -121,12 +114,7 @@ impl MultiTaskModel {
     fn rebuilt_with(&self, base: PretrainedModel) -> Result<Self> {
         let specs = self.tasks.iter().map(|t| t.spec.clone()).collect();
         // No reseed: the store (and its generator) is shared with the model being trained.
-        let mut m = Self::with_heads(base, specs)?;
-        for (new, old) in m.tasks.iter_mut().zip(&self.tasks) {
-            new.loss_config = old.loss_config.clone();
-            new.adversarial = old.adversarial.clone();
-        }
-        Ok(m)
+        Self::with_heads(base, specs)
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -135,13 +123,12 @@ impl MultiTaskModel {
             prism_version: env!("CARGO_PKG_VERSION").into(),
             tasks: self.tasks.iter().map(|t| t.spec.clone()).collect(),
         };
-        write_atomic(
-            &dir.join("prism.json"),
-            serde_json::to_string_pretty(&pj)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
-        Ok(())
+        let path = dir.join("prism.json");
+        let text = serde_json::to_string_pretty(&pj).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            msg: e.to_string(),
+        })?;
+        write_atomic(&path, text.as_bytes())
     }
 
     pub fn task_index(&self, name: &str) -> Result<usize> {
@@ -150,7 +137,7 @@ impl MultiTaskModel {
             .position(|t| t.spec.name == name)
             .ok_or_else(|| {
                 let names: Vec<_> = self.tasks.iter().map(|t| t.spec.name.as_str()).collect();
-                Error::Config(format!("no task `{name}` (tasks: {})", names.join(", ")))
+                Error::Input(format!("no task `{name}` (tasks: {})", names.join(", ")))
             })
     }
 
@@ -165,7 +152,7 @@ impl MultiTaskModel {
         let dev = self.base.params.device().clone();
         let enc = &self.base.encoder;
         self.tasks[ti].predict(examples, feats, batch_size, &dev, |input| {
-            Ok(enc.forward(input, &Mode::Eval)?)
+            enc.forward(input, &Mode::Eval)
         })
     }
 
@@ -174,55 +161,15 @@ impl MultiTaskModel {
     pub fn predict_text(&self, ti: usize, text: &str, text2: Option<&str>) -> Result<Prediction> {
         let spec = &self.tasks[ti].spec;
         if spec.kind.is_pair() && text2.is_none() {
-            return Err(Error::Config(format!(
+            return Err(Error::Input(format!(
                 "task `{}` ({:?}) needs a second text",
                 spec.name, spec.kind
             )));
         }
-        let ex = Example {
-            line: 1,
-            id: None,
-            text: text.to_string(),
-            text_b: if spec.kind.is_pair() {
-                text2.map(str::to_string)
-            } else {
-                None
-            },
-            tokens: if spec.kind == crate::tasks::TaskKind::Token {
-                text.split_whitespace().map(str::to_string).collect()
-            } else {
-                Vec::new()
-            },
-            target: crate::data::Target::None,
-        };
-        let examples = [ex];
-        let feats = self.tasks[ti].featurize(&examples, Path::new("(input)"))?;
+        let examples = [Example::unlabelled(spec.kind, text, text2)];
+        let feats = self.tasks[ti].encode(&examples)?;
         let mut p = self.predict(ti, &examples, &feats, 8)?;
         p.pop()
-            .ok_or_else(|| Error::Config("the model returned no prediction".into()))
-    }
-
-    /// Featurise, predict and score task `ti` on `examples`.
-    pub fn evaluate(
-        &self,
-        ti: usize,
-        examples: &[Example],
-        path: &Path,
-        batch_size: usize,
-    ) -> Result<EvalResult> {
-        let feats = self.tasks[ti].featurize(examples, path)?;
-        self.evaluate_features(ti, examples, &feats, batch_size)
-    }
-
-    /// Predict and score task `ti` on already featurised `examples`.
-    pub fn evaluate_features(
-        &self,
-        ti: usize,
-        examples: &[Example],
-        feats: &[Feature],
-        batch_size: usize,
-    ) -> Result<EvalResult> {
-        let preds = self.predict(ti, examples, feats, batch_size)?;
-        Ok(self.tasks[ti].score(examples, &preds))
+            .ok_or_else(|| Error::Input("the model returned no prediction".into()))
     }
 }

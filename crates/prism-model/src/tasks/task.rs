@@ -1,0 +1,190 @@
+//! One task on the shared encoder: its spec, its head under `prism.heads.<name>`, its tokenizer
+//! settings, and the features (tokenised windows) it reads.
+
+use super::{Example, TaskKind, TaskSpec};
+use crate::error::{Error, Result};
+use crate::heads::{SequenceHead, SpanHead, TokenHead};
+use crate::nn::ParamBuilder;
+use crate::{Encoded, EncoderInput, EncoderOutput, Mode, PrismTokenizer};
+use candle_core::{Device, Tensor};
+
+/// What one feature is trained towards (filled by prism-train from the example's labels;
+/// `None` for prediction).
+#[derive(Clone, Debug, PartialEq)]
+pub enum FeatureTarget {
+    Class(u32),
+    Value(f32),
+    /// Start and end token of the answer in this window, or (0, 0) when it is not inside.
+    Span(u32, u32),
+    Tags(Vec<i64>),
+    None,
+}
+
+/// One model input derived from an example (QA examples may give several windows).
+#[derive(Clone, Debug)]
+pub struct Feature {
+    pub enc: Encoded,
+    pub target: FeatureTarget,
+    /// Index of the example it came from.
+    pub example: usize,
+    /// Token classification: the word each token came from.
+    pub word_ids: Vec<Option<u32>>,
+}
+
+enum Head {
+    Sequence(SequenceHead),
+    Span(SpanHead),
+    Token(TokenHead),
+}
+
+/// One task on the shared encoder: its spec, its head, and its tokenizer settings.
+pub struct Task {
+    pub spec: TaskSpec,
+    head: Head,
+    tokenizer: PrismTokenizer,
+}
+
+/// The shape of the encoder the heads sit on.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadShape {
+    pub hidden: usize,
+    pub has_pooler: bool,
+    pub dropout: f64,
+    /// Standard deviation of freshly initialised head weights (the config's
+    /// `initializer_range`, as transformers' `_init_weights`).
+    pub init_std: f64,
+}
+
+impl Task {
+    /// Build the head under `prism.heads.<name>` (loaded when the checkpoint has it).
+    pub(crate) fn new(
+        spec: TaskSpec,
+        root: &ParamBuilder,
+        tokenizer: &PrismTokenizer,
+        shape: HeadShape,
+    ) -> Result<Self> {
+        if spec.name.is_empty()
+            || !spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(Error::InvalidConfig(format!(
+                "task name `{}` must be non-empty ASCII letters, digits, `_` or `-`",
+                spec.name
+            )));
+        }
+        let needs_labels = matches!(
+            spec.kind,
+            TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token
+        );
+        if needs_labels && spec.labels.len() < 2 {
+            return Err(Error::InvalidConfig(format!(
+                "task `{}` needs at least two labels, has {:?}",
+                spec.name, spec.labels
+            )));
+        }
+        if spec.max_length < 8 {
+            return Err(Error::InvalidConfig(format!(
+                "task `{}`: max_length {} is too small",
+                spec.name, spec.max_length
+            )));
+        }
+        let pb = root.pp("prism.heads").pp(&spec.name);
+        let HeadShape {
+            hidden,
+            has_pooler,
+            dropout,
+            init_std: std,
+        } = shape;
+        let head = match spec.kind {
+            TaskKind::Classification | TaskKind::PairClassification => Head::Sequence(
+                SequenceHead::load(&pb, hidden, spec.labels.len(), dropout, has_pooler, std)?,
+            ),
+            TaskKind::Regression => Head::Sequence(SequenceHead::load(
+                &pb, hidden, 1, dropout, has_pooler, std,
+            )?),
+            TaskKind::Qa => Head::Span(SpanHead::load(&pb, hidden, std)?),
+            TaskKind::Token => Head::Token(TokenHead::load(
+                &pb,
+                hidden,
+                spec.labels.len(),
+                dropout,
+                std,
+            )?),
+        };
+        let tokenizer = tokenizer.with_max_len(spec.max_length)?;
+        Ok(Self {
+            spec,
+            head,
+            tokenizer,
+        })
+    }
+
+    /// The tokenizer, truncating to the task's `max_length`.
+    pub fn tokenizer(&self) -> &PrismTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenise examples into unlabelled features: one per example, or one per context window
+    /// (`doc_stride` overlap) for QA.
+    pub fn encode(&self, examples: &[Example]) -> Result<Vec<Feature>> {
+        let mut out = Vec::with_capacity(examples.len());
+        for (i, ex) in examples.iter().enumerate() {
+            let feature = |enc, word_ids| Feature {
+                enc,
+                target: FeatureTarget::None,
+                example: i,
+                word_ids,
+            };
+            match self.spec.kind {
+                TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
+                    let enc = self.tokenizer.encode(&ex.text, ex.text_b.as_deref())?;
+                    out.push(feature(enc, Vec::new()));
+                }
+                TaskKind::Qa => {
+                    let context = ex.text_b.as_deref().unwrap_or_default();
+                    let windows =
+                        self.tokenizer
+                            .encode_windows(&ex.text, context, self.spec.doc_stride)?;
+                    out.extend(windows.into_iter().map(|enc| feature(enc, Vec::new())));
+                }
+                TaskKind::Token => {
+                    let (enc, word_ids) = self.tokenizer.encode_words(&ex.tokens)?;
+                    out.push(feature(enc, word_ids));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pad features into one encoder input (asking for the first position alone when the head
+    /// reads only that).
+    pub fn batch_input(&self, feats: &[&Feature], device: &Device) -> Result<EncoderInput> {
+        let encs: Vec<Encoded> = feats.iter().map(|f| f.enc.clone()).collect();
+        Ok(self
+            .tokenizer
+            .batch(&encs, device)?
+            .with_first_token_only(self.reads_first_token_only()))
+    }
+
+    /// Whether the head reads only the encoder's first position (a sequence head on BERT or
+    /// RoBERTa): its batches ask the encoder for that position alone
+    /// ([`EncoderInput::first_token_only`]), which skips most of the last layer.
+    pub fn reads_first_token_only(&self) -> bool {
+        matches!(self.head, Head::Sequence(_))
+    }
+
+    /// The head's raw outputs: (B, n) for sequence tasks, (B, T, n) for tokens, and
+    /// (B, T, 2) start/end stacked for QA.
+    pub fn logits(&self, enc: &EncoderOutput, mode: &Mode) -> Result<Tensor> {
+        Ok(match &self.head {
+            Head::Sequence(h) => h.forward(enc, mode)?,
+            Head::Token(h) => h.forward(enc, mode)?,
+            Head::Span(h) => {
+                let (s, e) = h.forward(enc)?;
+                Tensor::stack(&[s, e], 2)?
+            }
+        })
+    }
+}

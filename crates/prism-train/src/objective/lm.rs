@@ -1,0 +1,173 @@
+//! Language-model pre-training as an objective: each micro-batch takes the next packed
+//! sequences of the corpus stream, masks (MLM) or permutes (PLM) them afresh, and trains the
+//! encoder and its LM head with cross-entropy at the predicted positions. Evaluation is
+//! held-out loss, perplexity and predicted-token accuracy with fixed masks.
+
+use crate::checkpoint::write_checkpoint;
+use crate::data::Cursor;
+use crate::error::Result;
+use crate::loss::cross_entropy;
+use crate::optim::AdamW;
+use crate::pretrain::config::{Objective as LmObjective, PretrainConfig};
+use crate::pretrain::corpus::{CorpusStream, Sequence};
+use crate::pretrain::lm::{evaluate_lm, lm_logits, make_batch, LmEval, LmModel};
+use crate::pretrain::masking::Vocab;
+use crate::rng::{rng_for, Stream};
+use crate::train_loop::{Log, Micro, Objective, Progress, Update};
+use candle_core::{Device, Var};
+use prism_model::Mode;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The JSON state in a pre-training checkpoint.
+pub const PRETRAIN_STATE_FILE: &str = "pretrain_state.json";
+
+/// Everything besides weights and optimiser moments that a resumed run needs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PretrainState {
+    #[serde(flatten)]
+    pub progress: Progress,
+    /// Where the corpus stream is.
+    pub cursor: Cursor,
+    pub tokens_seen: u64,
+    pub config: PretrainConfig,
+}
+
+/// Masked or permutation language modelling of `model` on a packed corpus stream.
+pub struct LanguageModelling<'a> {
+    cfg: &'a PretrainConfig,
+    model: &'a LmModel,
+    vocab: &'a Vocab,
+    dev: &'a [Sequence],
+    stream: CorpusStream,
+    device: Device,
+    pub cursor: Cursor,
+    pub tokens_seen: u64,
+    /// The last held-out evaluation.
+    pub last_eval: Option<LmEval>,
+    /// Loss summed over this update's micro-batches, and their tokens.
+    loss_sum: f64,
+    step_tokens: u64,
+    tokens_this_run: u64,
+    running: Option<f64>,
+}
+
+impl<'a> LanguageModelling<'a> {
+    pub fn new(
+        cfg: &'a PretrainConfig,
+        model: &'a LmModel,
+        vocab: &'a Vocab,
+        dev: &'a [Sequence],
+        stream: CorpusStream,
+        cursor: Cursor,
+        tokens_seen: u64,
+    ) -> Self {
+        Self {
+            cfg,
+            model,
+            vocab,
+            dev,
+            stream,
+            device: model.base().params.device().clone(),
+            cursor,
+            tokens_seen,
+            last_eval: None,
+            loss_sum: 0.0,
+            step_tokens: 0,
+            tokens_this_run: 0,
+            running: None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.cfg.objective {
+            LmObjective::Mlm => "mlm",
+            LmObjective::Plm => "plm",
+        }
+    }
+}
+
+impl Objective for LanguageModelling<'_> {
+    fn params(&self) -> Vec<(String, Var)> {
+        self.model.base().params.vars()
+    }
+
+    fn micro_batch(&mut self, step: usize, micro: usize) -> Result<Micro> {
+        let cfg = self.cfg;
+        let k = (step * cfg.grad_accum + micro) as u64;
+        // -- the next packed sequences, masked afresh
+        let mut seqs = Vec::with_capacity(cfg.batch_size);
+        for _ in 0..cfg.batch_size {
+            let (s, c) = self.stream.next_sequence()?;
+            seqs.push(s);
+            self.cursor = c;
+        }
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let mut rng = rng_for(cfg.seed, Stream::LmMask, k);
+        let batch = make_batch(cfg, &refs, self.vocab, &mut rng, &self.device)?;
+        self.step_tokens += batch.tokens as u64;
+        // -- forward, loss, backward
+        let mode = Mode::train(rng_for(cfg.seed, Stream::LmDropout, k).random::<u64>());
+        let logits = lm_logits(self.model, &batch, &mode)?;
+        let loss = cross_entropy(&logits, &batch.labels)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        self.loss_sum += lv;
+        let grads = loss.backward()?;
+        let what = format!("the {}", self.name().to_uppercase());
+        Ok(Micro {
+            grads,
+            losses: vec![(what, lv)],
+        })
+    }
+
+    fn log(&mut self, u: &Update) -> Vec<serde_json::Value> {
+        let loss = self.loss_sum / self.cfg.grad_accum as f64;
+        self.loss_sum = 0.0;
+        self.tokens_seen += self.step_tokens;
+        self.tokens_this_run += self.step_tokens;
+        self.step_tokens = 0;
+        self.running = Some(self.running.map_or(loss, |r| 0.95 * r + 0.05 * loss));
+        let tps = self.tokens_this_run as f64 / u.run_s.max(1e-9);
+        vec![serde_json::json!({
+            "step": u.step, "loss": loss, "lr": u.lr, "grad_norm": u.grad_norm,
+            "tokens": self.tokens_seen, "tokens_per_s": tps, "elapsed_s": u.elapsed_s,
+        })]
+    }
+
+    fn status(&self, u: &Update) -> String {
+        let tps = self.tokens_this_run as f64 / u.run_s.max(1e-9);
+        format!(
+            "{} loss {:.3} | {tps:.0} tok/s",
+            self.name(),
+            self.running.unwrap_or(f64::NAN)
+        )
+    }
+
+    fn evaluate(&mut self, step: usize, log: &mut Log) -> Result<Option<String>> {
+        if self.dev.is_empty() {
+            return Ok(None);
+        }
+        let r = evaluate_lm(self.model, self.dev, self.cfg, self.vocab, self.cfg.seed)?;
+        log.write(serde_json::json!({
+            "step": step, "split": "dev", "loss": r.loss,
+            "perplexity": r.perplexity, "accuracy": r.accuracy,
+        }))?;
+        self.last_eval = Some(r);
+        Ok(Some(format!(
+            "step {step:>6}  held-out  loss {:.4}  perplexity {:.2}  masked-token accuracy {:.4}",
+            r.loss, r.perplexity, r.accuracy
+        )))
+    }
+
+    fn checkpoint(&self, out: &Path, opt: &AdamW, progress: &Progress) -> Result<()> {
+        let state = PretrainState {
+            progress: progress.clone(),
+            cursor: self.cursor,
+            tokens_seen: self.tokens_seen,
+            config: self.cfg.clone(),
+        };
+        let save = |d: &Path| Ok(self.model.base().save(d)?);
+        write_checkpoint(out, save, opt, PRETRAIN_STATE_FILE, &state)
+    }
+}
