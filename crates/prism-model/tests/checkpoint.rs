@@ -1,6 +1,6 @@
 //! Checkpoint I/O: round trip, and one clear error for each kind of damage.
 
-mod common;
+use crate::common;
 use candle_core::{Device, Tensor};
 use common::*;
 use prism_model::{Encoder, Mode, PretrainedModel};

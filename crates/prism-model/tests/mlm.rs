@@ -3,7 +3,7 @@
 //! labelled positions, and the gradient of that loss for every parameter, including the word
 //! embeddings that the decoder shares.
 
-mod common;
+use crate::common;
 use candle_core::{DType, Device, Tensor, D};
 use common::*;
 use prism_model::heads::MaskedLm;

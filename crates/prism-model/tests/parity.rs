@@ -1,7 +1,7 @@
 //! PyTorch parity: outputs and gradients of the tiny BERT and RoBERTa fixtures against what
 //! transformers computed (tests/fixtures/make_fixtures.py).
 
-mod common;
+use crate::common;
 use candle_core::{Device, Tensor};
 use common::*;
 use prism_model::{embedding_gradients, Encoder, Mode, PretrainedModel};

@@ -3,7 +3,7 @@
 //! lines of its botchan.txt, ids compared with tests/fixtures/botchan_spm_expected.json
 //! (make_fixtures.py --spm). PRISM_OFFLINE=1 skips the download.
 
-mod common;
+use crate::common;
 use common::*;
 use prism_model::PrismTokenizer;
 use std::io::Read;

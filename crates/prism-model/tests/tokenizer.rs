@@ -1,7 +1,7 @@
 //! Tokenizers against transformers' fast tokenizers: ids, tokens, offsets and type ids, loaded
 //! from `tokenizer.json` and from the legacy vocabulary files.
 
-mod common;
+use crate::common;
 use common::*;
 use prism_model::PrismTokenizer;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! segments, the two-stream pass with `perm_mask` and `target_mapping`, a pass with memories,
 //! and the LM head — outputs within 1e-4, every parameter's gradient within 1e-3.
 
-mod common;
+use crate::common;
 use candle_core::{DType, Device, Tensor, D};
 use common::*;
 use prism_model::models::xlnet::{Xlnet, XlnetExtras};

@@ -1,7 +1,7 @@
 //! The JSON API against a real server on loopback: predict, explain, faithfulness, the embedded
 //! page, bad requests with readable 4xx errors, a load test and a graceful shutdown.
 
-mod common;
+use crate::common;
 use common::*;
 use prism_serve::ServeOptions;
 use serde_json::json;

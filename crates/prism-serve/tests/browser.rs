@@ -5,7 +5,7 @@
 //! PRISM_REQUIRE_BROWSER=1, so there the test cannot skip; elsewhere it skips (saying so) when
 //! they are missing.
 
-mod common;
+use crate::common;
 use base64::Engine;
 use common::*;
 use prism_serve::ServeOptions;

@@ -1,0 +1,3 @@
+//! prism-explain's integration tests, one binary (each file below is a module).
+
+mod captum;
