@@ -26,15 +26,42 @@ use std::time::Instant;
 pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
 pub const WORKLOADS: [&str; 6] = ["infer", "infer-bf16", "train", "ig", "ig-bf16", "mlm"];
 
+#[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
     pub sizes: Vec<String>,
+    /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX), train, ig, ig-bf16
+    /// (the same in bf16), mlm.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "infer,infer-bf16,train,ig,ig-bf16,mlm"
+    )]
     pub workloads: Vec<String>,
+    /// Sequences per batch (and IG interpolations per pass).
+    #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
     pub seq: usize,
+    /// Measured repetitions (median, min and max are reported).
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Unmeasured warm-up repetitions.
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Integrated-gradients steps.
+    #[arg(long, default_value_t = 50)]
     pub ig_steps: usize,
+    /// Size of the square sgemm that measures the practical matmul peak.
+    #[arg(long, default_value_t = 2048)]
     pub sgemm: usize,
+    /// Threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Write the JSON report here (`-` for stdout).
+    #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
@@ -294,7 +321,8 @@ fn bert_config(m: &PretrainedModel) -> Result<BertConfig> {
     }
 }
 
-pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
+pub fn run(args: BenchArgs, dev: &Device) -> Result<()> {
+    let args = &args;
     for s in &args.sizes {
         size_config(s)?;
     }
@@ -358,11 +386,7 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     // in bf16 (f32 accumulation; attention products, softmax, layer norm in f32).
                     // Both frozen, as `prism eval`, `predict` and `serve` run (PyTorch: eval
                     // mode under `no_grad`): no graph, weights transposed or packed once.
-                    let m = if work == "infer-bf16" {
-                        crate::train_cmd::bf16_or_note(mt)?
-                    } else {
-                        mt.frozen()?
-                    };
+                    let m = crate::common::frozen(mt, work == "infer-bf16")?;
                     let m = &m;
                     // As the task's own batches: a sequence head asks for position 0 only.
                     let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
@@ -400,11 +424,7 @@ pub fn run(args: &BenchArgs, dev: &Device) -> Result<()> {
                     let mt = mt.as_ref().context("classification model")?;
                     // As `prism explain` does: frozen weights, input gradients only; `ig-bf16`
                     // as `prism explain --bf16` (linear layers forward and backward on AMX).
-                    let frozen = if work == "ig-bf16" {
-                        crate::train_cmd::bf16_or_note(mt)?
-                    } else {
-                        mt.frozen()?
-                    };
+                    let frozen = crate::common::frozen(mt, work == "ig-bf16")?;
                     let m = ExplainModel::new(&frozen, None)?;
                     let ids = random_ids(1, t, v, &mut rng);
                     let mut special = vec![0u32; t];

@@ -1,26 +1,78 @@
-//! `prism tokenizer train`, `prism pretrain` and `prism fill-mask`.
+//! `prism tokenizer train` and `prism pretrain`.
 
 use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
 use candle_core::Device;
-use prism_model::fetch;
-use prism_model::heads::MaskedLm;
 use prism_train::pretrain::{
     pretrain as run_pretrain, resolve_corpus, save_trained_tokenizer, train_tokenizer, Objective,
     PretrainConfig, PretrainOptions, TokenizerKind, TokenizerTrainConfig,
 };
 use std::path::{Path, PathBuf};
 
+/// `prism tokenizer ...`.
+#[derive(Args)]
+pub struct TokenizerArgs {
+    #[command(subcommand)]
+    pub what: TokenizerWhat,
+}
+
+#[derive(Subcommand)]
+pub enum TokenizerWhat {
+    /// Train on text files or folders (or `brown/train` after `prism fetch data brown`).
+    Train(TokenizerTrainArgs),
+}
+
+#[derive(Args)]
 pub struct TokenizerTrainArgs {
+    /// wordpiece (BERT), bpe (RoBERTa byte-level) or unigram (SentencePiece-style).
+    #[arg(long)]
     pub kind: TokenizerKind,
+    #[arg(long, default_value_t = 8000)]
     pub vocab_size: usize,
+    #[arg(long, default_value_t = 2)]
     pub min_frequency: u64,
+    /// Keep case (wordpiece/unigram lower-case by default).
+    #[arg(long)]
     pub cased: bool,
+    /// model_max_length written to tokenizer_config.json.
+    #[arg(long, default_value_t = 512)]
     pub max_length: usize,
+    /// Output folder.
+    #[arg(long)]
     pub out: PathBuf,
+    /// Text files or folders.
+    #[arg(required = true)]
     pub files: Vec<String>,
 }
 
-pub fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
+pub fn tokenizer(a: TokenizerArgs) -> Result<()> {
+    match a.what {
+        TokenizerWhat::Train(t) => tokenizer_train(&t),
+    }
+}
+
+#[derive(Args)]
+pub struct PretrainArgs {
+    /// The pre-training config (see examples/pretrain/*.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// mlm (BERT, RoBERTa) or plm (permutation LM, XLNet); overrides the config's.
+    #[arg(long)]
+    pub objective: Option<Objective>,
+    /// Discard any checkpoint in the output folder and start over.
+    #[arg(long)]
+    pub restart: bool,
+    #[arg(long)]
+    pub quiet: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: PretrainArgs, dev: &Device) -> Result<()> {
+    pretrain(&a.config, a.objective, a.restart, !a.quiet, a.json, dev)
+}
+
+fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
     let files = resolve_corpus(&a.files)?;
     let t0 = std::time::Instant::now();
     let tk = train_tokenizer(
@@ -45,7 +97,7 @@ pub fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn pretrain(
+fn pretrain(
     config: &Path,
     objective: Option<Objective>,
     restart: bool,
@@ -96,36 +148,5 @@ pub fn pretrain(
     }
     println!("model: {}", r.model_dir.display());
     println!("report: {}", cfg.output.join("report.html").display());
-    Ok(())
-}
-
-pub fn fill_mask(
-    model: &str,
-    texts: &[String],
-    top_k: usize,
-    json: bool,
-    dev: &Device,
-) -> Result<()> {
-    let dir = fetch::resolve_model(model)?;
-    let m = MaskedLm::load(&dir, dev)?;
-    let mut all = Vec::new();
-    for text in texts {
-        let res = m.fill_mask(text, top_k)?;
-        if !json {
-            println!("{text}");
-            for (i, cands) in res.iter().enumerate() {
-                if res.len() > 1 {
-                    println!("  mask {}", i + 1);
-                }
-                for c in cands {
-                    println!("  {:>7.4}  {:<16} {}", c.score, c.token, c.sequence);
-                }
-            }
-        }
-        all.push(serde_json::json!({"text": text, "masks": res}));
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
-    }
     Ok(())
 }

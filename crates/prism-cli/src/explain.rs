@@ -4,64 +4,89 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use prism_explain::faithfulness::{self, Faithfulness};
-use prism_explain::gradient::{IntegratedGradients, Rule};
+use prism_explain::gradient::Rule;
 use prism_explain::render::{html_report, ExampleView};
 use prism_explain::{
-    aggregate_words, attention, method_by_name, Attributions, ExplainModel, Method,
+    aggregate_words, attention, method_with, Attributions, ExplainModel, Method, MethodOptions,
 };
 use prism_train::data;
-use prism_model::tasks::MultiTaskModel;
+use crate::common::{frozen, load_tasks};
+use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
+#[derive(Args)]
 pub struct ExplainArgs {
+    /// A folder written by `prism train` (with prism.json).
+    #[arg(long)]
     pub model: String,
+    /// The task head to explain (needed when the model has several).
+    #[arg(long)]
     pub task: Option<String>,
+    /// Methods, comma-separated: saliency, grad_x_input, smoothgrad, ig, attention, rollout,
+    /// flow, occlusion, lime, kernel_shap.
+    #[arg(long = "method", value_delimiter = ',', default_value = "ig,saliency,rollout")]
     pub methods: Vec<String>,
+    /// The text to explain (or use --input).
     pub text: Option<String>,
+    /// Second text for pair tasks.
+    #[arg(long)]
     pub text2: Option<String>,
+    /// A JSONL/CSV data file; its first --limit examples are explained.
+    #[arg(long)]
     pub input: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// What to explain: a class name (default: the predicted one), `value`, `start:N`,
+    /// `end:N`, or `N:TAG`.
+    #[arg(long)]
     pub target: Option<String>,
+    /// Integrated-gradients steps.
+    #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// Integrated-gradients rule: gausslegendre, riemann_left/right/middle/trapezoid.
+    #[arg(long, default_value = "gausslegendre")]
     pub rule: String,
+    /// Write a self-contained HTML report here.
+    #[arg(long)]
     pub html: Option<PathBuf>,
+    /// Write one SVG heatmap per example and method into this folder.
+    #[arg(long)]
     pub svg: Option<PathBuf>,
+    #[arg(long)]
     pub json: bool,
+    /// Aggregate sub-word scores to words.
+    #[arg(long)]
     pub words: bool,
+    /// Score each method's faithfulness (comprehensiveness, sufficiency, deletion and
+    /// insertion AUC) against a random baseline.
+    #[arg(long)]
     pub faithfulness: bool,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Linear layers in bf16 on AMX (forward and input gradients).
+    /// Run the linear layers in bf16 on the AMX tile unit, forward and input gradients
+    /// (f32 accumulation; f32 on CPUs without AMX-BF16): IG ~1.5x faster, attributions
+    /// within bf16 rounding of f32 (README "Performance").
+    #[arg(long)]
     pub bf16: bool,
-    pub progress: bool,
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {
-    if matches!(name, "ig" | "integrated_gradients") {
-        return Ok(Box::new(IntegratedGradients {
-            steps: a.steps,
-            rule: Rule::parse(&a.rule)?,
-            ..Default::default()
-        }));
-    }
-    Ok(method_by_name(name, a.seed)?)
+    let opts = MethodOptions {
+        seed: a.seed,
+        steps: a.steps,
+        rule: Rule::parse(&a.rule)?,
+    };
+    Ok(method_with(name, &opts)?)
 }
 
 pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
-    let dir = prism_model::fetch::resolve_model(&a.model)?;
-    let mt = MultiTaskModel::load(&dir, dev)?;
-    if mt.tasks.is_empty() {
-        bail!(
-            "{}: no prism.json with task heads (train one with `prism train`)",
-            dir.display()
-        );
-    }
     // Explanations need input gradients only: a frozen copy skips every weight gradient.
-    let mt = if a.bf16 {
-        crate::train_cmd::bf16_or_note(&mt)?
-    } else {
-        mt.frozen()?
-    };
+    let (loaded, dir) = load_tasks(&a.model, dev)?;
+    let mt = frozen(&loaded, a.bf16)?;
+    drop(loaded);
     let m = ExplainModel::new(&mt, a.task.as_deref())?;
     let methods: Vec<Box<dyn Method>> = a
         .methods
@@ -74,27 +99,17 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         (Some(t), None) => inputs.push((t.clone(), a.text2.clone())),
         (None, Some(p)) => {
             let spec = &mt.tasks[m.task].spec;
-            let kind = match spec.kind.target_kind() {
-                data::TargetKind::Answers | data::TargetKind::Tags => spec.kind.target_kind(),
-                _ => data::TargetKind::Label,
-            };
-            let ex = data::read_file(p, &Default::default(), kind, spec.kind.is_pair()).or_else(
-                |_| {
-                    data::read_file(
-                        p,
-                        &Default::default(),
-                        data::TargetKind::Value,
-                        spec.kind.is_pair(),
-                    )
-                },
-            )?;
+            // The task's own target kind: a regression file is read as values, a classification
+            // file as labels (unlabelled lines are fine), and a malformed line is its own error.
+            let kind = spec.kind.target_kind();
+            let ex = data::read_file(p, &Default::default(), kind, spec.kind.is_pair())?;
             for e in ex.into_iter().take(a.limit) {
                 inputs.push((e.text, e.text_b));
             }
         }
         _ => bail!("give a TEXT or --input FILE (not both)"),
     }
-    let bar = if a.progress && !a.json {
+    let bar = if !a.quiet && !a.json {
         let b = indicatif::ProgressBar::new((inputs.len() * methods.len()) as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
