@@ -25,7 +25,7 @@ pub struct ExplainArgs {
     pub task: Option<String>,
     /// Methods, comma-separated: saliency, grad_x_input, smoothgrad, ig, attention, rollout,
     /// flow, occlusion, lime, kernel_shap.
-    #[arg(long = "method", value_delimiter = ',', default_value = "ig,saliency,rollout")]
+    #[arg(long = "method", value_name = "METHOD", value_delimiter = ',', default_value = "ig,saliency,rollout")]
     pub methods: Vec<String>,
     /// The text to explain (or use --input).
     pub text: Option<String>,
