@@ -1,5 +1,7 @@
-//! prism-model: BERT and RoBERTa encoders on candle, with fused CPU ops that have a backward
-//! pass, Hugging Face checkpoint and tokenizer I/O, and gradients with respect to embeddings.
+//! prism-model: everything needed to run a saved model. BERT, RoBERTa and XLNet encoders on
+//! candle with fused CPU ops that have a backward pass, Hugging Face checkpoint and tokenizer
+//! I/O, gradients with respect to embeddings, and the task heads of a trained multi-task model
+//! with their predictions ([`tasks`]).
 //!
 //! # Shape letters
 //! Tensor shapes in docs and `// (..)` comments use: B batch, T tokens, C channels (hidden

@@ -79,7 +79,7 @@ pub enum Flavor {
 impl BertConfig {
     pub fn flavor(&self) -> Flavor {
         match self.model_type.as_str() {
-            "roberta" | "xlm-roberta" | "camembert" => Flavor::Roberta,
+            "roberta" => Flavor::Roberta,
             _ => Flavor::Bert,
         }
     }
