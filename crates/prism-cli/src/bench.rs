@@ -9,11 +9,11 @@ use candle_core::{DType, Device, Tensor};
 use prism_explain::gradient::IntegratedGradients;
 use prism_explain::{ExplainInput, ExplainModel, Method, Target};
 use prism_model::heads::MaskedLm;
+use prism_model::tasks::MultiTaskModel;
 use prism_model::{
     fetch, BertConfig, Encoded, Encoder, EncoderInput, Flavor, Mode, ModelConfig, PretrainedModel,
     PrismTokenizer,
 };
-use prism_model::tasks::MultiTaskModel;
 use prism_train::optim::{AdamW, AdamWConfig};
 use prism_train::tasks::{cross_entropy, Batch, BatchTargets, Supervised, TaskKind, TaskSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};

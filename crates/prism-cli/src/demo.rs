@@ -83,4 +83,3 @@ fn demo(
         dev,
     )
 }
-

@@ -1,8 +1,10 @@
 //! `prism explain`: attributions for one text or a JSONL file, as a table, JSON or an HTML report,
 //! optionally with the faithfulness table.
 
+use crate::common::{frozen, load_tasks};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use clap::Args;
 use prism_explain::faithfulness::{self, Faithfulness};
 use prism_explain::gradient::Rule;
 use prism_explain::render::{html_report, ExampleView};
@@ -10,8 +12,6 @@ use prism_explain::{
     aggregate_words, attention, method_with, Attributions, ExplainModel, Method, MethodOptions,
 };
 use prism_train::data;
-use crate::common::{frozen, load_tasks};
-use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,7 +25,12 @@ pub struct ExplainArgs {
     pub task: Option<String>,
     /// Methods, comma-separated: saliency, grad_x_input, smoothgrad, ig, attention, rollout,
     /// flow, occlusion, lime, kernel_shap.
-    #[arg(long = "method", value_name = "METHOD", value_delimiter = ',', default_value = "ig,saliency,rollout")]
+    #[arg(
+        long = "method",
+        value_name = "METHOD",
+        value_delimiter = ',',
+        default_value = "ig,saliency,rollout"
+    )]
     pub methods: Vec<String>,
     /// The text to explain (or use --input).
     pub text: Option<String>,

@@ -53,11 +53,27 @@ pub struct PredictArgs {
 }
 
 pub fn run_eval(a: EvalArgs, dev: &Device) -> Result<()> {
-    eval(&a.model, a.task.as_deref(), &a.data, a.batch_size, a.bf16, a.json, dev)
+    eval(
+        &a.model,
+        a.task.as_deref(),
+        &a.data,
+        a.batch_size,
+        a.bf16,
+        a.json,
+        dev,
+    )
 }
 
 pub fn run_predict(a: PredictArgs, dev: &Device) -> Result<()> {
-    predict(&a.model, &a.text, a.text2.as_deref(), a.task.as_deref(), a.bf16, a.json, dev)
+    predict(
+        &a.model,
+        &a.text,
+        a.text2.as_deref(),
+        a.task.as_deref(),
+        a.bf16,
+        a.json,
+        dev,
+    )
 }
 
 fn eval(
@@ -154,4 +170,3 @@ fn predict(
     }
     Ok(())
 }
-

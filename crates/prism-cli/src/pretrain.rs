@@ -1,8 +1,8 @@
 //! `prism tokenizer train` and `prism pretrain`.
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
 use candle_core::Device;
+use clap::{Args, Subcommand};
 use prism_train::pretrain::{
     pretrain as run_pretrain, resolve_corpus, save_trained_tokenizer, train_tokenizer, Objective,
     PretrainConfig, PretrainOptions, TokenizerKind, TokenizerTrainConfig,

@@ -29,7 +29,15 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs, dev: &Device) -> Result<()> {
-    serve(&a.model, &a.host, a.port, a.workers, a.max_text_chars, a.bf16, dev)
+    serve(
+        &a.model,
+        &a.host,
+        a.port,
+        a.workers,
+        a.max_text_chars,
+        a.bf16,
+        dev,
+    )
 }
 
 fn serve(

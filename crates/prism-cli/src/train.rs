@@ -65,7 +65,15 @@ pub fn run_experiment(a: ExperimentArgs, dev: &Device) -> Result<()> {
 }
 
 pub fn run_sweep(a: SweepArgs, dev: &Device) -> Result<()> {
-    sweep(&a.config, &a.seeds, &a.metric, a.out.as_deref(), !a.quiet, a.json, dev)
+    sweep(
+        &a.config,
+        &a.seeds,
+        &a.metric,
+        a.out.as_deref(),
+        !a.quiet,
+        a.json,
+        dev,
+    )
 }
 
 fn print_report(r: &Report, out: &Path) {
@@ -102,13 +110,7 @@ fn print_report(r: &Report, out: &Path) {
     println!("metrics: {}", out.join("metrics.jsonl").display());
 }
 
-fn train(
-    config: &Path,
-    restart: bool,
-    progress: bool,
-    json_out: bool,
-    dev: &Device,
-) -> Result<()> {
+fn train(config: &Path, restart: bool, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
     let cfg = TrainConfig::from_file(config)?;
     run_training(&cfg, restart, progress, json_out, dev)
 }

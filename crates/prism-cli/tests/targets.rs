@@ -5,8 +5,8 @@
 use candle_core::Device;
 use prism_explain::gradient::IntegratedGradients;
 use prism_explain::{method_by_name, ExplainModel, Method, Target};
-use prism_train::config::TrainConfig;
 use prism_model::tasks::MultiTaskModel;
+use prism_train::config::TrainConfig;
 use prism_train::trainer::{train, RunOptions};
 use std::path::PathBuf;
 

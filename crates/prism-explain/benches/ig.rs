@@ -6,9 +6,9 @@
 use candle_core::Device;
 use prism_explain::gradient::IntegratedGradients;
 use prism_explain::{ExplainModel, Method, Target};
-use prism_model::{fetch, PretrainedModel};
 use prism_model::tasks::MultiTaskModel;
 use prism_model::tasks::{TaskKind, TaskSpec};
+use prism_model::{fetch, PretrainedModel};
 use std::time::Instant;
 
 pub const SENTENCES: [&str; 8] = [

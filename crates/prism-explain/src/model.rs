@@ -3,8 +3,8 @@
 
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
-use prism_model::{embedding_gradients_with, Encoded, Encoder, EncoderInput, Mode};
 use prism_model::tasks::{MultiTaskModel, TaskKind};
+use prism_model::{embedding_gradients_with, Encoded, Encoder, EncoderInput, Mode};
 use serde::{Deserialize, Serialize};
 
 /// What output is explained.

@@ -1,7 +1,7 @@
 //! prism-model's integration tests, one binary (each file below is a module).
 
-mod common;
 mod checkpoint;
+mod common;
 mod minilm;
 mod mlm;
 mod parity;

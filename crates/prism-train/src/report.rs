@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::tasks::{EvalResult, TaskKind};
-use serde::{Deserialize, Serialize};
 use prism_model::html::escape;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

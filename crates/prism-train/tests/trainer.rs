@@ -2,8 +2,8 @@
 //! kind at once, determinism, exact resume after an interruption, and bad-data errors.
 
 use candle_core::Device;
-use prism_train::config::TrainConfig;
 use prism_model::tasks::MultiTaskModel;
+use prism_train::config::TrainConfig;
 use prism_train::tasks::Evaluate;
 use prism_train::trainer::{flat_params, train, RunOptions};
 use std::path::{Path, PathBuf};

@@ -2,8 +2,8 @@
 //! last-token summary, pair tasks its segments, and every parameter is updated.
 
 use candle_core::Device;
-use prism_train::config::TrainConfig;
 use prism_model::tasks::MultiTaskModel;
+use prism_train::config::TrainConfig;
 use prism_train::trainer::{train, RunOptions};
 use std::path::PathBuf;
 
@@ -79,4 +79,89 @@ max_length = 48
     }
     let p = after.predict_text(0, "a good movie", None).unwrap();
     assert!(matches!(p, prism_train::tasks::Prediction::Class { .. }));
+}
+
+/// DANN's domain classifier reads each sequence's summary token — XLNet's last real token,
+/// wherever left padding put it — not position 0 (a `<pad>` for every shorter sequence).
+#[test]
+fn dann_domain_loss_reads_xlnets_summary_token() {
+    use prism_model::heads::DomainHead;
+    use prism_model::{Encoder, Mode};
+    let base =
+        prism_model::PretrainedModel::load(&fixtures().join("tiny-xlnet"), &Device::Cpu).unwrap();
+    let tok = base.tokenizer().unwrap();
+    let batch = |texts: &[&str]| {
+        let encs: Vec<_> = texts.iter().map(|t| tok.encode(t, None).unwrap()).collect();
+        tok.batch(&encs, &Device::Cpu).unwrap()
+    };
+    let source = batch(&["a good movie with a long and winding plot", "bad"]);
+    let target = batch(&["fine", "an ending nobody saw coming at all"]);
+    let head = DomainHead::load(
+        &base.params.root().pp("prism.heads.s.domain"),
+        base.config.hidden_size(),
+        // Large weights, so reading another position changes the loss well beyond 1e-5.
+        1.0,
+    )
+    .unwrap();
+    let enc = &base.encoder;
+    let zero = |o: &prism_model::EncoderOutput| Ok((o.last_hidden_state.sum_all()? * 0.0)?);
+    let (grads, losses) =
+        prism_train::loss::dann_step(enc, &zero, &head, &source, &target, &Mode::Eval, 1.0, 1.0)
+            .unwrap();
+    // The expected domain loss, from the hidden state at each row's last real token.
+    let last = |input: &prism_model::EncoderInput| {
+        let out = enc.forward(input, &Mode::Eval).unwrap();
+        let pos: Vec<u32> = out.summary_positions.as_ref().unwrap().to_vec1().unwrap();
+        let mask: Vec<Vec<u32>> = input
+            .attention_mask
+            .to_dtype(candle_core::DType::U32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (row, &p) in mask.iter().zip(&pos) {
+            assert_eq!(
+                row[p as usize], 1,
+                "summary position {p} is padding in {row:?}"
+            );
+        }
+        assert!(
+            mask.iter().any(|r| r[0] == 0),
+            "the batch should be left-padded"
+        );
+        let rows: Vec<_> = pos
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                out.last_hidden_state
+                    .get(i)
+                    .unwrap()
+                    .get(p as usize)
+                    .unwrap()
+            })
+            .collect();
+        candle_core::Tensor::stack(&rows, 0).unwrap()
+    };
+    let both = candle_core::Tensor::cat(&[last(&source), last(&target)], 0).unwrap();
+    let logits = head.forward(&both).unwrap();
+    let y = candle_core::Tensor::new(&[0u32, 0, 1, 1], &Device::Cpu).unwrap();
+    let want: f32 = prism_train::loss::cross_entropy(&logits, &y)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(
+        (losses.domain - want as f64).abs() < 1e-5,
+        "{} vs {want}",
+        losses.domain
+    );
+    // The reversed domain gradient reaches the encoder.
+    let (_, w) = base
+        .params
+        .vars()
+        .into_iter()
+        .find(|(k, _)| k.contains("word_embedding"))
+        .unwrap();
+    assert!(
+        grads.get(w.as_tensor()).is_some(),
+        "no gradient for the word embeddings"
+    );
 }

@@ -79,7 +79,10 @@ impl MultiTaskModel {
         let vars = model.base.params.vars();
         for t in &model.tasks {
             let prefix = format!("prism.heads.{}.", t.spec.name);
-            let mut names = vars.iter().map(|(k, _)| k).filter(|k| k.starts_with(&prefix));
+            let mut names = vars
+                .iter()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with(&prefix));
             let complete = names
                 .clone()
                 .next()

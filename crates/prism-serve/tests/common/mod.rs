@@ -2,8 +2,8 @@
 //! are seen exactly as sent).
 #![allow(dead_code)]
 
-use prism_serve::{AppState, ServeOptions};
 use prism_model::tasks::MultiTaskModel;
+use prism_serve::{AppState, ServeOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;

@@ -124,7 +124,13 @@ impl<'a> MultiTask<'a> {
             .map(|t| {
                 t.dann
                     .as_ref()
-                    .map(|_| DomainHead::load(&root.pp("prism.heads").pp(&t.name).pp("domain"), hidden, std))
+                    .map(|_| {
+                        DomainHead::load(
+                            &root.pp("prism.heads").pp(&t.name).pp("domain"),
+                            hidden,
+                            std,
+                        )
+                    })
                     .transpose()
             })
             .collect::<prism_model::Result<_>>()?;
@@ -210,7 +216,8 @@ impl Objective for MultiTask<'_> {
                     ti,
                 );
                 let target = task.batch(&target, &self.device)?;
-                let task_loss = |o: &prism_model::EncoderOutput| task.loss(&tc.loss, o, &batch, &mode);
+                let task_loss =
+                    |o: &prism_model::EncoderOutput| task.loss(&tc.loss, o, &batch, &mode);
                 let (g, l) = dann_step(
                     encoder,
                     &task_loss,
@@ -326,7 +333,13 @@ impl Objective for MultiTask<'_> {
             objective: self.state.clone(),
             config: self.cfg.clone(),
         };
-        write_checkpoint(out, |d| Ok(self.model.save(d)?), opt, TRAINER_STATE_FILE, &state)
+        write_checkpoint(
+            out,
+            |d| Ok(self.model.save(d)?),
+            opt,
+            TRAINER_STATE_FILE,
+            &state,
+        )
     }
 }
 

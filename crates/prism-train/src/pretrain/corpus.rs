@@ -8,8 +8,8 @@
 //! sequences within a buffer, so the stream is a pure function of (files, tokenizer, seed); the
 //! trainer's position is (epoch, sequences taken), and a resumed stream skips to it.
 
-use crate::error::{Error, Result};
 use crate::data::Cursor;
+use crate::error::{Error, Result};
 use crate::rng::{rng_for, Stream};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,6 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
 use tokenizers::Tokenizer;
-
 
 /// How documents are delimited in the text files.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

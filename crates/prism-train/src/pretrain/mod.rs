@@ -14,7 +14,9 @@ pub mod masking;
 pub mod plm;
 pub mod tokenizer;
 
-pub use config::{resolve_corpus, CorpusConfig, ModelSpec, Objective, PretrainConfig, TrainTokenizer};
+pub use config::{
+    resolve_corpus, CorpusConfig, ModelSpec, Objective, PretrainConfig, TrainTokenizer,
+};
 pub use lm::{evaluate_lm, lm_logits, make_batch, LmBatch, LmEval, LmModel};
 use lm::{fresh_model, vocab_of};
 pub use tokenizer::{
@@ -22,11 +24,13 @@ pub use tokenizer::{
     TokenizerTrainConfig,
 };
 
-use crate::checkpoint::{checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir};
+use crate::checkpoint::{
+    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir,
+};
 use crate::data::Cursor;
 use crate::error::{Error, Result};
-use crate::objective::{LanguageModelling, PRETRAIN_STATE_FILE as STATE_FILE};
 pub use crate::objective::PretrainState;
+use crate::objective::{LanguageModelling, PRETRAIN_STATE_FILE as STATE_FILE};
 use crate::rng::{seed_for, Stream};
 use crate::train_loop::{self, Moments, Progress, RunOptions};
 use candle_core::Device;
@@ -75,7 +79,11 @@ pub fn pretrain(
                 tensors: r.moments,
                 path: r.moments_path,
             };
-            (PretrainedModel::load(dir, device)?, Some(r.state), Some(moments))
+            (
+                PretrainedModel::load(dir, device)?,
+                Some(r.state),
+                Some(moments),
+            )
         }
         None => {
             let base = match &cfg.model.from {
@@ -137,7 +145,8 @@ pub fn pretrain(
         );
     }
     let stream = CorpusStream::start(spec, enc, cursor);
-    let mut objective = LanguageModelling::new(cfg, &model, &vocab, &dev, stream, cursor, tokens_seen);
+    let mut objective =
+        LanguageModelling::new(cfg, &model, &vocab, &dev, stream, cursor, tokens_seen);
     let completed = train_loop::run(
         &mut objective,
         &cfg.loop_config(),

@@ -9,9 +9,7 @@ mod score;
 
 pub use crate::loss::{cross_entropy, log_softmax, masked_cross_entropy};
 pub use featurize::{Batch, BatchTargets};
-pub use prism_model::tasks::{
-    Feature, FeatureTarget, Prediction, Task, TaskKind, TaskSpec,
-};
+pub use prism_model::tasks::{Feature, FeatureTarget, Prediction, Task, TaskKind, TaskSpec};
 pub use score::{EvalResult, Evaluate};
 
 use crate::error::Result;

@@ -77,13 +77,7 @@ pub(super) fn score(task: &Task, examples: &[Example], preds: &[Prediction]) -> 
                 if let (Target::Label(g), Prediction::Class { label, .. }) = (&ex.target, p) {
                     if let Some(gi) = spec.labels.iter().position(|l| l == g) {
                         gold.push(gi);
-                        pred.push(
-                            spec
-                                .labels
-                                .iter()
-                                .position(|l| l == label)
-                                .unwrap_or(0),
-                        );
+                        pred.push(spec.labels.iter().position(|l| l == label).unwrap_or(0));
                     }
                 }
             }
@@ -101,9 +95,7 @@ pub(super) fn score(task: &Task, examples: &[Example], preds: &[Prediction]) -> 
                 .iter()
                 .zip(preds)
                 .filter_map(|(ex, p)| match (&ex.target, p) {
-                    (Target::Value(g), Prediction::Value { value }) => {
-                        Some((*g, *value as f64))
-                    }
+                    (Target::Value(g), Prediction::Value { value }) => Some((*g, *value as f64)),
                     _ => None,
                 })
                 .unzip();
@@ -122,9 +114,7 @@ pub(super) fn score(task: &Task, examples: &[Example], preds: &[Prediction]) -> 
         TaskKind::Qa => {
             let (mut em, mut f1, mut n) = (0.0, 0.0, 0usize);
             for (ex, p) in examples.iter().zip(preds) {
-                if let (Target::Answers(golds), Prediction::Span { answer, .. }) =
-                    (&ex.target, p)
-                {
+                if let (Target::Answers(golds), Prediction::Span { answer, .. }) = (&ex.target, p) {
                     if golds.is_empty() {
                         continue;
                     }

@@ -5,9 +5,9 @@
 
 mod prepare;
 
+pub use crate::objective::{TaskData, TrainerState};
 pub use crate::report::{fmt_metrics, Report, TaskReport};
 pub use crate::train_loop::RunOptions;
-pub use crate::objective::{TaskData, TrainerState};
 pub use prepare::prepare_with;
 
 use crate::checkpoint::{
@@ -38,7 +38,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                 tensors: r.moments,
                 path: r.moments_path,
             };
-            (PretrainedModel::load(ck, device)?, Some(r.state), Some(moments))
+            (
+                PretrainedModel::load(ck, device)?,
+                Some(r.state),
+                Some(moments),
+            )
         }
         None => {
             let m = PretrainedModel::load(&fetch::resolve_model(&cfg.model)?, device)?;
