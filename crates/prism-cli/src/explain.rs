@@ -23,10 +23,10 @@ pub struct ExplainArgs {
     /// The task head to explain (needed when the model has several).
     #[arg(long)]
     pub task: Option<String>,
-    /// Methods, comma-separated: saliency, grad_x_input, smoothgrad, ig, attention, rollout,
-    /// flow, occlusion, lime, kernel_shap.
+    /// Methods, comma-separated (the list comes from prism-explain's registry).
     #[arg(
         long = "method",
+        help = methods_help(),
         value_name = "METHOD",
         value_delimiter = ',',
         default_value = "ig,saliency,rollout"
@@ -76,6 +76,11 @@ pub struct ExplainArgs {
     pub bf16: bool,
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `--method`'s help: every registered method, as the registry lists them.
+fn methods_help() -> String {
+    format!("Methods, comma-separated: {}", prism_explain::METHODS.join(", "))
 }
 
 fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {
