@@ -80,7 +80,10 @@ pub struct ExplainArgs {
 
 /// `--method`'s help: every registered method, as the registry lists them.
 fn methods_help() -> String {
-    format!("Methods, comma-separated: {}", prism_explain::METHODS.join(", "))
+    format!(
+        "Methods, comma-separated: {}",
+        prism_explain::METHODS.join(", ")
+    )
 }
 
 fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {

@@ -113,11 +113,16 @@ pub fn write_checkpoint<S: Serialize>(
         path: opt_path.clone(),
         msg: e.to_string(),
     })?;
-    write_atomic(
-        &tmp.join(state_file),
-        serde_json::to_string_pretty(state)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    write_json(&tmp.join(state_file), state)?;
     swap_dir(&tmp, &checkpoint_dir(out))
+}
+
+/// Write `value` as pretty JSON to `path` (atomically); a value that does not serialise is an
+/// error naming the file, never an empty file.
+pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::File {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    Ok(write_atomic(path, text.as_bytes())?)
 }

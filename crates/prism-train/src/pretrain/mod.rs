@@ -25,7 +25,7 @@ pub use tokenizer::{
 };
 
 use crate::checkpoint::{
-    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir,
+    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir, write_json,
 };
 use crate::data::Cursor;
 use crate::error::{Error, Result};
@@ -191,12 +191,7 @@ pub fn pretrain(
         model_dir,
     };
     if completed {
-        let path = out.join("report.json");
-        let json = serde_json::to_string_pretty(&report).map_err(|e| Error::File {
-            path: path.clone(),
-            msg: e.to_string(),
-        })?;
-        write_atomic(&path, json.as_bytes())?;
+        write_json(&out.join("report.json"), &report)?;
         write_html(&out, &report)?;
     }
     Ok(report)

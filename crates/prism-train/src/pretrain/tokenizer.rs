@@ -274,12 +274,7 @@ pub fn save_trained_tokenizer_with(
         map["bos_token"] = sp.cls.into();
         map["eos_token"] = sp.sep.into();
     }
-    prism_model::checkpoint::write_atomic(
-        &dir.join("special_tokens_map.json"),
-        serde_json::to_string_pretty(&map)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    crate::checkpoint::write_json(&dir.join("special_tokens_map.json"), &map)?;
     let mut cfg = map.clone();
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast".into();
     cfg["model_max_length"] = model_max_length.into();
@@ -288,12 +283,7 @@ pub fn save_trained_tokenizer_with(
     if xlnet {
         cfg["padding_side"] = "left".into();
     }
-    prism_model::checkpoint::write_atomic(
-        &dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&cfg)
-            .unwrap_or_default()
-            .as_bytes(),
-    )?;
+    crate::checkpoint::write_json(&dir.join("tokenizer_config.json"), &cfg)?;
     if kind == TokenizerKind::Wordpiece {
         let mut vocab: Vec<(String, u32)> = tk.get_vocab(true).into_iter().collect();
         vocab.sort_by_key(|(_, i)| *i);

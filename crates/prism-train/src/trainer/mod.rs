@@ -11,7 +11,7 @@ pub use crate::train_loop::RunOptions;
 pub use prepare::prepare_with;
 
 use crate::checkpoint::{
-    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir,
+    checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir, write_json,
 };
 use crate::config::TrainConfig;
 use crate::error::Result;
@@ -19,7 +19,6 @@ use crate::objective::{FineTuneState, MultiTask, TRAINER_STATE_FILE as STATE_FIL
 use crate::tasks::Evaluate;
 use crate::train_loop::{self, Moments, Progress};
 use candle_core::Device;
-use prism_model::checkpoint::write_atomic;
 use prism_model::tasks::MultiTaskModel;
 use prism_model::{fetch, PretrainedModel};
 use std::collections::BTreeMap;
@@ -165,12 +164,7 @@ fn finish(
         tasks,
         model_dir,
     };
-    let path = out.join("report.json");
-    let json = serde_json::to_string_pretty(&report).map_err(|e| crate::Error::File {
-        path: path.clone(),
-        msg: e.to_string(),
-    })?;
-    write_atomic(&path, json.as_bytes())?;
+    write_json(&out.join("report.json"), &report)?;
     crate::report::write_html(out, &report, &out.join("metrics.jsonl"))?;
     Ok(report)
 }
