@@ -4,11 +4,11 @@
 
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
-use candle_core::{Device, Tensor};
+use crate::train_loop::Moments;
+use candle_core::Device;
 use prism_model::checkpoint::write_atomic;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -60,8 +60,7 @@ pub fn find_checkpoint(out: &Path, state_file: &str) -> Option<PathBuf> {
 /// What a checkpoint folder holds besides the model: the state and the optimiser moments.
 pub struct Resumed<S> {
     pub state: S,
-    pub moments: HashMap<String, Tensor>,
-    pub moments_path: PathBuf,
+    pub moments: Moments,
 }
 
 /// Read the state and moments of the checkpoint in `dir`; `config_of` extracts the config the
@@ -91,8 +90,10 @@ pub fn read_checkpoint<S: DeserializeOwned, C: PartialEq>(
     })?;
     Ok(Resumed {
         state,
-        moments,
-        moments_path: op,
+        moments: Moments {
+            tensors: moments,
+            path: op,
+        },
     })
 }
 

@@ -46,6 +46,28 @@ pub struct LoopConfig {
     pub checkpoint_every: usize,
 }
 
+/// The [`LoopConfig`] of a config struct that names its fields as both run configs do
+/// (`steps`, `grad_accum`, `lr`, `weight_decay`, `warmup`, `schedule`, `max_grad_norm`,
+/// `eval_every`, `checkpoint_every`).
+macro_rules! loop_config_of {
+    ($c:expr) => {
+        $crate::train_loop::LoopConfig {
+            steps: $c.steps,
+            grad_accum: $c.grad_accum,
+            optim: $crate::train_loop::OptimConfig {
+                lr: $c.lr,
+                weight_decay: $c.weight_decay,
+                warmup: $c.warmup,
+                schedule: $c.schedule,
+                max_grad_norm: $c.max_grad_norm,
+            },
+            eval_every: $c.eval_every,
+            checkpoint_every: $c.checkpoint_every,
+        }
+    };
+}
+pub(crate) use loop_config_of;
+
 /// Options of one invocation (not part of the config: they do not change the result).
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -325,7 +347,7 @@ impl Reporter {
 }
 
 /// The bar long jobs draw on a terminal.
-pub fn progress_bar(total: usize, at: usize) -> indicatif::ProgressBar {
+fn progress_bar(total: usize, at: usize) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(total as u64);
     b.set_style(
         indicatif::ProgressStyle::with_template(

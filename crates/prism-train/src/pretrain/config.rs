@@ -256,25 +256,9 @@ impl PretrainConfig {
         }
     }
 
-    pub fn warmup_steps(&self) -> usize {
-        crate::optim::warmup_steps(self.warmup, self.steps)
-    }
-
     /// The loop's settings: length, optimiser, schedule, evaluation and checkpoint cadence.
     pub fn loop_config(&self) -> crate::train_loop::LoopConfig {
-        crate::train_loop::LoopConfig {
-            steps: self.steps,
-            grad_accum: self.grad_accum,
-            optim: crate::train_loop::OptimConfig {
-                lr: self.lr,
-                weight_decay: self.weight_decay,
-                warmup: self.warmup,
-                schedule: self.schedule,
-                max_grad_norm: self.max_grad_norm,
-            },
-            eval_every: self.eval_every,
-            checkpoint_every: self.checkpoint_every,
-        }
+        crate::train_loop::loop_config_of!(self)
     }
 }
 

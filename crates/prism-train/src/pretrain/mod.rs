@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 pub use crate::objective::PretrainState;
 use crate::objective::{LanguageModelling, PRETRAIN_STATE_FILE as STATE_FILE};
 use crate::rng::{seed_for, Stream};
-use crate::train_loop::{self, Moments, Progress, RunOptions};
+use crate::train_loop::{self, Progress, RunOptions};
 use candle_core::Device;
 use corpus::{pack_all, CorpusStream, PackSpec, Sequence, TextEncoder};
 use prism_model::checkpoint::write_atomic;
@@ -75,14 +75,10 @@ pub fn pretrain(
     let (base, saved, moments) = match &resume {
         Some(dir) => {
             let r = read_checkpoint(dir, STATE_FILE, cfg, |s: &PretrainState| &s.config)?;
-            let moments = Moments {
-                tensors: r.moments,
-                path: r.moments_path,
-            };
             (
                 PretrainedModel::load(dir, device)?,
                 Some(r.state),
-                Some(moments),
+                Some(r.moments),
             )
         }
         None => {

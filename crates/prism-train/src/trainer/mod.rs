@@ -17,7 +17,7 @@ use crate::config::TrainConfig;
 use crate::error::Result;
 use crate::objective::{FineTuneState, MultiTask, TRAINER_STATE_FILE as STATE_FILE};
 use crate::tasks::Evaluate;
-use crate::train_loop::{self, Moments, Progress};
+use crate::train_loop::{self, Progress};
 use candle_core::Device;
 use prism_model::tasks::MultiTaskModel;
 use prism_model::{fetch, PretrainedModel};
@@ -33,14 +33,10 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     let (base, saved, moments) = match &resume {
         Some(ck) => {
             let r = read_checkpoint(ck, STATE_FILE, cfg, |s: &TrainerState| &s.config)?;
-            let moments = Moments {
-                tensors: r.moments,
-                path: r.moments_path,
-            };
             (
                 PretrainedModel::load(ck, device)?,
                 Some(r.state),
-                Some(moments),
+                Some(r.moments),
             )
         }
         None => {
