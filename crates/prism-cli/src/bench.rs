@@ -14,6 +14,7 @@ use prism_model::{
     fetch, BertConfig, Encoded, Encoder, EncoderInput, Flavor, Mode, ModelConfig, PretrainedModel,
     PrismTokenizer,
 };
+use prism_train::dist::Comm;
 use prism_train::optim::{AdamW, AdamWConfig};
 use prism_train::tasks::{cross_entropy, Batch, BatchTargets, Supervised, TaskKind, TaskSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -24,7 +25,15 @@ use std::time::Instant;
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
 pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
-pub const WORKLOADS: [&str; 6] = ["infer", "infer-bf16", "train", "ig", "ig-bf16", "mlm"];
+pub const WORKLOADS: [&str; 7] = [
+    "infer",
+    "infer-bf16",
+    "train",
+    "ig",
+    "ig-bf16",
+    "mlm",
+    "allreduce",
+];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -32,7 +41,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
     pub sizes: Vec<String>,
     /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX), train, ig, ig-bf16
-    /// (the same in bf16), mlm.
+    /// (the same in bf16), mlm; allreduce (the model's whole gradient summed over the ranks of
+    /// an MPI job, as a data-parallel update does: run under `mpirun -np N`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -118,6 +128,9 @@ struct Phases {
 #[derive(Serialize)]
 struct Report {
     threads: usize,
+    /// Ranks of the MPI job (1: one process) and their engine.
+    ranks: usize,
+    engine: &'static str,
     batch: usize,
     seq: usize,
     reps: usize,
@@ -295,7 +308,7 @@ where
     let t1 = Instant::now();
     let grads = loss.backward()?;
     let t2 = Instant::now();
-    opt.clipped_step(&grads, lr, 1, 1.0)?;
+    opt.clipped_step(&grads, lr, 1.0, 1.0)?;
     Ok(Phases {
         forward: (t1 - t0).as_secs_f64(),
         backward: (t2 - t1).as_secs_f64(),
@@ -321,8 +334,17 @@ fn bert_config(m: &PretrainedModel) -> Result<BertConfig> {
     }
 }
 
-pub fn run(args: BenchArgs, dev: &Device) -> Result<()> {
+pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
     let args = &args;
+    if args.workloads.iter().any(|w| w == "allreduce") && comm.engine() == "single" {
+        bail!(
+            "the allreduce workload measures the ranks' engine: run it under `mpirun -np 2` with \
+             a build that has `--features distributed`"
+        );
+    }
+    // On several ranks every rank runs the same work (the collectives need them all); rank 0
+    // reports.
+    let say = comm.is_root();
     for s in &args.sizes {
         size_config(s)?;
     }
@@ -335,20 +357,27 @@ pub fn run(args: BenchArgs, dev: &Device) -> Result<()> {
         bail!("--batch must be at least 1 and --seq at least 2");
     }
     let nthreads = threads();
-    eprintln!(
+    if say {
+        eprintln!(
         "prism bench: batch {} x {} tokens, {} threads, {} warm-up + {} repetitions, IG {} steps",
         args.batch, args.seq, nthreads, args.warmup, args.reps, args.ig_steps
-    );
+        );
+        if comm.world() > 1 {
+            eprintln!("{} ranks over {}", comm.world(), comm.engine());
+        }
+    }
     let sg = sgemm(args.sgemm, dev)?;
-    eprintln!(
-        "sgemm {n}x{n}x{n}: {:.1} GFLOP/s (practical peak)",
-        sg.gflops,
-        n = sg.n
-    );
-    eprintln!(
-        "{:<7} {:<6} {:>12} {:>10} {:>10} {:>10} {:>8} {:>9}  phases (fwd/bwd/opt ms)",
-        "size", "work", "throughput", "unit", "min", "max", "GFLOP/s", "peak MB"
-    );
+    if say {
+        eprintln!(
+            "sgemm {n}x{n}x{n}: {:.1} GFLOP/s (practical peak)",
+            sg.gflops,
+            n = sg.n
+        );
+        eprintln!(
+            "{:<7} {:<6} {:>12} {:>10} {:>10} {:>10} {:>8} {:>9}  phases (fwd/bwd/opt ms)",
+            "size", "work", "throughput", "unit", "min", "max", "GFLOP/s", "peak MB"
+        );
+    }
     let mut rows = Vec::new();
     let (b, t) = (args.batch, args.seq);
     for size in &args.sizes {
@@ -504,14 +533,39 @@ pub fn run(args: BenchArgs, dev: &Device) -> Result<()> {
                         Some(phases),
                     )
                 }
+                "allreduce" => {
+                    // The update's all-reduce of a data-parallel run: every parameter's
+                    // gradient, in the loop's 25 MiB buckets. Throughput is the algorithm
+                    // bandwidth (gradient bytes per second per rank); a ring moves
+                    // 2 (N - 1) / N times that over each rank's link.
+                    let mt = mt.as_ref().context("classification model")?;
+                    let params = mt.base.params.vars();
+                    let bytes: usize = params.iter().map(|(_, v)| 4 * v.elem_count()).sum();
+                    let mut total = Tensor::zeros((), DType::F32, dev)?;
+                    for (_, v) in &params {
+                        total = (total + v.as_tensor().sum_all()?)?;
+                    }
+                    let mut grads = total.backward()?;
+                    let present = vec![comm.world() as f64; params.len()];
+                    let (times, _) = measure(args.warmup, args.reps, || {
+                        prism_train::dist::all_reduce_grads(comm, &params, &mut grads, &present)?;
+                        dev.synchronize()?;
+                        Ok(Phases::default())
+                    })?;
+                    row(size, work, "GB/s", bytes as f64 / 1e9, &times, 0.0, None)
+                }
                 _ => unreachable!("validated above"),
             };
-            print_row(&row);
+            if say {
+                print_row(&row);
+            }
             rows.push(row);
         }
     }
     let report = Report {
         threads: nthreads,
+        ranks: comm.world(),
+        engine: comm.engine(),
         batch: b,
         seq: t,
         reps: args.reps,
@@ -519,6 +573,9 @@ pub fn run(args: BenchArgs, dev: &Device) -> Result<()> {
         sgemm: sg,
         results: rows,
     };
+    if !say {
+        return Ok(());
+    }
     let text = serde_json::to_string_pretty(&report)?;
     match &args.json {
         Some(p) if p.as_os_str() == "-" => println!("{text}"),

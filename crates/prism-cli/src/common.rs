@@ -13,7 +13,9 @@ pub enum DeviceArg {
     Cuda,
 }
 
-pub fn device(d: DeviceArg) -> Result<Device> {
+/// The device: the CPU, or the GPU of this rank (its rank among the ranks on this host, so
+/// each process of an MPI job on a multi-GPU node takes its own).
+pub fn device(d: DeviceArg, local_rank: usize) -> Result<Device> {
     Ok(match d {
         DeviceArg::Cpu => Device::Cpu,
         DeviceArg::Cuda => {
@@ -22,11 +24,11 @@ pub fn device(d: DeviceArg) -> Result<Device> {
             // where panics unwind; with `panic = "abort"` the panic message is the report).
             const HINT: &str = "CUDA device (build with `--features cuda`: scripts/build-cuda.sh)";
             if cfg!(panic = "abort") {
-                return Device::new_cuda(0).context(HINT);
+                return Device::new_cuda(local_rank).context(HINT);
             }
             let hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(|_| {}));
-            let dev = std::panic::catch_unwind(|| Device::new_cuda(0));
+            let dev = std::panic::catch_unwind(|| Device::new_cuda(local_rank));
             std::panic::set_hook(hook);
             match dev {
                 Ok(d) => d.context(HINT)?,

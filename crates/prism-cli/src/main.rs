@@ -91,20 +91,45 @@ fn quiet_on_closed_pipe() {
 fn main() -> ExitCode {
     common::tune_runtime();
     let cli = Cli::parse();
-    match run(cli) {
+    // One rank of an MPI job when an MPI launcher started this process, else the only one.
+    let comm = match prism_train::dist::init() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(cli, &comm);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line per cause, the outermost first.
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+            let collective = e
+                .chain()
+                .any(|c| c.downcast_ref::<prism_train::Error>().is_some_and(|e| e.is_collective()));
+            // Every rank meets a collective error: rank 0 reports it and all end normally.
+            // Any other error is this rank's alone: report it and end the whole job, so that
+            // no other rank waits for this one forever.
+            if !collective || comm.is_root() {
+                let who = if comm.world() > 1 {
+                    format!("rank {} of {}: ", comm.rank(), comm.world())
+                } else {
+                    String::new()
+                };
+                // One line per cause, the outermost first.
+                eprintln!("error: {who}{e}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
+            }
+            if comm.world() > 1 && !collective {
+                comm.abort(1);
             }
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, comm: &prism_train::dist::Comm) -> Result<()> {
     match &cli.command {
         // candle's CPU kernels and gemm size their pools from RAYON_NUM_THREADS, read once on
         // first use: set it before any tensor work.
@@ -116,14 +141,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(_) => {}
         _ => quiet_on_closed_pipe(),
     }
-    let dev = common::device(cli.device)?;
+    let dev = common::device(cli.device, comm.local_rank())?;
+    #[cfg(feature = "nccl")]
+    let comm = &if dev.is_cuda() && comm.world() > 1 {
+        prism_train::dist::with_nccl(comm.clone(), &dev)?
+    } else {
+        comm.clone()
+    };
     match cli.command {
-        Command::Bench(a) => bench::run(a, &dev),
+        Command::Bench(a) => bench::run(a, &dev, comm),
         Command::Fetch(a) => fetch::run(a),
         Command::Info(a) => inspect::info(&a, &dev),
         Command::Tokenize(a) => inspect::tokenize(a, &dev),
         Command::Embed(a) => inspect::run_embed(a, &dev),
-        Command::Train(a) => train::run(a, &dev),
+        Command::Train(a) => train::run(a, &dev, comm),
         Command::Eval(a) => predict::run_eval(a, &dev),
         Command::Predict(a) => predict::run_predict(a, &dev),
         Command::Experiment(a) => train::run_experiment(a, &dev),
@@ -131,7 +162,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sweep(a) => train::run_sweep(a, &dev),
         Command::Demo(a) => demo::run(a, &dev),
         Command::Tokenizer(a) => pretrain::tokenizer(a),
-        Command::Pretrain(a) => pretrain::run(a, &dev),
+        Command::Pretrain(a) => pretrain::run(a, &dev, comm),
         Command::FillMask(a) => inspect::run_fill_mask(a, &dev),
         Command::Serve(a) => serve::run(a, &dev),
         Command::Convert(a) => inspect::convert(a, &dev),

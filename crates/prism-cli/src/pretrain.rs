@@ -1,5 +1,6 @@
 //! `prism tokenizer train` and `prism pretrain`.
 
+use prism_train::dist::Comm;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
@@ -68,8 +69,8 @@ pub struct PretrainArgs {
     pub json: bool,
 }
 
-pub fn run(a: PretrainArgs, dev: &Device) -> Result<()> {
-    pretrain(&a.config, a.objective, a.restart, !a.quiet, a.json, dev)
+pub fn run(a: PretrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
+    pretrain(&a.config, a.objective, a.restart, !a.quiet, a.json, dev, comm)
 }
 
 fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
@@ -104,6 +105,7 @@ fn pretrain(
     progress: bool,
     json: bool,
     dev: &Device,
+    comm: &Comm,
 ) -> Result<()> {
     let mut cfg = PretrainConfig::from_file(config)?;
     if let Some(o) = objective {
@@ -118,9 +120,13 @@ fn pretrain(
             restart,
             stop_after: None,
             progress,
+            comm: comm.clone(),
         },
     )
     .with_context(|| format!("pre-training with {}", config.display()))?;
+    if !comm.is_root() {
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

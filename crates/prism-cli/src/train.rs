@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use prism_train::config::TrainConfig;
+use prism_train::dist::Comm;
 use prism_train::trainer::{self, fmt_metrics, Report, RunOptions};
 use std::path::{Path, PathBuf};
 
@@ -56,8 +57,15 @@ pub struct SweepArgs {
     pub json: bool,
 }
 
-pub fn run(a: TrainArgs, dev: &Device) -> Result<()> {
-    train(&a.config, a.restart, !a.quiet, a.json, dev)
+pub fn run(a: TrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
+    let cfg = TrainConfig::from_file(&a.config)?;
+    let opts = RunOptions {
+        restart: a.restart,
+        stop_after: None,
+        progress: !a.quiet,
+        comm: comm.clone(),
+    };
+    report_training(&cfg, &opts, a.json, dev)
 }
 
 pub fn run_experiment(a: ExperimentArgs, dev: &Device) -> Result<()> {
@@ -110,11 +118,6 @@ fn print_report(r: &Report, out: &Path) {
     println!("metrics: {}", out.join("metrics.jsonl").display());
 }
 
-fn train(config: &Path, restart: bool, progress: bool, json_out: bool, dev: &Device) -> Result<()> {
-    let cfg = TrainConfig::from_file(config)?;
-    run_training(&cfg, restart, progress, json_out, dev)
-}
-
 pub(crate) fn run_training(
     cfg: &TrainConfig,
     restart: bool,
@@ -122,15 +125,21 @@ pub(crate) fn run_training(
     json_out: bool,
     dev: &Device,
 ) -> Result<()> {
-    let report = trainer::train(
-        cfg,
-        dev,
-        &RunOptions {
-            restart,
-            stop_after: None,
-            progress,
-        },
-    )?;
+    let opts = RunOptions {
+        restart,
+        stop_after: None,
+        progress,
+        ..Default::default()
+    };
+    report_training(cfg, &opts, json_out, dev)
+}
+
+/// Train, then print the report (on rank 0 of a data-parallel job).
+fn report_training(cfg: &TrainConfig, opts: &RunOptions, json_out: bool, dev: &Device) -> Result<()> {
+    let report = trainer::train(cfg, dev, opts)?;
+    if !opts.comm.is_root() {
+        return Ok(());
+    }
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -31,6 +31,10 @@ pub enum Error {
     /// An update computed no gradient (an objective that ran no backward pass).
     #[error("step {step}: no gradient was computed")]
     NoGradient { step: usize },
+    /// Ranks of a data-parallel job that cannot go on together (a different config, a
+    /// failed engine).
+    #[error("distributed: {0}")]
+    Distributed(String),
     #[error("fetch {name}: {msg}")]
     Fetch { name: String, msg: String },
     #[error(transparent)]
@@ -42,6 +46,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether every rank of a data-parallel job meets this error at the same point (their
+    /// agreement checks, a diverged loss seen after the all-reduce), so they can all end
+    /// normally; any other error on one rank must end the whole job.
+    pub fn is_collective(&self) -> bool {
+        matches!(self, Error::Distributed(_) | Error::NonFiniteLoss { .. })
+    }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -164,17 +164,17 @@ impl AdamW {
         Ok(())
     }
 
-    /// The update of a training step: the gradient summed over `micro_batches` is averaged,
-    /// its global norm clipped to `max_grad_norm` (0: no clipping), and one step taken.
-    /// Returns the norm before clipping.
+    /// The update of a training step: the gradient summed over the micro-batches is divided by
+    /// `weight` (their number, or the tokens they predicted), its global norm clipped to
+    /// `max_grad_norm` (0: no clipping), and one step taken. Returns the norm before clipping.
     pub fn clipped_step(
         &mut self,
         grads: &GradStore,
         lr: f64,
-        micro_batches: usize,
+        weight: f64,
         max_grad_norm: f64,
     ) -> Result<f64> {
-        let avg = 1.0 / micro_batches.max(1) as f64;
+        let avg = if weight > 0.0 { 1.0 / weight } else { 1.0 };
         let norm = self.grad_norm(grads)? * avg;
         let clip = if max_grad_norm > 0.0 && norm > max_grad_norm {
             max_grad_norm / norm
@@ -183,6 +183,20 @@ impl AdamW {
         };
         self.step(grads, lr, avg * clip)?;
         Ok(norm)
+    }
+
+    /// A SHA-256 of the step count and every moment, in parameter order (ranks compare it).
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut f = crate::dist::Fingerprint::new();
+        f.bytes(&self.t.to_le_bytes());
+        for p in &self.params {
+            f.bytes(p.name.as_bytes());
+            for buf in [&p.m, &p.v] {
+                let bytes: Vec<u8> = buf.iter().flat_map(|x| x.to_le_bytes()).collect();
+                f.bytes(&bytes);
+            }
+        }
+        Ok(f.finish())
     }
 
     /// Moments as tensors `m.<name>` / `v.<name>`, for checkpoints.

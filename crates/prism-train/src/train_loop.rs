@@ -1,7 +1,7 @@
 //! THE training loop, shared by fine-tuning and pre-training and readable top to bottom like
 //! nanoGPT's train.py. Each update: for every micro-batch, the objective draws its next batch,
-//! runs forward and loss and backward; the gradients are summed (and, in a later data-parallel
-//! run, all-reduced at the one marked point); then clip, AdamW step on the scheduled learning
+//! runs forward and loss and backward; the gradients are summed (and, on several ranks,
+//! all-reduced at the one marked point); then clip, AdamW step on the scheduled learning
 //! rate, log; every so often evaluate and checkpoint. What differs between runs — multi-task
 //! heads with their losses, DANN, adversarial perturbation, MLM, PLM — is an [`Objective`].
 //!
@@ -9,6 +9,7 @@
 //! the update and micro-batch, and the objective's checkpoint holds its data cursors, so a run
 //! stopped anywhere resumes to the same weights as an uninterrupted one.
 
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::optim::{lr_at, warmup_steps, AdamW, AdamWConfig, Schedule};
 use candle_core::backprop::GradStore;
@@ -77,6 +78,8 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Report progress on stderr: a bar on a terminal, a line every 30 s elsewhere.
     pub progress: bool,
+    /// The ranks of a data-parallel job (one process by default).
+    pub comm: dist::Comm,
 }
 
 /// The loop's own part of a checkpoint (objectives add theirs beside it).
@@ -91,11 +94,18 @@ pub struct Progress {
     pub elapsed_s: f64,
 }
 
-/// What one micro-batch gave: its gradients and the losses to check and report.
+/// What one micro-batch gave: its gradients, its weight in the update and the values to check
+/// and log.
 pub struct Micro {
     pub grads: GradStore,
-    /// Named losses (`task `x``, `the MLM`); a non-finite one stops the run.
-    pub losses: Vec<(String, f64)>,
+    /// This micro-batch's share of the update's average: 1 for a loss that is a mean over its
+    /// batch, the number of predicted tokens for a loss summed over tokens. The update's
+    /// gradient is the sum of the micro-batches' gradients over the sum of their weights (over
+    /// all ranks), so accumulation equals one large batch.
+    pub weight: f64,
+    /// [`Objective::values_per_micro`] numbers (losses, counts), as the objective orders them;
+    /// a non-finite one stops the run.
+    pub values: Vec<f64>,
 }
 
 /// One update, as the objective logs it.
@@ -113,21 +123,32 @@ pub struct Update {
 /// What differs between runs: the data, the model's heads and their losses, evaluation and
 /// what a checkpoint holds.
 pub trait Objective {
-    /// Every trainable parameter, by name (what AdamW steps and checkpoints hold).
+    /// Every trainable parameter, by name, in a fixed order (what AdamW steps, checkpoints hold
+    /// and ranks all-reduce).
     fn params(&self) -> Vec<(String, Var)>;
+    /// How many values each micro-batch reports ([`Micro::values`]).
+    fn values_per_micro(&self) -> usize;
     /// Draw micro-batch `micro` of update `step`, run forward, loss and backward.
     fn micro_batch(&mut self, step: usize, micro: usize) -> Result<Micro>;
-    /// The metrics.jsonl records of the update just taken (the micro-batches since the last).
-    fn log(&mut self, update: &Update) -> Vec<serde_json::Value>;
+    /// Micro-batch `micro` of update `step` runs on another rank: make the same random draws
+    /// and data-cursor advances as [`Objective::micro_batch`] would, without computing.
+    fn skip_micro_batch(&mut self, step: usize, micro: usize) -> Result<()>;
+    /// What value `slot` of micro-batch `micro` of the current update is (`task `x``).
+    fn value_name(&self, micro: usize, slot: usize) -> String;
+    /// The metrics.jsonl records of the update just taken; `values` holds every micro-batch's
+    /// values (of every rank), micro-batch after micro-batch.
+    fn log(&mut self, update: &Update, values: &[f64]) -> Vec<serde_json::Value>;
     /// The progress bar's message (running losses, throughput).
     fn status(&self, update: &Update) -> String;
     /// Evaluate on held-out data after update `step`, writing records to `log`; the line to show.
+    /// Only rank 0 evaluates.
     fn evaluate(&mut self, step: usize, log: &mut Log) -> Result<Option<String>>;
     /// Whether early stopping ended the run.
     fn stopped(&self) -> bool {
         false
     }
     /// Write `checkpoint-last/` (the model, `opt`'s moments, `progress` and the objective's state).
+    /// Only rank 0 writes.
     fn checkpoint(&self, out: &Path, opt: &AdamW, progress: &Progress) -> Result<()>;
 }
 
@@ -140,6 +161,12 @@ pub struct Moments {
 /// Run `objective` from `progress` (zero, or a checkpoint's) to `cfg.steps` updates, or until
 /// early stopping or `opts.stop_after`. Returns whether the run completed; an interrupted run
 /// has written its checkpoint.
+///
+/// On W ranks (`opts.comm`), rank r computes the micro-batches m ≡ r (mod W) of each update
+/// and replays the others' draws; gradients, micro-batch weights and values are summed at the
+/// all-reduce point, so every rank takes the step one process would. Rank 0 logs, evaluates
+/// and writes checkpoints; the ranks check at the start and at every checkpoint that their
+/// parameters agree.
 pub fn run<O: Objective>(
     objective: &mut O,
     cfg: &LoopConfig,
@@ -148,8 +175,12 @@ pub fn run<O: Objective>(
     moments: Option<Moments>,
     opts: &RunOptions,
 ) -> Result<bool> {
+    let comm = &opts.comm;
+    let (rank, world) = (comm.rank(), comm.world());
+    dist::check_accumulation(cfg.grad_accum, world)?;
+    let params = objective.params();
     let mut opt = AdamW::new(
-        objective.params(),
+        params.clone(),
         AdamWConfig {
             weight_decay: cfg.optim.weight_decay,
             ..Default::default()
@@ -158,30 +189,52 @@ pub fn run<O: Objective>(
     if let Some(m) = moments {
         opt.load_state(&m.tensors, progress.adam_t, &m.path)?;
     }
-    let mut log = Log::open(&out.join("metrics.jsonl"), progress.log_bytes)?;
+    if world > 1 {
+        dist::agree(
+            comm,
+            &[
+                ("the start step", format!("{} {}", progress.step, progress.adam_t)),
+                ("the parameters", dist::params_fingerprint(&params)?),
+                ("the optimiser moments", opt.fingerprint()?),
+            ],
+        )?;
+    }
+    let mut log = if comm.is_root() {
+        Some(Log::open(&out.join("metrics.jsonl"), progress.log_bytes)?)
+    } else {
+        None
+    };
     let warmup = warmup_steps(cfg.optim.warmup, cfg.steps);
-    let mut reporter = Reporter::new(opts.progress, cfg.steps, progress.step);
+    let mut reporter = Reporter::new(opts.progress && comm.is_root(), cfg.steps, progress.step);
     let started = Instant::now();
     let elapsed_before = progress.elapsed_s;
     let mut this_run = 0usize;
+    // Rank 0's early-stopping decision, broadcast after each evaluation.
+    let mut stopped = objective.stopped();
+    let per = objective.values_per_micro() + 1;
+    let values_len = cfg.grad_accum * per;
 
-    while progress.step < cfg.steps && !objective.stopped() {
+    while progress.step < cfg.steps && !stopped {
         if opts.stop_after.is_some_and(|n| this_run >= n) {
             break;
         }
         let step = progress.step;
         // -- schedule: this update's learning rate
         let lr = lr_at(step, cfg.optim.lr, warmup, cfg.steps, cfg.optim.schedule);
-        // -- next batch, forward and loss, backward: per micro-batch, gradients summed
+        // -- next batch, forward and loss, backward: per micro-batch of this rank, gradients
+        //    summed; the other ranks' micro-batches are replayed (their draws, their cursors)
+        let mut header = vec![0f64; values_len + if world > 1 { params.len() } else { 0 }];
         let mut grads: Option<GradStore> = None;
         for micro in 0..cfg.grad_accum {
+            if micro % world != rank {
+                objective.skip_micro_batch(step, micro)?;
+                continue;
+            }
             let m = objective.micro_batch(step, micro)?;
-            if let Some((what, value)) = m.losses.iter().find(|(_, v)| !v.is_finite()) {
-                return Err(Error::NonFiniteLoss {
-                    step,
-                    what: what.clone(),
-                    value: *value,
-                });
+            let slot = &mut header[micro * per..(micro + 1) * per];
+            slot[0] = m.weight;
+            for (d, v) in slot[1..].iter_mut().zip(&m.values) {
+                *d = *v;
             }
             grads = Some(match grads {
                 None => m.grads,
@@ -191,11 +244,29 @@ pub fn run<O: Objective>(
                 }
             });
         }
-        let grads = grads.ok_or(Error::NoGradient { step })?;
-        // -- all-reduce: one process holds every micro-batch's gradient already; data-parallel
-        //    ranks sum theirs here, before the norm is taken.
-        // -- clip (the norm of the averaged micro-batch gradient) and step
-        let grad_norm = opt.clipped_step(&grads, lr, cfg.grad_accum, cfg.optim.max_grad_norm)?;
+        let mut grads = grads.ok_or(Error::NoGradient { step })?;
+        // -- all-reduce: weights, values and which parameters have gradients in one small
+        //    reduction, then the gradients in buckets; one process has them all already
+        if world > 1 {
+            let present = dist::presence(&params, &grads);
+            header[values_len..].copy_from_slice(&present);
+            comm.all_reduce_f64(&mut header)?;
+        }
+        let (values, present) = header.split_at(values_len);
+        for micro in 0..cfg.grad_accum {
+            let v = &values[micro * per..(micro + 1) * per];
+            if let Some(slot) = (1..per).find(|&s| !v[s].is_finite()) {
+                return Err(Error::NonFiniteLoss {
+                    step,
+                    what: objective.value_name(micro, slot - 1),
+                    value: v[slot],
+                });
+            }
+        }
+        let weight: f64 = (0..cfg.grad_accum).map(|m| values[m * per]).sum();
+        dist::all_reduce_grads(comm, &params, &mut grads, present)?;
+        // -- clip (the norm of the averaged gradient) and step
+        let grad_norm = opt.clipped_step(&grads, lr, weight, cfg.optim.max_grad_norm)?;
         drop(grads);
         progress.step += 1;
         this_run += 1;
@@ -209,16 +280,25 @@ pub fn run<O: Objective>(
             elapsed_s: progress.elapsed_s,
             run_s: started.elapsed().as_secs_f64(),
         };
-        for rec in objective.log(&update) {
-            log.write(rec)?;
+        let per_micro: Vec<f64> = (0..cfg.grad_accum)
+            .flat_map(|m| values[m * per + 1..(m + 1) * per].iter().copied())
+            .collect();
+        let records = objective.log(&update, &per_micro);
+        if let Some(log) = log.as_mut() {
+            for rec in records {
+                log.write(rec)?;
+            }
         }
         reporter.update(progress.step, || objective.status(&update));
-        // -- evaluate
+        // -- evaluate (rank 0; the others learn whether early stopping ended the run)
         let last = progress.step == cfg.steps;
         if (cfg.eval_every > 0 && progress.step % cfg.eval_every == 0) || last {
-            if let Some(line) = objective.evaluate(progress.step, &mut log)? {
-                reporter.line(&line);
+            if let Some(log) = log.as_mut() {
+                if let Some(line) = objective.evaluate(progress.step, log)? {
+                    reporter.line(&line);
+                }
             }
+            stopped = comm.broadcast_flag(objective.stopped())?;
         }
         // -- checkpoint
         let every = if cfg.checkpoint_every > 0 {
@@ -226,19 +306,44 @@ pub fn run<O: Objective>(
         } else {
             cfg.eval_every
         };
-        if (every > 0 && progress.step % every == 0) || last || objective.stopped() {
-            progress.log_bytes = log.len();
-            objective.checkpoint(out, &opt, progress)?;
+        if (every > 0 && progress.step % every == 0) || last || stopped {
+            checkpoint(objective, comm, &params, out, &opt, progress, log.as_ref())?;
         }
     }
     reporter.finish();
-    let completed = progress.step >= cfg.steps || objective.stopped();
+    let completed = progress.step >= cfg.steps || stopped;
     if !completed {
         // Interrupted on request: the last checkpoint is the resume point.
-        progress.log_bytes = log.len();
-        objective.checkpoint(out, &opt, progress)?;
+        checkpoint(objective, comm, &params, out, &opt, progress, log.as_ref())?;
     }
     Ok(completed)
+}
+
+/// The checkpoint phase: the ranks check that their parameters still agree (a rank that
+/// diverged is an error on all of them, before anything is written), then rank 0 writes.
+fn checkpoint<O: Objective>(
+    objective: &O,
+    comm: &dist::Comm,
+    params: &[(String, Var)],
+    out: &Path,
+    opt: &AdamW,
+    progress: &mut Progress,
+    log: Option<&Log>,
+) -> Result<()> {
+    if comm.world() > 1 {
+        dist::agree(
+            comm,
+            &[(
+                &format!("the parameters after update {}", progress.step),
+                dist::params_fingerprint(params)?,
+            )],
+        )?;
+    }
+    if let Some(log) = log {
+        progress.log_bytes = log.len();
+        objective.checkpoint(out, opt, progress)?;
+    }
+    Ok(())
 }
 
 /// `metrics.jsonl`: one JSON record per line, appended; a resumed run first cuts it back to

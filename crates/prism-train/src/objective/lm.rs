@@ -46,9 +46,6 @@ pub struct LanguageModelling<'a> {
     pub tokens_seen: u64,
     /// The last held-out evaluation.
     pub last_eval: Option<LmEval>,
-    /// Loss summed over this update's micro-batches, and their tokens.
-    loss_sum: f64,
-    step_tokens: u64,
     tokens_this_run: u64,
     running: Option<f64>,
 }
@@ -73,11 +70,21 @@ impl<'a> LanguageModelling<'a> {
             cursor,
             tokens_seen,
             last_eval: None,
-            loss_sum: 0.0,
-            step_tokens: 0,
             tokens_this_run: 0,
             running: None,
         }
+    }
+
+    /// The stream's next `batch_size` packed sequences (every rank reads and tokenises the
+    /// whole stream and keeps the micro-batches it computes).
+    fn next_sequences(&mut self) -> Result<Vec<Sequence>> {
+        let mut seqs = Vec::with_capacity(self.cfg.batch_size);
+        for _ in 0..self.cfg.batch_size {
+            let (s, c) = self.stream.next_sequence()?;
+            seqs.push(s);
+            self.cursor = c;
+        }
+        Ok(seqs)
     }
 
     fn name(&self) -> &'static str {
@@ -93,40 +100,58 @@ impl Objective for LanguageModelling<'_> {
         self.model.base().params.vars()
     }
 
+    fn values_per_micro(&self) -> usize {
+        3
+    }
+
     fn micro_batch(&mut self, step: usize, micro: usize) -> Result<Micro> {
         let cfg = self.cfg;
         let k = (step * cfg.grad_accum + micro) as u64;
         // -- the next packed sequences, masked afresh
-        let mut seqs = Vec::with_capacity(cfg.batch_size);
-        for _ in 0..cfg.batch_size {
-            let (s, c) = self.stream.next_sequence()?;
-            seqs.push(s);
-            self.cursor = c;
-        }
+        let seqs = self.next_sequences()?;
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let mut rng = rng_for(cfg.seed, Stream::LmMask, k);
         let batch = make_batch(cfg, &refs, self.vocab, &mut rng, &self.device)?;
-        self.step_tokens += batch.tokens as u64;
-        // -- forward, loss, backward
+        // -- forward, loss, backward: the loss summed over the predicted tokens, so that the
+        //    update (divided by all micro-batches' predicted tokens) is the mean over the
+        //    update's tokens, however they fall into micro-batches and ranks
         let mode = Mode::train(rng_for(cfg.seed, Stream::LmDropout, k).random::<u64>());
         let logits = lm_logits(self.model, &batch, &mode)?;
         let loss = cross_entropy(&logits, &batch.labels)?;
         let lv = loss.to_scalar::<f32>()? as f64;
-        self.loss_sum += lv;
-        let grads = loss.backward()?;
-        let what = format!("the {}", self.name().to_uppercase());
+        let predicted = batch.labels_vec.len() as f64;
+        let grads = (loss * predicted)?.backward()?;
         Ok(Micro {
             grads,
-            losses: vec![(what, lv)],
+            weight: predicted,
+            values: vec![lv, predicted, batch.tokens as f64],
         })
     }
 
-    fn log(&mut self, u: &Update) -> Vec<serde_json::Value> {
-        let loss = self.loss_sum / self.cfg.grad_accum as f64;
-        self.loss_sum = 0.0;
-        self.tokens_seen += self.step_tokens;
-        self.tokens_this_run += self.step_tokens;
-        self.step_tokens = 0;
+    fn skip_micro_batch(&mut self, _step: usize, _micro: usize) -> Result<()> {
+        self.next_sequences()?;
+        Ok(())
+    }
+
+    fn value_name(&self, _micro: usize, slot: usize) -> String {
+        match slot {
+            0 => format!("the {}", self.name().to_uppercase()),
+            1 => "the predicted-token count".into(),
+            _ => "the token count".into(),
+        }
+    }
+
+    fn log(&mut self, u: &Update, values: &[f64]) -> Vec<serde_json::Value> {
+        // The update's loss: the mean over its predicted tokens.
+        let (mut sum, mut predicted, mut tokens) = (0.0, 0.0, 0.0);
+        for v in values.chunks(3) {
+            sum += v[0] * v[1];
+            predicted += v[1];
+            tokens += v[2];
+        }
+        let loss = if predicted > 0.0 { sum / predicted } else { 0.0 };
+        self.tokens_seen += tokens as u64;
+        self.tokens_this_run += tokens as u64;
         self.running = Some(self.running.map_or(loss, |r| 0.95 * r + 0.05 * loss));
         let tps = self.tokens_this_run as f64 / u.run_s.max(1e-9);
         vec![serde_json::json!({

@@ -79,13 +79,24 @@ impl FineTuneState {
     }
 }
 
-/// What one micro-batch logs.
+/// What one micro-batch logs: its task, and which of its values are there (known on every
+/// rank from the replayed draws; the values themselves arrive with the all-reduce).
 struct MicroLog {
     task: usize,
-    loss: f64,
-    adversarial: Option<f64>,
-    /// DANN: (domain loss, lambda).
-    domain: Option<(f64, f64)>,
+    adversarial: bool,
+    /// DANN: lambda.
+    domain: Option<f64>,
+}
+
+/// The values of a micro-batch ([`Objective::values_per_micro`]): task loss, adversarial loss,
+/// domain loss (0 where the task has none).
+const VALUES: usize = 3;
+
+/// A micro-batch's draws: its task, its batch and (DANN) the target-domain batch.
+struct Draw<'d> {
+    task: usize,
+    feats: Vec<&'d Feature>,
+    dann: Option<(Vec<&'d Feature>, f64)>,
 }
 
 /// Multi-task fine-tuning of `model` on `data` as configured.
@@ -168,6 +179,50 @@ impl<'a> MultiTask<'a> {
         probs.len() - 1
     }
 
+    /// The draws of micro-batch `micro` of update `step`, on whichever rank computes it: the
+    /// task, its next batch and (DANN) the next target-domain batch, advancing the cursors.
+    fn draw(&mut self, step: usize, micro: usize) -> Draw<'a> {
+        let cfg = self.cfg;
+        let data: &'a [TaskData] = self.data;
+        let k = (step * cfg.grad_accum + micro) as u64;
+        let ti = self.sample_task(step, k);
+        let feats = next_batch(
+            &data[ti].train_feats,
+            &mut self.state.cursors[ti],
+            cfg.batch_size,
+            cfg.seed,
+            Stream::Order,
+            ti,
+        );
+        self.examples_seen += feats.len();
+        let tc = &cfg.tasks[ti];
+        let dann = match (&tc.adversarial, &self.domain_heads[ti], &tc.dann) {
+            (None, Some(_), Some(dc)) => {
+                let lambda = dann_lambda(step as f64 / cfg.steps as f64, dc.gamma);
+                let target = next_batch(
+                    &data[ti].dann_feats,
+                    &mut self.state.dann_cursors[ti],
+                    feats.len(),
+                    cfg.seed,
+                    Stream::DannOrder,
+                    ti,
+                );
+                Some((target, lambda))
+            }
+            _ => None,
+        };
+        self.pending.push(MicroLog {
+            task: ti,
+            adversarial: tc.adversarial.is_some(),
+            domain: dann.as_ref().map(|(_, l)| *l),
+        });
+        Draw {
+            task: ti,
+            feats,
+            dann,
+        }
+    }
+
     fn name(&self, ti: usize) -> &str {
         &self.model.tasks[ti].spec.name
     }
@@ -178,43 +233,24 @@ impl Objective for MultiTask<'_> {
         self.model.base.params.vars()
     }
 
+    fn values_per_micro(&self) -> usize {
+        VALUES
+    }
+
     fn micro_batch(&mut self, step: usize, micro: usize) -> Result<Micro> {
         let cfg = self.cfg;
         let k = (step * cfg.grad_accum + micro) as u64;
         // -- sample a task, take its next batch
-        let ti = self.sample_task(step, k);
-        let feats = next_batch(
-            &self.data[ti].train_feats,
-            &mut self.state.cursors[ti],
-            cfg.batch_size,
-            cfg.seed,
-            Stream::Order,
-            ti,
-        );
+        let Draw { task: ti, feats, dann } = self.draw(step, micro);
         let task = &self.model.tasks[ti];
         let tc = &cfg.tasks[ti];
         let batch = task.batch(&feats, &self.device)?;
-        self.examples_seen += feats.len();
         // -- forward, loss, backward
         let mode = Mode::train(rng_for(cfg.seed, Stream::Dropout, k).random::<u64>());
         let encoder = &self.model.base.encoder;
-        let mut log = MicroLog {
-            task: ti,
-            loss: 0.0,
-            adversarial: None,
-            domain: None,
-        };
-        let grads = match (&tc.adversarial, &self.domain_heads[ti], &tc.dann) {
-            (None, Some(head), Some(dc)) => {
-                let lambda = dann_lambda(step as f64 / cfg.steps as f64, dc.gamma);
-                let target = next_batch(
-                    &self.data[ti].dann_feats,
-                    &mut self.state.dann_cursors[ti],
-                    feats.len(),
-                    cfg.seed,
-                    Stream::DannOrder,
-                    ti,
-                );
+        let mut values = [0.0; VALUES];
+        let grads = match (&tc.adversarial, &self.domain_heads[ti], &tc.dann, dann) {
+            (None, Some(head), Some(dc), Some((target, lambda))) => {
                 let target = task.batch(&target, &self.device)?;
                 let task_loss =
                     |o: &prism_model::EncoderOutput| task.loss(&tc.loss, o, &batch, &mode);
@@ -228,17 +264,17 @@ impl Objective for MultiTask<'_> {
                     lambda,
                     dc.weight,
                 )?;
-                log.loss = l.task;
-                log.domain = Some((l.domain, lambda));
+                values[0] = l.task;
+                values[2] = l.domain;
                 g
             }
-            (None, _, _) => {
+            (None, _, _, _) => {
                 let enc = encoder.forward(&batch.input, &mode)?;
                 let loss = task.loss(&tc.loss, &enc, &batch, &mode)?;
-                log.loss = loss.to_scalar::<f32>()? as f64;
+                values[0] = loss.to_scalar::<f32>()? as f64;
                 loss.backward()?
             }
-            (Some(adv), _, _) => {
+            (Some(adv), _, _, _) => {
                 let fns = TaskFns {
                     logits: &|o, m| Ok(task.logits(o, m)?),
                     loss: &|l| task.loss_from_logits(&tc.loss, l, &batch),
@@ -246,36 +282,47 @@ impl Objective for MultiTask<'_> {
                 };
                 let seed = seed_for(cfg.seed, Stream::Adversarial, k);
                 let (g, l) = adversarial_step(encoder, &batch.input, &mode, adv, &fns, seed)?;
-                log.loss = l.task;
-                log.adversarial = l.extra;
+                values[0] = l.task;
+                values[1] = l.extra.unwrap_or(0.0);
                 g
             }
         };
-        let what = format!("task `{}`", self.name(ti));
-        let mut losses = vec![(what.clone(), log.loss)];
-        if let Some(x) = log.adversarial {
-            losses.push((format!("{what} adversarial"), x));
-        }
-        if let Some((d, _)) = log.domain {
-            losses.push((format!("{what} domain"), d));
-        }
-        self.pending.push(log);
-        Ok(Micro { grads, losses })
+        Ok(Micro {
+            grads,
+            weight: 1.0,
+            values: values.to_vec(),
+        })
     }
 
-    fn log(&mut self, u: &Update) -> Vec<serde_json::Value> {
+    fn skip_micro_batch(&mut self, step: usize, micro: usize) -> Result<()> {
+        self.draw(step, micro);
+        Ok(())
+    }
+
+    fn value_name(&self, micro: usize, slot: usize) -> String {
+        let what = format!("task `{}`", self.name(self.pending[micro].task));
+        match slot {
+            0 => what,
+            1 => format!("{what} adversarial"),
+            _ => format!("{what} domain"),
+        }
+    }
+
+    fn log(&mut self, u: &Update, values: &[f64]) -> Vec<serde_json::Value> {
         let pending = std::mem::take(&mut self.pending);
         pending
             .into_iter()
-            .map(|m| {
+            .zip(values.chunks(VALUES))
+            .map(|(m, v)| {
+                let loss = v[0];
                 let r = &mut self.running[m.task];
-                *r = Some(r.map_or(m.loss, |r| 0.9 * r + 0.1 * m.loss));
-                let mut rec = serde_json::json!({"step": u.step, "task": self.name(m.task), "loss": m.loss, "lr": u.lr, "grad_norm": u.grad_norm, "elapsed_s": u.elapsed_s});
-                if let Some(x) = m.adversarial {
-                    rec["adversarial_loss"] = serde_json::json!(x);
+                *r = Some(r.map_or(loss, |r| 0.9 * r + 0.1 * loss));
+                let mut rec = serde_json::json!({"step": u.step, "task": self.name(m.task), "loss": loss, "lr": u.lr, "grad_norm": u.grad_norm, "elapsed_s": u.elapsed_s});
+                if m.adversarial {
+                    rec["adversarial_loss"] = serde_json::json!(v[1]);
                 }
-                if let Some((domain_loss, lambda)) = m.domain {
-                    rec["domain_loss"] = serde_json::json!(domain_loss);
+                if let Some(lambda) = m.domain {
+                    rec["domain_loss"] = serde_json::json!(v[2]);
                     rec["lambda"] = serde_json::json!(lambda);
                 }
                 rec

@@ -63,7 +63,11 @@ pub fn pretrain(
     opts: &PretrainOptions,
 ) -> Result<PretrainReport> {
     let out = cfg.output.clone();
-    prepare_output(&out, opts.restart, &[])?;
+    let comm = &opts.comm;
+    if comm.is_root() {
+        prepare_output(&out, opts.restart, &[])?;
+    }
+    comm.barrier()?;
     let train_files = resolve_corpus(&cfg.corpus.train)?;
     let dev_files = if cfg.corpus.dev.is_empty() {
         Vec::new()
@@ -72,7 +76,8 @@ pub fn pretrain(
     };
     let ck = checkpoint_dir(&out);
     let resume = find_checkpoint(&out, STATE_FILE);
-    let (base, saved, moments) = match &resume {
+    let load = || -> Result<_> {
+        Ok(match &resume {
         Some(dir) => {
             let r = read_checkpoint(dir, STATE_FILE, cfg, |s: &PretrainState| &s.config)?;
             (
@@ -88,6 +93,17 @@ pub fn pretrain(
             };
             (base, None, None)
         }
+        })
+    };
+    // A fresh model may train its tokenizer into the output folder: rank 0 first, the others
+    // then read it.
+    let (base, saved, moments) = if comm.is_root() {
+        let b = load()?;
+        comm.barrier()?;
+        b
+    } else {
+        comm.barrier()?;
+        load()?
     };
     // The LM heads' fresh parameters (a continued model without one) draw from their own stream.
     base.params.reseed(seed_for(cfg.seed, Stream::LmInit, 0));
@@ -113,6 +129,7 @@ pub fn pretrain(
         shuffle_buffer: cfg.corpus.shuffle_buffer.max(1),
         seed: cfg.seed,
     };
+    let dev_files_all = dev_files.clone();
     let dev: Vec<Sequence> = if dev_files.is_empty() {
         Vec::new()
     } else {
@@ -125,11 +142,28 @@ pub fn pretrain(
             cfg.corpus.max_eval_sequences,
         )?
     };
+    if comm.world() > 1 {
+        let mut data = crate::dist::Fingerprint::new();
+        for f in train_files.iter().chain(&dev_files_all) {
+            data.bytes(f.to_string_lossy().as_bytes());
+            data.file(f)?;
+        }
+        crate::dist::agree(
+            comm,
+            &[
+                ("the config", serde_json::to_string(cfg).unwrap_or_default()),
+                ("the corpus", data.finish()),
+                ("the tokenizer", tok.inner().to_string(false).unwrap_or_default()),
+                ("the binary", crate::dist::binary_fingerprint()?),
+            ],
+        )?;
+    }
     let (mut progress, cursor, tokens_seen) = match saved {
         Some(s) => (s.progress, s.cursor, s.tokens_seen),
         None => (Progress::default(), Cursor::default(), 0),
     };
-    if resume.is_some() {
+    if !comm.is_root() {
+    } else if resume.is_some() {
         eprintln!("resuming from step {} ({})", progress.step, ck.display());
     } else {
         eprintln!(
@@ -166,7 +200,9 @@ pub fn pretrain(
             }
         }
     }
-    let model_dir = if completed {
+    let model_dir = if completed && !comm.is_root() {
+        out.join("model")
+    } else if completed {
         let dir = out.join("model");
         let tmp = out.join(".model-tmp");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -186,7 +222,7 @@ pub fn pretrain(
         perplexity_curve: curve,
         model_dir,
     };
-    if completed {
+    if completed && comm.is_root() {
         write_json(&out.join("report.json"), &report)?;
         write_html(&out, &report)?;
     }

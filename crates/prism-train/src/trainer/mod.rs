@@ -14,6 +14,7 @@ use crate::checkpoint::{
     checkpoint_dir, find_checkpoint, prepare_output, read_checkpoint, swap_dir, write_json,
 };
 use crate::config::TrainConfig;
+use crate::dist;
 use crate::error::Result;
 use crate::objective::{FineTuneState, MultiTask, TRAINER_STATE_FILE as STATE_FILE};
 use crate::tasks::Evaluate;
@@ -26,7 +27,13 @@ use std::collections::BTreeMap;
 /// Train as configured, resuming from `output/checkpoint-last` when it exists.
 pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Report> {
     let out = cfg.output.clone();
-    prepare_output(&out, opts.restart, &["best"])?;
+    let comm = &opts.comm;
+    // Rank 0 owns the output folder; the others read the checkpoint from it after rank 0 has
+    // prepared it (the folder must be one that every node sees).
+    if comm.is_root() {
+        prepare_output(&out, opts.restart, &["best"])?;
+    }
+    comm.barrier()?;
     let resume = find_checkpoint(&out, STATE_FILE);
     // A resumed run takes its weights (encoder and heads) from the checkpoint; a fresh one from
     // the configured model.
@@ -52,11 +59,21 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         }
     };
     let (model, data) = prepare_with(cfg, base)?;
+    if comm.world() > 1 {
+        dist::agree(
+            comm,
+            &[
+                ("the config", serde_json::to_string(cfg).unwrap_or_default()),
+                ("the data", data_fingerprint(&data)),
+                ("the binary", dist::binary_fingerprint()?),
+            ],
+        )?;
+    }
     let (mut progress, state) = match saved {
         Some(s) => (s.progress, s.objective),
         None => (Progress::default(), FineTuneState::fresh(data.len())),
     };
-    if resume.is_some() {
+    if resume.is_some() && comm.is_root() {
         eprintln!(
             "resuming from step {} ({})",
             progress.step,
@@ -73,7 +90,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         opts,
     )?;
     let state = objective.state;
-    if !completed {
+    if !completed || !comm.is_root() {
         return Ok(Report {
             steps: progress.step,
             completed,
@@ -83,7 +100,11 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             final_is_best: false,
             train_seconds: progress.elapsed_s,
             tasks: BTreeMap::new(),
-            model_dir: checkpoint_dir(&out),
+            model_dir: if completed {
+                out.join("model")
+            } else {
+                checkpoint_dir(&out)
+            },
         });
     }
     finish(cfg, model, &data, &state, &progress, device)
@@ -163,6 +184,19 @@ fn finish(
     write_json(&out.join("report.json"), &report)?;
     crate::report::write_html(out, &report, &out.join("metrics.jsonl"))?;
     Ok(report)
+}
+
+/// What every rank must have read the same: each task's training, target-domain and dev
+/// features (token ids, targets), as the model's tokenizer made them.
+fn data_fingerprint(data: &[TaskData]) -> String {
+    use std::fmt::Write;
+    let mut f = dist::Fingerprint::new();
+    for d in data {
+        for feats in [&d.train_feats, &d.dann_feats, &d.dev_feats] {
+            let _ = write!(f, "{feats:?}");
+        }
+    }
+    f.finish()
 }
 
 /// The flat parameter vector of a model (for comparing runs).
