@@ -1,9 +1,9 @@
 //! `prism tokenizer train` and `prism pretrain`.
 
-use prism_train::dist::Comm;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
+use prism_train::dist::Comm;
 use prism_train::pretrain::{
     pretrain as run_pretrain, resolve_corpus, save_trained_tokenizer, train_tokenizer, Objective,
     PretrainConfig, PretrainOptions, TokenizerKind, TokenizerTrainConfig,
@@ -70,7 +70,15 @@ pub struct PretrainArgs {
 }
 
 pub fn run(a: PretrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
-    pretrain(&a.config, a.objective, a.restart, !a.quiet, a.json, dev, comm)
+    pretrain(
+        &a.config,
+        a.objective,
+        a.restart,
+        !a.quiet,
+        a.json,
+        dev,
+        comm,
+    )
 }
 
 fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {

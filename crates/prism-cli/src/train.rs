@@ -135,7 +135,12 @@ pub(crate) fn run_training(
 }
 
 /// Train, then print the report (on rank 0 of a data-parallel job).
-fn report_training(cfg: &TrainConfig, opts: &RunOptions, json_out: bool, dev: &Device) -> Result<()> {
+fn report_training(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    json_out: bool,
+    dev: &Device,
+) -> Result<()> {
     let report = trainer::train(cfg, dev, opts)?;
     if !opts.comm.is_root() {
         return Ok(());

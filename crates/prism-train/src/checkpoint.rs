@@ -63,13 +63,13 @@ pub struct Resumed<S> {
     pub moments: Moments,
 }
 
-/// Read the state and moments of the checkpoint in `dir`; `config_of` extracts the config the
-/// state was written with, which must equal `config`.
-pub fn read_checkpoint<S: DeserializeOwned, C: PartialEq>(
+/// Read the state and moments of the checkpoint in `dir`; `same_config` tells whether the
+/// config the state was written with is the one given now. (Where the output folder is does
+/// not count: a run folder moved to another disk or machine, or copied, resumes.)
+pub fn read_checkpoint<S: DeserializeOwned>(
     dir: &Path,
     state_file: &str,
-    config: &C,
-    config_of: impl Fn(&S) -> &C,
+    same_config: impl Fn(&S) -> bool,
 ) -> Result<Resumed<S>> {
     let sp = dir.join(state_file);
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
@@ -77,7 +77,7 @@ pub fn read_checkpoint<S: DeserializeOwned, C: PartialEq>(
         path: sp.clone(),
         msg: format!("corrupt run state: {e}"),
     })?;
-    if config_of(&state) != config {
+    if !same_config(&state) {
         return Err(Error::File {
             path: sp,
             msg: "the config changed since this checkpoint was written; run with --restart to start over".into(),

@@ -193,7 +193,10 @@ pub fn run<O: Objective>(
         dist::agree(
             comm,
             &[
-                ("the start step", format!("{} {}", progress.step, progress.adam_t)),
+                (
+                    "the start step",
+                    format!("{} {}", progress.step, progress.adam_t),
+                ),
                 ("the parameters", dist::params_fingerprint(&params)?),
                 ("the optimiser moments", opt.fingerprint()?),
             ],

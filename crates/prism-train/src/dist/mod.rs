@@ -229,7 +229,10 @@ pub fn all_reduce_grads(
             let t = v.as_tensor();
             let n = t.elem_count();
             if present[i] > 0.0 {
-                let g = summed.narrow(0, at, n)?.reshape(t.shape())?.to_dtype(t.dtype())?;
+                let g = summed
+                    .narrow(0, at, n)?
+                    .reshape(t.shape())?
+                    .to_dtype(t.dtype())?;
                 grads.insert(t, g.contiguous()?);
             } else {
                 grads.remove(t);
@@ -304,7 +307,11 @@ pub fn params_fingerprint(params: &[(String, Var)]) -> Result<String> {
     let mut f = Fingerprint::new();
     for (name, v) in params {
         f.bytes(name.as_bytes());
-        let vals = v.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let vals = v
+            .as_tensor()
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
         let bytes: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
         f.bytes(&bytes);
     }
@@ -370,7 +377,10 @@ mod tests {
         assert!(check_accumulation(4, 2).is_ok());
         assert!(check_accumulation(4, 1).is_ok());
         let e = check_accumulation(3, 2).unwrap_err().to_string();
-        assert!(e.contains("grad_accum = 3") && e.contains("multiple of the 2 ranks"), "{e}");
+        assert!(
+            e.contains("grad_accum = 3") && e.contains("multiple of the 2 ranks"),
+            "{e}"
+        );
     }
 
     #[test]

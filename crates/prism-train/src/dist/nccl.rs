@@ -16,7 +16,9 @@ pub struct Nccl {
 }
 
 fn nccl_error(what: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Distributed(format!("NCCL {what}: {e:?} (is libnccl.so on LD_LIBRARY_PATH?)"))
+    Error::Distributed(format!(
+        "NCCL {what}: {e:?} (is libnccl.so on LD_LIBRARY_PATH?)"
+    ))
 }
 
 impl Nccl {
@@ -68,11 +70,7 @@ impl CustomOp1 for AllReduce<'_> {
         candle_core::bail!("the NCCL all-reduce runs on CUDA tensors only")
     }
 
-    fn cuda_fwd(
-        &self,
-        s: &CudaStorage,
-        l: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
         let n = l.shape().elem_count();
         let dev = s.device().clone();
         let src = s.as_cuda_slice::<f32>()?;

@@ -149,7 +149,11 @@ impl Objective for LanguageModelling<'_> {
             predicted += v[1];
             tokens += v[2];
         }
-        let loss = if predicted > 0.0 { sum / predicted } else { 0.0 };
+        let loss = if predicted > 0.0 {
+            sum / predicted
+        } else {
+            0.0
+        };
         self.tokens_seen += tokens as u64;
         self.tokens_this_run += tokens as u64;
         self.running = Some(self.running.map_or(loss, |r| 0.95 * r + 0.05 * loss));

@@ -241,7 +241,11 @@ impl Objective for MultiTask<'_> {
         let cfg = self.cfg;
         let k = (step * cfg.grad_accum + micro) as u64;
         // -- sample a task, take its next batch
-        let Draw { task: ti, feats, dann } = self.draw(step, micro);
+        let Draw {
+            task: ti,
+            feats,
+            dann,
+        } = self.draw(step, micro);
         let task = &self.model.tasks[ti];
         let tc = &cfg.tasks[ti];
         let batch = task.batch(&feats, &self.device)?;

@@ -78,21 +78,27 @@ pub fn pretrain(
     let resume = find_checkpoint(&out, STATE_FILE);
     let load = || -> Result<_> {
         Ok(match &resume {
-        Some(dir) => {
-            let r = read_checkpoint(dir, STATE_FILE, cfg, |s: &PretrainState| &s.config)?;
-            (
-                PretrainedModel::load(dir, device)?,
-                Some(r.state),
-                Some(r.moments),
-            )
-        }
-        None => {
-            let base = match &cfg.model.from {
-                Some(name) => PretrainedModel::load(&fetch::resolve_model(name)?, device)?,
-                None => fresh_model(cfg, &train_files, device)?,
-            };
-            (base, None, None)
-        }
+            Some(dir) => {
+                let r = read_checkpoint(dir, STATE_FILE, |s: &PretrainState| {
+                    s.config
+                        == PretrainConfig {
+                            output: s.config.output.clone(),
+                            ..cfg.clone()
+                        }
+                })?;
+                (
+                    PretrainedModel::load(dir, device)?,
+                    Some(r.state),
+                    Some(r.moments),
+                )
+            }
+            None => {
+                let base = match &cfg.model.from {
+                    Some(name) => PretrainedModel::load(&fetch::resolve_model(name)?, device)?,
+                    None => fresh_model(cfg, &train_files, device)?,
+                };
+                (base, None, None)
+            }
         })
     };
     // A fresh model may train its tokenizer into the output folder: rank 0 first, the others
@@ -153,7 +159,10 @@ pub fn pretrain(
             &[
                 ("the config", serde_json::to_string(cfg).unwrap_or_default()),
                 ("the corpus", data.finish()),
-                ("the tokenizer", tok.inner().to_string(false).unwrap_or_default()),
+                (
+                    "the tokenizer",
+                    tok.inner().to_string(false).unwrap_or_default(),
+                ),
                 ("the binary", crate::dist::binary_fingerprint()?),
             ],
         )?;

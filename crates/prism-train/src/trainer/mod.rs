@@ -39,7 +39,13 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
     // the configured model.
     let (base, saved, moments) = match &resume {
         Some(ck) => {
-            let r = read_checkpoint(ck, STATE_FILE, cfg, |s: &TrainerState| &s.config)?;
+            let r = read_checkpoint(ck, STATE_FILE, |s: &TrainerState| {
+                s.config
+                    == TrainConfig {
+                        output: s.config.output.clone(),
+                        ..cfg.clone()
+                    }
+            })?;
             (
                 PretrainedModel::load(ck, device)?,
                 Some(r.state),
