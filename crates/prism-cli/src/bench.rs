@@ -176,7 +176,9 @@ fn synthetic_tokenizer(n: usize, dir: &Path, max_len: usize) -> Result<PrismToke
         vocab.push_str(&format!("w{i}\n"));
     }
     std::fs::write(dir.join("vocab.txt"), vocab)?;
-    Ok(PrismTokenizer::load(dir, max_len)?)
+    let tok = PrismTokenizer::load(dir, max_len);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(tok?)
 }
 
 fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
@@ -187,7 +189,12 @@ fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
         }
         Some(mut cfg) => {
             cfg.max_position_embeddings = cfg.max_position_embeddings.max(seq);
-            let dir = std::env::temp_dir().join(format!("prism-bench-vocab-{}", cfg.vocab_size));
+            // One folder per process: the ranks of an MPI job write theirs at the same time.
+            let dir = std::env::temp_dir().join(format!(
+                "prism-bench-vocab-{}-{}",
+                cfg.vocab_size,
+                std::process::id()
+            ));
             let tok = synthetic_tokenizer(cfg.vocab_size, &dir, cfg.max_position_embeddings)?;
             Ok(PretrainedModel::fresh(
                 ModelConfig::Bert(cfg),
