@@ -13,8 +13,26 @@ pub enum DeviceArg {
     Cuda,
 }
 
-/// The device: the CPU, or the GPU of this rank (its rank among the ranks on this host, so
-/// each process of an MPI job on a multi-GPU node takes its own).
+/// The GPU of the rank with this local rank (its rank among the ranks on its host, as
+/// `OMPI_COMM_WORLD_LOCAL_RANK`): its own on a node with a GPU per rank, shared round-robin
+/// where ranks outnumber GPUs (MPI's all-reduce allows that; NCCL refuses two ranks per GPU).
+#[cfg(feature = "cuda")]
+fn gpu_ordinal(local_rank: usize) -> candle_core::Result<usize> {
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    let n = CudaContext::device_count().map_err(candle_core::Error::wrap)?;
+    Ok(if n > 0 {
+        local_rank % n as usize
+    } else {
+        local_rank
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_ordinal(local_rank: usize) -> candle_core::Result<usize> {
+    Ok(local_rank)
+}
+
+/// The device: the CPU, or the GPU of this rank (see [`gpu_ordinal`]).
 pub fn device(d: DeviceArg, local_rank: usize) -> Result<Device> {
     Ok(match d {
         DeviceArg::Cpu => Device::Cpu,
@@ -24,11 +42,11 @@ pub fn device(d: DeviceArg, local_rank: usize) -> Result<Device> {
             // where panics unwind; with `panic = "abort"` the panic message is the report).
             const HINT: &str = "CUDA device (build with `--features cuda`: scripts/build-cuda.sh)";
             if cfg!(panic = "abort") {
-                return Device::new_cuda(local_rank).context(HINT);
+                return Device::new_cuda(gpu_ordinal(local_rank)?).context(HINT);
             }
             let hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(|_| {}));
-            let dev = std::panic::catch_unwind(|| Device::new_cuda(local_rank));
+            let dev = std::panic::catch_unwind(|| Device::new_cuda(gpu_ordinal(local_rank)?));
             std::panic::set_hook(hook);
             match dev {
                 Ok(d) => d.context(HINT)?,

@@ -25,8 +25,19 @@ struct Cli {
     /// Device to run on.
     #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
+    /// Under `mpirun`: how gradients are summed over the ranks. auto: with NCCL where the
+    /// gradients are on a GPU and prism was built with `--features nccl`, else with MPI.
+    #[arg(long, global = true, value_enum, default_value_t = Collectives::Auto)]
+    collectives: Collectives,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Collectives {
+    Auto,
+    Mpi,
+    Nccl,
 }
 
 #[derive(Subcommand)]
@@ -146,12 +157,25 @@ fn run(cli: Cli, comm: &prism_train::dist::Comm) -> Result<()> {
         _ => quiet_on_closed_pipe(),
     }
     let dev = common::device(cli.device, comm.local_rank())?;
+    let nccl = match cli.collectives {
+        Collectives::Mpi => false,
+        Collectives::Auto => cfg!(feature = "nccl") && dev.is_cuda() && comm.engine() != "single",
+        Collectives::Nccl if !cfg!(feature = "nccl") => {
+            anyhow::bail!("--collectives nccl: this prism was built without NCCL (scripts/build-cuda.sh --features nccl)")
+        }
+        Collectives::Nccl if !dev.is_cuda() || comm.engine() == "single" => {
+            anyhow::bail!("--collectives nccl needs --device cuda and an MPI launch (mpirun)")
+        }
+        Collectives::Nccl => true,
+    };
     #[cfg(feature = "nccl")]
-    let comm = &if dev.is_cuda() && comm.engine() != "single" {
+    let comm = &if nccl {
         prism_train::dist::with_nccl(comm.clone(), &dev)?
     } else {
         comm.clone()
     };
+    #[cfg(not(feature = "nccl"))]
+    let _ = nccl;
     match cli.command {
         Command::Bench(a) => bench::run(a, &dev, comm),
         Command::Fetch(a) => fetch::run(a),
