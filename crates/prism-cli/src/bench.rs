@@ -25,13 +25,15 @@ use std::time::Instant;
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
 pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 9] = [
     "infer",
     "infer-bf16",
     "train",
+    "train-bf16",
     "ig",
     "ig-bf16",
     "mlm",
+    "mlm-bf16",
     "allreduce",
 ];
 
@@ -40,13 +42,14 @@ pub struct BenchArgs {
     /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12).
     #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
     pub sizes: Vec<String>,
-    /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX), train, ig, ig-bf16
-    /// (the same in bf16), mlm; allreduce (the model's whole gradient summed over the ranks of
+    /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX or AVX512-BF16), train,
+    /// train-bf16 (mixed precision: the linear layers' forward, dx and dW in bf16, f32 master
+    /// weights), ig, ig-bf16, mlm, mlm-bf16; allreduce (the model's whole gradient summed over the ranks of
     /// an MPI job, as a data-parallel update does: run under `mpirun -np N`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "infer,infer-bf16,train,ig,ig-bf16,mlm"
+        default_value = "infer,infer-bf16,train,train-bf16,ig,ig-bf16,mlm,mlm-bf16"
     )]
     pub workloads: Vec<String>,
     /// Sequences per batch (and IG interpolations per pass).
@@ -135,6 +138,8 @@ struct Report {
     seq: usize,
     reps: usize,
     ig_steps: usize,
+    /// The bf16 kernel the `*-bf16` workloads ran on (`amx`, `avx512bf16`), or null (f32).
+    bf16_kernel: Option<&'static str>,
     sgemm: SgemmRow,
     results: Vec<Row>,
 }
@@ -369,6 +374,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         "prism bench: batch {} x {} tokens, {} threads, {} warm-up + {} repetitions, IG {} steps",
         args.batch, args.seq, nthreads, args.warmup, args.reps, args.ig_steps
         );
+        eprintln!("bf16 workloads: {}", prism_model::ops::bf16::describe());
         if comm.world() > 1 {
             eprintln!("{} ranks over {}", comm.world(), comm.engine());
         }
@@ -401,10 +407,11 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         let fwd_flops = encoder_flops(&cfg, b, t);
         let c = cfg.hidden_size as f64;
         // One model per size: MLM needs the tied head, the others a classification head.
-        let needs_cls = args.workloads.iter().any(|w| w != "mlm");
+        let is_mlm = |w: &String| w == "mlm" || w == "mlm-bf16";
+        let needs_cls = args.workloads.iter().any(|w| !is_mlm(w));
         let (mt, lm) = if needs_cls {
             let mt = classification_model(base)?;
-            let lm = if args.workloads.iter().any(|w| w == "mlm") {
+            let lm = if args.workloads.iter().any(is_mlm) {
                 Some(MaskedLm::new(load_size(size, t, dev)?)?)
             } else {
                 None
@@ -415,10 +422,16 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         };
         for work in &args.workloads {
             reset_peak_rss();
+            // `*-bf16` training: forward and backward under mixed precision, as a run with
+            // `precision = "bf16"` (the training loop's autocast).
+            let _precision = prism_model::ops::bf16::autocast(matches!(
+                work.as_str(),
+                "train-bf16" | "mlm-bf16"
+            ));
             let row = match work.as_str() {
                 "infer" | "infer-bf16" => {
                     let mt = mt.as_ref().context("classification model")?;
-                    // `infer-bf16`: the same forward with every linear layer on the AMX tile unit
+                    // `infer-bf16`: the same forward with every linear layer on AMX or AVX512-BF16
                     // in bf16 (f32 accumulation; attention products, softmax, layer norm in f32).
                     // Both frozen, as `prism eval`, `predict` and `serve` run (PyTorch: eval
                     // mode under `no_grad`): no graph, weights transposed or packed once.
@@ -436,7 +449,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                     let flops = fwd_flops + 2.0 * c * c * b as f64;
                     row(size, work, "seq/s", b as f64, &times, flops, None)
                 }
-                "train" => {
+                "train" | "train-bf16" => {
                     let mt = mt.as_ref().context("classification model")?;
                     let mut opt = AdamW::new(mt.base.params.vars(), AdamWConfig::default());
                     let input = batch_input(random_ids(b, t, v, &mut rng), b, t, dev)?
@@ -498,7 +511,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                     let flops = one * (3.0 * args.ig_steps as f64 + 2.0);
                     row(size, work, "ex/s", 1.0, &times, flops, None)
                 }
-                "mlm" => {
+                "mlm" | "mlm-bf16" => {
                     let lm = lm.as_ref().context("masked-LM model")?;
                     let mut opt = AdamW::new(lm.base.params.vars(), AdamWConfig::default());
                     let mask_id = lm
@@ -577,6 +590,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         seq: t,
         reps: args.reps,
         ig_steps: args.ig_steps,
+        bf16_kernel: prism_model::ops::bf16::kernel().map(|k| k.name()),
         sgemm: sg,
         results: rows,
     };

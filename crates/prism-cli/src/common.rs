@@ -90,7 +90,7 @@ pub fn frozen(m: &MultiTaskModel, bf16: bool) -> Result<MultiTaskModel> {
     if !bf16 {
         return Ok(m.frozen()?);
     }
-    if !prism_model::ops::amx::available() {
+    if !prism_model::ops::bf16::available() {
         eprintln!("note: no AMX-BF16 on this CPU; running in f32");
     }
     Ok(m.frozen_bf16()?)

@@ -69,8 +69,8 @@ pub struct ExplainArgs {
     pub faithfulness: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Run the linear layers in bf16 on the AMX tile unit, forward and input gradients
-    /// (f32 accumulation; f32 on CPUs without AMX-BF16): IG ~1.5x faster, attributions
+    /// Run the linear layers in bf16 on AMX or AVX512-BF16, forward and input gradients
+    /// (f32 accumulation; f32 on CPUs with neither AMX-BF16 nor AVX512-BF16): IG ~1.5x faster, attributions
     /// within bf16 rounding of f32 (README "Performance").
     #[arg(long)]
     pub bf16: bool,

@@ -24,8 +24,8 @@ pub struct EvalArgs {
     pub data: PathBuf,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Run the linear layers in bf16 on the AMX tile unit (f32 accumulation), to measure
-    /// what bf16 inference changes (f32 on CPUs without AMX-BF16).
+    /// Run the linear layers in bf16 on AMX or AVX512-BF16 (f32 accumulation), to measure
+    /// what bf16 inference changes (f32 on CPUs with neither AMX-BF16 nor AVX512-BF16).
     #[arg(long)]
     pub bf16: bool,
     #[arg(long)]
@@ -45,7 +45,7 @@ pub struct PredictArgs {
     /// Only this task.
     #[arg(long)]
     pub task: Option<String>,
-    /// Linear layers in bf16 on the AMX tile unit (as `prism eval --bf16`).
+    /// Linear layers in bf16 on AMX or AVX512-BF16 (as `prism eval --bf16`).
     #[arg(long)]
     pub bf16: bool,
     #[arg(long)]

@@ -63,6 +63,9 @@ pub struct PretrainArgs {
     /// Discard any checkpoint in the output folder and start over.
     #[arg(long)]
     pub restart: bool,
+    /// Mixed precision (as `precision = "bf16"` in the config).
+    #[arg(long)]
+    pub bf16: bool,
     #[arg(long)]
     pub quiet: bool,
     #[arg(long)]
@@ -73,6 +76,7 @@ pub fn run(a: PretrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
     pretrain(
         &a.config,
         a.objective,
+        a.bf16,
         a.restart,
         !a.quiet,
         a.json,
@@ -109,6 +113,7 @@ fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
 fn pretrain(
     config: &Path,
     objective: Option<Objective>,
+    bf16: bool,
     restart: bool,
     progress: bool,
     json: bool,
@@ -116,6 +121,9 @@ fn pretrain(
     comm: &Comm,
 ) -> Result<()> {
     let mut cfg = PretrainConfig::from_file(config)?;
+    if bf16 {
+        cfg.precision = prism_train::optim::Precision::Bf16;
+    }
     if let Some(o) = objective {
         cfg.objective = o;
         cfg.validate()

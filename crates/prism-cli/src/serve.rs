@@ -22,7 +22,7 @@ pub struct ServeArgs {
     /// Longest accepted text, in characters.
     #[arg(long, default_value_t = 4000)]
     pub max_text_chars: usize,
-    /// Linear layers in bf16 on the AMX tile unit, for predictions and explanations (2-2.5x
+    /// Linear layers in bf16 on AMX or AVX512-BF16, for predictions and explanations (2-2.5x
     /// the f32 inference throughput, IG ~1.5x; see README "Performance").
     #[arg(long)]
     pub bf16: bool,

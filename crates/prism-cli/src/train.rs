@@ -16,6 +16,10 @@ pub struct TrainArgs {
     /// Discard any checkpoint in the output folder and start over.
     #[arg(long)]
     pub restart: bool,
+    /// Mixed precision (as `precision = "bf16"` in the config): linear layers in bf16 on AMX
+    /// or AVX512-BF16, f32 master weights.
+    #[arg(long)]
+    pub bf16: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -58,7 +62,10 @@ pub struct SweepArgs {
 }
 
 pub fn run(a: TrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
-    let cfg = TrainConfig::from_file(&a.config)?;
+    let mut cfg = TrainConfig::from_file(&a.config)?;
+    if a.bf16 {
+        cfg.precision = prism_train::optim::Precision::Bf16;
+    }
     let opts = RunOptions {
         restart: a.restart,
         stop_after: None,

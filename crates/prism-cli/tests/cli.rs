@@ -151,7 +151,16 @@ fn bench_reports_every_workload_as_json() {
         .collect();
     assert_eq!(
         works,
-        ["infer", "infer-bf16", "train", "ig", "ig-bf16", "mlm"]
+        [
+            "infer",
+            "infer-bf16",
+            "train",
+            "train-bf16",
+            "ig",
+            "ig-bf16",
+            "mlm",
+            "mlm-bf16"
+        ]
     );
     for r in rows {
         let t = &r["throughput"];
@@ -163,12 +172,15 @@ fn bench_reports_every_workload_as_json() {
         assert!(0.0 < lo && lo <= med && med <= hi, "{r}");
         assert!(r["gflops"].as_f64().unwrap() > 0.0, "{r}");
     }
-    // Training steps report their phases.
-    let train = rows.iter().find(|r| r["workload"] == "train").unwrap();
-    assert!(
-        train["phases"]["backward"].as_f64().unwrap() > 0.0,
-        "{train}"
-    );
+    // Training steps report their phases, in f32 and mixed precision.
+    for work in ["train", "train-bf16", "mlm-bf16"] {
+        let train = rows.iter().find(|r| r["workload"] == work).unwrap();
+        assert!(
+            train["phases"]["backward"].as_f64().unwrap() > 0.0,
+            "{train}"
+        );
+    }
+    assert!(v["bf16_kernel"].is_null() || v["bf16_kernel"].is_string());
     // Bad sizes and workloads are named.
     let (ok, _, err) = prism(&["bench", "--sizes", "huge"]);
     assert!(!ok && err.contains("unknown size `huge`"), "{err}");

@@ -72,13 +72,13 @@ impl ParamStore {
     }
 
     /// [`ParamStore::frozen`], and every linear layer built from it also packs a bf16 copy of
-    /// its weight and runs on the AMX tile unit ([`ops::amx`]): the forward pass, and for
+    /// its weight and runs on AMX or AVX512-BF16 ([`ops::bf16`]): the forward pass, and for
     /// inputs that track gradients (explanations) their gradient `dy W` too. Without AMX, or
     /// off the CPU, this is `frozen()`.
     pub fn frozen_bf16(&self) -> Self {
         Self {
             frozen: true,
-            bf16: self.device().is_cpu() && crate::ops::amx::available(),
+            bf16: self.device().is_cpu() && crate::ops::bf16::available(),
             ..self.clone()
         }
     }
@@ -307,7 +307,7 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// The weight in bf16 for AMX inference, when built from a [`ParamStore::frozen_bf16`]
     /// store.
-    pub packed: Option<Arc<ops::amx::PackedWeight>>,
+    pub packed: Option<Arc<ops::bf16::PackedWeight>>,
     /// The weight transposed once for the f32 GEMM, when built from a frozen store (a
     /// snapshot, like `packed`).
     pub transposed: Option<Arc<ops::TransposedWeight>>,
@@ -344,7 +344,9 @@ impl Linear {
     /// store, transpose it once for the f32 GEMM.
     fn packed_for(mut self, store: &ParamStore) -> Result<Self> {
         if store.bf16() {
-            self.packed = Some(Arc::new(ops::amx::PackedWeight::from_tensor(&self.weight)?));
+            self.packed = Some(Arc::new(ops::bf16::PackedWeight::from_tensor(
+                &self.weight,
+            )?));
         } else if store.is_frozen() {
             self.transposed = ops::TransposedWeight::of(&self.weight)?.map(Arc::new);
         }
@@ -376,8 +378,8 @@ impl Linear {
             return Err(Error::Input("linear: scalar input".into()));
         }
         if let Some(p) = &self.packed {
-            if ops::amx::applies_to(x) {
-                return Ok(ops::amx::linear(x, p, self.bias.as_ref())?);
+            if ops::bf16::applies_to(x) {
+                return Ok(ops::bf16::linear(x, p, self.bias.as_ref())?);
             }
         }
         Ok(ops::linear_with(

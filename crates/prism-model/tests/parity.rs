@@ -297,8 +297,8 @@ fn first_token_only_matches_the_full_last_layer() {
 /// embedding gradients explanations take through it (the input gradients on the tile unit).
 #[test]
 fn bf16_inference_is_close_to_f32() {
-    if !prism_model::ops::amx::available() {
-        eprintln!("skipped: no AMX-BF16 on this machine");
+    if !prism_model::ops::bf16::available() {
+        eprintln!("skipped: no bf16 unit (AMX-BF16 or AVX512-BF16) on this machine");
         return;
     }
     for fixture in ["tiny-bert", "tiny-roberta"] {

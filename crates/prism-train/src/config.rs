@@ -216,6 +216,10 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     #[serde(default = "d_eval_batch")]
     pub eval_batch_size: usize,
+    /// `f32` (default) or `bf16`: mixed precision, the linear layers' products in bf16 with
+    /// f32 master weights (see `Precision`).
+    #[serde(default)]
+    pub precision: crate::optim::Precision,
     #[serde(default)]
     pub sampling: Sampling,
     #[serde(default)]

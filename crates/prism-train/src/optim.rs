@@ -20,6 +20,20 @@ pub enum Schedule {
     Constant,
 }
 
+/// The precision of a run's linear-layer products (`precision` in both configs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: the linear layers' forward, dx and dW products in bf16 with f32
+    /// accumulation, on AMX or AVX512-BF16 (`prism_model::ops::bf16::autocast`); master
+    /// weights, AdamW moments, layer norm, softmax, attention's score products, losses and
+    /// reductions in f32. On a CPU with neither unit (or another device) the run is f32.
+    Bf16,
+}
+
 /// Warm-up steps from a config's `warmup`: a fraction of `steps` (< 1) or a step count (>= 1).
 pub fn warmup_steps(warmup: f64, steps: usize) -> usize {
     if warmup >= 1.0 {

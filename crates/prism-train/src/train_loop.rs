@@ -11,7 +11,7 @@
 
 use crate::dist;
 use crate::error::{Error, Result};
-use crate::optim::{lr_at, warmup_steps, AdamW, AdamWConfig, Schedule};
+use crate::optim::{lr_at, warmup_steps, AdamW, AdamWConfig, Precision, Schedule};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,8 @@ pub struct LoopConfig {
     pub eval_every: usize,
     /// Checkpoint every N updates (0: at each evaluation and the end).
     pub checkpoint_every: usize,
+    /// The precision of the forward and backward passes.
+    pub precision: crate::optim::Precision,
 }
 
 /// The [`LoopConfig`] of a config struct that names its fields as both run configs do
@@ -64,6 +66,7 @@ macro_rules! loop_config_of {
             },
             eval_every: $c.eval_every,
             checkpoint_every: $c.checkpoint_every,
+            precision: $c.precision,
         }
     };
 }
@@ -208,6 +211,12 @@ pub fn run<O: Objective>(
         None
     };
     let warmup = warmup_steps(cfg.optim.warmup, cfg.steps);
+    if cfg.precision == Precision::Bf16 && comm.is_root() {
+        eprintln!(
+            "precision bf16: linear layers in {}",
+            prism_model::ops::bf16::describe()
+        );
+    }
     let mut reporter = Reporter::new(opts.progress && comm.is_root(), cfg.steps, progress.step);
     let started = Instant::now();
     let elapsed_before = progress.elapsed_s;
@@ -233,7 +242,11 @@ pub fn run<O: Objective>(
                 objective.skip_micro_batch(step, micro)?;
                 continue;
             }
-            let m = objective.micro_batch(step, micro)?;
+            let m = {
+                // Mixed precision covers the forward and backward passes and nothing else.
+                let _precision = prism_model::ops::bf16::autocast(cfg.precision == Precision::Bf16);
+                objective.micro_batch(step, micro)?
+            };
             let slot = &mut header[micro * per..(micro + 1) * per];
             slot[0] = m.weight;
             for (d, v) in slot[1..].iter_mut().zip(&m.values) {

@@ -7,7 +7,7 @@ use super::{Encoder, EncoderInput, EncoderOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Embedding, LayerNorm, Linear, Mode, ParamBuilder};
 use crate::ops;
-use crate::ops::amx::PackedWeight;
+use crate::ops::bf16::PackedWeight;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -181,8 +181,8 @@ impl Activation {
         if let Self::Gelu = self {
             let b = linear.bias.as_ref();
             if let Some(p) = &linear.packed {
-                if ops::amx::applies_to(x) {
-                    return Ok(ops::amx::linear_then(x, p, b, ops::amx::Epilogue::Gelu)?);
+                if ops::bf16::applies_to(x) {
+                    return Ok(ops::bf16::linear_then(x, p, b, ops::bf16::Epilogue::Gelu)?);
                 }
             }
             if let (Some(b), true) = (b, x.rank() > 0) {
@@ -385,8 +385,8 @@ impl SelfAttention {
             }
         };
         if let Some(p) = &self.qkv_packed {
-            if ops::amx::applies_to(x) {
-                return Ok(ops::amx::linear(x, p, b.as_ref())?);
+            if ops::bf16::applies_to(x) {
+                return Ok(ops::bf16::linear(x, p, b.as_ref())?);
             }
         }
         let w = Tensor::cat(&layers.map(|l| &l.weight), 0)?;

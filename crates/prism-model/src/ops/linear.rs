@@ -3,6 +3,7 @@
 //! pass, and the backward pass produces dx, dW (already in W's layout, no transpose copy) and db
 //! directly.
 
+use super::bf16::{self, Kernel};
 use super::gelu;
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
@@ -165,6 +166,31 @@ fn gemm_xwt(
     out
 }
 
+/// How a linear op multiplies, fixed when it is built: in f32 (reading W's transpose when one
+/// was made) or, under [`bf16::autocast`], in bf16 with f32 accumulation, forward and backward.
+#[derive(Clone)]
+struct Product {
+    wt: Option<Arc<TransposedWeight>>,
+    bf16: Option<Kernel>,
+}
+
+impl Product {
+    fn new(wt: Option<&Arc<TransposedWeight>>) -> Self {
+        Self {
+            wt: wt.cloned(),
+            bf16: bf16::autocast_kernel(),
+        }
+    }
+
+    /// x (m, k) W^T: (m, n).
+    fn xwt(&self, x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        match self.bf16 {
+            Some(kernel) => bf16::xwt(kernel, x, w, m, n, k),
+            None => gemm_xwt(x, w, self.wt.as_deref(), m, n, k),
+        }
+    }
+}
+
 /// (rows, out, in) of `x` (..., in) against `w` (out, in), and the output shape (..., out).
 fn dims(op: &str, x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
     let xd = x.shape().dims();
@@ -265,6 +291,7 @@ fn linear_grads(
     w: &Tensor,
     b: Option<&Tensor>,
     dy: &Tensor,
+    precision: Option<Kernel>,
 ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     let name = "prism-linear-bwd";
     // Frozen weights (explanations) need no gradient: skip dW and db, a third of the backward
@@ -290,7 +317,10 @@ fn linear_grads(
                 dy.len()
             );
         }
-        let (dx, dw) = dx_dw(x, w, dy, (m, n, k), want_w);
+        let (dx, dw) = match precision {
+            Some(kernel) => bf16::dx_dw(kernel, x, w, dy, (m, n, k), want_w),
+            None => dx_dw(x, w, dy, (m, n, k), want_w),
+        };
         (dx, dw, want_b.then(|| column_sums(dy, n)))
     };
     let dev = x.device();
@@ -331,22 +361,21 @@ pub fn linear_with(
         return y.reshape(out);
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
-    let wt = wt.cloned();
+    let product = Product::new(wt);
     match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias(wt)),
-        None => x.apply_op2(&w, LinearNoBias(wt)),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearBias(product)),
+        None => x.apply_op2(&w, LinearNoBias(product)),
     }
 }
 
-/// `x W^T` (m, n) for a biased op's operands `x`, `W`, `b` (reading `wt` when it is W's
-/// transpose), with the bias, the output width n and the output shape; the bias must have n
-/// entries.
+/// `x W^T` (m, n) for a biased op's operands `x`, `W`, `b` (as `product` multiplies), with the
+/// bias, the output width n and the output shape; the bias must have n entries.
 fn biased_product<'a>(
     name: &str,
     (s1, l1): (&CpuStorage, &Layout),
     (s2, l2): (&CpuStorage, &Layout),
     (s3, l3): (&'a CpuStorage, &Layout),
-    wt: Option<&TransposedWeight>,
+    product: &Product,
 ) -> Result<(Vec<f32>, &'a [f32], usize, Shape)> {
     let (m, n, k, shape) = dims(name, l1, l2)?;
     let (x, w, b) = (
@@ -357,10 +386,10 @@ fn biased_product<'a>(
     if b.len() != n {
         candle_core::bail!("{name}: bias has {} entries for {n} outputs", b.len());
     }
-    Ok((gemm_xwt(x, w, wt, m, n, k), b, n, shape))
+    Ok((product.xwt(x, w, m, n, k), b, n, shape))
 }
 
-struct LinearBias(Option<Arc<TransposedWeight>>);
+struct LinearBias(Product);
 
 impl CustomOp3 for LinearBias {
     fn name(&self) -> &'static str {
@@ -377,7 +406,7 @@ impl CustomOp3 for LinearBias {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (mut out, b, n, shape) =
-            biased_product(self.name(), (s1, l1), (s2, l2), (s3, l3), self.0.as_deref())?;
+            biased_product(self.name(), (s1, l1), (s2, l2), (s3, l3), &self.0)?;
         super::for_each_row(&mut out, n, |_, row| add_assign(row, b));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -390,7 +419,7 @@ impl CustomOp3 for LinearBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = linear_grads(x, w, Some(b), dy)?;
+        let (dx, dw, db) = linear_grads(x, w, Some(b), dy, self.0.bf16)?;
         Ok((Some(dx), dw, db))
     }
 }
@@ -431,7 +460,7 @@ crate::multiversion! {
     }
 }
 
-struct LinearNoBias(Option<Arc<TransposedWeight>>);
+struct LinearNoBias(Product);
 
 impl CustomOp2 for LinearNoBias {
     fn name(&self) -> &'static str {
@@ -450,7 +479,7 @@ impl CustomOp2 for LinearNoBias {
             f32_slice(self.name(), s1, l1)?,
             f32_slice(self.name(), s2, l2)?,
         );
-        let out = gemm_xwt(x, w, self.0.as_deref(), m, n, k);
+        let out = self.0.xwt(x, w, m, n, k);
         Ok((CpuStorage::F32(out), shape))
     }
 
@@ -461,7 +490,7 @@ impl CustomOp2 for LinearNoBias {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = linear_grads(x, w, None, dy)?;
+        let (dx, dw, _) = linear_grads(x, w, None, dy, self.0.bf16)?;
         Ok((Some(dx), dw))
     }
 }
@@ -486,7 +515,7 @@ pub fn linear_gelu(
     let op = LinearGelu {
         keep,
         pre: Mutex::new(None),
-        wt: wt.cloned(),
+        product: Product::new(wt),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, op)
@@ -498,7 +527,7 @@ struct LinearGelu {
     /// `x W^T + b`, (rows, out), kept by the forward pass and taken by the backward pass (which
     /// recomputes it when it is gone: a second backward pass over the same graph).
     pre: Mutex<Option<Vec<f32>>>,
-    wt: Option<Arc<TransposedWeight>>,
+    product: Product,
 }
 
 impl LinearGelu {
@@ -531,13 +560,8 @@ impl CustomOp3 for LinearGelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (mut h, b, n, shape) = biased_product(
-            self.name(),
-            (s1, l1),
-            (s2, l2),
-            (s3, l3),
-            self.wt.as_deref(),
-        )?;
+        let (mut h, b, n, shape) =
+            biased_product(self.name(), (s1, l1), (s2, l2), (s3, l3), &self.product)?;
         let m = h.len() / n.max(1);
         if !self.keep {
             super::for_each_row(&mut h, n, |_, row| gelu::bias_gelu_in_place(row, b));
@@ -573,14 +597,17 @@ impl CustomOp3 for LinearGelu {
         // over the same graph finds it gone.
         let mut dh = match self.pre().take().filter(|h| h.len() == m * n) {
             Some(h) => h,
-            None => linear_with(
-                &x.detach(),
-                &w.detach(),
-                self.wt.as_ref(),
-                Some(&b.detach()),
-            )?
-            .flatten_all()?
-            .to_vec1::<f32>()?,
+            None => {
+                let _precision = bf16::autocast(self.product.bf16.is_some());
+                linear_with(
+                    &x.detach(),
+                    &w.detach(),
+                    self.product.wt.as_ref(),
+                    Some(&b.detach()),
+                )?
+                .flatten_all()?
+                .to_vec1::<f32>()?
+            }
         };
         let want_b = b.track_op();
         let mut db = vec![0f32; n];
@@ -621,7 +648,7 @@ impl CustomOp3 for LinearGelu {
             *last = n;
         }
         let dh = Tensor::from_vec(dh, out_shape, x.device())?;
-        let (dx, dw, _) = linear_grads(&x, &w, None, &dh)?;
+        let (dx, dw, _) = linear_grads(&x, &w, None, &dh, self.product.bf16)?;
         let db = want_b
             .then(|| Tensor::from_vec(db, n, x.device()))
             .transpose()?;

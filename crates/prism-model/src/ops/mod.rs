@@ -4,8 +4,8 @@
 //! fused kernel. On non-CPU devices the public functions fall back to compositions of candle
 //! primitives, which all have a backward pass, so training works everywhere and is fast on CPU.
 
-pub mod amx;
 mod attention;
+pub mod bf16;
 mod cross_entropy;
 mod dropout;
 mod embedding;

@@ -135,6 +135,10 @@ pub struct PretrainConfig {
     pub checkpoint_every: usize,
     #[serde(default = "d_eval_batch")]
     pub eval_batch_size: usize,
+    /// `f32` (default) or `bf16`: mixed precision, the linear layers' products in bf16 with
+    /// f32 master weights (see `Precision`).
+    #[serde(default)]
+    pub precision: crate::optim::Precision,
     pub model: ModelSpec,
     pub corpus: CorpusConfig,
     /// `mlm` (BERT, RoBERTa) or `plm` (permutation LM, XLNet).
