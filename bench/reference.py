@@ -7,6 +7,8 @@ Workloads (batch B x T tokens, default 16 x 128), per model size:
   infer-bf16  the same under torch.autocast("cpu", bfloat16) (oneDNN's AMX kernels), against
          prism's linear layers in bf16 on AMX; the table also gives the ratio to f32 PyTorch
   train  forward (dropout on) + cross-entropy + backward + clip + AdamW  sequences/s
+  train-bf16  the same with forward and loss under torch.autocast("cpu", bfloat16) (f32 master
+         weights; backward follows autocast's dtypes), against `precision = "bf16"` in prism
   ig     Captum LayerIntegratedGradients on the word embeddings, one example of T tokens,
          50 Gauss-Legendre steps, internal batch B, [PAD] baseline, target softmax class 1,
          with the convergence delta (one extra forward, as prism computes it)  examples/s
@@ -14,6 +16,7 @@ Workloads (batch B x T tokens, default 16 x 128), per model size:
          layers forward and backward in bf16 on AMX); the table also gives the ratio to f32 Captum
   mlm    15% of positions masked; encoder forward, MLM head (tied decoder) at the masked
          positions only, cross-entropy, backward, clip, AdamW                tokens/s
+  mlm-bf16  the same under torch.autocast("cpu", bfloat16), as train-bf16
 Sizes: tiny (H32 L2, the test fixture's shape), mini (H256 L4 FFN1024 V30522), minilm (the real
 checkpoint prism fetched: `prism fetch model minilm`), base (H768 L12 FFN3072 V30522).
 
@@ -36,7 +39,7 @@ import time
 import torch
 
 # bf16 workloads and the f32 workload each is also compared with.
-F32_OF = {"infer-bf16": "infer", "ig-bf16": "ig"}
+F32_OF = {"infer-bf16": "infer", "ig-bf16": "ig", "train-bf16": "train", "mlm-bf16": "mlm"}
 
 # Where the models run (--device); timings wait for the GPU to finish.
 DEV = torch.device("cpu")
@@ -194,16 +197,24 @@ def bench_size(size, args, rows):
 
             times, _ = measure(args.warmup, args.reps, f)
             row = make_row(size, work, "seq/s", b, times, fwd + 2 * c * c * b)
-        elif work == "train":
+        elif work in ("train", "train-bf16"):
+            import contextlib
+
+            amp = (torch.autocast(DEV.type, dtype=torch.bfloat16) if work == "train-bf16"
+                   else contextlib.nullcontext())
             cls.train()
             opt = adamw(cls, 1e-5)
             ids = random_ids(g, b, t, v)
             mask = torch.ones_like(ids)
             labels = torch.randint(0, 2, (b,), generator=g).to(DEV)
 
+            def loss():
+                with amp:
+                    return torch.nn.functional.cross_entropy(
+                        cls(input_ids=ids, attention_mask=mask).logits.float(), labels)
+
             def f():
-                return training_step(cls, opt, lambda: torch.nn.functional.cross_entropy(
-                    cls(input_ids=ids, attention_mask=mask).logits, labels))
+                return training_step(cls, opt, loss)
 
             times, phases = measure(args.warmup, args.reps, f)
             row = make_row(size, work, "seq/s", b, times, 3 * (fwd + 2 * c * c * b), phases)
@@ -236,7 +247,11 @@ def bench_size(size, args, rows):
             times, _ = measure(args.warmup, args.reps, f)
             one = encoder_flops(cfg, 1, t) + 2 * c * c
             row = make_row(size, work, "ex/s", 1, times, one * (3 * args.ig_steps + 2))
-        elif work == "mlm":
+        elif work in ("mlm", "mlm-bf16"):
+            import contextlib
+
+            amp = (torch.autocast(DEV.type, dtype=torch.bfloat16) if work == "mlm-bf16"
+                   else contextlib.nullcontext())
             mlm.train()
             opt = adamw(mlm, 1e-4)
             ids = random_ids(g, b, t, v)
@@ -249,8 +264,10 @@ def bench_size(size, args, rows):
             mask = torch.ones_like(ids)
 
             def mlm_loss():
-                h = mlm.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-                return torch.nn.functional.cross_entropy(mlm.cls(h.reshape(b * t, c)[positions]), labels)
+                with amp:
+                    h = mlm.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+                    logits = mlm.cls(h.reshape(b * t, c)[positions])
+                    return torch.nn.functional.cross_entropy(logits.float(), labels)
 
             def f():
                 return training_step(mlm, opt, mlm_loss)
@@ -304,7 +321,7 @@ def run_torch(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,mini,minilm,base")
-    ap.add_argument("--workloads", default="infer,infer-bf16,train,ig,ig-bf16,mlm")
+    ap.add_argument("--workloads", default="infer,infer-bf16,train,train-bf16,ig,ig-bf16,mlm,mlm-bf16")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
