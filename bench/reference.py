@@ -203,6 +203,8 @@ def bench_size(size, args, rows):
             amp = (torch.autocast(DEV.type, dtype=torch.bfloat16) if work == "train-bf16"
                    else contextlib.nullcontext())
             cls.train()
+            if args.gradient_checkpointing:
+                cls.gradient_checkpointing_enable()
             opt = adamw(cls, 1e-5)
             ids = random_ids(g, b, t, v)
             mask = torch.ones_like(ids)
@@ -253,6 +255,8 @@ def bench_size(size, args, rows):
             amp = (torch.autocast(DEV.type, dtype=torch.bfloat16) if work == "mlm-bf16"
                    else contextlib.nullcontext())
             mlm.train()
+            if args.gradient_checkpointing:
+                mlm.gradient_checkpointing_enable()
             opt = adamw(mlm, 1e-4)
             ids = random_ids(g, b, t, v)
             inner = torch.rand((b, t), generator=g) < 0.15
@@ -315,6 +319,7 @@ def run_torch(args):
     for size in args.sizes:
         bench_size(size, args, rows)
     return {"torch": torch.__version__, "device": str(DEV), "threads": args.threads, "batch": args.batch, "seq": args.seq,
+            "gradient_checkpointing": args.gradient_checkpointing,
             "reps": args.reps, "ig_steps": args.ig_steps, "sgemm": sg, "results": rows}
 
 
@@ -333,6 +338,8 @@ def main():
                     help="run both sides here (prism needs the CUDA build: scripts/build-cuda.sh)")
     ap.add_argument("--minilm", help="MiniLM folder (default: $PRISM_HOME/models/minilm)")
     ap.add_argument("--json", help="write the JSON report here")
+    ap.add_argument("--gradient-checkpointing", action="store_true",
+                    help="activation checkpointing in the training workloads (gradient_checkpointing_enable())")
     ap.add_argument("--compare", action="store_true", help="run `prism bench` first and print the ratios")
     ap.add_argument("--prism", default="target/release/prism", help="the prism binary for --compare")
     args = ap.parse_args()
@@ -348,6 +355,8 @@ def main():
                ",".join(args.workloads), "--batch", str(args.batch), "--seq", str(args.seq), "--reps", str(args.reps),
                "--warmup", str(args.warmup), "--ig-steps", str(args.ig_steps), "--sgemm", str(args.sgemm),
                "--threads", str(args.threads), "--device", args.device]
+        if args.gradient_checkpointing:
+            cmd.append("--gradient-checkpointing")
         print("$ " + " ".join(cmd), file=sys.stderr)
         prism = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
     ref = run_torch(args)

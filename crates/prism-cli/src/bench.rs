@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Write the JSON report here (`-` for stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Activation checkpointing in the training workloads (train, train-bf16, mlm, mlm-bf16),
+    /// as `gradient_checkpointing = true` in a run's config.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 #[derive(Serialize)]
@@ -140,6 +144,8 @@ struct Report {
     ig_steps: usize,
     /// The bf16 kernel the `*-bf16` workloads ran on (`amx`, `avx512bf16`), or null (f32).
     bf16_kernel: Option<&'static str>,
+    /// Whether the training workloads ran with activation checkpointing.
+    gradient_checkpointing: bool,
     sgemm: SgemmRow,
     results: Vec<Row>,
 }
@@ -428,6 +434,8 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                 work.as_str(),
                 "train-bf16" | "mlm-bf16"
             ));
+            let _recompute =
+                prism_model::recompute::gradient_checkpointing(args.gradient_checkpointing);
             let row = match work.as_str() {
                 "infer" | "infer-bf16" => {
                     let mt = mt.as_ref().context("classification model")?;
@@ -591,6 +599,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         reps: args.reps,
         ig_steps: args.ig_steps,
         bf16_kernel: prism_model::ops::bf16::kernel().map(|k| k.name()),
+        gradient_checkpointing: args.gradient_checkpointing,
         sgemm: sg,
         results: rows,
     };

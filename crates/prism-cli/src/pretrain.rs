@@ -66,6 +66,9 @@ pub struct PretrainArgs {
     /// Mixed precision (as `precision = "bf16"` in the config).
     #[arg(long)]
     pub bf16: bool,
+    /// Activation checkpointing (as `gradient_checkpointing = true` in the config).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     #[arg(long)]
     pub quiet: bool,
     #[arg(long)]
@@ -76,7 +79,7 @@ pub fn run(a: PretrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
     pretrain(
         &a.config,
         a.objective,
-        a.bf16,
+        (a.bf16, a.gradient_checkpointing),
         a.restart,
         !a.quiet,
         a.json,
@@ -113,7 +116,7 @@ fn tokenizer_train(a: &TokenizerTrainArgs) -> Result<()> {
 fn pretrain(
     config: &Path,
     objective: Option<Objective>,
-    bf16: bool,
+    (bf16, checkpointing): (bool, bool),
     restart: bool,
     progress: bool,
     json: bool,
@@ -124,6 +127,7 @@ fn pretrain(
     if bf16 {
         cfg.precision = prism_train::optim::Precision::Bf16;
     }
+    cfg.gradient_checkpointing |= checkpointing;
     if let Some(o) = objective {
         cfg.objective = o;
         cfg.validate()

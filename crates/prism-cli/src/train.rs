@@ -20,6 +20,10 @@ pub struct TrainArgs {
     /// or AVX512-BF16, f32 master weights.
     #[arg(long)]
     pub bf16: bool,
+    /// Activation checkpointing (as `gradient_checkpointing = true` in the config): each
+    /// encoder layer recomputed in the backward pass, for less memory.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -66,6 +70,7 @@ pub fn run(a: TrainArgs, dev: &Device, comm: &Comm) -> Result<()> {
     if a.bf16 {
         cfg.precision = prism_train::optim::Precision::Bf16;
     }
+    cfg.gradient_checkpointing |= a.gradient_checkpointing;
     let opts = RunOptions {
         restart: a.restart,
         stop_after: None,
@@ -208,15 +213,22 @@ fn sweep(
             ))
         })
         .collect::<Result<Vec<_>>>()?;
+    // The table's folder exists before hours of training, not after.
+    if let Some(dir) = out
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
     let rows = prism_train::experiment::sweep(&cfgs, seeds, dev, progress, metrics)?;
     let table = prism_train::experiment::format_sweep(&rows, seeds);
-    if let Some(p) = out {
-        std::fs::write(p, &table).with_context(|| p.display().to_string())?;
-    }
     if json_out {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!("{table}");
+    }
+    if let Some(p) = out {
+        std::fs::write(p, &table).with_context(|| p.display().to_string())?;
     }
     Ok(())
 }

@@ -190,7 +190,7 @@ fn sweep_tabulates_configs_over_seeds() {
     let tmp = tempfile::tempdir().unwrap();
     let a = write_config(tmp.path(), "a", 3);
     let b = write_config(tmp.path(), "b", 4);
-    let table = tmp.path().join("sweep.md");
+    let table = tmp.path().join("tables/sweep.md"); // a folder that does not exist yet
     let out = prism()
         .args([
             "sweep",

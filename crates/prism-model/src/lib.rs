@@ -16,6 +16,7 @@ pub mod html;
 pub mod models;
 pub mod nn;
 pub mod ops;
+pub mod recompute;
 pub mod sentencepiece;
 pub mod tasks;
 pub mod tokenizer;

@@ -472,6 +472,13 @@ impl DropoutRng {
             .random::<u64>()
     }
 
+    /// An independent generator in this one's current state: it draws the same masks this
+    /// one will draw next (activation checkpointing replays a layer's dropout with it).
+    pub fn fork(&self) -> Self {
+        let rng = self.0.lock().expect("dropout rng lock poisoned").clone();
+        Self(Arc::new(Mutex::new(rng)))
+    }
+
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
@@ -507,6 +514,23 @@ impl Mode {
         }
     }
 
+    /// `dropout(x) + residual` (a residual connection), in one pass without keeping the
+    /// dropped tensor ([`ops::dropout_add`]); the same masks and generator draws as
+    /// [`Mode::dropout`] followed by the addition.
+    pub fn dropout_add(&self, x: &Tensor, residual: &Tensor, p: f64) -> Result<Tensor> {
+        match self {
+            Mode::Train(rng) if p > 0.0 => {
+                if p >= 1.0 {
+                    return Err(Error::InvalidConfig(format!(
+                        "dropout probability {p} must be below 1"
+                    )));
+                }
+                Ok(ops::dropout_add(x, residual, p, rng.seed())?)
+            }
+            _ => Ok((x + residual)?),
+        }
+    }
+
     /// Probability and seed for a fused kernel's dropout: None in evaluation or when p is 0.
     pub fn dropout_seed(&self, p: f64) -> Option<(f64, u64)> {
         match self {
@@ -517,5 +541,14 @@ impl Mode {
 
     pub fn is_train(&self) -> bool {
         matches!(self, Mode::Train(_))
+    }
+
+    /// This mode with its dropout generator forked ([`DropoutRng::fork`]): passes run in the
+    /// fork draw the masks this mode would draw next.
+    pub fn fork(&self) -> Self {
+        match self {
+            Mode::Eval => Mode::Eval,
+            Mode::Train(rng) => Mode::Train(rng.fork()),
+        }
     }
 }

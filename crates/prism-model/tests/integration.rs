@@ -5,6 +5,7 @@ mod common;
 mod minilm;
 mod mlm;
 mod parity;
+mod recompute;
 mod sentencepiece;
 mod tokenizer;
 mod xlnet;

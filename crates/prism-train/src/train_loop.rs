@@ -47,6 +47,8 @@ pub struct LoopConfig {
     pub checkpoint_every: usize,
     /// The precision of the forward and backward passes.
     pub precision: crate::optim::Precision,
+    /// Recompute each encoder layer in the backward pass ([`prism_model::recompute`]).
+    pub gradient_checkpointing: bool,
 }
 
 /// The [`LoopConfig`] of a config struct that names its fields as both run configs do
@@ -67,6 +69,7 @@ macro_rules! loop_config_of {
             eval_every: $c.eval_every,
             checkpoint_every: $c.checkpoint_every,
             precision: $c.precision,
+            gradient_checkpointing: $c.gradient_checkpointing,
         }
     };
 }
@@ -243,8 +246,11 @@ pub fn run<O: Objective>(
                 continue;
             }
             let m = {
-                // Mixed precision covers the forward and backward passes and nothing else.
+                // Mixed precision and activation checkpointing cover the forward and backward
+                // passes and nothing else.
                 let _precision = prism_model::ops::bf16::autocast(cfg.precision == Precision::Bf16);
+                let _recompute =
+                    prism_model::recompute::gradient_checkpointing(cfg.gradient_checkpointing);
                 objective.micro_batch(step, micro)?
             };
             let slot = &mut header[micro * per..(micro + 1) * per];

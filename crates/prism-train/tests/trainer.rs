@@ -239,6 +239,67 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert_eq!(count(full.path()), count(split.path()));
 }
 
+/// `gradient_checkpointing = true` trains the same model: a run checkpointed from the start,
+/// and a run interrupted without checkpointing and resumed with it (the switch is not part of
+/// what a resumed run must match), both end within 1e-5 of the plain run's weights, with the
+/// same losses, on every task kind.
+#[test]
+fn gradient_checkpointing_trains_the_same_model_and_resumes_across_the_switch() {
+    let params = |dir: &Path| {
+        flat_params(&MultiTaskModel::load(&dir.join("model"), &Device::Cpu).unwrap()).unwrap()
+    };
+    let losses = |dir: &Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["loss"].as_f64())
+            .collect()
+    };
+    let plain = tempfile::tempdir().unwrap();
+    train(
+        &config(plain.path(), 8, &all_kinds()),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let ck = tempfile::tempdir().unwrap();
+    let mut cfg = config(ck.path(), 8, &all_kinds());
+    cfg.gradient_checkpointing = true;
+    train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    let split = tempfile::tempdir().unwrap();
+    let mut cfg = config(split.path(), 8, &all_kinds());
+    let first = train(
+        &cfg,
+        &Device::Cpu,
+        &RunOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(first.steps, 3);
+    cfg.gradient_checkpointing = true;
+    let second = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(second.completed && second.steps == 8);
+    let (lp, pp) = (losses(plain.path()), params(plain.path()));
+    for dir in [ck.path(), split.path()] {
+        let l = losses(dir);
+        assert_eq!(l.len(), lp.len());
+        for (a, b) in lp.iter().zip(&l) {
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "loss {a} vs {b}");
+        }
+        let p = params(dir);
+        assert_eq!(p.len(), pp.len());
+        let d = pp
+            .iter()
+            .zip(&p)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d <= 1e-5, "weights differ by {d}");
+    }
+}
+
 #[test]
 fn a_changed_config_is_not_silently_resumed() {
     let out = tempfile::tempdir().unwrap();

@@ -163,6 +163,17 @@ impl Tensor {
     }
 
     pub fn backward(&self) -> Result<GradStore> {
+        let frame = contributions::Frame::push();
+        let mut grads = self.backward_graph()?;
+        for (tensor, grad) in frame.take() {
+            grads.accumulate(&tensor, &grad)?;
+        }
+        Ok(grads)
+    }
+
+    /// The backward pass over the recorded graph, without the contributions of custom ops
+    /// ([`contribute`]).
+    fn backward_graph(&self) -> Result<GradStore> {
         let sorted_nodes = self.sorted_nodes();
         let mut grads = GradStore::new();
         grads.insert(self, self.ones_like()?.contiguous()?);
@@ -683,6 +694,66 @@ impl Tensor {
             }
         }
         Ok(grads)
+    }
+}
+
+/// Add `grad` to the gradient of `tensor` in the result of the [`Tensor::backward`] call now
+/// running on this thread, after its pass over the graph. For a custom op's `bwd` that
+/// computes gradients of tensors which are not its arguments (an activation-checkpointing op
+/// that recomputes a layer and runs a nested backward pass through the layer's parameters).
+/// A nested `backward` call collects its own contributions. An error outside any backward
+/// pass. (prism patch, see vendor/README.md)
+pub fn contribute(tensor: &Tensor, grad: Tensor) -> Result<()> {
+    contributions::STACK.with(|s| match s.borrow_mut().last_mut() {
+        Some(frame) => {
+            frame.push((tensor.clone(), grad));
+            Ok(())
+        }
+        None => crate::bail!("backprop::contribute called outside a backward pass"),
+    })
+}
+
+mod contributions {
+    use crate::Tensor;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// One frame of (tensor, gradient) contributions per `backward` call in progress.
+        pub(super) static STACK: RefCell<Vec<Vec<(Tensor, Tensor)>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// The frame of one `backward` call; popped when dropped (also on an error).
+    pub(super) struct Frame {
+        depth: usize,
+    }
+
+    impl Frame {
+        pub(super) fn push() -> Self {
+            let depth = STACK.with(|s| {
+                let mut s = s.borrow_mut();
+                s.push(Vec::new());
+                s.len()
+            });
+            Self { depth }
+        }
+
+        /// The contributions made during this frame's pass.
+        pub(super) fn take(&self) -> Vec<(Tensor, Tensor)> {
+            STACK.with(|s| {
+                let mut s = s.borrow_mut();
+                debug_assert_eq!(s.len(), self.depth, "backward frames out of order");
+                s.last_mut().map(std::mem::take).unwrap_or_default()
+            })
+        }
+    }
+
+    impl Drop for Frame {
+        fn drop(&mut self) {
+            STACK.with(|s| {
+                let mut s = s.borrow_mut();
+                s.truncate(self.depth.saturating_sub(1));
+            });
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Embedding, LayerNorm, Linear, Mode, ParamBuilder};
 use crate::ops;
 use crate::ops::bf16::PackedWeight;
+use crate::recompute;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -409,8 +410,8 @@ impl SelfAttention {
                 self.heads,
                 mode.dropout_seed(self.attn_dropout),
             )?; // (B, T, C)
-            let h = mode.dropout(&self.out.forward(&ctx)?, self.hidden_dropout)?;
-            return Ok((self.norm.forward(&(h + x)?)?, None));
+            let h = mode.dropout_add(&self.out.forward(&ctx)?, x, self.hidden_dropout)?;
+            return Ok((self.norm.forward(&h)?, None));
         }
         let (b, t, c) = x.dims3()?;
         let split = |y: Tensor| -> Result<Tensor> {
@@ -425,8 +426,8 @@ impl SelfAttention {
         let probs = ops::masked_softmax(&scores, mask, 1.0 / (self.head_dim as f64).sqrt())?;
         let dropped = mode.dropout(&probs, self.attn_dropout)?;
         let ctx = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
-        let h = mode.dropout(&self.out.forward(&ctx)?, self.hidden_dropout)?;
-        Ok((self.norm.forward(&(h + x)?)?, Some(probs)))
+        let h = mode.dropout_add(&self.out.forward(&ctx)?, x, self.hidden_dropout)?;
+        Ok((self.norm.forward(&h)?, Some(probs)))
     }
 }
 
@@ -470,8 +471,8 @@ impl Layer {
     /// The feed-forward block with its residual connection and layer norm: (..., C) -> (..., C).
     fn feed_forward(&self, a: &Tensor, mode: &Mode) -> Result<Tensor> {
         let h = self.intermediate_act(a)?; // (..., F)
-        let h = mode.dropout(&self.output.forward(&h)?, self.dropout)?;
-        Ok(self.norm.forward(&(h + a)?)?)
+        let h = mode.dropout_add(&self.output.forward(&h)?, a, self.dropout)?;
+        self.norm.forward(&h)
     }
 
     /// `act(intermediate(a))`, fused where it can be ([`Activation::after_linear`]).
@@ -488,8 +489,12 @@ impl Layer {
                                // One fused op for the single query row; its backward writes the (B, T, 3C) gradient.
         let dropout = mode.dropout_seed(att.attn_dropout);
         let ctx = ops::attention_queries(&qkv, mask, att.heads, 1, dropout)?; // (B, 1, C)
-        let h = mode.dropout(&att.out.forward(&ctx)?, att.hidden_dropout)?;
-        let a = att.norm.forward(&(h + x.narrow(1, 0, 1)?)?)?;
+        let h = mode.dropout_add(
+            &att.out.forward(&ctx)?,
+            &x.narrow(1, 0, 1)?,
+            att.hidden_dropout,
+        )?;
+        let a = att.norm.forward(&h)?;
         self.feed_forward(&a, mode)
     }
 }
@@ -497,7 +502,7 @@ impl Layer {
 /// A BERT or RoBERTa encoder with its (optional) pooler.
 pub struct Bert {
     embeddings: Embeddings,
-    layers: Vec<Layer>,
+    layers: Vec<Arc<Layer>>,
     pooler: Option<Linear>,
     config: BertConfig,
 }
@@ -509,7 +514,7 @@ impl Bert {
         config.validate()?;
         let embeddings = Embeddings::load(&pb.pp("embeddings"), config)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::load(&pb.pp(format!("encoder.layer.{i}")), config))
+            .map(|i| Layer::load(&pb.pp(format!("encoder.layer.{i}")), config).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let pooler = if pb.is_fresh() || pb.source_has("pooler.dense.weight") {
             Some(Linear::load(
@@ -578,7 +583,25 @@ impl Encoder for Bert {
         let mut attentions = input.output_attentions.then(Vec::new);
         let first_only = input.first_token_only && hidden_states.is_none() && attentions.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
-            if first_only && i + 1 == self.layers.len() {
+            let first = first_only && i + 1 == self.layers.len();
+            if attentions.is_none() && recompute::applies(&[&h], mode) {
+                // Activation checkpointing: keep this layer's input only, recompute it in
+                // the backward pass.
+                let (layer, mask) = (Arc::clone(layer), mask.clone());
+                let f: Arc<recompute::LayerFn> = Arc::new(move |x: &[Tensor], mode: &Mode| {
+                    Ok(vec![if first {
+                        layer.forward_first_token(&x[0], &mask, mode)?
+                    } else {
+                        layer.forward(&x[0], &mask, mode, false)?.0
+                    }])
+                });
+                h = recompute::checkpoint(&[&h], mode, f)?.remove(0);
+                if let Some(hs) = hidden_states.as_mut() {
+                    hs.push(h.clone());
+                }
+                continue;
+            }
+            if first {
                 h = layer.forward_first_token(&h, &mask, mode)?; // (B, 1, C)
                 continue;
             }

@@ -13,8 +13,10 @@ use super::{Encoder, EncoderInput, EncoderOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Embedding, Init, LayerNorm, Linear, Mode, ParamBuilder};
 use crate::ops;
+use crate::recompute;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 fn d_act() -> String {
     "gelu".into()
@@ -316,12 +318,94 @@ struct Layer {
     ff: FeedForward,
 }
 
+/// What every layer of one forward pass reads besides its streams.
+#[derive(Clone)]
+struct LayerShared {
+    /// Relative position encodings (B, P, C).
+    pos: Tensor,
+    seg_diff: Option<Tensor>,
+    mask_h: Tensor,
+    mask_g: Tensor,
+    tmap: Option<Tensor>,
+    t: usize,
+}
+
+impl Layer {
+    /// One layer on the content stream `h` (B, T, C), the query stream `g` when two-stream, and
+    /// the memories `mem` (B, M, C): the next `h`, the next `g`, the content stream's attention
+    /// probabilities.
+    fn step(
+        &self,
+        h: &Tensor,
+        g: Option<&Tensor>,
+        mem: Option<&Tensor>,
+        shared: &LayerShared,
+        mode: &Mode,
+    ) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+        let LayerShared {
+            pos,
+            seg_diff,
+            mask_h,
+            mask_g,
+            tmap,
+            t,
+        } = shared;
+        let (a, t) = (&self.attn, *t);
+        let cat = match mem {
+            Some(m) => Tensor::cat(&[m, h], 1)?,
+            None => h.clone(),
+        };
+        let k = a.heads_of(&cat, &a.k)?;
+        let v = a.heads_of(&cat, &a.v)?;
+        let kr = a.heads_of(pos, &a.r)?;
+        let q = a.heads_of(h, &a.q)?;
+        let (ctx_h, probs) = a.core(&q, &k, &v, &kr, seg_diff.as_ref(), Some(mask_h), mode)?;
+        let out_h = a.post(h, &ctx_h, mode)?;
+        let g = match g {
+            Some(gs) => {
+                let qg = a.heads_of(gs, &a.q)?; // (B, H, M, Dh)
+                let ctx_g = match tmap {
+                    Some(tm) => {
+                        // Scatter the M targets to their positions, attend, gather back.
+                        let (bb, hh, m, dh) = qg.dims4()?;
+                        let flat = qg
+                            .transpose(1, 2)?
+                            .contiguous()?
+                            .reshape((bb, m, hh * dh))?;
+                        let at = tm.transpose(1, 2)?.contiguous()?.matmul(&flat)?; // (B, T, H*Dh)
+                        let at = at.reshape((bb, t, hh, dh))?.transpose(1, 2)?.contiguous()?;
+                        let (cg, _) =
+                            a.core(&at, &k, &v, &kr, seg_diff.as_ref(), Some(mask_g), mode)?;
+                        let cg = cg
+                            .transpose(1, 2)?
+                            .contiguous()?
+                            .reshape((bb, t, hh * dh))?;
+                        tm.matmul(&cg)?
+                            .reshape((bb, m, hh, dh))?
+                            .transpose(1, 2)?
+                            .contiguous()?
+                    }
+                    None => {
+                        a.core(&qg, &k, &v, &kr, seg_diff.as_ref(), Some(mask_g), mode)?
+                            .0
+                    }
+                };
+                let out_g = a.post(gs, &ctx_g, mode)?;
+                Some(self.ff.forward(&out_g, mode)?)
+            }
+            None => None,
+        };
+        let h = self.ff.forward(&out_h, mode)?;
+        Ok((h, g, probs))
+    }
+}
+
 /// The XLNet encoder.
 pub struct Xlnet {
     word: Embedding,
     /// (1, 1, C): the query stream's input.
     mask_emb: Tensor,
-    layers: Vec<Layer>,
+    layers: Vec<Arc<Layer>>,
     config: XlnetConfig,
 }
 
@@ -341,10 +425,10 @@ impl Xlnet {
         let layers = (0..config.n_layer)
             .map(|i| {
                 let l = pb.pp(format!("layer.{i}"));
-                Ok(Layer {
+                Ok(Arc::new(Layer {
                     attn: RelAttention::load(&l.pp("rel_attn"), config)?,
                     ff: FeedForward::load(&l.pp("ff"), config)?,
-                })
+                }))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -521,11 +605,18 @@ impl Xlnet {
         let pos = self.relative_positions(t, klen, b, &dev)?;
         let pos = mode.dropout(&pos, self.config.dropout)?; // (B, P, C)
 
+        let shared = LayerShared {
+            pos,
+            seg_diff,
+            mask_h,
+            mask_g,
+            tmap,
+            t,
+        };
         let mut hidden_states = input.output_hidden_states.then(|| vec![h.clone()]);
         let mut attentions = input.output_attentions.then(Vec::new);
         let mut new_mems = self.config.mem_len.filter(|&n| n > 0).map(|_| Vec::new());
         for (li, layer) in self.layers.iter().enumerate() {
-            let a = &layer.attn;
             let mem = extras
                 .mems
                 .as_ref()
@@ -539,53 +630,29 @@ impl Xlnet {
                 let len = cat.dim(1)?;
                 nm.push(cat.narrow(1, len.saturating_sub(n), len.min(n))?.detach());
             }
-            let cat = match mem {
-                Some(m) => Tensor::cat(&[m, &h], 1)?,
-                None => h.clone(),
+            let probs = if attentions.is_none() && recompute::applies(&[&h], mode) {
+                // Activation checkpointing: keep this layer's inputs only, recompute it in
+                // the backward pass.
+                let (layer, shared, mem) = (Arc::clone(layer), shared.clone(), mem.cloned());
+                let f: Arc<recompute::LayerFn> = Arc::new(move |x: &[Tensor], mode: &Mode| {
+                    let (h, g, _) = layer.step(&x[0], x.get(1), mem.as_ref(), &shared, mode)?;
+                    Ok(std::iter::once(h).chain(g).collect())
+                });
+                let inputs: Vec<&Tensor> = std::iter::once(&h).chain(g.as_ref()).collect();
+                let mut outs = recompute::checkpoint(&inputs, mode, f)?.into_iter();
+                h = outs.next().expect("the content stream");
+                g = outs.next();
+                None
+            } else {
+                let (next_h, next_g, probs) = layer.step(&h, g.as_ref(), mem, &shared, mode)?;
+                (h, g) = (next_h, next_g);
+                Some(probs)
             };
-            let k = a.heads_of(&cat, &a.k)?;
-            let v = a.heads_of(&cat, &a.v)?;
-            let kr = a.heads_of(&pos, &a.r)?;
-            let q = a.heads_of(&h, &a.q)?;
-            let (ctx_h, probs) = a.core(&q, &k, &v, &kr, seg_diff.as_ref(), Some(&mask_h), mode)?;
-            let out_h = a.post(&h, &ctx_h, mode)?;
-            if let Some(gs) = &g {
-                let qg = a.heads_of(gs, &a.q)?; // (B, H, M, Dh)
-                let ctx_g = match &tmap {
-                    Some(tm) => {
-                        // Scatter the M targets to their positions, attend, gather back.
-                        let (bb, hh, m, dh) = qg.dims4()?;
-                        let flat = qg
-                            .transpose(1, 2)?
-                            .contiguous()?
-                            .reshape((bb, m, hh * dh))?;
-                        let at = tm.transpose(1, 2)?.contiguous()?.matmul(&flat)?; // (B, T, H*Dh)
-                        let at = at.reshape((bb, t, hh, dh))?.transpose(1, 2)?.contiguous()?;
-                        let (cg, _) =
-                            a.core(&at, &k, &v, &kr, seg_diff.as_ref(), Some(&mask_g), mode)?;
-                        let cg = cg
-                            .transpose(1, 2)?
-                            .contiguous()?
-                            .reshape((bb, t, hh * dh))?;
-                        tm.matmul(&cg)?
-                            .reshape((bb, m, hh, dh))?
-                            .transpose(1, 2)?
-                            .contiguous()?
-                    }
-                    None => {
-                        a.core(&qg, &k, &v, &kr, seg_diff.as_ref(), Some(&mask_g), mode)?
-                            .0
-                    }
-                };
-                let out_g = a.post(gs, &ctx_g, mode)?;
-                g = Some(layer.ff.forward(&out_g, mode)?);
-            }
-            h = layer.ff.forward(&out_h, mode)?;
             if let Some(hs) = hidden_states.as_mut() {
                 hs.push(h.clone());
             }
-            if let Some(at) = attentions.as_mut() {
-                at.push(probs);
+            if let (Some(at), Some(p)) = (attentions.as_mut(), probs) {
+                at.push(p);
             }
         }
         let out = match g {

@@ -17,7 +17,7 @@ mod softmax;
 
 pub use attention::{attention, attention_queries, KEEP_PROBS_BYTES};
 pub use cross_entropy::cross_entropy_rows;
-pub use dropout::dropout;
+pub use dropout::{dropout, dropout_add};
 pub use embedding::embedding;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;

@@ -139,6 +139,12 @@ pub struct PretrainConfig {
     /// f32 master weights (see `Precision`).
     #[serde(default)]
     pub precision: crate::optim::Precision,
+    /// Activation checkpointing (transformers' `gradient_checkpointing_enable()`): keep each
+    /// encoder layer's input only and recompute the layer in the backward pass, for less memory
+    /// at the cost of a second forward pass. The same gradients; not part of what a resumed run
+    /// must match.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     pub model: ModelSpec,
     pub corpus: CorpusConfig,
     /// `mlm` (BERT, RoBERTa) or `plm` (permutation LM, XLNet).

@@ -83,6 +83,7 @@ pub fn pretrain(
                     s.config
                         == PretrainConfig {
                             output: s.config.output.clone(),
+                            gradient_checkpointing: s.config.gradient_checkpointing,
                             ..cfg.clone()
                         }
                 })?;

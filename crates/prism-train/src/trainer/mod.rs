@@ -43,6 +43,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                 s.config
                     == TrainConfig {
                         output: s.config.output.clone(),
+                        gradient_checkpointing: s.config.gradient_checkpointing,
                         ..cfg.clone()
                     }
             })?;

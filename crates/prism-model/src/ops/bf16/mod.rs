@@ -616,6 +616,12 @@ impl Drop for Autocast {
     }
 }
 
+/// Whether [`autocast`] is on for this thread (the state to restore when an op's backward
+/// recomputes part of the forward pass, see `recompute`).
+pub(crate) fn autocast_enabled() -> bool {
+    AUTOCAST.with(Cell::get)
+}
+
 /// The kernel an op built now on this thread uses for its products, when under [`autocast`].
 pub(crate) fn autocast_kernel() -> Option<Kernel> {
     if AUTOCAST.with(Cell::get) {
