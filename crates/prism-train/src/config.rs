@@ -228,6 +228,9 @@ pub struct TrainConfig {
     pub gradient_checkpointing: bool,
     #[serde(default)]
     pub sampling: Sampling,
+    /// How several tasks of one update are combined: loss weighting, gradient surgery.
+    #[serde(default)]
+    pub multitask: crate::multitask::MultitaskConfig,
     #[serde(default)]
     pub early_stopping: Option<EarlyStopping>,
     /// Re-initialise every weight of `model` from `seed`, keeping its architecture and
@@ -284,6 +287,7 @@ impl TrainConfig {
         if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
             return bad("`steps`, `batch_size` and `grad_accum` must be positive".into());
         }
+        self.multitask.validate(self.tasks.len())?;
         if !(self.lr > 0.0) {
             return bad(format!("`lr` {} must be positive", self.lr));
         }

@@ -9,6 +9,7 @@ pub mod dist;
 pub mod error;
 pub mod experiment;
 pub mod loss;
+pub mod multitask;
 pub mod objective;
 pub mod optim;
 pub mod pretrain;

@@ -110,7 +110,11 @@ fn sum_squares(g: &Tensor) -> Result<f64> {
 
 /// Whether a parameter is excluded from weight decay.
 pub fn no_decay(name: &str) -> bool {
-    name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm")
+    name.ends_with(".bias")
+        || name.contains("LayerNorm")
+        || name.contains("layer_norm")
+        // learned task weights (uncertainty, GradNorm) are not weights to shrink
+        || name.starts_with("prism.multitask.")
 }
 
 impl AdamW {

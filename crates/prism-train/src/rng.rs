@@ -27,6 +27,8 @@ pub enum Stream {
     LabelNoise = 7,
     /// The typos and dropped words of `perturbed_dev`.
     PerturbedDev = 8,
+    /// Random task orders (PCGrad) and random weights (RLW) of a multi-task micro-batch.
+    Multitask = 9,
     /// Which corpus files an epoch visits first (pre-training).
     CorpusFiles = 21,
     /// The shuffle buffer of packed sequences (pre-training).
