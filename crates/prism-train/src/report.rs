@@ -124,10 +124,29 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
     let log = std::fs::read_to_string(metrics_log).unwrap_or_default();
     let mut losses: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut dev: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // Multi-task updates ([multitask] tasks_per_update > 1): pairwise cosines of the tasks'
+    // shared-encoder gradients, and each task's gradient norm.
+    let mut cosines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut norms: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for line in log.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
+        if let (Some(step), Some(pairs)) = (v["step"].as_f64(), v["gradient_cosine"].as_object()) {
+            for (pair, c) in pairs {
+                if let Some(c) = c.as_f64() {
+                    cosines.entry(pair.clone()).or_default().push((step, c));
+                }
+            }
+            continue;
+        }
+        if let (Some(step), Some(task), Some(n)) = (
+            v["step"].as_f64(),
+            v["task"].as_str(),
+            v["task_grad_norm"].as_f64(),
+        ) {
+            norms.entry(task.to_string()).or_default().push((step, n));
+        }
         let (Some(step), Some(task)) = (v["step"].as_f64(), v["task"].as_str()) else {
             continue;
         };
@@ -163,6 +182,19 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
         .map(|(k, v)| (k.clone(), ema(v, 0.1)))
         .collect();
     h.push_str(&svg_chart("loss per task", &loss_series));
+    if !cosines.is_empty() {
+        h.push_str("<h2>Gradient conflict</h2><p>Cosine similarity of each task pair's shared-encoder gradients per micro-batch (EMA 0.1): below 0 the tasks pull the encoder in opposing directions.</p>");
+        let series: Vec<(String, Vec<(f64, f64)>)> = cosines
+            .iter()
+            .map(|(k, v)| (k.clone(), ema(v, 0.1)))
+            .collect();
+        h.push_str(&svg_chart("gradient cosine per task pair", &series));
+        let series: Vec<(String, Vec<(f64, f64)>)> = norms
+            .iter()
+            .map(|(k, v)| (k.clone(), ema(v, 0.1)))
+            .collect();
+        h.push_str(&svg_chart("shared-encoder gradient norm per task", &series));
+    }
     h.push_str("<h2>Dev metrics</h2>");
     for (name, pts) in &dev {
         h.push_str(&svg_chart(name, &[(name.clone(), pts.clone())]));

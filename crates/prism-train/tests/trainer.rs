@@ -606,6 +606,11 @@ fn every_weighting_method_trains_logs_conflict_and_resumes_exactly() {
             .collect();
         assert_eq!(cos.len(), 16, "{m}: one cosine per micro-batch");
         assert!(cos.iter().all(|c| (-1.0..=1.0).contains(c)), "{m}: {cos:?}");
+        let html = std::fs::read_to_string(full.path().join("report.html")).unwrap();
+        assert!(
+            html.contains("gradient cosine per task pair"),
+            "{m}: report without the conflict chart"
+        );
         let weights: Vec<f64> = task_rows
             .iter()
             .map(|r| r["weight"].as_f64().unwrap())
@@ -679,4 +684,44 @@ fn multitask_settings_are_checked() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("pcgard") && e.contains("pcgrad"), "{e}");
+}
+
+/// Fewer tasks per micro-batch than tasks: each micro-batch trains k distinct tasks drawn from
+/// the sampling distribution, and over the run every task is drawn.
+#[test]
+fn tasks_per_update_below_the_task_count_draws_distinct_tasks() {
+    let out = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}\n[multitask]\ntasks_per_update = 2\nweighting = \"cagrad\"\n",
+        all_kinds()
+    );
+    let cfg = config(out.path(), 10, &extra);
+    assert!(cfg.tasks.len() > 2);
+    train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rows: Vec<&serde_json::Value> = log.iter().filter(|v| v.get("weight").is_some()).collect();
+    assert_eq!(
+        rows.len(),
+        10 * 2 * 2,
+        "10 updates x 2 micro-batches x 2 tasks"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for pair in rows.chunks(2) {
+        let (a, b) = (
+            pair[0]["task"].as_str().unwrap(),
+            pair[1]["task"].as_str().unwrap(),
+        );
+        assert_ne!(a, b, "a micro-batch drew one task twice");
+        seen.insert(a.to_string());
+        seen.insert(b.to_string());
+    }
+    assert_eq!(
+        seen.len(),
+        cfg.tasks.len(),
+        "every task drawn at least once: {seen:?}"
+    );
 }

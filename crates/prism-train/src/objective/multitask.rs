@@ -207,6 +207,12 @@ impl<'a> MultiTask<'a> {
         let mut out = Vec::with_capacity(k);
         while out.len() < k {
             let total: f64 = probs.iter().sum();
+            if !(total > 0.0) {
+                // Only tasks of probability 0 are left: take them in order.
+                let rest: Vec<usize> = (0..n).filter(|i| !out.contains(i)).collect();
+                out.extend(rest.into_iter().take(k - out.len()));
+                break;
+            }
             let u: f64 = rng.random::<f64>() * total;
             let mut acc = 0.0;
             let mut pick = probs.iter().rposition(|&p| p > 0.0).unwrap_or(0);
