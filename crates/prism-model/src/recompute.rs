@@ -60,8 +60,8 @@ pub fn applies(inputs: &[&Tensor], mode: &Mode) -> bool {
 /// parameters) it holds itself.
 pub type LayerFn = dyn Fn(&[Tensor], &Mode) -> Result<Vec<Tensor>> + Send + Sync;
 
-/// `layer(inputs, mode)`, checkpointed when [`applies`] (else simply run). Returns the layer's
-/// outputs; each is one value per input, in the same shapes the layer gives.
+/// `layer(inputs, mode)`, checkpointed when [`applies`] (else simply run): the layer's outputs,
+/// as the layer gives them.
 pub fn checkpoint(inputs: &[&Tensor], mode: &Mode, layer: Arc<LayerFn>) -> Result<Vec<Tensor>> {
     if !applies(inputs, mode) {
         let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
