@@ -55,6 +55,28 @@ max_length = 48
     cfg
 }
 
+/// The run's metrics.jsonl records.
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `cfg` trained for `n` updates of this invocation, as if interrupted then.
+fn stop_after(cfg: &TrainConfig, n: usize) -> prism_train::trainer::Report {
+    train(
+        cfg,
+        &Device::Cpu,
+        &RunOptions {
+            stop_after: Some(n),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 fn all_kinds() -> String {
     let d = fixtures().join("data");
     format!(
@@ -249,10 +271,8 @@ fn gradient_checkpointing_trains_the_same_model_and_resumes_across_the_switch() 
         flat_params(&MultiTaskModel::load(&dir.join("model"), &Device::Cpu).unwrap()).unwrap()
     };
     let losses = |dir: &Path| -> Vec<f64> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        records(dir)
+            .iter()
             .filter_map(|v| v["loss"].as_f64())
             .collect()
     };
@@ -269,16 +289,7 @@ fn gradient_checkpointing_trains_the_same_model_and_resumes_across_the_switch() 
     train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
     let split = tempfile::tempdir().unwrap();
     let mut cfg = config(split.path(), 8, &all_kinds());
-    let first = train(
-        &cfg,
-        &Device::Cpu,
-        &RunOptions {
-            stop_after: Some(3),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(first.steps, 3);
+    assert_eq!(stop_after(&cfg, 3).steps, 3);
     cfg.gradient_checkpointing = true;
     let second = train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
     assert!(second.completed && second.steps == 8);
@@ -586,12 +597,7 @@ fn every_weighting_method_trains_logs_conflict_and_resumes_exactly() {
         let full = tempfile::tempdir().unwrap();
         let cfg = config(full.path(), 8, &section);
         train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
-        let log: Vec<serde_json::Value> =
-            std::fs::read_to_string(full.path().join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+        let log = records(full.path());
         let task_rows: Vec<&serde_json::Value> =
             log.iter().filter(|v| v.get("weight").is_some()).collect();
         // 8 updates x 2 micro-batches x 2 tasks.
@@ -634,16 +640,7 @@ fn every_weighting_method_trains_logs_conflict_and_resumes_exactly() {
         // Interrupted after 3 updates and resumed: the same weights.
         let split = tempfile::tempdir().unwrap();
         let cfg = config(split.path(), 8, &section);
-        let first = train(
-            &cfg,
-            &Device::Cpu,
-            &RunOptions {
-                stop_after: Some(3),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(first.steps, 3);
+        assert_eq!(stop_after(&cfg, 3).steps, 3);
         train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
         let pa =
             flat_params(&MultiTaskModel::load(&full.path().join("model"), &Device::Cpu).unwrap())
@@ -698,11 +695,7 @@ fn tasks_per_update_below_the_task_count_draws_distinct_tasks() {
     let cfg = config(out.path(), 10, &extra);
     assert!(cfg.tasks.len() > 2);
     train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
-    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let log = records(out.path());
     let rows: Vec<&serde_json::Value> = log.iter().filter(|v| v.get("weight").is_some()).collect();
     assert_eq!(
         rows.len(),
