@@ -220,6 +220,14 @@ pub fn run<O: Objective>(
             prism_model::ops::bf16::describe()
         );
     }
+    if cfg.gradient_checkpointing
+        && comm.is_root()
+        && params.iter().any(|(_, v)| !v.device().is_cpu())
+    {
+        eprintln!(
+            "note: gradient checkpointing recomputes layers on the CPU only; on this device every layer keeps its activations"
+        );
+    }
     let mut reporter = Reporter::new(opts.progress && comm.is_root(), cfg.steps, progress.step);
     let started = Instant::now();
     let elapsed_before = progress.elapsed_s;
