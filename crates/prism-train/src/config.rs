@@ -216,6 +216,11 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     #[serde(default = "d_eval_batch")]
     pub eval_batch_size: usize,
+    /// At every evaluation, also score this many of each task's training examples (one fixed
+    /// random subset, the labels it was trained on), logged as `"split": "train"`: the
+    /// train/dev gap over training, i.e. how much a run overfits.
+    #[serde(default)]
+    pub eval_train_examples: Option<usize>,
     /// `f32` (default) or `bf16`: mixed precision, the linear layers' products in bf16 with
     /// f32 master weights (see `Precision`).
     #[serde(default)]

@@ -123,7 +123,8 @@ pub(crate) fn ema(points: &[(f64, f64)], alpha: f64) -> Vec<(f64, f64)> {
 pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()> {
     let log = std::fs::read_to_string(metrics_log).unwrap_or_default();
     let mut losses: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    let mut dev: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    // metric -> split ("dev", and "train" with `eval_train_examples`) -> points.
+    let mut dev: BTreeMap<String, BTreeMap<String, Vec<(f64, f64)>>> = BTreeMap::new();
     // Multi-task updates ([multitask] tasks_per_update > 1): pairwise cosines of the tasks'
     // shared-encoder gradients, and each task's gradient norm.
     let mut cosines: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -155,7 +156,11 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
         } else if let Some(m) = v["metrics"].as_object() {
             for (k, val) in m {
                 if let Some(x) = val.as_f64() {
+                    // `eval_train_examples`: the training subset in the same chart as dev.
+                    let split = v["split"].as_str().unwrap_or("dev").to_string();
                     dev.entry(format!("{task}.{k}"))
+                        .or_default()
+                        .entry(split)
                         .or_default()
                         .push((step, x));
                 }
@@ -195,9 +200,13 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
             .collect();
         h.push_str(&svg_chart("shared-encoder gradient norm per task", &series));
     }
-    h.push_str("<h2>Dev metrics</h2>");
-    for (name, pts) in &dev {
-        h.push_str(&svg_chart(name, &[(name.clone(), pts.clone())]));
+    h.push_str("<h2>Evaluation metrics (dev; and the training subset with <code>eval_train_examples</code>)</h2>");
+    for (name, splits) in &dev {
+        let series: Vec<(String, Vec<(f64, f64)>)> = splits
+            .iter()
+            .map(|(split, pts)| (format!("{name} ({split})"), pts.clone()))
+            .collect();
+        h.push_str(&svg_chart(name, &series));
     }
     for (name, t) in &report.tasks {
         if let Some(cm) = t.dev.as_ref().and_then(|d| d.confusion.as_ref()) {

@@ -718,3 +718,49 @@ fn tasks_per_update_below_the_task_count_draws_distinct_tasks() {
         "every task drawn at least once: {seen:?}"
     );
 }
+
+#[test]
+fn eval_train_examples_logs_the_train_dev_gap_without_changing_training() {
+    let plain = tempfile::tempdir().unwrap();
+    train(
+        &config(plain.path(), 10, ""),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let gap = tempfile::tempdir().unwrap();
+    let mut cfg = config(gap.path(), 10, "");
+    cfg.eval_train_examples = Some(6);
+    train(&cfg, &Device::Cpu, &RunOptions::default()).unwrap();
+    let (a, b) = (records(plain.path()), records(gap.path()));
+    let losses = |log: &[serde_json::Value]| -> Vec<f64> {
+        log.iter().filter_map(|v| v["loss"].as_f64()).collect()
+    };
+    assert!(!losses(&a).is_empty());
+    assert_eq!(
+        losses(&a),
+        losses(&b),
+        "scoring training examples changed training"
+    );
+    let train_rows: Vec<&serde_json::Value> = b.iter().filter(|v| v["split"] == "train").collect();
+    assert!(a.iter().all(|v| v["split"] != "train"));
+    // eval_every = 5 over 10 updates: two evaluations, each of both tasks.
+    assert_eq!(train_rows.len(), 4, "{train_rows:?}");
+    for r in &train_rows {
+        assert_eq!(r["examples"], 6, "{r}");
+        let acc = r["metrics"]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{r}");
+    }
+    let dev_rows = |log: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        log.iter()
+            .filter(|v| v["split"] == "dev")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(dev_rows(&a), dev_rows(&b));
+    let html = std::fs::read_to_string(gap.path().join("report.html")).unwrap();
+    assert!(
+        html.contains("sentiment.accuracy (train)"),
+        "no train series in the report"
+    );
+}

@@ -44,6 +44,9 @@ pub struct TaskData {
     pub extra_test: Vec<(String, PathBuf, Vec<Example>, Vec<Feature>)>,
     pub dev_feats: Vec<Feature>,
     pub test_feats: Vec<Feature>,
+    /// The training examples scored at each evaluation (`eval_train_examples`; empty without).
+    pub train_eval: Vec<Example>,
+    pub train_eval_feats: Vec<Feature>,
 }
 
 /// The JSON state in a fine-tuning checkpoint.
@@ -540,6 +543,26 @@ impl Objective for MultiTask<'_> {
         for (task, r) in &res {
             log.write(serde_json::json!({"step": step, "task": task, "split": "dev", "metrics": r.metrics}))?;
         }
+        let mut train_summary = Vec::new();
+        if self.data.iter().any(|d| !d.train_eval.is_empty()) {
+            let frozen = self.model.frozen()?;
+            for (ti, d) in self.data.iter().enumerate() {
+                if d.train_eval.is_empty() {
+                    continue;
+                }
+                let r = frozen.evaluate_features(
+                    ti,
+                    &d.train_eval,
+                    &d.train_eval_feats,
+                    self.cfg.eval_batch_size,
+                )?;
+                let task = &self.model.tasks[ti].spec;
+                log.write(serde_json::json!({"step": step, "task": task.name, "split": "train", "examples": r.examples, "metrics": r.metrics}))?;
+                if let Some(v) = r.metrics.get(task.kind.main_metric()) {
+                    train_summary.push(format!("{} {}={v:.4}", task.name, task.kind.main_metric()));
+                }
+            }
+        }
         let st = &mut self.state;
         if st.best.is_none_or(|(_, b)| score > b) {
             st.best = Some((step, score));
@@ -564,7 +587,11 @@ impl Objective for MultiTask<'_> {
             .iter()
             .map(|(t, r)| format!("{t}: {}", fmt_metrics(&r.metrics)))
             .collect();
-        Ok(Some(format!("step {step:>6}  dev  {}", summary.join("  "))))
+        let mut line = format!("step {step:>6}  dev  {}", summary.join("  "));
+        if !train_summary.is_empty() {
+            line.push_str(&format!("  | train  {}", train_summary.join("  ")));
+        }
+        Ok(Some(line))
     }
 
     fn stopped(&self) -> bool {

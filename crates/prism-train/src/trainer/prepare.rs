@@ -261,6 +261,11 @@ pub fn prepare_with(
             Some(p) => model.tasks[ti].featurize(&test, p)?,
             None => Vec::new(),
         };
+        let train_eval = match cfg.eval_train_examples {
+            Some(n) => cap(train.clone(), Some(n), cfg.seed, 5000 + ti as u64),
+            None => Vec::new(),
+        };
+        let train_eval_feats = model.tasks[ti].featurize(&train_eval, &train_path)?;
         out.push(TaskData {
             train_path,
             train,
@@ -273,6 +278,8 @@ pub fn prepare_with(
             extra_test,
             dev_feats,
             test_feats,
+            train_eval,
+            train_eval_feats,
         });
     }
     Ok((model, out))
