@@ -1,3 +1,4 @@
 //! prism-explain's integration tests, one binary (each file below is a module).
 
 mod captum;
+mod transformers_models;

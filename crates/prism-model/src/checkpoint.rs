@@ -30,6 +30,12 @@ const HEAD_PREFIXES: [&str; 9] = [
     "logits_proj.",
     "prism.",
 ];
+/// Whether `key` (a normalised checkpoint name) belongs to a task or pre-training head rather
+/// than to the encoder.
+pub fn is_head_key(key: &str) -> bool {
+    HEAD_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
 /// Buffers, not parameters, that older checkpoints carry.
 const IGNORED_KEYS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_type_ids"];
 
@@ -314,6 +320,17 @@ pub struct PretrainedModel {
 impl PretrainedModel {
     /// Load config, weights and tokenizer from an HF model folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_mapped(dir, device, |_, _| Ok(()))
+    }
+
+    /// [`PretrainedModel::load`], letting `map` rename or drop checkpoint tensors (given the
+    /// config) before the parameters are built: how a transformers task head's weights come
+    /// under prism's names.
+    pub fn load_mapped(
+        dir: &Path,
+        device: &Device,
+        map: impl FnOnce(&ModelConfig, &mut Source) -> Result<()>,
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
@@ -321,7 +338,8 @@ impl PretrainedModel {
             ));
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let source = read_weights(dir)?;
+        let mut source = read_weights(dir)?;
+        map(&config, &mut source)?;
         let source_path = source.path.clone();
         let params = ParamStore::from_source(source, device, 0);
         let encoder = match &config {
@@ -487,7 +505,11 @@ impl PretrainedModel {
         std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
 
         write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
+        self.save_tokenizer(dir)
+    }
 
+    /// The tokenizer files: `tokenizer.json` and the source folder's vocabulary and settings.
+    pub fn save_tokenizer(&self, dir: &Path) -> Result<()> {
         if let Some(tok) = &self.tokenizer {
             tok.save(dir)?;
             if let Some(src) = &self.dir {

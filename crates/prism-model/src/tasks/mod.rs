@@ -7,6 +7,7 @@
 mod decode;
 mod multitask;
 mod task;
+pub mod transformers;
 
 pub use decode::Prediction;
 pub use multitask::{MultiTaskModel, PrismJson};

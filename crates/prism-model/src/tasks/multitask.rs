@@ -58,11 +58,21 @@ impl MultiTaskModel {
         Ok(Self { base, tasks })
     }
 
-    /// Load a folder written by [`MultiTaskModel::save`] (or any HF folder, with no tasks).
+    /// Load a folder written by [`MultiTaskModel::save`]; a folder of a transformers task class
+    /// (`BertForSequenceClassification`, `…ForTokenClassification`, `…ForQuestionAnswering`)
+    /// as that one task ([`super::transformers::adopt`]); any other HF folder with no tasks.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let base = PretrainedModel::load(dir, device)?;
         let pj = dir.join("prism.json");
-        let specs = if pj.is_file() {
+        if !pj.is_file() {
+            let mut spec = None;
+            let base = PretrainedModel::load_mapped(dir, device, |config, source| {
+                spec = super::transformers::adopt(dir, config, source)?;
+                Ok(())
+            })?;
+            return Self::new(base, spec.into_iter().collect(), 0);
+        }
+        let base = PretrainedModel::load(dir, device)?;
+        let specs = {
             let text = std::fs::read_to_string(&pj).map_err(|e| Error::io(&pj, e))?;
             let p: PrismJson = serde_json::from_str(&text).map_err(|e| Error::Data {
                 path: pj.clone(),
@@ -71,8 +81,6 @@ impl MultiTaskModel {
                 msg: e.to_string(),
             })?;
             p.tasks
-        } else {
-            Vec::new()
         };
         let model = Self::new(base, specs, 0)?;
         // Every head must have come from the checkpoint: a missing head tensor means a damaged folder.
@@ -132,6 +140,61 @@ impl MultiTaskModel {
             msg: e.to_string(),
         })?;
         write_atomic(&path, text.as_bytes())
+    }
+
+    /// Write task `ti` as the folder of transformers' class for its kind (`config.json` with
+    /// `architectures`, `id2label`/`label2id`, `problem_type`; the encoder and the head under
+    /// transformers' names; the tokenizer files), loadable by `AutoModelFor…` and `pipeline()`
+    /// with no missing or unexpected weights. Returns what was written and what was left out.
+    pub fn export_transformers(
+        &self,
+        ti: usize,
+        dir: &Path,
+    ) -> Result<super::transformers::Export> {
+        let spec = &self.tasks[ti].spec;
+        // Parameters, then the checkpoint's other head tensors (a head that became a parameter
+        // is in both: its trained value wins).
+        let mut tensors: Vec<(String, candle_core::Tensor)> =
+            self.base.params.tensors().into_iter().collect();
+        let names: std::collections::BTreeSet<String> =
+            tensors.iter().map(|(k, _)| k.clone()).collect();
+        tensors.extend(
+            self.base
+                .head_tensors
+                .iter()
+                .filter(|(k, _)| !names.contains(k))
+                .cloned(),
+        );
+        let export = super::transformers::export_tensors(&self.base.config, spec, tensors)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let mut map = std::collections::HashMap::new();
+        for (k, v) in &export.tensors {
+            map.insert(k.clone(), v.contiguous()?);
+        }
+        let weights = dir.join("model.safetensors");
+        let tmp = dir.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::Checkpoint {
+            path: tmp.clone(),
+            msg: e.to_string(),
+        })?;
+        std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+        let mut config = self.base.config.clone();
+        let (archs, extra) = match &mut config {
+            ModelConfig::Bert(c) => (&mut c.architectures, &mut c.extra),
+            ModelConfig::Xlnet(c) => (&mut c.architectures, &mut c.extra),
+        };
+        *archs = vec![export.architecture.clone()];
+        for k in ["id2label", "label2id", "problem_type", "num_labels"] {
+            extra.remove(k);
+        }
+        for (k, v) in &export.config {
+            if k != "architectures" {
+                extra.insert(k.clone(), v.clone());
+            }
+        }
+        write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
+        self.base.save_tokenizer(dir)?;
+        Ok(export)
     }
 
     pub fn task_index(&self, name: &str) -> Result<usize> {
