@@ -76,7 +76,9 @@ pub fn load_tasks(spec: &str, dev: &Device) -> Result<(MultiTaskModel, std::path
     let m = MultiTaskModel::load(&dir, dev)?;
     if m.tasks.is_empty() {
         bail!(
-            "{}: no prism.json with task heads (train one with `prism train`)",
+            "{}: no task heads: no prism.json, and config.json names no transformers task class \
+             (…ForSequenceClassification, …ForTokenClassification, …ForQuestionAnswering); \
+             train one with `prism train` (a masked-LM folder predicts with `prism fill-mask`)",
             dir.display()
         );
     }

@@ -1,7 +1,7 @@
-//! The model-inspection commands: `prism info`, `tokenize`, `embed`, `convert` and
+//! The model-inspection commands: `prism info`, `tokenize`, `embed`, `convert`, `export` and
 //! `fill-mask`.
 
-use crate::common::load;
+use crate::common::{load, load_tasks};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
@@ -98,6 +98,49 @@ pub fn convert(a: ConvertArgs, dev: &Device) -> Result<()> {
     let m = load(&a.model.model, dev)?;
     m.save(&a.out)?;
     println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A prism model folder (or a transformers task model).
+    #[arg(long)]
+    pub model: String,
+    /// The task to write (needed when the model has several).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Output folder.
+    pub out: PathBuf,
+}
+
+pub fn export(a: ExportArgs, dev: &Device) -> Result<()> {
+    let (m, _) = load_tasks(&a.model, dev)?;
+    let ti = match &a.task {
+        Some(t) => m.task_index(t)?,
+        None if m.tasks.len() == 1 => 0,
+        None => {
+            let names: Vec<&str> = m.tasks.iter().map(|t| t.spec.name.as_str()).collect();
+            bail!(
+                "the model has {} tasks ({}): choose one with --task",
+                names.len(),
+                names.join(", ")
+            )
+        }
+    };
+    let e = m.export_transformers(ti, &a.out)?;
+    println!(
+        "wrote {} as {} ({} tensors)",
+        a.out.display(),
+        e.architecture,
+        e.tensors.len()
+    );
+    if !e.dropped.is_empty() {
+        println!(
+            "left out (no place in {}): {}",
+            e.architecture,
+            e.dropped.join(", ")
+        );
+    }
     Ok(())
 }
 

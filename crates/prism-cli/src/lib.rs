@@ -87,6 +87,10 @@ enum Command {
     /// Load a model folder and write it back as config.json + model.safetensors + tokenizer
     /// (e.g. to turn a pytorch_model.bin into safetensors).
     Convert(inspect::ConvertArgs),
+    /// Write one task of a prism model as the transformers class for its kind
+    /// (`BertForSequenceClassification`, `…ForTokenClassification`, `…ForQuestionAnswering`),
+    /// so `AutoModelFor…` and `pipeline()` load it.
+    Export(inspect::ExportArgs),
 }
 
 /// Writing to a closed pipe (`prism explain ... --json | head -1`) ends the process quietly,
@@ -194,5 +198,6 @@ fn run(cli: Cli, comm: &prism_train::dist::Comm) -> Result<()> {
         Command::FillMask(a) => inspect::run_fill_mask(a, &dev),
         Command::Serve(a) => serve::run(a, &dev),
         Command::Convert(a) => inspect::convert(a, &dev),
+        Command::Export(a) => inspect::export(a, &dev),
     }
 }

@@ -110,6 +110,7 @@ fn every_subcommand_has_help() {
         &["tokenize"],
         &["embed"],
         &["convert"],
+        &["export"],
     ] {
         let mut args: Vec<&str> = sub.to_vec();
         args.push("--help");

@@ -186,3 +186,85 @@ fn explain_bf16_agrees_with_f32() {
     // Completeness still holds to bf16 precision.
     assert!(bf16_run["examples"][0][0]["delta"].as_f64().unwrap().abs() < 1e-2);
 }
+
+/// A classifier saved by transformers (`BertForSequenceClassification.save_pretrained`):
+/// `prism explain --method ig` equals Captum's LayerIntegratedGradients on it, and
+/// `prism export` of a prism-trained task writes a folder prism reads back the same.
+#[test]
+fn explain_and_export_work_on_transformers_classifiers() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("task_models_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &expected["bert-seq"]["cases"][0];
+    let m = fixtures().join("task-models/bert-seq");
+    let text = case["text"].as_str().unwrap();
+    let (ok, out, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "ig",
+        "--json",
+        text,
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &v["examples"][0][0];
+    // id2label of the fixture: 0 negative, 1 neutral, 2 positive.
+    let labels = ["negative", "neutral", "positive"];
+    let class = labels[case["target"].as_u64().unwrap() as usize];
+    assert_eq!(a["target"], format!("class {class}").as_str(), "{a}");
+    let got: Vec<f64> = a["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = case["ig"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{g} vs Captum {w}");
+    }
+
+    let src = fixtures().join("tiny-bert-cls");
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("exported");
+    let (ok, said, err) = prism(&[
+        "export",
+        "--model",
+        src.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(said.contains("BertForSequenceClassification"), "{said}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["1"], "positive");
+    let predict = |model: &std::path::Path| {
+        let (ok, out, err) = prism(&[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "a witty movie",
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["prediction"].clone()
+    };
+    assert_eq!(predict(&src), predict(&dir));
+    let (ok, _, err) = prism(&[
+        "export",
+        "--model",
+        fixtures().join("tiny-bert").to_str().unwrap(),
+        out.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no task heads"), "{err}");
+}
