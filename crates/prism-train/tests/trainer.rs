@@ -764,3 +764,71 @@ fn eval_train_examples_logs_the_train_dev_gap_without_changing_training() {
         "no train series in the report"
     );
 }
+
+#[test]
+fn fine_tuning_a_transformers_classifier_continues_its_head() {
+    let f = fixtures();
+    let d = f.join("data");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(f.join("task_models_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let case = &expected["bert-seq"]["cases"][0];
+    let run = |labels: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+model = "{model}"
+output = "{out}"
+steps = 1
+batch_size = 2
+lr = 1e-12
+weight_decay = 0.0
+warmup = 0
+
+[[task]]
+name = "sentiment"
+kind = "classification"
+train = "{d}/sentiment.train.jsonl"
+dev = "{d}/sentiment.dev.jsonl"
+max_length = 32
+{labels}
+"#,
+            model = f.join("task-models/bert-seq").display(),
+            out = out.path().display(),
+            d = d.display(),
+        );
+        let cfg: TrainConfig = toml::from_str(&text).unwrap();
+        train(&cfg, &Device::Cpu, &RunOptions::default()).map(|_| out)
+    };
+    // The head's rows follow the task's label order, whatever the checkpoint's id2label order.
+    let out = run(r#"labels = ["positive", "neutral", "negative"]"#).unwrap();
+    let m =
+        prism_model::tasks::MultiTaskModel::load(&out.path().join("model"), &Device::Cpu).unwrap();
+    assert_eq!(m.tasks[0].spec.labels, ["positive", "neutral", "negative"]);
+    let p = m
+        .predict_text(0, case["text"].as_str().unwrap(), None)
+        .unwrap();
+    let probs = serde_json::to_value(&p).unwrap()["probabilities"].clone();
+    let logits: Vec<f64> = case["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let z: f64 = logits.iter().map(|l| l.exp()).sum();
+    for (i, label) in ["negative", "neutral", "positive"].iter().enumerate() {
+        let want = logits[i].exp() / z;
+        let got = probs[label].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-4,
+            "{label}: {got} vs transformers {want}"
+        );
+    }
+    // A task whose labels are not the head's is an error, not a silently misaligned head.
+    let err = run(r#"labels = ["negative", "positive"]"#)
+        .err()
+        .expect("trains")
+        .to_string();
+    assert!(err.contains("keeps its labels"), "{err}");
+}

@@ -359,3 +359,72 @@ pub fn export_tensors(
         dropped,
     })
 }
+
+/// Whether a head adopted as `adopted` can serve a task of kind `kind` (the same weights).
+pub fn same_head(adopted: TaskKind, kind: TaskKind) -> bool {
+    head_class(adopted) == head_class(kind)
+        && (adopted == TaskKind::Regression) == (kind == TaskKind::Regression)
+}
+
+/// Move an adopted head (see [`adopt`]) to the task `name` and put its output rows in the order
+/// of `labels` (a permutation of the checkpoint's `id2label`), so that fine-tuning a
+/// transformers task model in a config continues training its head.
+pub fn retarget(
+    source: &mut Source,
+    adopted: &TaskSpec,
+    name: &str,
+    labels: &[String],
+) -> Result<()> {
+    let from = format!("prism.heads.{}.", adopted.name);
+    let order: Option<Vec<u32>> = if adopted.labels.is_empty() {
+        None
+    } else {
+        let mut sorted_a = adopted.labels.clone();
+        let mut sorted_b = labels.to_vec();
+        sorted_a.sort();
+        sorted_b.sort();
+        if sorted_a != sorted_b {
+            return Err(Error::Checkpoint {
+                path: source.path.clone(),
+                msg: format!(
+                    "the head's labels (id2label) are {:?}, the task `{name}` has {:?}: \
+                     fine-tuning a head keeps its labels",
+                    adopted.labels, labels
+                ),
+            });
+        }
+        Some(
+            labels
+                .iter()
+                .map(|l| adopted.labels.iter().position(|a| a == l).unwrap_or(0) as u32)
+                .collect(),
+        )
+    };
+    // The output layer is the one whose rows are the labels.
+    let out_layer = match adopted.kind {
+        TaskKind::Token => "classifier",
+        _ => "out_proj",
+    };
+    let keys: Vec<String> = source
+        .tensors
+        .keys()
+        .filter(|k| k.starts_with(&from))
+        .cloned()
+        .collect();
+    for k in keys {
+        let Some(mut t) = source.tensors.remove(&k) else {
+            continue;
+        };
+        let rest = &k[from.len()..];
+        if let Some(order) = &order {
+            if rest.starts_with(out_layer) {
+                let idx = candle_core::Tensor::new(order.as_slice(), t.device())?;
+                t = t.index_select(&idx, 0)?;
+            }
+        }
+        source
+            .tensors
+            .insert(format!("prism.heads.{name}.{rest}"), t);
+    }
+    Ok(())
+}

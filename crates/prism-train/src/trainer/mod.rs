@@ -54,7 +54,10 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
             )
         }
         None => {
-            let m = PretrainedModel::load(&fetch::resolve_model(&cfg.model)?, device)?;
+            let dir = fetch::resolve_model(&cfg.model)?;
+            let m = PretrainedModel::load_mapped(&dir, device, |c, src| {
+                continue_transformers_head(cfg, &dir, c, src)
+            })?;
             let base = if cfg.reinit {
                 let mut fresh = PretrainedModel::fresh(m.config, m.tokenizer, device, cfg.seed)?;
                 fresh.dir = m.dir;
@@ -115,6 +118,42 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
         });
     }
     finish(cfg, model, &data, &state, &progress, device)
+}
+
+/// `model` is a transformers task model (`BertForSequenceClassification`, …): its head becomes
+/// the head of the config's first task of that kind, so fine-tuning continues training it,
+/// with its output rows in that task's label order (`labels`, else sorted as prism infers
+/// them, "O" first for tagging). A config with no such task leaves the head unused.
+fn continue_transformers_head(
+    cfg: &TrainConfig,
+    dir: &std::path::Path,
+    config: &prism_model::ModelConfig,
+    source: &mut prism_model::nn::Source,
+) -> prism_model::Result<()> {
+    use prism_model::tasks::transformers;
+    let Some(adopted) = transformers::adopt(dir, config, source)? else {
+        return Ok(());
+    };
+    let Some(task) = cfg
+        .tasks
+        .iter()
+        .find(|t| transformers::same_head(adopted.kind, t.kind))
+    else {
+        return Ok(());
+    };
+    let labels = match &task.labels {
+        Some(l) => l.clone(),
+        None => {
+            let mut l = adopted.labels.clone();
+            l.sort();
+            if let Some(i) = l.iter().position(|x| x == "O") {
+                let o = l.remove(i);
+                l.insert(0, o);
+            }
+            l
+        }
+    };
+    transformers::retarget(source, &adopted, &task.name, &labels)
 }
 
 /// Save the final model (the best dev checkpoint when early stopping selects one, else the
