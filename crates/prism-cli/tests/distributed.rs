@@ -266,6 +266,54 @@ fn two_ranks_fine_tune_three_tasks_to_the_one_process_weights() {
     assert!(b.join("report.json").is_file() && b.join("model/prism.json").is_file());
 }
 
+/// Gradient surgery across ranks: with `tasks_per_update = 2` and CAGrad, each micro-batch
+/// combines its tasks' shared-encoder gradients on the rank that computed them, then the ranks
+/// sum, so two ranks take the one process's steps and log its weights, norms and cosines.
+#[test]
+fn two_ranks_combine_per_task_gradients_as_one_process() {
+    let Some(mpi) = prism_mpi() else { return };
+    let _one_job = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let runs: Vec<PathBuf> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            let p = fine_tune_config(&tmp.path().join(n), 8, "1e-3", 2);
+            let mut text = std::fs::read_to_string(&p).unwrap();
+            let at = text.find("[[task]]").unwrap();
+            text.insert_str(
+                at,
+                "[multitask]\ntasks_per_update = 2\nweighting = \"cagrad\"\n\n",
+            );
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    check(
+        &prism()
+            .args(["train", "--config", runs[0].to_str().unwrap(), "--quiet"])
+            .output()
+            .unwrap(),
+        "prism train",
+    );
+    check(
+        &mpirun("surgery")
+            .args(["-np", "2"])
+            .arg(&mpi)
+            .args(["train", "--config", runs[1].to_str().unwrap(), "--quiet"])
+            .output()
+            .unwrap(),
+        "mpirun -np 2 prism-mpi train",
+    );
+    let (a, b) = (tmp.path().join("one/run"), tmp.path().join("two/run"));
+    let (diff, identical) = weight_difference(&a, &b);
+    eprintln!("CAGrad, 1 process vs 2 ranks: largest weight difference {diff:e} (bit-identical: {identical})");
+    assert!(diff <= 1e-6, "{diff}");
+    assert_same_log(&a, &b);
+    let log = logged(&b);
+    assert!(log.iter().any(|l| l.get("gradient_cosine").is_some()));
+    assert!(log.iter().any(|l| l.get("task_grad_norm").is_some()));
+}
+
 #[test]
 fn two_ranks_pretrain_mlm_to_the_one_process_weights() {
     let Some(mpi) = prism_mpi() else { return };
