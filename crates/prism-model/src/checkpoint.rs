@@ -499,11 +499,7 @@ impl PretrainedModel {
                 })
                 .collect();
         }
-        let weights = dir.join("model.safetensors");
-        let tmp = dir.join(".model.safetensors.tmp");
-        candle_core::safetensors::save(&tensors, &tmp).map_err(|e| checkpoint_err(&tmp, e))?;
-        std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
-
+        write_safetensors(dir, &tensors)?;
         write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
         self.save_tokenizer(dir)
     }
@@ -529,6 +525,14 @@ impl PretrainedModel {
         }
         Ok(())
     }
+}
+
+/// Write `dir/model.safetensors` through a temporary file and a rename.
+pub fn write_safetensors(dir: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let weights = dir.join("model.safetensors");
+    let tmp = dir.join(".model.safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| checkpoint_err(&tmp, e))?;
+    std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename.

@@ -171,13 +171,7 @@ impl MultiTaskModel {
         for (k, v) in &export.tensors {
             map.insert(k.clone(), v.contiguous()?);
         }
-        let weights = dir.join("model.safetensors");
-        let tmp = dir.join(".model.safetensors.tmp");
-        candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::Checkpoint {
-            path: tmp.clone(),
-            msg: e.to_string(),
-        })?;
-        std::fs::rename(&tmp, &weights).map_err(|e| Error::io(&weights, e))?;
+        crate::checkpoint::write_safetensors(dir, &map)?;
         let mut config = self.base.config.clone();
         let (archs, extra) = match &mut config {
             ModelConfig::Bert(c) => (&mut c.architectures, &mut c.extra),

@@ -143,15 +143,7 @@ fn continue_transformers_head(
     };
     let labels = match &task.labels {
         Some(l) => l.clone(),
-        None => {
-            let mut l = adopted.labels.clone();
-            l.sort();
-            if let Some(i) = l.iter().position(|x| x == "O") {
-                let o = l.remove(i);
-                l.insert(0, o);
-            }
-            l
-        }
+        None => prepare::label_order(task.kind, adopted.labels.iter().cloned()),
     };
     transformers::retarget(source, &adopted, &task.name, &labels)
 }

@@ -87,7 +87,16 @@ fn infer_labels(kind: TaskKind, examples: &[Example]) -> Vec<String> {
             _ => {}
         }
     }
-    let mut labels: Vec<String> = set.into_iter().collect();
+    label_order(kind, set)
+}
+
+/// prism's order of a task's labels: sorted, with `O` first for tags.
+pub(crate) fn label_order(kind: TaskKind, labels: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut labels: Vec<String> = labels
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if kind == TaskKind::Token {
         if let Some(i) = labels.iter().position(|l| l == "O") {
             let o = labels.remove(i);
