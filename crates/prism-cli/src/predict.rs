@@ -39,7 +39,9 @@ pub struct PredictArgs {
     pub model: String,
     /// The text (NLI premise, QA question; words split on spaces for tagging).
     pub text: String,
-    /// Second text for pair tasks (NLI hypothesis, QA context).
+    /// Second text for pair tasks (NLI hypothesis, QA context). With `--task`, or on a one-task
+    /// model, also the second text of a classification, multi-label or regression task (a
+    /// transformers classifier fine-tuned on pairs, e.g. MNLI).
     #[arg(long)]
     pub text2: Option<String>,
     /// Only this task.
@@ -147,7 +149,7 @@ fn predict(
             results.push(json!({"task": t.spec.name, "skipped": format!("{:?} needs a second text (--text2)", t.spec.kind)}));
             continue;
         }
-        let p = m.predict_text(ti, text, text2)?;
+        let p = m.predict_text(ti, text, m.second_text(ti, text2, task.is_some()))?;
         results.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p}));
     }
     if task.is_some() && results.is_empty() {

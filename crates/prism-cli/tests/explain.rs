@@ -268,3 +268,65 @@ fn explain_and_export_work_on_transformers_classifiers() {
     ]);
     assert!(!ok && err.contains("no task heads"), "{err}");
 }
+
+#[test]
+fn predict_reads_a_pair_on_a_transformers_classifier_and_label_sets_on_a_multi_label_one() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("task_models_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let run = |name: &str, case: &serde_json::Value| {
+        let m = fixtures().join("task-models").join(name);
+        let mut args = vec![
+            "predict".to_string(),
+            "--model".into(),
+            m.display().to_string(),
+            "--json".into(),
+            case["text"].as_str().unwrap().into(),
+        ];
+        if let Some(p) = case["pair"].as_str() {
+            args.extend(["--text2".into(), p.into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = prism(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["prediction"].clone()
+    };
+    let logits = |case: &serde_json::Value| -> Vec<f64> {
+        case["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    // The last case of the sequence fixtures is a pair: `--text2` is its second segment.
+    let case = expected["bert-seq"]["cases"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(case["pair"].is_string());
+    let p = run("bert-seq", &case);
+    let l = logits(&case);
+    let z: f64 = l.iter().map(|x| x.exp()).sum();
+    for (i, label) in ["negative", "neutral", "positive"].iter().enumerate() {
+        let got = p["probabilities"][label].as_f64().unwrap();
+        assert!((got - l[i].exp() / z).abs() < 1e-4, "{label}: {got} (pair)");
+    }
+    for case in expected["bert-multilabel"]["cases"].as_array().unwrap() {
+        let p = run("bert-multilabel", case);
+        let mut want = Vec::new();
+        for (label, z) in ["sports", "politics", "tech"].iter().zip(logits(case)) {
+            let sig = 1.0 / (1.0 + (-z).exp());
+            let got = p["probabilities"][label].as_f64().unwrap();
+            assert!((got - sig).abs() < 1e-4, "{label}: {got} vs {sig}");
+            if sig >= 0.5 {
+                want.push(*label);
+            }
+        }
+        assert_eq!(p["labels"], serde_json::json!(want), "{p}");
+    }
+}

@@ -125,6 +125,9 @@ impl<'a> ExplainModel<'a> {
 
     pub fn describe(&self, target: &Target) -> String {
         match target {
+            Target::Class { class } if self.kind() == TaskKind::MultiLabel => {
+                format!("label {}", self.labels().get(*class).map_or("?", |s| s))
+            }
             Target::Class { class } => {
                 format!("class {}", self.labels().get(*class).map_or("?", |s| s))
             }
@@ -143,9 +146,10 @@ impl<'a> ExplainModel<'a> {
         let t = input.enc.ids.len();
         let n = self.labels().len();
         let ok = match (self.kind(), target) {
-            (TaskKind::Classification | TaskKind::PairClassification, Target::Class { class }) => {
-                *class < n
-            }
+            (
+                TaskKind::Classification | TaskKind::PairClassification | TaskKind::MultiLabel,
+                Target::Class { class },
+            ) => *class < n,
             (TaskKind::Regression, Target::Value) => true,
             (TaskKind::Qa, Target::AnswerStart { position } | Target::AnswerEnd { position }) => {
                 *position < t
@@ -166,6 +170,11 @@ impl<'a> ExplainModel<'a> {
     /// F from the head's raw output (B, ...) for each row: (B).
     fn select(&self, logits: &Tensor, target: &Target) -> Result<Tensor> {
         Ok(match target {
+            // A multi-label head's probability of one label is its own sigmoid.
+            Target::Class { class } if self.kind() == TaskKind::MultiLabel => {
+                let x = logits.narrow(1, *class, 1)?.squeeze(1)?;
+                (x.neg()?.exp()? + 1.0)?.recip()?
+            }
             Target::Class { class } => prism_model::ops::softmax_last_dim(logits)?
                 .narrow(1, *class, 1)?
                 .squeeze(1)?,
@@ -307,9 +316,12 @@ impl<'a> ExplainModel<'a> {
             .logits(&enc, &Mode::Eval)?
             .detach();
         Ok(match self.kind() {
-            TaskKind::Classification | TaskKind::PairClassification => Target::Class {
-                class: logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0] as usize,
-            },
+            // Multi-label: the most probable label.
+            TaskKind::Classification | TaskKind::PairClassification | TaskKind::MultiLabel => {
+                Target::Class {
+                    class: logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?[0] as usize,
+                }
+            }
             TaskKind::Regression => Target::Value,
             TaskKind::Qa => {
                 // Best start among context tokens.

@@ -1,5 +1,6 @@
 //! Task models saved by transformers itself (tests/fixtures/make_fixtures.py --task-models):
-//! BERT, RoBERTa and XLNet sequence classification, regression, token classification and QA
+//! BERT, RoBERTa and XLNet sequence classification, multi-label classification, regression,
+//! token classification and QA
 //! read as one-task prism models give transformers' logits, their IG equals Captum's
 //! LayerIntegratedGradients, and `export_transformers` writes them back unchanged.
 
@@ -113,6 +114,7 @@ fn transformers_task_models_give_transformers_logits() {
         let kind = match name.rsplit('-').next().unwrap() {
             "seq" => TaskKind::Classification,
             "regression" => TaskKind::Regression,
+            "multilabel" => TaskKind::MultiLabel,
             "token" => TaskKind::Token,
             _ => TaskKind::Qa,
         };
@@ -121,6 +123,7 @@ fn transformers_task_models_give_transformers_logits() {
             TaskKind::Classification => {
                 assert_eq!(spec.labels, ["negative", "neutral", "positive"])
             }
+            TaskKind::MultiLabel => assert_eq!(spec.labels, ["sports", "politics", "tech"]),
             TaskKind::Token => assert_eq!(spec.labels, ["O", "B-PER", "I-PER"]),
             _ => assert!(spec.labels.is_empty()),
         }
@@ -139,8 +142,9 @@ fn transformers_task_models_give_transformers_logits() {
 
 #[test]
 fn ig_on_transformers_classifiers_equals_captum() {
+    // Single-label classifiers explain a softmax probability, multi-label ones a label's sigmoid.
     for (name, want) in expected() {
-        if !name.ends_with("-seq") {
+        if !name.ends_with("-seq") && !name.ends_with("-multilabel") {
             continue;
         }
         let mt = MultiTaskModel::load(&fixtures().join("task-models").join(&name), &Device::Cpu)
@@ -196,6 +200,12 @@ fn exported_task_models_read_back_the_same() {
             serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(config["architectures"][0], want.architecture.as_str());
+        if name.ends_with("-multilabel") {
+            assert_eq!(
+                config["problem_type"], "multi_label_classification",
+                "{name}"
+            );
+        }
         let back = MultiTaskModel::load(out.path(), &Device::Cpu).unwrap();
         assert_eq!(back.tasks[0].spec, m.tasks[0].spec, "{name}");
         for c in &want.cases {
@@ -205,20 +215,45 @@ fn exported_task_models_read_back_the_same() {
 }
 
 #[test]
-fn unknown_heads_and_multi_label_are_clear_errors() {
+fn multi_label_models_predict_each_label_by_its_sigmoid() {
+    for (name, want) in expected() {
+        if !name.ends_with("-multilabel") {
+            continue;
+        }
+        let m = MultiTaskModel::load(&fixtures().join("task-models").join(&name), &Device::Cpu)
+            .unwrap();
+        let task = &m.tasks[0];
+        for c in &want.cases {
+            let ex = [example(TaskKind::MultiLabel, c)];
+            let feats = task.encode(&ex).unwrap();
+            let p = m.predict(0, &ex, &feats, 4).unwrap().pop().unwrap();
+            let want_logits = want_logits(TaskKind::MultiLabel, c);
+            let json = serde_json::to_value(&p).unwrap();
+            let mut predicted = Vec::new();
+            for (l, z) in task.spec.labels.iter().zip(&want_logits) {
+                let sig = 1.0 / (1.0 + (-z).exp());
+                let got = json["probabilities"][l].as_f64().unwrap() as f32;
+                assert!(
+                    (got - sig).abs() < 1e-5,
+                    "{name} {l}: {got} vs torch.sigmoid {sig}"
+                );
+                if sig >= 0.5 {
+                    predicted.push(l.as_str());
+                }
+            }
+            assert_eq!(json["labels"], serde_json::json!(predicted), "{name}");
+        }
+    }
+}
+
+#[test]
+fn unknown_heads_are_clear_errors() {
     let src = fixtures().join("task-models").join("bert-seq");
-    for (arch, problem, says) in [
-        (
-            "BertForNextSentencePrediction",
-            None,
-            "has a head prism does not read",
-        ),
-        (
-            "BertForSequenceClassification",
-            Some("multi_label_classification"),
-            "multi_label_classification",
-        ),
-    ] {
+    for (arch, problem, says) in [(
+        "BertForNextSentencePrediction",
+        None::<&str>,
+        "has a head prism does not read",
+    )] {
         let dir = tempfile::tempdir().unwrap();
         for f in [
             "model.safetensors",

@@ -52,16 +52,22 @@ function currentTask() {
   return MODEL.tasks.find((t) => t.name === $("task").value) || MODEL.tasks[0];
 }
 
+// A one-task model's classifier may have been fine-tuned on pairs (a transformers MNLI model):
+// its second text is optional, as `prism predict --text2` reads it.
+function acceptsPair(t) {
+  return MODEL.tasks.length === 1 && ["classification", "multi_label", "regression"].includes(t.kind);
+}
+
 function fillTargets() {
   const t = currentTask();
   const sel = $("target");
   sel.replaceChildren(el("option", { value: "" }, "the prediction"));
-  if (t.kind === "classification" || t.kind === "pair_classification") {
-    for (const l of t.labels) sel.append(el("option", { value: l }, `class ${l}`));
+  if (t.kind === "classification" || t.kind === "pair_classification" || t.kind === "multi_label") {
+    for (const l of t.labels) sel.append(el("option", { value: l }, `${t.kind === "multi_label" ? "label" : "class"} ${l}`));
   } else if (t.kind === "regression") {
     sel.append(el("option", { value: "value" }, "the value"));
   }
-  const pair = t.pair;
+  const pair = t.pair || acceptsPair(t);
   $("text2-wrap").hidden = !pair;
   $("textB2-wrap").hidden = !pair;
 }
@@ -102,7 +108,7 @@ function inputs() {
   if ($("compare").checked) list.push({ name: "B", text: $("textB").value, text2: $("textB2").value || null });
   for (const i of list) {
     if (!i.text.trim()) throw new Error(`Input ${i.name} is empty: type a sentence first.`);
-    if (!currentTask().pair) i.text2 = null;
+    if (!currentTask().pair && !acceptsPair(currentTask())) i.text2 = null;
   }
   return list;
 }
@@ -135,7 +141,8 @@ function renderPrediction(p) {
   if (p.skipped) { d.append(document.createTextNode(p.skipped)); return d; }
   const pr = p.prediction;
   if (pr.probabilities) {
-    d.append(document.createTextNode(pr.label));
+    // Multi-label predictions name every label at or above the threshold (maybe none).
+    d.append(document.createTextNode(pr.labels ? (pr.labels.length ? pr.labels.join(", ") : "(no label)") : pr.label));
     for (const [name, prob] of Object.entries(pr.probabilities)) {
       const bar = el("div", { class: "bar" });
       const fill = el("div", { class: "fill" });

@@ -245,7 +245,7 @@ async fn predict(
                 rows.push(json!({"task": t.spec.name, "kind": t.spec.kind, "skipped": "this task needs a second text (text2)"}));
                 continue;
             }
-            let p = m.predict_text(ti, &req.text, req.text2.as_deref())?;
+            let p = m.predict_text(ti, &req.text, m.second_text(ti, req.text2.as_deref(), false))?;
             rows.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p}));
         }
         Ok(json!({ "predictions": rows }))

@@ -148,6 +148,9 @@ pub struct TaskConfig {
     pub max_length: usize,
     #[serde(default = "d_stride")]
     pub doc_stride: usize,
+    /// Multi-label: predict a label when its probability reaches this (default 0.5).
+    #[serde(default)]
+    pub threshold: Option<f64>,
     /// Multiplies the task's sampling probability.
     #[serde(default = "d_weight")]
     pub weight: f64,
@@ -316,7 +319,10 @@ impl TrainConfig {
             if t.dann.is_some()
                 && !matches!(
                     t.kind,
-                    TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression
+                    TaskKind::Classification
+                        | TaskKind::PairClassification
+                        | TaskKind::Regression
+                        | TaskKind::MultiLabel
                 )
             {
                 return bad(format!(

@@ -234,6 +234,26 @@ pub fn write_html(out: &Path, report: &Report, metrics_log: &Path) -> Result<()>
             h.push_str("</table>");
         }
     }
+    for (name, t) in &report.tasks {
+        for (split, r) in [("dev", &t.dev), ("test", &t.test)] {
+            let Some(per) = r.as_ref().and_then(|r| r.per_label.as_ref()) else {
+                continue;
+            };
+            let _ = write!(h, "<h2>Per-label scores: {} ({split})</h2><table><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>", escape(name));
+            for (label, s) in per {
+                let _ = write!(
+                    h,
+                    "<tr><th>{}</th><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>",
+                    escape(label),
+                    s.precision,
+                    s.recall,
+                    s.f1,
+                    s.support
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
     h.push_str("</body></html>\n");
     let path = out.join("report.html");
     prism_model::checkpoint::write_atomic(&path, h.as_bytes()).map_err(Error::from)

@@ -1,4 +1,5 @@
-//! Head outputs to predictions: class probabilities, regression values, best answer spans
+//! Head outputs to predictions: class probabilities, the labels of a multi-label task (a sigmoid
+//! per label against the task's threshold), regression values, best answer spans
 //! (up to 30 tokens, as transformers' run_qa), and one tag per word.
 
 use super::{Example, Feature, Task, TaskKind};
@@ -17,6 +18,11 @@ const MAX_ANSWER_TOKENS: usize = 30;
 pub enum Prediction {
     Class {
         label: String,
+        probabilities: BTreeMap<String, f32>,
+    },
+    /// Multi-label: every label whose probability reaches the task's threshold.
+    Labels {
+        labels: Vec<String>,
         probabilities: BTreeMap<String, f32>,
     },
     Value {
@@ -85,6 +91,24 @@ impl Task {
                     })
                 })
                 .collect(),
+            TaskKind::MultiLabel => {
+                let threshold = self.spec.threshold() as f32;
+                logits
+                    .iter()
+                    .map(|l| {
+                        let p: Vec<f32> = l.to_vec1::<f32>()?.into_iter().map(sigmoid).collect();
+                        Ok(Prediction::Labels {
+                            labels: labels
+                                .iter()
+                                .zip(&p)
+                                .filter(|(_, &p)| p >= threshold)
+                                .map(|(l, _)| l.clone())
+                                .collect(),
+                            probabilities: labels.iter().cloned().zip(p).collect(),
+                        })
+                    })
+                    .collect()
+            }
             TaskKind::Regression => logits
                 .iter()
                 .map(|l| {
@@ -153,6 +177,11 @@ impl Task {
             }
         }
     }
+}
+
+/// The logistic function, as torch.sigmoid computes it in f32.
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -25,6 +25,9 @@ pub enum TaskKind {
     PairClassification,
     /// One text (or a pair) -> a real value.
     Regression,
+    /// One text (or a pair) -> any subset of `labels`: a sigmoid per label, trained with binary
+    /// cross-entropy (transformers' `problem_type = "multi_label_classification"`).
+    MultiLabel,
     /// Question + context -> an answer span (SQuAD).
     Qa,
     /// Pre-split words -> one tag each (BIO NER), labelled on each word's first sub-word.
@@ -36,6 +39,7 @@ impl TaskKind {
         match self {
             TaskKind::Classification | TaskKind::PairClassification => TargetKind::Label,
             TaskKind::Regression => TargetKind::Value,
+            TaskKind::MultiLabel => TargetKind::LabelSet,
             TaskKind::Qa => TargetKind::Answers,
             TaskKind::Token => TargetKind::Tags,
         }
@@ -45,11 +49,25 @@ impl TaskKind {
         matches!(self, TaskKind::PairClassification | TaskKind::Qa)
     }
 
+    /// Whether the task reads one output per sequence (its head sits on the first position),
+    /// so that a second text, when given, is encoded as a pair (a transformers classifier
+    /// fine-tuned on MNLI reads pairs although its config cannot say so).
+    pub fn is_sequence_level(&self) -> bool {
+        matches!(
+            self,
+            TaskKind::Classification
+                | TaskKind::PairClassification
+                | TaskKind::Regression
+                | TaskKind::MultiLabel
+        )
+    }
+
     /// The metric early stopping and "best" checkpoints use unless told otherwise.
     pub fn main_metric(&self) -> &'static str {
         match self {
             TaskKind::Classification | TaskKind::PairClassification => "accuracy",
             TaskKind::Regression => "pearson",
+            TaskKind::MultiLabel => "micro_f1",
             TaskKind::Qa => "f1",
             TaskKind::Token => "f1",
         }
@@ -76,6 +94,17 @@ pub struct TaskSpec {
     /// QA: overlap between context windows, in tokens.
     #[serde(default = "d_stride")]
     pub doc_stride: usize,
+    /// Multi-label: a label is predicted when its probability is at least this (0.5 when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+}
+
+impl TaskSpec {
+    /// The multi-label decision threshold.
+    pub fn threshold(&self) -> f64 {
+        self.threshold.unwrap_or(0.5)
+    }
 }
 
 /// One answer of an extractive QA example: its text and character offset in the context.
@@ -90,6 +119,8 @@ pub struct Answer {
 pub enum Target {
     /// A class name (classification, NLI).
     Label(String),
+    /// The labels that apply (multi-label; may be empty).
+    Labels(Vec<String>),
     /// A real value (regression).
     Value(f64),
     /// Answers in `text_b`, the context (QA); empty for unanswerable or unlabelled.
@@ -104,6 +135,8 @@ pub enum Target {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
     Label,
+    /// A list of labels (multi-label).
+    LabelSet,
     Value,
     Answers,
     Tags,
@@ -123,14 +156,15 @@ pub struct Example {
 }
 
 impl Example {
-    /// An unlabelled input of a task of kind `kind`: a text, or a pair for pair tasks; words
-    /// split on whitespace for tagging.
+    /// An unlabelled input of a task of kind `kind`: a text, or a pair for pair tasks and,
+    /// when `text2` is given, for every sequence-level task; words split on whitespace for
+    /// tagging.
     pub fn unlabelled(kind: TaskKind, text: &str, text2: Option<&str>) -> Self {
         Example {
             line: 1,
             id: None,
             text: text.to_string(),
-            text_b: if kind.is_pair() {
+            text_b: if kind.is_pair() || kind.is_sequence_level() {
                 text2.map(str::to_string)
             } else {
                 None

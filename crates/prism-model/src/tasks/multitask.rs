@@ -218,6 +218,21 @@ impl MultiTaskModel {
 
     /// The prediction of task `ti` for one raw input (a text, or a pair for pair tasks; words
     /// split on whitespace for tagging).
+    /// The second text task `ti` reads when a user gives `text2` for a prediction of every
+    /// task: pair tasks read it; a sequence-level single-text task (classification,
+    /// multi-label, regression) reads it only when it is the model's one task or was `chosen`
+    /// by name, so that the other heads of a multi-task model keep predicting from the text.
+    pub fn second_text<'a>(
+        &self,
+        ti: usize,
+        text2: Option<&'a str>,
+        chosen: bool,
+    ) -> Option<&'a str> {
+        let kind = self.tasks[ti].spec.kind;
+        let single = self.tasks.len() == 1 || chosen;
+        text2.filter(|_| kind.is_pair() || (single && kind.is_sequence_level()))
+    }
+
     pub fn predict_text(&self, ti: usize, text: &str, text2: Option<&str>) -> Result<Prediction> {
         let spec = &self.tasks[ti].spec;
         if spec.kind.is_pair() && text2.is_none() {

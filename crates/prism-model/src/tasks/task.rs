@@ -14,6 +14,8 @@ use candle_core::{Device, Tensor};
 pub enum FeatureTarget {
     Class(u32),
     Value(f32),
+    /// Multi-label: 1 for each label that applies, 0 for the others.
+    Labels(Vec<f32>),
     /// Start and end token of the answer in this window, or (0, 0) when it is not inside.
     Span(u32, u32),
     Tags(Vec<i64>),
@@ -84,6 +86,34 @@ impl Task {
                 spec.name, spec.labels
             )));
         }
+        if spec.kind == TaskKind::MultiLabel && spec.labels.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "multi-label task `{}` needs at least one label",
+                spec.name
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = spec.labels.iter().find(|l| !seen.insert(l.as_str())) {
+            return Err(Error::InvalidConfig(format!(
+                "task `{}`: label \"{dup}\" is listed twice",
+                spec.name
+            )));
+        }
+        match spec.threshold {
+            Some(t) if spec.kind != TaskKind::MultiLabel => {
+                return Err(Error::InvalidConfig(format!(
+                    "task `{}`: `threshold` {t} applies to multi-label tasks only",
+                    spec.name
+                )))
+            }
+            Some(t) if !(t > 0.0 && t < 1.0) => {
+                return Err(Error::InvalidConfig(format!(
+                    "task `{}`: `threshold` {t} must be strictly between 0 and 1",
+                    spec.name
+                )))
+            }
+            _ => {}
+        }
         if spec.max_length < 8 {
             return Err(Error::InvalidConfig(format!(
                 "task `{}`: max_length {} is too small",
@@ -101,6 +131,14 @@ impl Task {
             TaskKind::Classification | TaskKind::PairClassification => Head::Sequence(
                 SequenceHead::load(&pb, hidden, spec.labels.len(), dropout, has_pooler, std)?,
             ),
+            TaskKind::MultiLabel => Head::Sequence(SequenceHead::load(
+                &pb,
+                hidden,
+                spec.labels.len(),
+                dropout,
+                has_pooler,
+                std,
+            )?),
             TaskKind::Regression => Head::Sequence(SequenceHead::load(
                 &pb, hidden, 1, dropout, has_pooler, std,
             )?),
@@ -138,7 +176,10 @@ impl Task {
                 word_ids,
             };
             match self.spec.kind {
-                TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
+                TaskKind::Classification
+                | TaskKind::PairClassification
+                | TaskKind::Regression
+                | TaskKind::MultiLabel => {
                     let enc = self.tokenizer.encode(&ex.text, ex.text_b.as_deref())?;
                     out.push(feature(enc, Vec::new()));
                 }

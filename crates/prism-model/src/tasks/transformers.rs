@@ -18,9 +18,10 @@ use std::path::Path;
 /// The task name a transformers task model is read under: the name of its `pipeline()` task.
 pub fn pipeline_task(kind: TaskKind) -> &'static str {
     match kind {
-        TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
-            "text-classification"
-        }
+        TaskKind::Classification
+        | TaskKind::PairClassification
+        | TaskKind::Regression
+        | TaskKind::MultiLabel => "text-classification",
         TaskKind::Token => "token-classification",
         TaskKind::Qa => "question-answering",
     }
@@ -108,9 +109,10 @@ impl Family {
 
 fn head_class(kind: TaskKind) -> Option<HeadClass> {
     match kind {
-        TaskKind::Classification | TaskKind::PairClassification | TaskKind::Regression => {
-            Some(HeadClass::Sequence)
-        }
+        TaskKind::Classification
+        | TaskKind::PairClassification
+        | TaskKind::Regression
+        | TaskKind::MultiLabel => Some(HeadClass::Sequence),
         TaskKind::Token => Some(HeadClass::Token),
         TaskKind::Qa => Some(HeadClass::Qa),
     }
@@ -200,14 +202,7 @@ pub fn adopt(dir: &Path, config: &ModelConfig, source: &mut Source) -> Result<Op
         HeadClass::Sequence => match problem {
             Some("regression") => TaskKind::Regression,
             None if labels.len() == 1 => TaskKind::Regression,
-            Some("multi_label_classification") => {
-                return Err(Error::Config {
-                    path: config_path,
-                    msg: "`problem_type`: multi_label_classification is not a task kind prism \
-                          reads (single-label classification and regression are)"
-                        .into(),
-                })
-            }
+            Some("multi_label_classification") => TaskKind::MultiLabel,
             _ => TaskKind::Classification,
         },
         HeadClass::Token => TaskKind::Token,
@@ -256,6 +251,7 @@ pub fn adopt(dir: &Path, config: &ModelConfig, source: &mut Source) -> Result<Op
         max_length: config.max_tokens().min(512),
         // transformers' question-answering pipeline overlaps windows by 128 of 384 tokens.
         doc_stride: (config.max_tokens().min(512) / 3).min(128),
+        threshold: None,
     }))
 }
 
@@ -325,7 +321,10 @@ pub fn export_tensors(
     let mut cfg = serde_json::Map::new();
     cfg.insert("architectures".into(), serde_json::json!([architecture]));
     match spec.kind {
-        TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token => {
+        TaskKind::Classification
+        | TaskKind::PairClassification
+        | TaskKind::Token
+        | TaskKind::MultiLabel => {
             let id2label: serde_json::Map<String, serde_json::Value> = spec
                 .labels
                 .iter()
@@ -340,7 +339,9 @@ pub fn export_tensors(
                 .collect();
             cfg.insert("id2label".into(), id2label.into());
             cfg.insert("label2id".into(), label2id.into());
-            if head == HeadClass::Sequence {
+            if spec.kind == TaskKind::MultiLabel {
+                cfg.insert("problem_type".into(), "multi_label_classification".into());
+            } else if head == HeadClass::Sequence {
                 cfg.insert("problem_type".into(), "single_label_classification".into());
             }
         }
@@ -364,6 +365,7 @@ pub fn export_tensors(
 pub fn same_head(adopted: TaskKind, kind: TaskKind) -> bool {
     head_class(adopted) == head_class(kind)
         && (adopted == TaskKind::Regression) == (kind == TaskKind::Regression)
+        && (adopted == TaskKind::MultiLabel) == (kind == TaskKind::MultiLabel)
 }
 
 /// Move an adopted head (see [`adopt`]) to the task `name` and put its output rows in the order

@@ -97,6 +97,10 @@ trait Record {
     fn get_str(&self, field: &str) -> Option<Result<String, String>>;
     fn get_value(&self, field: &str) -> Option<Result<f64, String>>;
     fn get_list(&self, field: &str) -> Option<Result<Vec<String>, String>>;
+    /// A multi-label target: like [`Record::get_list`], numbers allowed as names.
+    fn get_labels(&self, field: &str) -> Option<Result<Vec<String>, String>> {
+        self.get_list(field)
+    }
 }
 
 impl Record for serde_json::Map<String, serde_json::Value> {
@@ -131,6 +135,23 @@ impl Record for serde_json::Map<String, serde_json::Value> {
                 })
                 .collect(),
             other => Err(format!("expected a list of strings, found {other}")),
+        })
+    }
+    fn get_labels(&self, field: &str) -> Option<Result<Vec<String>, String>> {
+        self.get(field).filter(|v| !v.is_null()).map(|v| match v {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| match x {
+                    serde_json::Value::String(s) => Ok(s.clone()),
+                    serde_json::Value::Number(n) => Ok(n.to_string()),
+                    other => Err(format!(
+                        "expected a list of label names, found {other} in the list"
+                    )),
+                })
+                .collect(),
+            other => Err(format!(
+                "expected a list of label names (multi-label), found {other}"
+            )),
         })
     }
 }
@@ -248,6 +269,12 @@ fn example_from(
                 }
                 Target::Value(v)
             }
+            None => Target::None,
+        },
+        // A list of label names (JSON strings or numbers; whitespace-separated in CSV/TSV);
+        // an empty list is an example no label applies to.
+        TargetKind::LabelSet => match rec.get_labels(&fields.label) {
+            Some(l) => Target::Labels(l.map_err(|m| err(&fields.label, m))?),
             None => Target::None,
         },
         TargetKind::Answers | TargetKind::Tags => Target::None,

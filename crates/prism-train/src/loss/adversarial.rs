@@ -135,6 +135,15 @@ pub fn symmetric_kl(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(d.mean_all()?)
 }
 
+/// Symmetric KL between the per-label Bernoulli distributions σ(a) and σ(b) (multi-label
+/// logits, B × L): Σ_labels (p − q)(logit p − logit q), averaged over the batch, the sigmoid
+/// counterpart of [`symmetric_kl`].
+pub fn symmetric_bernoulli_kl(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let p = (crate::loss::log_sigmoid(a)?.exp()? - crate::loss::log_sigmoid(b)?.exp()?)?;
+    // For Bernoulli variables KL(p‖q) + KL(q‖p) = (p − q)(logit p − logit q), and logit σ(x) = x.
+    Ok((p * (a - b)?)?.sum(D::Minus1)?.mean_all()?)
+}
+
 /// One training step of `task` under `cfg`; returns all parameter gradients and the losses.
 pub fn adversarial_step<E: Encoder + ?Sized>(
     enc: &E,
@@ -319,6 +328,28 @@ pub fn adversarial_step<E: Encoder + ?Sized>(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn symmetric_bernoulli_kl_is_the_sum_of_both_kls() {
+        let a = [[2.0f64, -1.0, 0.3], [-4.0, 0.0, 5.0]];
+        let b = [[0.5f64, 1.0, 0.3], [-1.0, 2.0, 4.0]];
+        let t = |x: &[[f64; 3]; 2]| Tensor::new(x, &Device::Cpu).unwrap();
+        let got: f64 = symmetric_bernoulli_kl(&t(&a), &t(&b))
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let kl = |p: f64, q: f64| p * (p / q).ln() + (1.0 - p) * ((1.0 - p) / (1.0 - q)).ln();
+        let mut want = 0.0;
+        for i in 0..2 {
+            for j in 0..3 {
+                let (p, q) = (sig(a[i][j]), sig(b[i][j]));
+                want += kl(p, q) + kl(q, p);
+            }
+        }
+        want /= 2.0;
+        assert!((got - want).abs() < 1e-10, "{got} vs {want}");
+    }
 
     #[test]
     fn projection_and_normalisation_are_per_example() {

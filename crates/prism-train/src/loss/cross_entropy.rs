@@ -31,6 +31,23 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor>
     Ok((rows.sum_all()? * (1.0 / count as f64))?)
 }
 
+/// Mean binary cross-entropy of logits against 0/1 targets of the same shape, over every
+/// element, as torch's `BCEWithLogitsLoss()` (transformers' multi-label loss): the stable form
+/// max(x, 0) − x·y + log(1 + e^−|x|), whose gradient is σ(x) − y.
+pub fn binary_cross_entropy_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let y = targets.to_dtype(logits.dtype())?;
+    let softplus_neg_abs = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let per = ((logits.relu()? - (logits * &y)?)? + softplus_neg_abs)?;
+    Ok(per.mean_all()?)
+}
+
+/// log σ(x) = −softplus(−x), stable for any x, from ops that all have a backward pass.
+pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    // −softplus(−x) = min(x, 0) − log(1 + e^−|x|)
+    let min0 = x.minimum(0.0)?;
+    Ok((min0 - (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?)
+}
+
 /// log-softmax over the last dimension, built from ops that all have a backward pass.
 pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
@@ -43,6 +60,48 @@ pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn binary_cross_entropy_matches_the_definition_and_its_gradient_is_sigmoid_minus_y() {
+        let dev = Device::Cpu;
+        let x = [[3.0f32, -2.0, 0.0], [-40.0, 40.0, 0.5]];
+        let y = [[1.0f32, 0.0, 1.0], [1.0, 0.0, 0.0]];
+        let logits = candle_core::Var::new(&x, &dev).unwrap();
+        let targets = Tensor::new(&y, &dev).unwrap();
+        let l = binary_cross_entropy_with_logits(logits.as_tensor(), &targets).unwrap();
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mut want = 0.0;
+        for i in 0..2 {
+            for j in 0..3 {
+                let (v, t) = (x[i][j] as f64, y[i][j] as f64);
+                // log(σ) of ±40 underflows in the naive form: use the exact tail log σ(v) ≈ v.
+                let log_p = if v < -30.0 { v } else { sig(v).ln() };
+                let log_q = if v > 30.0 { -v } else { (1.0 - sig(v)).ln() };
+                want -= t * log_p + (1.0 - t) * log_q;
+            }
+        }
+        want /= 6.0;
+        let got = l.to_scalar::<f32>().unwrap() as f64;
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        let g = l.backward().unwrap();
+        let g: Vec<Vec<f32>> = g.get(logits.as_tensor()).unwrap().to_vec2().unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                let want = (sig(x[i][j] as f64) - y[i][j] as f64) / 6.0;
+                assert!(
+                    (g[i][j] as f64 - want).abs() < 1e-6,
+                    "{i},{j}: {} vs {want}",
+                    g[i][j]
+                );
+            }
+        }
+        let ls: Vec<Vec<f32>> = log_sigmoid(&Tensor::new(&x, &dev).unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert!((ls[1][0] + 40.0).abs() < 1e-4 && ls[1][1].abs() < 1e-6);
+        assert!((ls[0][0] as f64 - sig(3.0).ln()).abs() < 1e-6);
+    }
 
     #[test]
     fn cross_entropy_matches_a_hand_computation() {

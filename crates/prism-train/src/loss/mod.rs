@@ -9,8 +9,12 @@ mod grl;
 mod robust;
 
 pub use adversarial::{
-    adversarial_step, project_l2, symmetric_kl, AdversarialConfig, StepLosses, TaskFns,
+    adversarial_step, project_l2, symmetric_bernoulli_kl, symmetric_kl, AdversarialConfig,
+    StepLosses, TaskFns,
 };
-pub use cross_entropy::{cross_entropy, log_softmax, masked_cross_entropy, IGNORE};
+pub use cross_entropy::{
+    binary_cross_entropy_with_logits, cross_entropy, log_sigmoid, log_softmax,
+    masked_cross_entropy, IGNORE,
+};
 pub use grl::{dann_lambda, dann_step, grad_reverse, DannLosses};
 pub use robust::{focal, generalized_ce, label_smoothed_ce, symmetric_ce, LossConfig};

@@ -2,7 +2,9 @@
 
 use super::{Feature, FeatureTarget, Supervised, Task, TaskKind};
 use crate::error::{Error, Result};
-use crate::loss::{cross_entropy, masked_cross_entropy, LossConfig, IGNORE};
+use crate::loss::{
+    binary_cross_entropy_with_logits, cross_entropy, masked_cross_entropy, LossConfig, IGNORE,
+};
 use candle_core::{Device, Tensor};
 use prism_model::tasks::{Example, Prediction, Target};
 use prism_model::{Encoded, EncoderInput, EncoderOutput, Mode};
@@ -17,6 +19,8 @@ pub struct Batch {
 pub enum BatchTargets {
     Classes(Tensor),
     Values(Tensor),
+    /// Multi-label: (B, labels), 1 where a label applies.
+    MultiHot(Tensor),
     Spans(Tensor, Tensor),
     Tags(Tensor),
     None,
@@ -49,6 +53,13 @@ fn target_of(task: &Task, ex: &Example, f: &Feature, path: &Path) -> Result<Feat
             FeatureTarget::Class(label_id(task, l, ex, path, "label")?)
         }
         (Target::Value(v), TaskKind::Regression) => FeatureTarget::Value(*v as f32),
+        (Target::Labels(ls), TaskKind::MultiLabel) => {
+            let mut hot = vec![0.0f32; task.spec.labels.len()];
+            for l in ls {
+                hot[label_id(task, l, ex, path, "label")? as usize] = 1.0;
+            }
+            FeatureTarget::Labels(hot)
+        }
         (Target::Answers(a), TaskKind::Qa) if !a.is_empty() => {
             let start_c = a[0].start;
             let end_c = start_c + a[0].text.chars().count();
@@ -119,6 +130,17 @@ impl Supervised for Task {
                         .collect();
                     BatchTargets::Values(Tensor::new(v, device)?)
                 }
+                TaskKind::MultiLabel => {
+                    let n = self.spec.labels.len();
+                    let mut v = Vec::with_capacity(feats.len() * n);
+                    for f in feats {
+                        match &f.target {
+                            FeatureTarget::Labels(hot) => v.extend_from_slice(hot),
+                            _ => v.extend(std::iter::repeat_n(0.0, n)),
+                        }
+                    }
+                    BatchTargets::MultiHot(Tensor::from_vec(v, (feats.len(), n), device)?)
+                }
                 TaskKind::Qa => {
                     let (s, e): (Vec<u32>, Vec<u32>) = feats
                         .iter()
@@ -165,6 +187,7 @@ impl Supervised for Task {
         Ok(match &batch.targets {
             BatchTargets::Classes(y) => loss.loss(logits, y)?,
             BatchTargets::Values(y) => (logits.squeeze(1)? - y)?.sqr()?.mean_all()?,
+            BatchTargets::MultiHot(y) => binary_cross_entropy_with_logits(logits, y)?,
             BatchTargets::Spans(s, e) => {
                 // Padding positions are excluded from the softmax, as transformers does implicitly
                 // by their near-zero logits; here they are masked exactly.
@@ -192,6 +215,7 @@ impl Supervised for Task {
                 crate::loss::symmetric_kl(a, b)
             }
             TaskKind::Regression => Ok((a - b)?.sqr()?.mean_all()?),
+            TaskKind::MultiLabel => crate::loss::symmetric_bernoulli_kl(a, b),
             other => Err(Error::Config(format!(
                 "task `{}`: SMART and R-Drop need a sequence-level output, not {other:?}",
                 self.spec.name

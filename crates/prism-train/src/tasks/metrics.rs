@@ -1,4 +1,4 @@
-//! Evaluation metrics: accuracy, macro-F1, Matthews correlation (multi-class, Gorodkin 2004),
+//! Evaluation metrics: accuracy, macro-F1, multi-label micro/macro F1 and per-label scores, Matthews correlation (multi-class, Gorodkin 2004),
 //! Pearson and Spearman correlation, and SQuAD exact match / F1 with the official answer
 //! normalisation (lower-case, strip punctuation and articles a/an/the, collapse whitespace).
 
@@ -63,6 +63,89 @@ pub fn mcc(pred: &[usize], gold: &[usize], n: usize) -> f64 {
         0.0
     } else {
         num / den
+    }
+}
+
+/// Precision, recall, F1 and support (gold count) of one label of a multi-label task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LabelScores {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+fn prf(tp: usize, fp: usize, fn_: usize) -> (f64, f64, f64) {
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let (p, r) = (ratio(tp, tp + fp), ratio(tp, tp + fn_));
+    (p, r, ratio(2 * tp, 2 * tp + fp + fn_))
+}
+
+/// Multi-label scores of predicted against gold label sets (each a 0/1 row over `n` labels),
+/// as scikit-learn computes them with `zero_division=0`: micro F1 (over all label decisions),
+/// macro F1 (the unweighted mean over labels), exact match (subset accuracy), Hamming loss,
+/// and each label's precision, recall, F1 and support.
+pub struct MultiLabelScores {
+    pub micro_precision: f64,
+    pub micro_recall: f64,
+    pub micro_f1: f64,
+    pub macro_f1: f64,
+    pub exact_match: f64,
+    pub hamming_loss: f64,
+    pub per_label: Vec<LabelScores>,
+}
+
+pub fn multi_label(pred: &[Vec<bool>], gold: &[Vec<bool>], n: usize) -> MultiLabelScores {
+    let mut counts = vec![(0usize, 0usize, 0usize); n];
+    let (mut exact, mut wrong) = (0usize, 0usize);
+    for (p, g) in pred.iter().zip(gold) {
+        let mut all = true;
+        for j in 0..n {
+            let (pj, gj) = (p.get(j) == Some(&true), g.get(j) == Some(&true));
+            match (pj, gj) {
+                (true, true) => counts[j].0 += 1,
+                (true, false) => counts[j].1 += 1,
+                (false, true) => counts[j].2 += 1,
+                (false, false) => {}
+            }
+            if pj != gj {
+                all = false;
+                wrong += 1;
+            }
+        }
+        exact += all as usize;
+    }
+    let per_label: Vec<LabelScores> = counts
+        .iter()
+        .map(|&(tp, fp, fn_)| {
+            let (precision, recall, f1) = prf(tp, fp, fn_);
+            LabelScores {
+                precision,
+                recall,
+                f1,
+                support: tp + fn_,
+            }
+        })
+        .collect();
+    let sum = |f: fn(&(usize, usize, usize)) -> usize| counts.iter().map(f).sum::<usize>();
+    let (p, r, f) = prf(sum(|c| c.0), sum(|c| c.1), sum(|c| c.2));
+    let m = gold.len();
+    MultiLabelScores {
+        micro_precision: p,
+        micro_recall: r,
+        micro_f1: f,
+        macro_f1: if n == 0 {
+            0.0
+        } else {
+            per_label.iter().map(|s| s.f1).sum::<f64>() / n as f64
+        },
+        exact_match: if m == 0 { 0.0 } else { exact as f64 / m as f64 },
+        hamming_loss: if m * n == 0 {
+            0.0
+        } else {
+            wrong as f64 / (m * n) as f64
+        },
+        per_label,
     }
 }
 
@@ -165,6 +248,34 @@ pub fn squad_scores(pred: &str, golds: &[String]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_label_scores_follow_their_definitions() {
+        // By hand (sklearn's definitions, zero_division=0): label 0 tp 2; label 1 tp 1, fn 1;
+        // label 2 fp 1, fn 1. Micro: tp 3, fp 1, fn 2.
+        let b = |r: [u8; 3]| r.iter().map(|&x| x == 1).collect::<Vec<bool>>();
+        let gold = [b([1, 0, 1]), b([0, 1, 0]), b([1, 1, 0]), b([0, 0, 0])];
+        let pred = [b([1, 0, 0]), b([0, 1, 1]), b([1, 0, 0]), b([0, 0, 0])];
+        let s = multi_label(&pred, &gold, 3);
+        let near = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        near(s.micro_precision, 0.75);
+        near(s.micro_recall, 0.6);
+        near(s.micro_f1, 6.0 / 9.0);
+        near(s.macro_f1, (1.0 + 2.0 / 3.0 + 0.0) / 3.0);
+        near(s.hamming_loss, 3.0 / 12.0);
+        near(s.exact_match, 0.25);
+        assert_eq!(
+            s.per_label[1],
+            LabelScores {
+                precision: 1.0,
+                recall: 0.5,
+                f1: 2.0 / 3.0,
+                support: 2
+            }
+        );
+        assert_eq!(s.per_label[2].support, 1);
+        near(s.per_label[2].f1, 0.0);
+    }
 
     #[test]
     fn classification_metrics_match_sklearn() {

@@ -15,6 +15,9 @@ pub struct EvalResult {
     pub metrics: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confusion: Option<Vec<Vec<usize>>>,
+    /// Multi-label: each label's precision, recall, F1 and support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_label: Option<BTreeMap<String, metrics::LabelScores>>,
     pub examples: usize,
 }
 
@@ -89,6 +92,31 @@ pub(super) fn score(task: &Task, examples: &[Example], preds: &[Prediction]) -> 
             r.metrics
                 .insert("mcc".into(), metrics::mcc(&pred, &gold, n));
             r.confusion = Some(metrics::confusion(&pred, &gold, n));
+        }
+        TaskKind::MultiLabel => {
+            let mut gold = Vec::new();
+            let mut pred = Vec::new();
+            let row = |names: &[String]| -> Vec<bool> {
+                spec.labels.iter().map(|l| names.contains(l)).collect()
+            };
+            for (ex, p) in examples.iter().zip(preds) {
+                if let (Target::Labels(g), Prediction::Labels { labels, .. }) = (&ex.target, p) {
+                    gold.push(row(g));
+                    pred.push(row(labels));
+                }
+            }
+            let s = metrics::multi_label(&pred, &gold, spec.labels.len());
+            for (k, v) in [
+                ("micro_f1", s.micro_f1),
+                ("micro_precision", s.micro_precision),
+                ("micro_recall", s.micro_recall),
+                ("macro_f1", s.macro_f1),
+                ("exact_match", s.exact_match),
+                ("hamming_loss", s.hamming_loss),
+            ] {
+                r.metrics.insert(k.into(), v);
+            }
+            r.per_label = Some(spec.labels.iter().cloned().zip(s.per_label).collect());
         }
         TaskKind::Regression => {
             let (gold, pred): (Vec<f64>, Vec<f64>) = examples

@@ -83,7 +83,7 @@ fn infer_labels(kind: TaskKind, examples: &[Example]) -> Vec<String> {
             Target::Label(l) => {
                 set.insert(l.clone());
             }
-            Target::Tags(t) => set.extend(t.iter().cloned()),
+            Target::Tags(t) | Target::Labels(t) => set.extend(t.iter().cloned()),
             _ => {}
         }
     }
@@ -153,9 +153,13 @@ pub fn prepare_with(
         }
         let labels = match (&t.labels, t.kind) {
             (Some(l), _) => l.clone(),
-            (None, TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token) => {
-                infer_labels(t.kind, &train)
-            }
+            (
+                None,
+                TaskKind::Classification
+                | TaskKind::PairClassification
+                | TaskKind::Token
+                | TaskKind::MultiLabel,
+            ) => infer_labels(t.kind, &train),
             (None, _) => Vec::new(),
         };
         if let Some(p) = t.label_noise {
@@ -168,6 +172,7 @@ pub fn prepare_with(
             labels,
             max_length: t.max_length,
             doc_stride: t.doc_stride,
+            threshold: t.threshold,
         });
         let mut extra = Vec::new();
         if let (Some(pt), Some(dp)) = (&t.perturbed_dev, &dev_path) {
