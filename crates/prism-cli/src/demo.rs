@@ -69,6 +69,8 @@ fn demo(
             input: Some(registry::data_dir("vader").join("movie_binary.dev.jsonl")),
             limit: 6,
             target: None,
+            output: "prob".into(),
+            foil: None,
             steps: 50,
             rule: "gausslegendre".into(),
             html: Some(html),

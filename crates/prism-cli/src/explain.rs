@@ -46,6 +46,14 @@ pub struct ExplainArgs {
     /// `end:N`, or `N:TAG`.
     #[arg(long)]
     pub target: Option<String>,
+    /// What of a class or tag score is explained: prob (softmax; a label's sigmoid for
+    /// multi-label), logit, or log_prob. Regression values and QA logits are explained raw.
+    #[arg(long, default_value = "prob")]
+    pub output: String,
+    /// Contrastive explanation: F = output(target) − output(foil), for another class (or, for
+    /// a tag target, another tag at the same token).
+    #[arg(long)]
+    pub foil: Option<String>,
     /// Integrated-gradients steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -100,7 +108,8 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
     let (loaded, dir) = load_tasks(&a.model, dev)?;
     let mt = frozen(&loaded, a.bf16)?;
     drop(loaded);
-    let m = ExplainModel::new(&mt, a.task.as_deref())?;
+    let mut m = ExplainModel::new(&mt, a.task.as_deref())?
+        .with_output(prism_explain::Output::parse(&a.output)?);
     let methods: Vec<Box<dyn Method>> = a
         .methods
         .iter()
@@ -154,6 +163,11 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
             None => m.default_target(&x)?,
             Some(t) => m.parse_target(t)?,
         };
+        m.foil = a
+            .foil
+            .as_deref()
+            .map(|f| m.parse_foil(f, &target))
+            .transpose()?;
         let mut attrs = Vec::new();
         for (mi, method) in methods.iter().enumerate() {
             if let Some(b) = &bar {

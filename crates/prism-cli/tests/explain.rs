@@ -330,3 +330,60 @@ fn predict_reads_a_pair_on_a_transformers_classifier_and_label_sets_on_a_multi_l
         assert_eq!(p["labels"], serde_json::json!(want), "{p}");
     }
 }
+
+#[test]
+fn explain_records_the_output_and_foil_it_explains() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("captum_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let c = &cases[0];
+    let labels = ["negative", "positive"];
+    let (target, foil) = (
+        labels[c["target"].as_u64().unwrap() as usize],
+        labels[c["foil"].as_u64().unwrap() as usize],
+    );
+    let m = fixtures().join("tiny-bert-cls");
+    let (ok, out, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "saliency",
+        "--output",
+        "logit",
+        "--target",
+        target,
+        "--foil",
+        foil,
+        "--json",
+        c["text"].as_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &v["examples"][0][0];
+    assert_eq!(a["output_kind"], "logit", "{a}");
+    assert_eq!(a["foil"], format!("class {foil}").as_str(), "{a}");
+    let want = &c["variants"]["logit_foil"];
+    assert!((a["output"].as_f64().unwrap() - want["f"].as_f64().unwrap()).abs() < 1e-5);
+    for (g, w) in a["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["saliency"].as_array().unwrap())
+    {
+        assert!(
+            (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-4,
+            "{g} vs Captum {w}"
+        );
+    }
+    let (ok, _, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--output",
+        "softmax",
+        "a text",
+    ]);
+    assert!(!ok && err.contains("unknown output `softmax`"), "{err}");
+}

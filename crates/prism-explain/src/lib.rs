@@ -9,11 +9,12 @@
 pub mod attention;
 pub mod faithfulness;
 pub mod gradient;
+pub mod layer;
 pub mod model;
 pub mod perturbation;
 pub mod render;
 
-pub use model::{ExplainInput, ExplainModel, Target};
+pub use model::{ExplainInput, ExplainModel, Output, Target};
 
 use serde::{Deserialize, Serialize};
 
@@ -50,20 +51,35 @@ pub struct Attributions {
     /// Integrated gradients' convergence delta: sum of attributions − (F(x) − F(baseline)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<f32>,
+    /// What of the target F is: `prob`, `logit` or `log_prob` (raw values for regression and
+    /// QA are recorded as `logit`).
+    #[serde(default)]
+    pub output_kind: Output,
+    /// The contrasted class or tag, when F = output(target) − output(foil).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foil: Option<String>,
 }
 
 /// Words: runs of tokens of the same text with no gap between their offsets (WordPiece `##`
 /// pieces, BPE pieces of one word), as `(first token, last token + 1)`.
 pub fn word_spans(a: &Attributions) -> Vec<(usize, usize)> {
+    spans_of_words(&a.sequence_ids, &a.offsets)
+}
+
+/// [`word_spans`] from each token's text and character offsets.
+pub fn spans_of_words(
+    sequence_ids: &[Option<usize>],
+    offsets: &[(usize, usize)],
+) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
     let mut i = 0;
-    while i < a.tokens.len() {
+    while i < sequence_ids.len() {
         let mut j = i + 1;
-        if a.sequence_ids[i].is_some() {
-            while j < a.tokens.len()
-                && a.sequence_ids[j] == a.sequence_ids[i]
-                && a.offsets[j].0 == a.offsets[j - 1].1
-                && a.offsets[j].0 != a.offsets[j].1
+        if sequence_ids[i].is_some() {
+            while j < sequence_ids.len()
+                && sequence_ids[j] == sequence_ids[i]
+                && offsets[j].0 == offsets[j - 1].1
+                && offsets[j].0 != offsets[j].1
             {
                 j += 1;
             }
@@ -112,6 +128,8 @@ pub struct MethodOptions {
     pub steps: usize,
     /// Integrated gradients' quadrature rule.
     pub rule: gradient::Rule,
+    /// The encoder layer (0-based) layer methods attribute at (default: the last).
+    pub layer: Option<usize>,
 }
 
 impl Default for MethodOptions {
@@ -121,6 +139,7 @@ impl Default for MethodOptions {
             seed: 0,
             steps: ig.steps,
             rule: ig.rule,
+            layer: None,
         }
     }
 }
@@ -132,11 +151,32 @@ struct Registered {
     build: fn(&MethodOptions) -> Box<dyn Method>,
 }
 
-/// Every attribution method, in the order help texts and the web UI list them.
-const REGISTRY: [Registered; 10] = {
+/// A NoiseTunnel of `base` with `smoothing`, seeded by `o` (IG takes `o`'s steps and rule).
+fn tunnel(
+    base: gradient::Base,
+    smoothing: gradient::Smoothing,
+    o: &MethodOptions,
+) -> Box<dyn Method> {
+    Box::new(gradient::NoiseTunnel {
+        seed: o.seed,
+        ..gradient::NoiseTunnel::new(base, smoothing)
+    })
+}
+
+fn ig_with(o: &MethodOptions) -> gradient::IntegratedGradients {
+    gradient::IntegratedGradients {
+        steps: o.steps,
+        rule: o.rule,
+        ..Default::default()
+    }
+}
+
+/// Every attribution method, in the order help texts and the web UI list them. NoiseTunnel
+/// variants are named `BASE:SMOOTHING` (`smoothgrad` is `saliency:smoothgrad`).
+const REGISTRY: [Registered; 23] = {
     use attention::{AttentionFlow, AttentionRollout, RawAttention};
-    use gradient::{GradientXInput, IntegratedGradients, Saliency, SmoothGrad};
-    use perturbation::{KernelShap, Lime, Occlusion};
+    use gradient::{Base, GradientShap, GradientXInput, Saliency, Smoothing};
+    use perturbation::{KernelShap, Lime, Occlusion, WordAblation};
     [
         Registered {
             name: "saliency",
@@ -149,23 +189,99 @@ const REGISTRY: [Registered; 10] = {
             build: |_| Box::new(GradientXInput),
         },
         Registered {
+            name: "ig",
+            aliases: &["integrated_gradients"],
+            build: |o| Box::new(ig_with(o)),
+        },
+        Registered {
             name: "smoothgrad",
+            aliases: &["saliency:smoothgrad"],
+            build: |o| tunnel(Base::Saliency, Smoothing::SmoothGrad, o),
+        },
+        Registered {
+            name: "saliency:smoothgrad_sq",
+            aliases: &[],
+            build: |o| tunnel(Base::Saliency, Smoothing::SmoothGradSq, o),
+        },
+        Registered {
+            name: "saliency:vargrad",
+            aliases: &["vargrad"],
+            build: |o| tunnel(Base::Saliency, Smoothing::VarGrad, o),
+        },
+        Registered {
+            name: "grad_x_input:smoothgrad",
+            aliases: &["gxi:smoothgrad"],
+            build: |o| tunnel(Base::GradientXInput, Smoothing::SmoothGrad, o),
+        },
+        Registered {
+            name: "grad_x_input:smoothgrad_sq",
+            aliases: &["gxi:smoothgrad_sq"],
+            build: |o| tunnel(Base::GradientXInput, Smoothing::SmoothGradSq, o),
+        },
+        Registered {
+            name: "grad_x_input:vargrad",
+            aliases: &["gxi:vargrad"],
+            build: |o| tunnel(Base::GradientXInput, Smoothing::VarGrad, o),
+        },
+        Registered {
+            name: "ig:smoothgrad",
             aliases: &[],
             build: |o| {
-                Box::new(SmoothGrad {
+                tunnel(
+                    Base::IntegratedGradients(ig_with(o)),
+                    Smoothing::SmoothGrad,
+                    o,
+                )
+            },
+        },
+        Registered {
+            name: "ig:smoothgrad_sq",
+            aliases: &[],
+            build: |o| {
+                tunnel(
+                    Base::IntegratedGradients(ig_with(o)),
+                    Smoothing::SmoothGradSq,
+                    o,
+                )
+            },
+        },
+        Registered {
+            name: "ig:vargrad",
+            aliases: &[],
+            build: |o| tunnel(Base::IntegratedGradients(ig_with(o)), Smoothing::VarGrad, o),
+        },
+        Registered {
+            name: "gradient_shap",
+            aliases: &["gradshap"],
+            build: |o| {
+                Box::new(GradientShap {
                     seed: o.seed,
                     ..Default::default()
                 })
             },
         },
         Registered {
-            name: "ig",
-            aliases: &["integrated_gradients"],
+            name: "layer_ig",
+            aliases: &["layer_integrated_gradients"],
             build: |o| {
-                Box::new(IntegratedGradients {
-                    steps: o.steps,
-                    rule: o.rule,
-                    ..Default::default()
+                Box::new(layer::LayerIntegratedGradients {
+                    layer: o.layer,
+                    ig: ig_with(o),
+                })
+            },
+        },
+        Registered {
+            name: "layer_grad_x_act",
+            aliases: &["layer_gradient_x_activation"],
+            build: |o| Box::new(layer::LayerGradientXActivation { layer: o.layer }),
+        },
+        Registered {
+            name: "layer_conductance",
+            aliases: &["conductance"],
+            build: |o| {
+                Box::new(layer::LayerConductance {
+                    layer: o.layer,
+                    ig: ig_with(o),
                 })
             },
         },
@@ -188,6 +304,11 @@ const REGISTRY: [Registered; 10] = {
             name: "occlusion",
             aliases: &[],
             build: |_| Box::new(Occlusion::default()),
+        },
+        Registered {
+            name: "word_ablation",
+            aliases: &["feature_ablation"],
+            build: |_| Box::new(WordAblation::default()),
         },
         Registered {
             name: "lime",

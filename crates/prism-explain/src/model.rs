@@ -2,9 +2,12 @@
 //! from word embeddings (gradient methods) or from token ids (perturbation methods), batched.
 
 use crate::{Error, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, D};
 use prism_model::tasks::{MultiTaskModel, TaskKind};
-use prism_model::{embedding_gradients_with, Encoded, Encoder, EncoderInput, Mode};
+use prism_model::{
+    embedding_gradients_with, Encoded, Encoder, EncoderInput, EncoderOutput, Mode, Probes,
+};
 use serde::{Deserialize, Serialize};
 
 /// What output is explained.
@@ -23,6 +26,39 @@ pub enum Target {
     Tag { position: usize, tag: usize },
 }
 
+/// Which function of a class or tag score is explained (Captum's choice of forward function:
+/// softmax, raw logits or log-softmax; for a multi-label head, the label's sigmoid, its logit
+/// or log-sigmoid). Regression values and QA start/end logits are always explained raw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    #[default]
+    Prob,
+    Logit,
+    LogProb,
+}
+
+impl Output {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "prob" | "probability" => Ok(Output::Prob),
+            "logit" => Ok(Output::Logit),
+            "log_prob" | "logprob" => Ok(Output::LogProb),
+            other => Err(Error::Invalid(format!(
+                "unknown output `{other}` (prob, logit, log_prob)"
+            ))),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Output::Prob => "prob",
+            Output::Logit => "logit",
+            Output::LogProb => "log_prob",
+        }
+    }
+}
+
 /// A tokenised example ready to explain (a batch of one).
 #[derive(Clone, Debug)]
 pub struct ExplainInput {
@@ -31,10 +67,27 @@ pub struct ExplainInput {
     pub texts: Vec<String>,
 }
 
-/// One task of a trained model, seen as the function to explain.
+/// One task of a trained model, seen as the function to explain: F = output(target), or with a
+/// foil F = output(target) − output(foil) (inseq's contrastive attribution).
 pub struct ExplainModel<'a> {
     pub model: &'a MultiTaskModel,
     pub task: usize,
+    /// What of a class or tag score F is (default: its probability, as before).
+    pub output: Output,
+    /// The contrasted class or tag (at the target's position), if any.
+    pub foil: Option<Target>,
+}
+
+impl Target {
+    /// Whether the target's class or tag is below `n` labels and its position below `t` tokens.
+    fn in_range(&self, n: usize, t: usize) -> bool {
+        match self {
+            Target::Class { class } => *class < n,
+            Target::Tag { position, tag } => *position < t && *tag < n,
+            Target::AnswerStart { position } | Target::AnswerEnd { position } => *position < t,
+            Target::Value => true,
+        }
+    }
 }
 
 impl<'a> ExplainModel<'a> {
@@ -52,7 +105,54 @@ impl<'a> ExplainModel<'a> {
                 )));
             }
         };
-        Ok(Self { model, task })
+        Ok(Self {
+            model,
+            task,
+            output: Output::Prob,
+            foil: None,
+        })
+    }
+
+    /// Explain `output` of the class or tag score instead of its probability.
+    pub fn with_output(mut self, output: Output) -> Self {
+        self.output = output;
+        self
+    }
+
+    /// The foil of a contrastive explanation, by name, for `target`: a class (or label) name,
+    /// or for a tag target a tag name (taken at the target's position) or `N:TAG`.
+    pub fn parse_foil(&self, s: &str, target: &Target) -> Result<Target> {
+        let foil = match target {
+            Target::Tag { position, .. } if !s.contains(':') => {
+                let tag = self.labels().iter().position(|l| l == s).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "unknown foil tag `{s}` (tags: {})",
+                        self.labels().join(", ")
+                    ))
+                })?;
+                Target::Tag {
+                    position: *position,
+                    tag,
+                }
+            }
+            _ => self.parse_target(s)?,
+        };
+        Ok(foil)
+    }
+
+    /// Contrast the target with `foil` (checked against the target in [`ExplainModel::check`]).
+    pub fn with_foil(mut self, foil: Option<Target>) -> Self {
+        self.foil = foil;
+        self
+    }
+
+    /// The output actually explained for `target`: `output` for class and tag targets, the raw
+    /// value for regression and QA.
+    pub fn output_for(&self, target: &Target) -> Output {
+        match target {
+            Target::Class { .. } | Target::Tag { .. } => self.output,
+            _ => Output::Logit,
+        }
     }
 
     pub fn kind(&self) -> TaskKind {
@@ -123,7 +223,23 @@ impl<'a> ExplainModel<'a> {
         Ok(ExplainInput { enc, input, texts })
     }
 
+    /// The target in words, with the output when it is not the probability and the foil when
+    /// there is one, e.g. `class positive`, `class positive (logit) − class negative (logit)`.
     pub fn describe(&self, target: &Target) -> String {
+        let one = |t: &Target| match self.output_for(t) {
+            Output::Prob if !matches!(t, Target::Class { .. } | Target::Tag { .. }) => {
+                self.describe_bare(t)
+            }
+            Output::Prob if self.foil.is_none() => self.describe_bare(t),
+            o => format!("{} ({})", self.describe_bare(t), o.name()),
+        };
+        match &self.foil {
+            Some(f) => format!("{} − {}", one(target), one(f)),
+            None => one(target),
+        }
+    }
+
+    fn describe_bare(&self, target: &Target) -> String {
         match target {
             Target::Class { class } if self.kind() == TaskKind::MultiLabel => {
                 format!("label {}", self.labels().get(*class).map_or("?", |s| s))
@@ -157,6 +273,28 @@ impl<'a> ExplainModel<'a> {
             (TaskKind::Token, Target::Tag { position, tag }) => *position < t && *tag < n,
             _ => false,
         };
+        if let Some(foil) = &self.foil {
+            let same_place = match (target, foil) {
+                (Target::Class { class: a }, Target::Class { class: b }) => a != b,
+                (
+                    Target::Tag {
+                        position: p,
+                        tag: a,
+                    },
+                    Target::Tag {
+                        position: q,
+                        tag: b,
+                    },
+                ) => p == q && a != b,
+                _ => false,
+            };
+            if !same_place || !(foil.in_range(n, t)) {
+                return Err(Error::Invalid(format!(
+                    "foil {foil:?} must be another class of a class target, or another tag at \
+                     the same token of a tag target (target {target:?})"
+                )));
+            }
+        }
         if ok {
             Ok(())
         } else {
@@ -169,15 +307,38 @@ impl<'a> ExplainModel<'a> {
 
     /// F from the head's raw output (B, ...) for each row: (B).
     fn select(&self, logits: &Tensor, target: &Target) -> Result<Tensor> {
-        Ok(match target {
+        let f = self.select_one(logits, target)?;
+        match &self.foil {
+            Some(foil) => Ok((f - self.select_one(logits, foil)?)?),
+            None => Ok(f),
+        }
+    }
+
+    /// A class's or tag's `output` from its row of scores (B, n): (B).
+    fn class_output(&self, row: &Tensor, class: usize) -> Result<Tensor> {
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, class, 1)?.squeeze(1)?) };
+        let x = pick(row)?;
+        Ok(match (self.kind() == TaskKind::MultiLabel, self.output) {
+            (_, Output::Logit) => x,
             // A multi-label head's probability of one label is its own sigmoid.
-            Target::Class { class } if self.kind() == TaskKind::MultiLabel => {
-                let x = logits.narrow(1, *class, 1)?.squeeze(1)?;
-                (x.neg()?.exp()? + 1.0)?.recip()?
+            (true, Output::Prob) => (x.neg()?.exp()? + 1.0)?.recip()?,
+            // log σ(x) = min(x, 0) − log(1 + e^−|x|)
+            (true, Output::LogProb) => {
+                (x.minimum(0.0)? - (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?
             }
-            Target::Class { class } => prism_model::ops::softmax_last_dim(logits)?
-                .narrow(1, *class, 1)?
-                .squeeze(1)?,
+            (false, Output::Prob) => pick(&prism_model::ops::softmax_last_dim(row)?)?,
+            (false, Output::LogProb) => {
+                let max = row.max_keepdim(D::Minus1)?.detach();
+                let shifted = row.broadcast_sub(&max)?;
+                let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+                pick(&shifted.broadcast_sub(&lse)?)?
+            }
+        })
+    }
+
+    fn select_one(&self, logits: &Tensor, target: &Target) -> Result<Tensor> {
+        Ok(match target {
+            Target::Class { class } => self.class_output(logits, *class)?,
             Target::Value => logits.narrow(1, 0, 1)?.squeeze(1)?,
             Target::AnswerStart { position } => logits
                 .narrow(1, *position, 1)?
@@ -191,9 +352,7 @@ impl<'a> ExplainModel<'a> {
                 .squeeze(1)?,
             Target::Tag { position, tag } => {
                 let row = logits.narrow(1, *position, 1)?.squeeze(1)?; // (B, n)
-                prism_model::ops::softmax_last_dim(&row)?
-                    .narrow(1, *tag, 1)?
-                    .squeeze(1)?
+                self.class_output(&row, *tag)?
             }
         })
     }
@@ -208,6 +367,7 @@ impl<'a> ExplainModel<'a> {
             output_hidden_states: false,
             output_attentions: false,
             first_token_only: input.first_token_only,
+            probes: None,
         })
     }
 
@@ -246,6 +406,46 @@ impl<'a> ExplainModel<'a> {
             },
         )?;
         Ok((g.grad, f_vals))
+    }
+
+    /// F for each row of `embeds` (S, T, C) run with `probes` (layer outputs replaced, taps,
+    /// a head mask), the gradients of ΣF (of the probes' tensors among them) and the encoder's
+    /// output, with every layer's hidden states when `hidden` is set.
+    pub fn probed_with_output(
+        &self,
+        embeds: &Tensor,
+        input: &ExplainInput,
+        target: &Target,
+        probes: Probes,
+        hidden: bool,
+    ) -> Result<(Vec<f32>, GradStore, EncoderOutput)> {
+        let mut rep = Self::repeat(&input.input, embeds.dim(0)?)?;
+        rep.output_hidden_states = hidden;
+        rep.first_token_only = false;
+        rep.probes = Some(probes);
+        let out = self.model.base.encoder.forward_from_word_embeddings(
+            &embeds.detach(),
+            &rep,
+            &Mode::Eval,
+        )?;
+        let logits = self.model.tasks[self.task].logits(&out, &Mode::Eval)?;
+        let f = self.select(&logits, target)?;
+        let vals = f.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let grads = f.sum_all()?.backward()?;
+        Ok((vals, grads, out))
+    }
+
+    /// [`ExplainModel::probed_with_output`] without the output.
+    pub fn probed(
+        &self,
+        embeds: &Tensor,
+        input: &ExplainInput,
+        target: &Target,
+        probes: Probes,
+        hidden: bool,
+    ) -> Result<(Vec<f32>, GradStore)> {
+        let (f, g, _) = self.probed_with_output(embeds, input, target, probes, hidden)?;
+        Ok((f, g))
     }
 
     /// F for each row of `embeds` (S, T, C), no gradients.
@@ -364,6 +564,8 @@ impl<'a> ExplainModel<'a> {
             target: self.describe(target),
             output,
             delta,
+            output_kind: self.output_for(target),
+            foil: self.foil.as_ref().map(|f| self.describe_bare(f)),
         }
     }
 

@@ -215,6 +215,12 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Xlnet(m) => m.hidden_size(),
         }
     }
+    fn layers_and_heads(&self) -> (usize, usize) {
+        match self {
+            AnyEncoder::Bert(m) => m.layers_and_heads(),
+            AnyEncoder::Xlnet(m) => m.layers_and_heads(),
+        }
+    }
 }
 
 /// Normalise a checkpoint key: drop the task-class prefix and TF-era LayerNorm names.

@@ -25,6 +25,6 @@ pub use checkpoint::{AnyEncoder, ModelConfig, PretrainedModel, Sizes};
 pub use error::{Error, Result};
 pub use grad::{embedding_gradients, embedding_gradients_with, EmbeddingGrads};
 pub use models::bert::{mean_pool, Bert, BertConfig, Flavor};
-pub use models::{Encoder, EncoderInput, EncoderOutput};
+pub use models::{Encoder, EncoderInput, EncoderOutput, Probes};
 pub use nn::{Mode, ParamStore};
 pub use tokenizer::{Encoded, PrismTokenizer};

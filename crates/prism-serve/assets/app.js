@@ -62,8 +62,12 @@ function fillTargets() {
   const t = currentTask();
   const sel = $("target");
   sel.replaceChildren(el("option", { value: "" }, "the prediction"));
+  // Contrastive explanations: F = output(target) − output(foil), for another class.
+  const foil = $("foil");
+  foil.replaceChildren(el("option", { value: "" }, "nothing (no foil)"));
   if (t.kind === "classification" || t.kind === "pair_classification" || t.kind === "multi_label") {
     for (const l of t.labels) sel.append(el("option", { value: l }, `${t.kind === "multi_label" ? "label" : "class"} ${l}`));
+    for (const l of t.labels) foil.append(el("option", { value: l }, `${t.kind === "multi_label" ? "label" : "class"} ${l}`));
   } else if (t.kind === "regression") {
     sel.append(el("option", { value: "value" }, "the value"));
   }
@@ -274,6 +278,7 @@ async function onExplain() {
       const r = await api("/api/explain", {
         text: i.text, text2: i.text2, task: currentTask().name, methods: ms, steps,
         target: $("target").value || null, words: $("words").checked,
+        output: $("output").value, foil: $("foil").value || null,
       });
       row.append(renderExplained(i.name, i.text, r));
     }

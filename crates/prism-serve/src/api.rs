@@ -273,6 +273,12 @@ pub struct ExplainRequest {
     /// A class or tag name, `value`, `start:N`, `end:N`, `N:TAG` (default: the prediction).
     #[serde(default)]
     pub target: Option<String>,
+    /// `prob` (default), `logit` or `log_prob` of a class or tag target.
+    #[serde(default)]
+    pub output: Option<String>,
+    /// A contrasted class or tag: F = output(target) − output(foil).
+    #[serde(default)]
+    pub foil: Option<String>,
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
     /// Integrated-gradients steps (default 50).
@@ -324,12 +330,21 @@ async fn explain(
     check_text(&s, &req.text, req.text2.as_deref())?;
     let methods = build_methods(&req.methods, req.steps, req.seed, s.opts.max_steps)?;
     let out = run_model(&s, move |model| {
-        let m = ExplainModel::new(model, req.task.as_deref())?;
+        let output = match req.output.as_deref() {
+            None => prism_explain::Output::Prob,
+            Some(o) => prism_explain::Output::parse(o)?,
+        };
+        let mut m = ExplainModel::new(model, req.task.as_deref())?.with_output(output);
         let x = m.encode(&req.text, req.text2.as_deref())?;
         let target: Target = match &req.target {
             None => m.default_target(&x)?,
             Some(t) => m.parse_target(t)?,
         };
+        m.foil = req
+            .foil
+            .as_deref()
+            .map(|f| m.parse_foil(f, &target))
+            .transpose()?;
         let texts: Vec<String> = x.texts.clone();
         let tref: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
         let mut attributions = Vec::new();
@@ -372,6 +387,8 @@ async fn explain(
             "kind": spec.kind,
             "target": m.describe(&target),
             "output": attributions.first().map(|a| a.output),
+            "output_kind": m.output_for(&target),
+            "foil": m.foil.as_ref().map(|_| attributions.first().and_then(|a| a.foil.clone())),
             "tokens": x.enc.tokens,
             "truncated": x.enc.truncated,
             "attributions": attributions,

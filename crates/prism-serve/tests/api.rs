@@ -68,6 +68,29 @@ fn model_predict_explain_and_faithfulness() {
     assert!(e3["target"].as_str().unwrap().contains("negative"));
     assert!(e3["attributions"][0]["tokens"].as_array().unwrap().len() <= n);
 
+    // The explained output and a foil: F = log p(positive) − log p(negative), recorded.
+    let (st, e4) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "A gorgeous, witty movie.", "target": "positive", "foil": "negative", "output": "log_prob", "methods": ["saliency"]}),
+    );
+    assert_eq!(st, 200, "{e4}");
+    assert_eq!(e4["output_kind"], "log_prob");
+    assert_eq!(e4["foil"], "class negative");
+    assert_eq!(e4["attributions"][0]["foil"], "class negative");
+    let (pp, pn) = (
+        probs["positive"].as_f64().unwrap(),
+        probs["negative"].as_f64().unwrap(),
+    );
+    let f = e4["output"].as_f64().unwrap();
+    assert!((f - (pp.ln() - pn.ln())).abs() < 1e-3, "{f} vs log-odds");
+    let (st, bad) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "x", "output": "softmax", "methods": ["saliency"]}),
+    );
+    assert_eq!(st, 400, "{bad}");
+
     let (st, f) = post_json(
         a,
         "/api/faithfulness",

@@ -172,7 +172,7 @@ fn the_page_explains_a_sentence_with_integrated_gradients() {
     );
     assert_eq!(
         d.exec("return document.querySelectorAll('input[name=method]').length"),
-        json!(10)
+        json!(prism_explain::METHODS.len())
     );
 
     // Only integrated gradients.

@@ -122,6 +122,7 @@ pub enum Baseline {
     Ids(Vec<u32>),
 }
 
+#[derive(Clone, Debug)]
 pub struct IntegratedGradients {
     pub steps: usize,
     pub rule: Rule,
@@ -180,31 +181,50 @@ impl IntegratedGradients {
         m.check(target, x)?;
         let e = m.embeddings(x)?; // (1, T, C)
         let b = self.baseline_embeddings(m, x)?;
-        let diff = (&e - &b)?;
-        let (alphas, weights) = self.rule.points(self.steps);
-        let mut acc = e.zeros_like()?.squeeze(0)?; // (T, C)
-        for (a_chunk, w_chunk) in alphas
-            .chunks(self.batch_size.max(1))
-            .zip(weights.chunks(self.batch_size.max(1)))
-        {
-            let s = a_chunk.len();
-            let a = Tensor::from_vec(
-                a_chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                (s, 1, 1),
-                e.device(),
-            )?;
-            let path = b.broadcast_add(&diff.broadcast_mul(&a)?)?; // (S, T, C)
-            let (g, _) = m.gradients(&path, x, target)?;
-            let w = Tensor::from_vec(
-                w_chunk.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                (s, 1, 1),
-                e.device(),
-            )?;
-            acc = (acc + g.broadcast_mul(&w)?.sum(0)?)?;
-        }
-        let attr = diff.broadcast_mul(&acc.unsqueeze(0)?)?;
+        let attr = self.integrate(m, x, target, &e, &b)?;
         let fb = m.f_from_embeds(&Tensor::cat(&[&e, &b], 0)?, x, target)?;
         Ok((attr, fb[0], fb[1]))
+    }
+
+    /// Integrated gradients of several inputs (N, T, C) of the same example (noisy copies of
+    /// its embeddings, for NoiseTunnel) from one baseline (1, T, C): (N, T, C). The N × steps
+    /// interpolation points are evaluated `batch_size` at a time, across inputs.
+    pub fn integrate(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+        inputs: &Tensor,
+        baseline: &Tensor,
+    ) -> Result<Tensor> {
+        let dev = inputs.device();
+        let n = inputs.dim(0)?;
+        let diff = inputs.broadcast_sub(baseline)?; // (N, T, C)
+        let (alphas, weights) = self.rule.points(self.steps);
+        let points: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (0..alphas.len()).map(move |k| (i, k)))
+            .collect();
+        let mut acc = inputs.zeros_like()?; // (N, T, C)
+        for chunk in points.chunks(self.batch_size.max(1)) {
+            let s = chunk.len();
+            let rows = Tensor::from_vec(
+                chunk.iter().map(|&(i, _)| i as u32).collect::<Vec<_>>(),
+                s,
+                dev,
+            )?;
+            let col = |v: &[f64]| -> Result<Tensor> {
+                Ok(Tensor::from_vec(
+                    chunk.iter().map(|&(_, k)| v[k] as f32).collect::<Vec<_>>(),
+                    (s, 1, 1),
+                    dev,
+                )?)
+            };
+            let path = baseline
+                .broadcast_add(&diff.index_select(&rows, 0)?.broadcast_mul(&col(&alphas)?)?)?;
+            let (g, _) = m.gradients(&path, x, target)?;
+            acc = acc.index_add(&rows, &g.broadcast_mul(&col(&weights)?)?, 0)?;
+        }
+        Ok((diff * acc)?)
     }
 }
 

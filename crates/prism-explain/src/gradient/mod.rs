@@ -1,11 +1,16 @@
 //! Gradient methods with respect to the word-embedding output (like Captum's layer methods on
-//! `word_embeddings`): saliency, gradient x input, SmoothGrad and integrated gradients.
+//! `word_embeddings`): saliency, gradient x input, integrated gradients, their NoiseTunnel
+//! variants (SmoothGrad, SmoothGrad², VarGrad) and GradientSHAP.
 
 mod integrated;
+mod noise;
+mod shap;
 mod simple;
 
 pub use integrated::{gauss_legendre, Baseline, IntegratedGradients, Rule};
-pub use simple::{GradientXInput, Saliency, SmoothGrad};
+pub use noise::{Base, NoiseTunnel, Smoothing};
+pub use shap::{GradientShap, ShapDraws};
+pub use simple::{GradientXInput, Saliency};
 
 use candle_core::{Tensor, D};
 

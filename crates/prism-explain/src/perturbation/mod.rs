@@ -1,11 +1,13 @@
-//! Model-agnostic methods that only call the forward pass, in batches: occlusion, LIME and
-//! KernelSHAP. Removed tokens are replaced by [MASK] (or the pad token when there is none);
+//! Model-agnostic methods that only call the forward pass, in batches: occlusion, word
+//! ablation, LIME and KernelSHAP. Removed tokens are replaced by [MASK] (or the pad token when there is none);
 //! special tokens are never removed.
 
+mod ablation;
 mod kernel_shap;
 mod lime;
 mod occlusion;
 
+pub use ablation::WordAblation;
 pub use kernel_shap::{shapley_kernel_weight, KernelShap};
 pub use lime::Lime;
 pub use occlusion::Occlusion;

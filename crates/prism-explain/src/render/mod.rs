@@ -220,6 +220,8 @@ mod tests {
             target: "class <b>".into(),
             output: 0.5,
             delta: Some(1e-3),
+            output_kind: crate::Output::Prob,
+            foil: None,
         }
     }
 

@@ -402,8 +402,9 @@ impl SelfAttention {
         mask: &Tensor,
         mode: &Mode,
         probs: bool,
+        head_mask: Option<&Tensor>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        if !probs {
+        if !probs && head_mask.is_none() {
             let ctx = ops::attention(
                 &self.qkv(x)?,
                 mask,
@@ -424,7 +425,10 @@ impl SelfAttention {
         let v = split(self.value.forward(x)?)?;
         let scores = q.matmul(&k.t()?)?; // (B, H, T, T)
         let probs = ops::masked_softmax(&scores, mask, 1.0 / (self.head_dim as f64).sqrt())?;
-        let dropped = mode.dropout(&probs, self.attn_dropout)?;
+        let mut dropped = mode.dropout(&probs, self.attn_dropout)?;
+        if let Some(m) = head_mask {
+            dropped = dropped.broadcast_mul(m)?; // (1, H, 1, 1)
+        }
         let ctx = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?; // (B, T, C)
         let h = mode.dropout_add(&self.out.forward(&ctx)?, x, self.hidden_dropout)?;
         Ok((self.norm.forward(&h)?, Some(probs)))
@@ -463,8 +467,9 @@ impl Layer {
         mask: &Tensor,
         mode: &Mode,
         probs: bool,
+        head_mask: Option<&Tensor>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (a, probs) = self.attention.forward(x, mask, mode, probs)?;
+        let (a, probs) = self.attention.forward(x, mask, mode, probs, head_mask)?;
         Ok((self.feed_forward(&a, mode)?, probs))
     }
 
@@ -581,9 +586,36 @@ impl Encoder for Bert {
         let mut h = self.embeddings.forward(word_embeds, input, mode)?; // (B, T, C)
         let mut hidden_states = input.output_hidden_states.then(|| vec![h.clone()]);
         let mut attentions = input.output_attentions.then(Vec::new);
-        let first_only = input.first_token_only && hidden_states.is_none() && attentions.is_none();
+        let probes = input.probes.as_ref();
+        let first_only = input.first_token_only
+            && hidden_states.is_none()
+            && attentions.is_none()
+            && probes.is_none();
         for (i, layer) in self.layers.iter().enumerate() {
             let first = first_only && i + 1 == self.layers.len();
+            if let Some(p) = probes {
+                if p.skips(i) {
+                    continue;
+                }
+                let (next, probs) = match p.replacement(i) {
+                    Some(v) => (v.clone(), None),
+                    None => layer.forward(
+                        &h,
+                        &mask,
+                        mode,
+                        attentions.is_some(),
+                        p.head_row(i)?.as_ref(),
+                    )?,
+                };
+                h = p.tapped(i, next)?;
+                if let Some(hs) = hidden_states.as_mut() {
+                    hs.push(h.clone());
+                }
+                if let (Some(a), Some(p)) = (attentions.as_mut(), probs) {
+                    a.push(p);
+                }
+                continue;
+            }
             if attentions.is_none() && recompute::applies(&[&h], mode) {
                 // Activation checkpointing: keep this layer's input only, recompute it in
                 // the backward pass.
@@ -592,7 +624,7 @@ impl Encoder for Bert {
                     Ok(vec![if first {
                         layer.forward_first_token(&x[0], &mask, mode)?
                     } else {
-                        layer.forward(&x[0], &mask, mode, false)?.0
+                        layer.forward(&x[0], &mask, mode, false, None)?.0
                     }])
                 });
                 h = recompute::checkpoint(&[&h], mode, f)?.remove(0);
@@ -605,7 +637,7 @@ impl Encoder for Bert {
                 h = layer.forward_first_token(&h, &mask, mode)?; // (B, 1, C)
                 continue;
             }
-            let (next, probs) = layer.forward(&h, &mask, mode, attentions.is_some())?;
+            let (next, probs) = layer.forward(&h, &mask, mode, attentions.is_some(), None)?;
             h = next;
             if let Some(hs) = hidden_states.as_mut() {
                 hs.push(h.clone());
@@ -629,6 +661,10 @@ impl Encoder for Bert {
 
     fn hidden_size(&self) -> usize {
         self.config.hidden_size
+    }
+
+    fn layers_and_heads(&self) -> (usize, usize) {
+        (self.layers.len(), self.config.num_attention_heads)
     }
 }
 

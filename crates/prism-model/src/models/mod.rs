@@ -30,6 +30,63 @@ pub struct EncoderInput {
     /// when hidden states or attentions are asked for, and by XLNet (whose summary token is the
     /// last one).
     pub first_token_only: bool,
+    /// Observations of and interventions on the forward pass (attribution inside the encoder);
+    /// `None` for every ordinary pass.
+    pub probes: Option<Probes>,
+}
+
+/// Ways to look inside a forward pass, for attribution methods (prism-explain's layer
+/// methods). With any of them set, every layer runs in full (no first-token shortcut, no
+/// activation checkpointing) and attention goes through its probabilities.
+///
+/// # Shapes
+/// `layer_output.1` and each of `taps`: (B, T, C); `head_mask`: (L, H).
+#[derive(Clone, Debug, Default)]
+pub struct Probes {
+    /// `(n, h)`: layers 0..=n are not run and `h` stands for layer n's output (0-based), so
+    /// the rest of the encoder runs from given activations (Captum's layer interpolation).
+    /// The hidden states of the layers not run are not meaningful.
+    pub layer_output: Option<(usize, Tensor)>,
+    /// Multiplies layer l's attention probabilities of head h (after dropout, as transformers'
+    /// former `head_mask` did); a `Var` of ones gives dF/dmask = Σ attention ⊙ dF/dattention.
+    pub head_mask: Option<Tensor>,
+    /// One tensor per layer, added to that layer's output: zero `Var`s here let the backward
+    /// pass record the gradient with respect to every layer's output.
+    pub taps: Option<Vec<Tensor>>,
+}
+
+impl Probes {
+    /// Whether layer `l` is not run at all (a later layer's output is given).
+    pub fn skips(&self, l: usize) -> bool {
+        matches!(&self.layer_output, Some((n, _)) if l < *n)
+    }
+
+    /// The given output of layer `l`, which then is not run either.
+    pub fn replacement(&self, l: usize) -> Option<&Tensor> {
+        match &self.layer_output {
+            Some((n, v)) if *n == l => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Layer `l`'s output with its tap added.
+    pub fn tapped(&self, l: usize, h: Tensor) -> Result<Tensor> {
+        Ok(match self.taps.as_ref().and_then(|t| t.get(l)) {
+            Some(tap) => (h + tap)?,
+            None => h,
+        })
+    }
+
+    /// Layer `l`'s head-mask row, shaped (1, H, 1, 1) to multiply (B, H, Tq, Tk) probabilities.
+    pub fn head_row(&self, l: usize) -> Result<Option<Tensor>> {
+        match &self.head_mask {
+            Some(m) => {
+                let h = m.dim(1)?;
+                Ok(Some(m.narrow(0, l, 1)?.reshape((1, h, 1, 1))?))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 impl EncoderInput {
@@ -41,6 +98,7 @@ impl EncoderInput {
             output_hidden_states: false,
             output_attentions: false,
             first_token_only: false,
+            probes: None,
         }
     }
 
@@ -127,4 +185,7 @@ pub trait Encoder: Send + Sync {
     }
 
     fn hidden_size(&self) -> usize;
+
+    /// The number of layers and of attention heads per layer.
+    fn layers_and_heads(&self) -> (usize, usize);
 }

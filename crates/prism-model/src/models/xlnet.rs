@@ -232,6 +232,7 @@ impl RelAttention {
         kr: &Tensor,
         seg_diff: Option<&Tensor>,
         mask: Option<&Tensor>,
+        head_mask: Option<&Tensor>,
         mode: &Mode,
     ) -> Result<(Tensor, Tensor)> {
         let (b, h, tq, dh) = q.dims4()?;
@@ -268,7 +269,11 @@ impl RelAttention {
             score = score.broadcast_sub(&(m * 1e30)?)?;
         }
         let probs = ops::softmax_last_dim(&score)?;
-        let ctx = mode.dropout(&probs, self.dropout)?.matmul(v)?; // (B, H, Tq, Dh)
+        let mut dropped = mode.dropout(&probs, self.dropout)?;
+        if let Some(m) = head_mask {
+            dropped = dropped.broadcast_mul(m)?; // (1, H, 1, 1), as transformers' head_mask
+        }
+        let ctx = dropped.matmul(v)?; // (B, H, Tq, Dh)
         Ok((ctx, probs))
     }
 
@@ -340,6 +345,7 @@ impl Layer {
         g: Option<&Tensor>,
         mem: Option<&Tensor>,
         shared: &LayerShared,
+        head_mask: Option<&Tensor>,
         mode: &Mode,
     ) -> Result<(Tensor, Option<Tensor>, Tensor)> {
         let LayerShared {
@@ -359,7 +365,16 @@ impl Layer {
         let v = a.heads_of(&cat, &a.v)?;
         let kr = a.heads_of(pos, &a.r)?;
         let q = a.heads_of(h, &a.q)?;
-        let (ctx_h, probs) = a.core(&q, &k, &v, &kr, seg_diff.as_ref(), Some(mask_h), mode)?;
+        let (ctx_h, probs) = a.core(
+            &q,
+            &k,
+            &v,
+            &kr,
+            seg_diff.as_ref(),
+            Some(mask_h),
+            head_mask,
+            mode,
+        )?;
         let out_h = a.post(h, &ctx_h, mode)?;
         let g = match g {
             Some(gs) => {
@@ -374,8 +389,16 @@ impl Layer {
                             .reshape((bb, m, hh * dh))?;
                         let at = tm.transpose(1, 2)?.contiguous()?.matmul(&flat)?; // (B, T, H*Dh)
                         let at = at.reshape((bb, t, hh, dh))?.transpose(1, 2)?.contiguous()?;
-                        let (cg, _) =
-                            a.core(&at, &k, &v, &kr, seg_diff.as_ref(), Some(mask_g), mode)?;
+                        let (cg, _) = a.core(
+                            &at,
+                            &k,
+                            &v,
+                            &kr,
+                            seg_diff.as_ref(),
+                            Some(mask_g),
+                            head_mask,
+                            mode,
+                        )?;
                         let cg = cg
                             .transpose(1, 2)?
                             .contiguous()?
@@ -386,8 +409,17 @@ impl Layer {
                             .contiguous()?
                     }
                     None => {
-                        a.core(&qg, &k, &v, &kr, seg_diff.as_ref(), Some(mask_g), mode)?
-                            .0
+                        a.core(
+                            &qg,
+                            &k,
+                            &v,
+                            &kr,
+                            seg_diff.as_ref(),
+                            Some(mask_g),
+                            head_mask,
+                            mode,
+                        )?
+                        .0
                     }
                 };
                 let out_g = a.post(gs, &ctx_g, mode)?;
@@ -630,12 +662,39 @@ impl Xlnet {
                 let len = cat.dim(1)?;
                 nm.push(cat.narrow(1, len.saturating_sub(n), len.min(n))?.detach());
             }
+            if let Some(p) = input.probes.as_ref() {
+                if p.skips(li) {
+                    continue;
+                }
+                let probs = match p.replacement(li) {
+                    Some(v) => {
+                        h = v.clone();
+                        None
+                    }
+                    None => {
+                        let hm = p.head_row(li)?;
+                        let (next_h, next_g, probs) =
+                            layer.step(&h, g.as_ref(), mem, &shared, hm.as_ref(), mode)?;
+                        (h, g) = (next_h, next_g);
+                        Some(probs)
+                    }
+                };
+                h = p.tapped(li, h)?;
+                if let Some(hs) = hidden_states.as_mut() {
+                    hs.push(h.clone());
+                }
+                if let (Some(at), Some(pr)) = (attentions.as_mut(), probs) {
+                    at.push(pr);
+                }
+                continue;
+            }
             let probs = if attentions.is_none() && recompute::applies(&[&h], mode) {
                 // Activation checkpointing: keep this layer's inputs only, recompute it in
                 // the backward pass.
                 let (layer, shared, mem) = (Arc::clone(layer), shared.clone(), mem.cloned());
                 let f: Arc<recompute::LayerFn> = Arc::new(move |x: &[Tensor], mode: &Mode| {
-                    let (h, g, _) = layer.step(&x[0], x.get(1), mem.as_ref(), &shared, mode)?;
+                    let (h, g, _) =
+                        layer.step(&x[0], x.get(1), mem.as_ref(), &shared, None, mode)?;
                     Ok(std::iter::once(h).chain(g).collect())
                 });
                 let inputs: Vec<&Tensor> = std::iter::once(&h).chain(g.as_ref()).collect();
@@ -644,7 +703,8 @@ impl Xlnet {
                 g = outs.next();
                 None
             } else {
-                let (next_h, next_g, probs) = layer.step(&h, g.as_ref(), mem, &shared, mode)?;
+                let (next_h, next_g, probs) =
+                    layer.step(&h, g.as_ref(), mem, &shared, None, mode)?;
                 (h, g) = (next_h, next_g);
                 Some(probs)
             };
@@ -697,6 +757,10 @@ impl Encoder for Xlnet {
 
     fn hidden_size(&self) -> usize {
         self.config.d_model
+    }
+
+    fn layers_and_heads(&self) -> (usize, usize) {
+        (self.layers.len(), self.config.n_head)
     }
 }
 
