@@ -71,6 +71,8 @@ fn demo(
             target: None,
             output: "prob".into(),
             foil: None,
+            layer: None,
+            layer_maps: true,
             steps: 50,
             rule: "gausslegendre".into(),
             html: Some(html),

@@ -6,7 +6,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use prism_explain::faithfulness::{self, Faithfulness};
-use prism_explain::gradient::Rule;
+use prism_explain::gradient::{IntegratedGradients, Rule};
+use prism_explain::layer::LayerMaps;
 use prism_explain::render::{html_report, ExampleView};
 use prism_explain::{
     aggregate_words, attention, method_with, Attributions, ExplainModel, Method, MethodOptions,
@@ -54,6 +55,14 @@ pub struct ExplainArgs {
     /// a tag target, another tag at the same token).
     #[arg(long)]
     pub foil: Option<String>,
+    /// The encoder layer (0-based, as Captum's `encoder.layer[N]`) that the layer methods
+    /// (layer_ig, layer_grad_x_act, layer_conductance) attribute at; default: the last.
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Also compute layer conductance for every layer (a layer × token map) and attention-head
+    /// importance (a layer × head map): in the JSON (`layer_maps`) and the HTML report.
+    #[arg(long)]
+    pub layer_maps: bool,
     /// Integrated-gradients steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -99,6 +108,7 @@ fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {
         seed: a.seed,
         steps: a.steps,
         rule: Rule::parse(&a.rule)?,
+        layer: a.layer,
     };
     Ok(method_with(name, &opts)?)
 }
@@ -154,6 +164,7 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         faith.push(("random".into(), Vec::new()));
     }
     let mut seconds: Vec<f64> = vec![0.0; methods.len()];
+    let mut layer_maps: Vec<LayerMaps> = Vec::new();
     for (ei, (text, text2)) in inputs.iter().enumerate() {
         let x = m.encode(text, text2.as_deref())?;
         if x.enc.truncated {
@@ -211,12 +222,26 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         } else {
             None
         };
+        let layers = if a.layer_maps {
+            let ig = IntegratedGradients {
+                steps: a.steps,
+                rule: Rule::parse(&a.rule)?,
+                ..Default::default()
+            };
+            let maps = LayerMaps::compute(&m, &x, &target, &ig)
+                .with_context(|| format!("layer maps of example {}", ei + 1))?;
+            layer_maps.push(maps.clone());
+            Some(maps)
+        } else {
+            None
+        };
         views.push(ExampleView {
             text: text.clone(),
             text2: text2.clone(),
             prediction,
             attributions: shown.clone(),
             attention: att,
+            layers,
         });
         all.push(shown);
     }
@@ -252,7 +277,10 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
         );
     }
     if a.json {
-        let v = serde_json::json!({"examples": all, "faithfulness": if a.faithfulness { serde_json::to_value(&table)? } else { serde_json::Value::Null }});
+        let mut v = serde_json::json!({"examples": all, "faithfulness": if a.faithfulness { serde_json::to_value(&table)? } else { serde_json::Value::Null }});
+        if a.layer_maps {
+            v["layer_maps"] = serde_json::to_value(&layer_maps)?;
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

@@ -387,3 +387,74 @@ fn explain_records_the_output_and_foil_it_explains() {
     ]);
     assert!(!ok && err.contains("unknown output `softmax`"), "{err}");
 }
+
+/// `--layer N` picks the layer of the layer methods (Captum's `encoder.layer[N]`) and
+/// `--layer-maps` adds the layer × token conductance and layer × head importance maps to the JSON
+/// and the HTML report.
+#[test]
+fn explain_attributes_at_a_chosen_layer_and_draws_the_layer_maps() {
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("captum_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let c = &cases[0];
+    let target = ["negative", "positive"][c["target"].as_u64().unwrap() as usize];
+    let m = fixtures().join("tiny-bert-cls");
+    let html = tempfile::NamedTempFile::with_suffix(".html").unwrap();
+    let (ok, out, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "layer_ig,layer_grad_x_act",
+        "--layer",
+        "0",
+        "--layer-maps",
+        "--target",
+        target,
+        "--json",
+        "--html",
+        html.path().to_str().unwrap(),
+        c["text"].as_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let want = &c["layers"]["0"];
+    for (i, key) in ["ig", "grad_x_act"].iter().enumerate() {
+        let got = v["examples"][0][i]["scores"].as_array().unwrap();
+        let w = want[key].as_array().unwrap();
+        assert_eq!(got.len(), w.len());
+        for (g, w) in got.iter().zip(w) {
+            assert!(
+                (g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-4,
+                "{key}"
+            );
+        }
+    }
+    let maps = &v["layer_maps"][0];
+    for (l, key) in ["0", "1"].iter().enumerate() {
+        let got = maps["conductance"][l].as_array().unwrap();
+        let w = c["layers"][key]["conductance"].as_array().unwrap();
+        for (g, w) in got.iter().zip(w) {
+            assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-4);
+        }
+    }
+    assert_eq!(
+        maps["head_importance"]["scores"].as_array().unwrap().len(),
+        2
+    );
+    let page = std::fs::read_to_string(html.path()).unwrap();
+    assert!(page.contains("layer conductance") && page.contains("head importance"));
+    // A layer the model does not have is an error naming it.
+    let (ok, _, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "layer_ig",
+        "--layer",
+        "9",
+        "a movie",
+    ]);
+    assert!(!ok && err.contains("layer 9"), "{err}");
+}

@@ -292,3 +292,34 @@ pub fn head_importance(
         .collect();
     Ok(HeadImportance { scores, raw })
 }
+
+/// The two maps the report and the web UI show beside the attention grid: layer conductance
+/// per layer and token, and head importance per layer and head.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerMaps {
+    pub tokens: Vec<String>,
+    /// `[layer][token]` (Captum's `LayerConductance` of `encoder.layer[N]`).
+    pub conductance: Vec<Vec<f32>>,
+    pub head_importance: HeadImportance,
+}
+
+impl LayerMaps {
+    /// Both maps for one input and target, with `ig`'s steps, rule and baseline.
+    pub fn compute(
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+        ig: &IntegratedGradients,
+    ) -> Result<Self> {
+        let (conductance, _, _) = LayerConductance {
+            layer: None,
+            ig: ig.clone(),
+        }
+        .map(m, x, target)?;
+        Ok(Self {
+            tokens: x.enc.tokens.clone(),
+            conductance,
+            head_importance: head_importance(m, x, target)?,
+        })
+    }
+}

@@ -254,6 +254,50 @@ function renderExplained(name, text, r) {
     }
     box.append(grid);
   }
+  if (r.layer_maps) box.append(renderLayerMaps(r.layer_maps));
+  return box;
+}
+
+function layerChoice() {
+  const v = $("layer").value.trim();
+  return v === "" ? null : parseInt(v, 10);
+}
+
+/// Layer conductance (layers × tokens) and head importance (layers × heads) as coloured grids.
+function renderLayerMaps(maps) {
+  const box = el("div", { class: "layer-maps" });
+  const cond = maps.conductance;
+  box.append(el("h4", {}, `Layer conductance: ${cond.length} layers × ${maps.tokens.length} tokens`));
+  const g = el("div", { class: "grid lmap", "data-map": "conductance" });
+  g.style.gridTemplateColumns = `4em repeat(${maps.tokens.length}, minmax(1.6em, auto))`;
+  g.append(el("span"));
+  for (const t of maps.tokens) g.append(el("span", { class: "lbl" }, t));
+  let max = 1e-12;
+  for (const r of cond) for (const v of r) max = Math.max(max, Math.abs(v));
+  cond.forEach((r, l) => {
+    g.append(el("span", { class: "lbl" }, `layer ${l}`));
+    r.forEach((v, j) => {
+      const c = el("span", { class: "cell", title: `layer ${l}, ${maps.tokens[j]}: ${v.toFixed(4)}` });
+      c.style.background = color(v, max);
+      g.append(c);
+    });
+  });
+  box.append(g);
+  const hi = maps.head_importance.scores;
+  box.append(el("h4", {}, `Head importance (Michel et al. 2019, normalised per layer): ${hi.length} layers × ${hi[0].length} heads`));
+  const h = el("div", { class: "grid lmap", "data-map": "heads" });
+  h.style.gridTemplateColumns = `4em repeat(${hi[0].length}, 3em)`;
+  h.append(el("span"));
+  hi[0].forEach((_, k) => h.append(el("span", { class: "lbl" }, `head ${k}`)));
+  hi.forEach((r, l) => {
+    h.append(el("span", { class: "lbl" }, `layer ${l}`));
+    r.forEach((v, k) => {
+      const c = el("span", { class: "cell", title: `layer ${l}, head ${k}: ${v.toFixed(3)}` }, v.toFixed(2));
+      c.style.background = color(v, 1);
+      h.append(c);
+    });
+  });
+  box.append(h);
   return box;
 }
 
@@ -279,6 +323,7 @@ async function onExplain() {
         text: i.text, text2: i.text2, task: currentTask().name, methods: ms, steps,
         target: $("target").value || null, words: $("words").checked,
         output: $("output").value, foil: $("foil").value || null,
+        layer: layerChoice(), layer_maps: $("layer-maps").checked,
       });
       row.append(renderExplained(i.name, i.text, r));
     }
@@ -297,7 +342,7 @@ async function onFaithfulness() {
   try {
     const r = await api("/api/faithfulness", {
       examples: list.map((i) => ({ text: i.text, text2: i.text2 })), task: currentTask().name,
-      methods: ms, steps: parseInt($("steps").value, 10) || 50,
+      methods: ms, steps: parseInt($("steps").value, 10) || 50, layer: layerChoice(),
     });
     const t = el("table");
     const head = el("tr");

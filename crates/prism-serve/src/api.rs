@@ -290,6 +290,12 @@ pub struct ExplainRequest {
     /// Return every layer's attention and the rollout matrix.
     #[serde(default = "d_true")]
     pub attention: bool,
+    /// The encoder layer (0-based) of the layer methods (default: the last).
+    #[serde(default)]
+    pub layer: Option<usize>,
+    /// Return layer conductance per layer and token and head importance per layer and head.
+    #[serde(default)]
+    pub layer_maps: bool,
     #[serde(default)]
     pub seed: u64,
 }
@@ -298,6 +304,7 @@ fn build_methods(
     names: &[String],
     steps: Option<usize>,
     seed: u64,
+    layer: Option<usize>,
     max_steps: usize,
 ) -> Result<Vec<Box<dyn Method>>, ApiError> {
     if names.is_empty() {
@@ -313,6 +320,7 @@ fn build_methods(
     let opts = MethodOptions {
         seed,
         steps,
+        layer,
         ..Default::default()
     };
     names.iter().map(|n| Ok(method_with(n, &opts)?)).collect()
@@ -328,7 +336,13 @@ async fn explain(
 ) -> ApiResult<Value> {
     let Json(req) = body?;
     check_text(&s, &req.text, req.text2.as_deref())?;
-    let methods = build_methods(&req.methods, req.steps, req.seed, s.opts.max_steps)?;
+    let methods = build_methods(
+        &req.methods,
+        req.steps,
+        req.seed,
+        req.layer,
+        s.opts.max_steps,
+    )?;
     let out = run_model(&s, move |model| {
         let output = match req.output.as_deref() {
             None => prism_explain::Output::Prob,
@@ -381,6 +395,17 @@ async fn explain(
         } else {
             (Value::Null, Value::Null)
         };
+        let layer_maps = if req.layer_maps {
+            let ig = prism_explain::gradient::IntegratedGradients {
+                steps: req.steps.unwrap_or(50),
+                ..Default::default()
+            };
+            Some(prism_explain::layer::LayerMaps::compute(
+                &m, &x, &target, &ig,
+            )?)
+        } else {
+            None
+        };
         let spec = &model.tasks[m.task].spec;
         Ok(json!({
             "task": spec.name,
@@ -394,6 +419,7 @@ async fn explain(
             "attributions": attributions,
             "attention": att,
             "rollout": roll,
+            "layer_maps": layer_maps,
             "seconds": seconds,
         }))
     })
@@ -419,6 +445,9 @@ pub struct FaithfulnessRequest {
     pub methods: Vec<String>,
     #[serde(default)]
     pub steps: Option<usize>,
+    /// The encoder layer (0-based) of the layer methods (default: the last).
+    #[serde(default)]
+    pub layer: Option<usize>,
     #[serde(default)]
     pub seed: u64,
 }
@@ -444,7 +473,13 @@ async fn faithfulness_table(
     for e in &req.examples {
         check_text(&s, &e.text, e.text2.as_deref())?;
     }
-    let methods = build_methods(&req.methods, req.steps, req.seed, s.opts.max_steps)?;
+    let methods = build_methods(
+        &req.methods,
+        req.steps,
+        req.seed,
+        req.layer,
+        s.opts.max_steps,
+    )?;
     let out = run_model(&s, move |model| {
         let m = ExplainModel::new(model, req.task.as_deref())?;
         let mut rows: Vec<(String, Vec<Faithfulness>)> = methods

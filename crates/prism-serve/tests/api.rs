@@ -91,6 +91,50 @@ fn model_predict_explain_and_faithfulness() {
     );
     assert_eq!(st, 400, "{bad}");
 
+    // A layer method at layer 0, with the layer maps.
+    let (st, e5) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "A gorgeous, witty movie.", "methods": ["layer_ig", "layer_conductance"], "layer": 0, "layer_maps": true, "attention": false}),
+    );
+    assert_eq!(st, 200, "{e5}");
+    let t = e5["tokens"].as_array().unwrap().len();
+    let maps = &e5["layer_maps"];
+    assert_eq!(maps["conductance"].as_array().unwrap().len(), 2, "{maps}");
+    assert_eq!(maps["conductance"][0].as_array().unwrap().len(), t);
+    assert_eq!(
+        maps["head_importance"]["scores"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(
+        maps["head_importance"]["scores"][1]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    // layer_conductance at layer 0 is the map's first row.
+    let row: Vec<f64> = maps["conductance"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let got: Vec<f64> = e5["attributions"][1]["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(row, got);
+    let (st, bad) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "x", "methods": ["layer_ig"], "layer": 5}),
+    );
+    assert_eq!(st, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("layer 5"), "{bad}");
+
     let (st, f) = post_json(
         a,
         "/api/faithfulness",

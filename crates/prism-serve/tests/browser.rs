@@ -209,6 +209,30 @@ fn the_page_explains_a_sentence_with_integrated_gradients() {
         json!(true)
     );
 
+    // Layer IG at layer 0 with the layer × token conductance and layer × head importance maps.
+    d.exec("document.querySelectorAll('input[name=method]').forEach(c => { c.checked = c.value === 'layer_ig'; }); document.getElementById('layer').value = '0'; document.getElementById('layer-maps').checked = true; return true;");
+    d.click("#explain");
+    d.wait(
+        "return document.body.dataset.state === 'idle' && document.querySelectorAll('.lmap[data-map=\"heads\"] .cell').length > 0",
+        "the layer maps",
+    );
+    assert_eq!(
+        d.exec("return document.querySelectorAll('.lmap[data-map=\"conductance\"] .cell').length"),
+        json!(2 * tokens.len()),
+        "a conductance cell per layer and token"
+    );
+    assert_eq!(
+        d.exec("return document.querySelectorAll('.lmap[data-map=\"heads\"] .cell').length"),
+        json!(8),
+        "a head-importance cell per layer and head"
+    );
+    assert_eq!(
+        d.exec(
+            "return document.querySelectorAll('.heatmap[data-method=\"layer_ig\"] .tok').length"
+        ),
+        json!(tokens.len())
+    );
+
     let shot = d.cmd("GET", "/screenshot", None);
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["value"].as_str().unwrap())

@@ -19,6 +19,8 @@ pub struct ExampleView {
     pub attributions: Vec<Attributions>,
     /// `[layer][head][query][key]`, when attention is shown.
     pub attention: Option<Vec<Vec<Vec<Vec<f32>>>>>,
+    /// Layer conductance (layer × token) and head importance (layer × head), when shown.
+    pub layers: Option<crate::layer::LayerMaps>,
 }
 
 /// Background colour for a score relative to the largest magnitude: red supports the target,
@@ -88,7 +90,7 @@ fn script_json<T: Serialize>(v: &T) -> String {
         .replace('&', "\\u0026")
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}.ex{border-top:1px solid #ccc;padding:1em 0}.method{display:grid;grid-template-columns:9em 1fr;gap:.5em;align-items:baseline;margin:.3em 0}.name{font-weight:600;font-size:90%}.tok{padding:1px 2px;border-radius:3px;line-height:1.9}.grid{display:grid;gap:2px;margin:.5em 0}.grid canvas{cursor:zoom-in;border:1px solid #eee}#big{position:fixed;top:5%;left:50%;transform:translateX(-50%);background:#fff;border:1px solid #888;padding:8px;display:none;z-index:9}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}.ex{border-top:1px solid #ccc;padding:1em 0}.method{display:grid;grid-template-columns:9em 1fr;gap:.5em;align-items:baseline;margin:.3em 0}.name{font-weight:600;font-size:90%}.tok{padding:1px 2px;border-radius:3px;line-height:1.9}.grid{display:grid;gap:2px;margin:.5em 0}.grid canvas{cursor:zoom-in;border:1px solid #eee}#big{position:fixed;top:5%;left:50%;transform:translateX(-50%);background:#fff;border:1px solid #888;padding:8px;display:none;z-index:9}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}.lmap td{min-width:1.6em;font-size:80%}.lmap th{font-size:80%;font-weight:500}";
 
 const SCRIPT: &str = r#"
 function draw(c, m, cell) {
@@ -187,12 +189,69 @@ pub fn html_report(
                 script_json(&serde_json::json!({"att": q, "tokens": tokens}))
             );
         }
+        if let Some(maps) = &ex.layers {
+            h.push_str(&layer_maps_html(maps));
+        }
         h.push_str("</div>");
     }
     let _ = write!(
         h,
         "<div id=\"big\"></div><script>{SCRIPT}</script></body></html>\n"
     );
+    h
+}
+
+/// Layer conductance as a layer × token table and head importance as a layer × head table,
+/// each cell coloured by its value (conductance relative to its largest magnitude, head
+/// importance on its per-layer normalised 0..1 scale) with the value as its tooltip.
+pub fn layer_maps_html(maps: &crate::layer::LayerMaps) -> String {
+    let mut h = String::from("<details open><summary>layer conductance: layers (rows) × tokens (columns)</summary><table class=\"lmap\"><tr><th></th>");
+    for t in &maps.tokens {
+        let _ = write!(h, "<th>{}</th>", escape(t));
+    }
+    h.push_str("</tr>");
+    let max = maps.conductance.iter().flatten().fold(0f32, |m, v| {
+        if v.is_finite() {
+            m.max(v.abs())
+        } else {
+            m
+        }
+    });
+    for (l, row) in maps.conductance.iter().enumerate() {
+        let _ = write!(h, "<tr><th>layer {l}</th>");
+        for v in row {
+            let _ = write!(
+                h,
+                "<td style=\"background:{}\" title=\"{v:.4}\"></td>",
+                color(*v, max)
+            );
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table></details><details open><summary>head importance (Michel et al. 2019, normalised per layer): layers (rows) × heads (columns)</summary><table class=\"lmap\"><tr><th></th>");
+    let heads = maps.head_importance.scores.first().map_or(0, |r| r.len());
+    for hd in 0..heads {
+        let _ = write!(h, "<th>{hd}</th>");
+    }
+    h.push_str("</tr>");
+    for (l, (row, raw)) in maps
+        .head_importance
+        .scores
+        .iter()
+        .zip(&maps.head_importance.raw)
+        .enumerate()
+    {
+        let _ = write!(h, "<tr><th>layer {l}</th>");
+        for (v, r) in row.iter().zip(raw) {
+            let _ = write!(
+                h,
+                "<td style=\"background:{}\" title=\"{v:.3} (|Σ A·dF/dA| = {r:.3e})\">{v:.2}</td>",
+                color(*v, 1.0)
+            );
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table></details>");
     h
 }
 
@@ -234,10 +293,21 @@ mod tests {
             prediction: "<img>".into(),
             attributions: vec![a.clone()],
             attention: Some(vec![vec![vec![vec![1.0; 3]; 3]]]),
+            layers: Some(crate::layer::LayerMaps {
+                tokens: a.tokens.clone(),
+                conductance: vec![vec![0.5, -0.25, 0.0]],
+                head_importance: crate::layer::HeadImportance {
+                    scores: vec![vec![0.6, 0.8]],
+                    raw: vec![vec![0.3, 0.4]],
+                },
+            }),
         };
         let h = html_report("t", &[ex], None);
         assert!(!h.contains("<script>alert"), "unescaped token in HTML");
         assert!(h.contains("&lt;script&gt;"));
+        // The layer maps: a row per layer, one cell per token and per head.
+        assert!(h.contains("layer conductance") && h.contains("head importance"));
+        assert!(h.contains("title=\"-0.2500\"") && h.contains(">0.80</td>"));
         // The only script elements are ours.
         assert_eq!(h.matches("<script").count(), 2);
         assert!(!h.contains("</script>\"") && !h.contains("\"</script>"));
