@@ -73,6 +73,7 @@ fn demo(
             foil: None,
             layer: None,
             layer_maps: true,
+            stride: None,
             steps: 50,
             rule: "gausslegendre".into(),
             html: Some(html),

@@ -63,6 +63,11 @@ pub struct ExplainArgs {
     /// importance (a layer × head map): in the JSON (`layer_maps`) and the HTML report.
     #[arg(long)]
     pub layer_maps: bool,
+    /// A text longer than the task's max_length is explained in overlapping windows that
+    /// share this many tokens (default: half a window), its scores stitched over the whole
+    /// text (each token's mean over the windows that contain it).
+    #[arg(long)]
+    pub stride: Option<usize>,
     /// Integrated-gradients steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -166,14 +171,24 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
     let mut seconds: Vec<f64> = vec![0.0; methods.len()];
     let mut layer_maps: Vec<LayerMaps> = Vec::new();
     for (ei, (text, text2)) in inputs.iter().enumerate() {
-        let x = m.encode(text, text2.as_deref())?;
-        if x.enc.truncated {
-            eprintln!("warning: example {} is longer than the model's {} tokens; only the first {} are explained", ei + 1, m.tokenizer()?.max_len(), x.enc.ids.len());
-        }
+        // A text longer than the task's max_length: overlapping windows, stitched.
+        let w = m
+            .encode_windows(text, text2.as_deref(), a.stride)
+            .with_context(|| format!("example {}", ei + 1))?;
+        let x = w.windows[0].clone();
         let target = match &a.target {
+            None if w.len() > 1 => m.default_target_windows(&w)?,
             None => m.default_target(&x)?,
             Some(t) => m.parse_target(t)?,
         };
+        if w.len() > 1 && a.faithfulness {
+            eprintln!(
+                "note: example {} is read in {} windows; its faithfulness is scored on the \
+                 first window (with that window's scores)",
+                ei + 1,
+                w.len()
+            );
+        }
         m.foil = a
             .foil
             .as_deref()
@@ -185,14 +200,19 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
                 b.set_message(format!("example {} {}", ei + 1, method.name()));
             }
             let t0 = Instant::now();
-            let at = method
-                .attribute(&m, &x, &target)
+            let at = m
+                .attribute_windows(method.as_ref(), &w, &target)
                 .with_context(|| format!("{} on example {}", method.name(), ei + 1))?;
             seconds[mi] += t0.elapsed().as_secs_f64();
             if a.faithfulness {
+                let first = if w.len() > 1 {
+                    method.attribute(&m, &x, &target)?
+                } else {
+                    at.clone()
+                };
                 faith[mi]
                     .1
-                    .push(faithfulness::evaluate(&m, &x, &target, &at, 32)?);
+                    .push(faithfulness::evaluate(&m, &x, &target, &first, 32)?);
             }
             attrs.push(at);
             if let Some(b) = &bar {

@@ -458,3 +458,87 @@ fn explain_attributes_at_a_chosen_layer_and_draws_the_layer_maps() {
     ]);
     assert!(!ok && err.contains("layer 9"), "{err}");
 }
+
+/// A real BBC article of over 1,000 tokens (the `bbc` data set from its registry package) on
+/// the fixture classifier (max_length 64): explained in overlapping windows stitched over the
+/// whole article, and predicted from the same windows (the explained F is the predicted
+/// probability). Needs the package registry; PRISM_OFFLINE=1 skips it.
+#[test]
+fn a_bbc_article_longer_than_the_model_is_explained_and_predicted_in_windows() {
+    if std::env::var("PRISM_OFFLINE").is_ok_and(|v| v == "1") {
+        eprintln!("PRISM_OFFLINE=1: skipping the BBC long-article test");
+        return;
+    }
+    let written = prism_train::data::registry::fetch_dataset("bbc", false).unwrap();
+    let dev = written
+        .iter()
+        .find(|w| w.path.to_string_lossy().ends_with("dev.jsonl"))
+        .unwrap();
+    let m = fixtures().join("tiny-bert-cls");
+    let tok = prism_model::PrismTokenizer::load(&m, 64).unwrap();
+    let article = std::fs::read_to_string(&dev.path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .find(|t| {
+            let n = tok.encode_untruncated(t, None).unwrap().ids.len();
+            (1000..1600).contains(&n)
+        })
+        .expect("a dev article of 1,000 to 1,600 tokens");
+    let n_tokens = tok.encode_untruncated(&article, None).unwrap().ids.len();
+    let (ok, out, err) = prism(&[
+        "explain",
+        "--model",
+        m.to_str().unwrap(),
+        "--method",
+        "ig,occlusion",
+        "--json",
+        &article,
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ig = &v["examples"][0][0];
+    let windows = ig["windows"].as_u64().unwrap() as usize;
+    // 62 text tokens per window, 31 shared with the next.
+    assert_eq!(
+        windows,
+        (n_tokens - 2 - 62).div_ceil(31) + 1,
+        "{n_tokens} tokens"
+    );
+    assert_eq!(ig["tokens"].as_array().unwrap().len(), n_tokens);
+    assert_eq!(ig["scores"].as_array().unwrap().len(), n_tokens);
+    assert!(ig["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s.as_f64().unwrap().is_finite()));
+    assert_eq!(v["examples"][0][1]["windows"], windows);
+    let (ok, out, err) = prism(&[
+        "predict",
+        "--model",
+        m.to_str().unwrap(),
+        "--json",
+        &article,
+    ]);
+    assert!(ok, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let pred = &p[0]["prediction"];
+    assert_eq!(pred["windows"], windows, "{pred}");
+    let label = pred["label"].as_str().unwrap();
+    assert!(
+        ig["target"].as_str().unwrap().ends_with(label),
+        "{}",
+        ig["target"]
+    );
+    let prob = pred["probabilities"][label].as_f64().unwrap();
+    assert!(
+        (prob - ig["output"].as_f64().unwrap()).abs() < 1e-5,
+        "{prob} vs F {}",
+        ig["output"]
+    );
+}

@@ -13,6 +13,7 @@ pub mod layer;
 pub mod model;
 pub mod perturbation;
 pub mod render;
+pub mod window;
 
 pub use model::{ExplainInput, ExplainModel, Output, Target};
 
@@ -58,6 +59,10 @@ pub struct Attributions {
     /// The contrasted class or tag, when F = output(target) − output(foil).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub foil: Option<String>,
+    /// How many overlapping windows a text longer than the task's `max_length` was explained
+    /// in (scores stitched over the whole text, see [`window`]); absent when it fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<usize>,
 }
 
 /// Words: runs of tokens of the same text with no gap between their offsets (WordPiece `##`

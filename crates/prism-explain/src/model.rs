@@ -207,13 +207,20 @@ impl<'a> ExplainModel<'a> {
         self.model.base.params.device()
     }
 
+    /// The task's tokenizer (truncating, or windowing, at the task's `max_length`, as its
+    /// predictions do).
     pub fn tokenizer(&self) -> Result<&prism_model::PrismTokenizer> {
-        Ok(self.model.base.tokenizer()?)
+        Ok(self.model.tasks[self.task].tokenizer())
     }
 
-    /// Tokenise a text (or a pair) for this task, truncated to the model's maximum length.
+    /// Tokenise a text (or a pair) for this task, truncated to its `max_length`.
     pub fn encode(&self, text: &str, text2: Option<&str>) -> Result<ExplainInput> {
         let enc = self.tokenizer()?.encode(text, text2)?;
+        self.input_of(enc, text, text2)
+    }
+
+    /// The model input for one encoding of `text` (and `text2`).
+    pub fn input_of(&self, enc: Encoded, text: &str, text2: Option<&str>) -> Result<ExplainInput> {
         let input = self
             .tokenizer()?
             .batch(std::slice::from_ref(&enc), self.device())?
@@ -566,6 +573,7 @@ impl<'a> ExplainModel<'a> {
             delta,
             output_kind: self.output_for(target),
             foil: self.foil.as_ref().map(|f| self.describe_bare(f)),
+            windows: None,
         }
     }
 

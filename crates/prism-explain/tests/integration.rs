@@ -2,3 +2,4 @@
 
 mod captum;
 mod transformers_models;
+mod windows;

@@ -236,6 +236,109 @@ impl PrismTokenizer {
         ))
     }
 
+    /// A text (or pair) as overlapping windows of at most `max_len` tokens each, special tokens
+    /// in every window: one window when it fits, else the first text is cut into windows whose
+    /// consecutive pieces share `overlap` tokens (default: half a window's text tokens), the
+    /// second text (if any) whole in each. Offsets index into the original texts.
+    pub fn encode_long(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        overlap: Option<usize>,
+    ) -> Result<Vec<Encoded>> {
+        let first = self.encode(text, pair)?;
+        if !first.truncated {
+            return Ok(vec![first]);
+        }
+        self.windows(text, pair, 0, overlap)
+    }
+
+    /// `first` (and `second`) with sequence `cut` (0 or 1) split into pieces of the room the
+    /// other sequence and the special tokens leave in `max_len`, consecutive pieces sharing
+    /// `overlap` tokens (default: half the room), each piece post-processed (special tokens,
+    /// type ids) with the other sequence whole. Done by hand because tokenizers 0.23.2 cuts a
+    /// sequence to `max_length` before its truncation can window it (the overflow, and so
+    /// every window after the first, is lost).
+    fn windows(
+        &self,
+        first: &str,
+        second: Option<&str>,
+        cut: usize,
+        overlap: Option<usize>,
+    ) -> Result<Vec<Encoded>> {
+        use tokenizers::PostProcessor;
+        let mut tk = self.inner.clone();
+        tk.with_truncation(None)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        // Raw pieces: encode() runs the post-processor even without special tokens (RoBERTa's
+        // offset trimming), so the pieces come from a copy without one, and are processed once.
+        let mut bare = tk.clone();
+        bare.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        let raw = |t: &str| -> Result<tokenizers::Encoding> {
+            bare.encode(t, false)
+                .map_err(|e| Error::Encode(e.to_string()))
+        };
+        let a = raw(first)?;
+        let b = second.map(raw).transpose()?;
+        let added = tk
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(b.is_some()));
+        let (mut long, other) = match (cut, b) {
+            (1, Some(b)) => (b, Some(a)),
+            (_, b) => (a, b),
+        };
+        let other_len = other.as_ref().map_or(0, |o| o.get_ids().len());
+        let room = self.max_len.saturating_sub(added + other_len);
+        if room < 2 {
+            return Err(Error::Encode(format!(
+                "the {} leaves {room} of the {} tokens for the text it windows: it cannot be \
+                 cut into windows (shorten it or raise max_length)",
+                if cut == 1 { "question" } else { "second text" },
+                self.max_len
+            )));
+        }
+        let stride = overlap.unwrap_or(room / 2);
+        if stride >= room {
+            return Err(Error::Encode(format!(
+                "window overlap {stride} must be below the {room} tokens a {}-token window \
+                 leaves for the text (after {added} special tokens{})",
+                self.max_len,
+                if other_len > 0 {
+                    format!(" and the other text's {other_len}")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        long.truncate(room, stride, tokenizers::TruncationDirection::Right);
+        let rest = long.take_overflowing();
+        let mut out = Vec::with_capacity(rest.len() + 1);
+        for piece in std::iter::once(long).chain(rest) {
+            let (x, y) = match (cut, &other) {
+                (1, Some(o)) => (o.clone(), Some(piece)),
+                (_, o) => (piece, o.clone()),
+            };
+            let enc = tk
+                .post_process(x, y, true)
+                .map_err(|e| Error::Encode(e.to_string()))?;
+            out.push(Encoded::from_encoding(&enc, false));
+        }
+        Ok(out)
+    }
+
+    /// A text (or pair) whole, however long (for mapping windows back onto it).
+    pub fn encode_untruncated(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
+        let mut tk = self.inner.clone();
+        tk.with_truncation(None)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        let enc = match pair {
+            Some(b) => tk.encode((text, b), true),
+            None => tk.encode(text, true),
+        }
+        .map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Encoded::from_encoding(&enc, false))
+    }
+
     /// Question + context windows for extractive QA: the context is cut into windows of at
     /// most `max_len` tokens (question included) that overlap by `stride` tokens, as
     /// transformers' `doc_stride`; offsets of context tokens index into `context`.
@@ -245,27 +348,11 @@ impl PrismTokenizer {
         context: &str,
         stride: usize,
     ) -> Result<Vec<Encoded>> {
-        let mut tk = self.inner.clone();
-        tk.with_truncation(Some(TruncationParams {
-            max_length: self.max_len,
-            strategy: TruncationStrategy::OnlySecond,
-            stride,
-            ..Default::default()
-        }))
-        .map_err(|e| {
-            Error::Encode(format!(
-                "question too long for a {}-token window with stride {stride}: {e}",
-                self.max_len
-            ))
-        })?;
-        let enc = tk
-            .encode((question, context), true)
-            .map_err(|e| Error::Encode(e.to_string()))?;
-        let mut out = vec![Encoded::from_encoding(&enc, false)];
-        for o in enc.get_overflowing() {
-            out.push(Encoded::from_encoding(o, false));
+        let whole = self.encode(question, Some(context))?;
+        if !whole.truncated {
+            return Ok(vec![whole]);
         }
-        Ok(out)
+        self.windows(question, Some(context), 1, Some(stride))
     }
 
     /// Tokenise pre-split words (token classification); also returns, per token, the index of

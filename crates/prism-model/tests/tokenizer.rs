@@ -88,3 +88,62 @@ fn missing_tokenizer_files_are_an_error_naming_the_folder() {
         "{e}"
     );
 }
+
+/// Windows of long inputs equal transformers' `return_overflowing_tokens` windows (ids and
+/// offsets) for a text alone, a text with a short pair (`only_first`) and QA's question with a
+/// long context (`only_second`), on WordPiece and byte-level BPE.
+#[test]
+fn long_input_windows_match_transformers_overflowing_tokens() {
+    #[derive(serde::Deserialize)]
+    struct W {
+        model: String,
+        kind: String,
+        text: String,
+        pair: Option<String>,
+        max_length: usize,
+        stride: usize,
+        ids: Vec<Vec<u32>>,
+        offsets: Vec<Vec<(usize, usize)>>,
+    }
+    let cases: Vec<W> = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("windows_expected.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        let tok = PrismTokenizer::load(&fixtures().join(&c.model), c.max_length).unwrap();
+        let got = match c.kind.as_str() {
+            "qa" => tok
+                .encode_windows(&c.text, c.pair.as_deref().unwrap(), c.stride)
+                .unwrap(),
+            _ => tok
+                .encode_long(&c.text, c.pair.as_deref(), Some(c.stride))
+                .unwrap(),
+        };
+        let what = format!("{} {}", c.model, c.kind);
+        assert!(c.ids.len() > 5, "{what}: a long input");
+        assert_eq!(got.len(), c.ids.len(), "{what}: windows");
+        for (i, (g, (ids, offs))) in got.iter().zip(c.ids.iter().zip(&c.offsets)).enumerate() {
+            assert_eq!(&g.ids, ids, "{what}: window {i} ids");
+            let real: Vec<(usize, usize)> = g
+                .offsets
+                .iter()
+                .zip(&g.special_tokens_mask)
+                .map(|(o, &s)| if s == 1 { (0, 0) } else { *o })
+                .collect();
+            let want: Vec<(usize, usize)> = offs
+                .iter()
+                .zip(&g.special_tokens_mask)
+                .map(|(o, &s)| if s == 1 { (0, 0) } else { *o })
+                .collect();
+            assert_eq!(real, want, "{what}: window {i} offsets");
+        }
+    }
+    // An overlap that leaves no room is an error, not a panic.
+    let tok = PrismTokenizer::load(&fixtures().join("tiny-bert"), 24).unwrap();
+    let long = "the man walks into a bar and the woman walks into a bar ".repeat(8);
+    let e = tok
+        .encode_windows("who walks into the bar?", &long, 20)
+        .unwrap_err();
+    assert!(e.to_string().contains("overlap 20"), "{e}");
+}

@@ -225,7 +225,7 @@ function renderExplained(name, text, r) {
   box.append(el("h3", {}, `Input ${name}`));
   box.append(el("div", { class: "muted" }, text));
   box.append(el("div", {}, `${r.task}: explaining ${r.target} (F = ${r.output === null ? "?" : r.output.toFixed(4)})` +
-    (r.truncated ? " — the input was truncated to the model's maximum length" : "")));
+    (r.windows > 1 ? ` — read in ${r.windows} overlapping windows, scores averaged over the windows that contain each token` : "")));
   for (const a of r.attributions) box.append(renderHeatmap(a));
   const secs = Object.entries(r.seconds).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(", ");
   box.append(el("div", { class: "muted" }, `time: ${secs}`));

@@ -349,8 +349,12 @@ async fn explain(
             Some(o) => prism_explain::Output::parse(o)?,
         };
         let mut m = ExplainModel::new(model, req.task.as_deref())?.with_output(output);
-        let x = m.encode(&req.text, req.text2.as_deref())?;
+        // A text longer than the task's max_length is explained in overlapping windows (half
+        // a window shared), stitched over the whole text; attention comes from the first.
+        let w = m.encode_windows(&req.text, req.text2.as_deref(), None)?;
+        let x = w.windows[0].clone();
         let target: Target = match &req.target {
+            None if w.len() > 1 => m.default_target_windows(&w)?,
             None => m.default_target(&x)?,
             Some(t) => m.parse_target(t)?,
         };
@@ -365,7 +369,7 @@ async fn explain(
         let mut seconds = serde_json::Map::new();
         for method in &methods {
             let t0 = Instant::now();
-            let a = method.attribute(&m, &x, &target)?;
+            let a = m.attribute_windows(method.as_ref(), &w, &target)?;
             seconds.insert(method.name().into(), json!(t0.elapsed().as_secs_f64()));
             attributions.push(if req.words {
                 aggregate_words(&a, &tref)
@@ -414,8 +418,8 @@ async fn explain(
             "output": attributions.first().map(|a| a.output),
             "output_kind": m.output_for(&target),
             "foil": m.foil.as_ref().map(|_| attributions.first().and_then(|a| a.foil.clone())),
-            "tokens": x.enc.tokens,
-            "truncated": x.enc.truncated,
+            "tokens": w.full.tokens,
+            "windows": w.len(),
             "attributions": attributions,
             "attention": att,
             "rollout": roll,

@@ -4,4 +4,5 @@ mod examples;
 mod multi_label;
 mod pretrain;
 mod trainer;
+mod windows;
 mod xlnet;

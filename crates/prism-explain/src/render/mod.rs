@@ -281,6 +281,7 @@ mod tests {
             delta: Some(1e-3),
             output_kind: crate::Output::Prob,
             foil: None,
+            windows: None,
         }
     }
 

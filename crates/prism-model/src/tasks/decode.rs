@@ -19,14 +19,22 @@ pub enum Prediction {
     Class {
         label: String,
         probabilities: BTreeMap<String, f32>,
+        /// Windows a text longer than `max_length` was read in (probabilities are their
+        /// mean); absent for a text that fits.
+        #[serde(skip_serializing_if = "one")]
+        windows: usize,
     },
     /// Multi-label: every label whose probability reaches the task's threshold.
     Labels {
         labels: Vec<String>,
         probabilities: BTreeMap<String, f32>,
+        #[serde(skip_serializing_if = "one")]
+        windows: usize,
     },
     Value {
         value: f32,
+        #[serde(skip_serializing_if = "one")]
+        windows: usize,
     },
     Span {
         answer: String,
@@ -37,6 +45,30 @@ pub enum Prediction {
     Tags {
         tags: Vec<String>,
     },
+}
+
+fn one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// The mean of each example's rows `(example, row)`, in example order: (mean, windows).
+fn mean_per_example(n: usize, rows: Vec<(usize, Vec<f32>)>) -> Vec<(Vec<f32>, usize)> {
+    let mut acc: Vec<(Vec<f32>, usize)> = vec![(Vec::new(), 0); n];
+    for (e, r) in rows {
+        let (sum, k) = &mut acc[e];
+        if sum.is_empty() {
+            *sum = r;
+        } else {
+            sum.iter_mut().zip(&r).for_each(|(s, v)| *s += v);
+        }
+        *k += 1;
+    }
+    acc.into_iter()
+        .map(|(s, k)| {
+            let d = k.max(1) as f32;
+            (s.into_iter().map(|v| v / d).collect(), k)
+        })
+        .collect()
 }
 
 impl Task {
@@ -80,43 +112,66 @@ impl Task {
     ) -> Result<Vec<Prediction>> {
         let labels = &self.spec.labels;
         match self.spec.kind {
-            TaskKind::Classification | TaskKind::PairClassification => logits
-                .iter()
-                .map(|l| {
-                    let p: Vec<f32> = crate::ops::softmax_last_dim(l)?.to_vec1()?;
-                    let best = argmax(&p);
-                    Ok(Prediction::Class {
-                        label: labels[best].clone(),
-                        probabilities: labels.iter().cloned().zip(p).collect(),
+            // Sequence-level: one row per feature; an example read in several windows gets
+            // the mean of their probabilities (regression: of their values).
+            TaskKind::Classification | TaskKind::PairClassification => {
+                let rows = feats
+                    .iter()
+                    .zip(logits)
+                    .map(|(f, l)| Ok((f.example, crate::ops::softmax_last_dim(l)?.to_vec1()?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(mean_per_example(examples.len(), rows)
+                    .into_iter()
+                    .map(|(p, windows)| {
+                        let best = argmax(&p);
+                        Prediction::Class {
+                            label: labels[best].clone(),
+                            probabilities: labels.iter().cloned().zip(p).collect(),
+                            windows,
+                        }
                     })
-                })
-                .collect(),
+                    .collect())
+            }
             TaskKind::MultiLabel => {
                 let threshold = self.spec.threshold() as f32;
-                logits
+                let rows = feats
                     .iter()
-                    .map(|l| {
-                        let p: Vec<f32> = l.to_vec1::<f32>()?.into_iter().map(sigmoid).collect();
-                        Ok(Prediction::Labels {
-                            labels: labels
-                                .iter()
-                                .zip(&p)
-                                .filter(|(_, &p)| p >= threshold)
-                                .map(|(l, _)| l.clone())
-                                .collect(),
-                            probabilities: labels.iter().cloned().zip(p).collect(),
-                        })
+                    .zip(logits)
+                    .map(|(f, l)| {
+                        Ok((
+                            f.example,
+                            l.to_vec1::<f32>()?.into_iter().map(sigmoid).collect(),
+                        ))
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(mean_per_example(examples.len(), rows)
+                    .into_iter()
+                    .map(|(p, windows)| Prediction::Labels {
+                        labels: labels
+                            .iter()
+                            .zip(&p)
+                            .filter(|(_, &p)| p >= threshold)
+                            .map(|(l, _)| l.clone())
+                            .collect(),
+                        probabilities: labels.iter().cloned().zip(p).collect(),
+                        windows,
+                    })
+                    .collect())
             }
-            TaskKind::Regression => logits
-                .iter()
-                .map(|l| {
-                    Ok(Prediction::Value {
-                        value: l.to_vec1::<f32>()?[0],
+            TaskKind::Regression => {
+                let rows = feats
+                    .iter()
+                    .zip(logits)
+                    .map(|(f, l)| Ok((f.example, vec![l.to_vec1::<f32>()?[0]])))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(mean_per_example(examples.len(), rows)
+                    .into_iter()
+                    .map(|(v, windows)| Prediction::Value {
+                        value: v.first().copied().unwrap_or(f32::NAN),
+                        windows,
                     })
-                })
-                .collect(),
+                    .collect())
+            }
             TaskKind::Token => feats
                 .iter()
                 .zip(logits)

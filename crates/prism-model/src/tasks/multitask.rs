@@ -242,7 +242,8 @@ impl MultiTaskModel {
             )));
         }
         let examples = [Example::unlabelled(spec.kind, text, text2)];
-        let feats = self.tasks[ti].encode(&examples)?;
+        // A text longer than the task's max_length is read in overlapping windows.
+        let feats = self.tasks[ti].encode_windowed(&examples, None)?;
         let mut p = self.predict(ti, &examples, &feats, 8)?;
         p.pop()
             .ok_or_else(|| Error::Input("the model returned no prediction".into()))

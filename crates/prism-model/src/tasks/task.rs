@@ -199,6 +199,36 @@ impl Task {
         Ok(out)
     }
 
+    /// [`Task::encode`] for prediction and evaluation: a sequence-level example longer than
+    /// `max_length` becomes one feature per overlapping window (`overlap` tokens shared by
+    /// consecutive windows; default half a window) instead of being truncated, and
+    /// [`Task::decode`] averages its windows' probabilities (regression: values). QA and token
+    /// examples are encoded as by [`Task::encode`] (QA has its own `doc_stride` windows).
+    pub fn encode_windowed(
+        &self,
+        examples: &[Example],
+        overlap: Option<usize>,
+    ) -> Result<Vec<Feature>> {
+        if !self.spec.kind.is_sequence_level() {
+            return self.encode(examples);
+        }
+        let mut out = Vec::with_capacity(examples.len());
+        for (i, ex) in examples.iter().enumerate() {
+            for enc in self
+                .tokenizer
+                .encode_long(&ex.text, ex.text_b.as_deref(), overlap)?
+            {
+                out.push(Feature {
+                    enc,
+                    target: FeatureTarget::None,
+                    example: i,
+                    word_ids: Vec::new(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Pad features into one encoder input (asking for the first position alone when the head
     /// reads only that).
     pub fn batch_input(&self, feats: &[&Feature], device: &Device) -> Result<EncoderInput> {

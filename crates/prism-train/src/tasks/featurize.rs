@@ -102,6 +102,14 @@ impl Supervised for Task {
         Ok(feats)
     }
 
+    fn featurize_for_eval(&self, examples: &[Example], path: &Path) -> Result<Vec<Feature>> {
+        let mut feats = self.encode_windowed(examples, None)?;
+        for f in &mut feats {
+            f.target = target_of(self, &examples[f.example], f, path)?;
+        }
+        Ok(feats)
+    }
+
     fn batch(&self, feats: &[&Feature], device: &Device) -> Result<Batch> {
         let input = self.batch_input(feats, device)?;
         let t = input.input_ids.dim(1)?;

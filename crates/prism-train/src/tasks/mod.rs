@@ -24,6 +24,10 @@ pub trait Supervised {
     /// Turn examples into features with their training targets. `path` names the file for
     /// error messages (an unknown label is an error naming its line and field).
     fn featurize(&self, examples: &[Example], path: &Path) -> Result<Vec<Feature>>;
+    /// [`Supervised::featurize`] for evaluation: a sequence-level text longer than the task's
+    /// `max_length` becomes overlapping windows (half a window shared), their probabilities
+    /// averaged into the example's prediction, as `prism predict` and `prism serve` read it.
+    fn featurize_for_eval(&self, examples: &[Example], path: &Path) -> Result<Vec<Feature>>;
     /// Pad features into a batch with its targets.
     fn batch(&self, feats: &[&Feature], device: &Device) -> Result<Batch>;
     /// The training loss of a batch (mean over examples, or tokens for tagging).

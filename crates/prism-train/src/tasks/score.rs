@@ -49,7 +49,7 @@ impl Evaluate for MultiTaskModel {
         path: &Path,
         batch_size: usize,
     ) -> Result<EvalResult> {
-        let feats = self.tasks[ti].featurize(examples, path)?;
+        let feats = self.tasks[ti].featurize_for_eval(examples, path)?;
         self.evaluate_features(ti, examples, &feats, batch_size)
     }
 
@@ -123,7 +123,9 @@ pub(super) fn score(task: &Task, examples: &[Example], preds: &[Prediction]) -> 
                 .iter()
                 .zip(preds)
                 .filter_map(|(ex, p)| match (&ex.target, p) {
-                    (Target::Value(g), Prediction::Value { value }) => Some((*g, *value as f64)),
+                    (Target::Value(g), Prediction::Value { value, .. }) => {
+                        Some((*g, *value as f64))
+                    }
                     _ => None,
                 })
                 .unzip();

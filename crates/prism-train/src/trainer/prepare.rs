@@ -258,7 +258,7 @@ pub fn prepare_with(
         let extra_test = extra_test
             .into_iter()
             .map(|(name, p, ex)| {
-                let f = model.tasks[ti].featurize(&ex, &p)?;
+                let f = model.tasks[ti].featurize_for_eval(&ex, &p)?;
                 Ok((name, p, ex, f))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -268,18 +268,18 @@ pub fn prepare_with(
         };
         // Unknown labels in dev/test are errors too, found before any training.
         let dev_feats = match &dev_path {
-            Some(p) => model.tasks[ti].featurize(&dev, p)?,
+            Some(p) => model.tasks[ti].featurize_for_eval(&dev, p)?,
             None => Vec::new(),
         };
         let test_feats = match &test_path {
-            Some(p) => model.tasks[ti].featurize(&test, p)?,
+            Some(p) => model.tasks[ti].featurize_for_eval(&test, p)?,
             None => Vec::new(),
         };
         let train_eval = match cfg.eval_train_examples {
             Some(n) => cap(train.clone(), Some(n), cfg.seed, 5000 + ti as u64),
             None => Vec::new(),
         };
-        let train_eval_feats = model.tasks[ti].featurize(&train_eval, &train_path)?;
+        let train_eval_feats = model.tasks[ti].featurize_for_eval(&train_eval, &train_path)?;
         out.push(TaskData {
             train_path,
             train,
