@@ -2,6 +2,13 @@
 //! comprehensiveness and sufficiency (ERASER, DeYoung et al. 2020) as AOPC over the top
 //! 1/5/10/20/50% of tokens, and deletion/insertion curves with their area under the curve
 //! (Petsiuk et al. 2018). Tokens are removed from the sequence (not masked); special tokens stay.
+//!
+//! A target at a token position (a tag, a QA answer start or end) is tracked, not replaced:
+//! the target token itself is never removed, and in every reduced input the target is the same
+//! token at its new position (the count of kept tokens before it, plus the left padding of
+//! XLNet's batches). Deletion, not [MASK] replacement, is kept for these targets too so that
+//! the scores mean the same for every target kind (ERASER removes tokens, and masking would
+//! put inputs the model never saw in training into every curve).
 
 use crate::model::{ExplainInput, ExplainModel, Target};
 use crate::{Attributions, Result};
@@ -24,24 +31,43 @@ pub struct Faithfulness {
     pub insertion_auc: f64,
 }
 
-/// Token positions eligible for removal, most important first.
-fn ranking(a: &Attributions, x: &ExplainInput) -> Vec<usize> {
-    let mut feats = ExplainModel::features(x);
+/// Token positions eligible for removal, most important first: not special tokens, and not
+/// the target's own token.
+fn ranking(a: &Attributions, x: &ExplainInput, target: &Target) -> Vec<usize> {
+    let mut feats: Vec<usize> = ExplainModel::features(x)
+        .into_iter()
+        .filter(|&j| target.position() != Some(j))
+        .collect();
     feats.sort_by(|&i, &j| a.scores[j].total_cmp(&a.scores[i]));
     feats
 }
 
-/// The input with only `keep` (plus special tokens) kept, as ids and type ids.
-fn subsequence(x: &ExplainInput, keep: &[bool]) -> (Vec<u32>, Vec<u32>) {
-    let mut ids = Vec::new();
-    let mut types = Vec::new();
+/// A reduced input: its ids and type ids, and where the target's token went.
+struct Row {
+    ids: Vec<u32>,
+    types: Vec<u32>,
+    /// The target's token position in this row (position targets only).
+    target_at: Option<usize>,
+}
+
+/// The input with only `keep` (plus special tokens and the target's token) kept.
+fn subsequence(x: &ExplainInput, keep: &[bool], target: &Target) -> Row {
+    let mut row = Row {
+        ids: Vec::new(),
+        types: Vec::new(),
+        target_at: None,
+    };
     for j in 0..x.enc.ids.len() {
-        if keep[j] || x.enc.special_tokens_mask[j] == 1 {
-            ids.push(x.enc.ids[j]);
-            types.push(x.enc.type_ids[j]);
+        let is_target = target.position() == Some(j);
+        if keep[j] || x.enc.special_tokens_mask[j] == 1 || is_target {
+            if is_target {
+                row.target_at = Some(row.ids.len());
+            }
+            row.ids.push(x.enc.ids[j]);
+            row.types.push(x.enc.type_ids[j]);
         }
     }
-    (ids, types)
+    row
 }
 
 fn auc(ys: &[f64]) -> f64 {
@@ -60,7 +86,7 @@ pub fn evaluate(
     a: &Attributions,
     batch_size: usize,
 ) -> Result<Faithfulness> {
-    let order = ranking(a, x);
+    let order = ranking(a, x, target);
     let n = order.len();
     let t = x.enc.ids.len();
     let top = |k: usize| -> Vec<bool> {
@@ -70,7 +96,7 @@ pub fn evaluate(
         }
         v
     };
-    let mut rows: Vec<(Vec<u32>, Vec<u32>)> = vec![subsequence(x, &vec![true; t])];
+    let mut rows: Vec<Row> = vec![subsequence(x, &vec![true; t], target)];
     let ks: Vec<usize> = BINS
         .iter()
         .map(|b| ((b * n as f64).ceil() as usize).clamp(1, n.max(1)))
@@ -78,8 +104,8 @@ pub fn evaluate(
     for &k in &ks {
         let keep_top = top(k);
         let without: Vec<bool> = (0..t).map(|j| !keep_top[j]).collect();
-        rows.push(subsequence(x, &without));
-        rows.push(subsequence(x, &keep_top));
+        rows.push(subsequence(x, &without, target));
+        rows.push(subsequence(x, &keep_top, target));
     }
     let curve_ks: Vec<usize> = (0..=CURVE_STEPS)
         .map(|i| (i * n).div_ceil(CURVE_STEPS))
@@ -89,8 +115,9 @@ pub fn evaluate(
         rows.push(subsequence(
             x,
             &(0..t).map(|j| !keep_top[j]).collect::<Vec<_>>(),
+            target,
         ));
-        rows.push(subsequence(x, &keep_top));
+        rows.push(subsequence(x, &keep_top, target));
     }
     let f = forward_rows(m, &rows, target, batch_size)?;
     let f0 = f[0];
@@ -111,10 +138,11 @@ pub fn evaluate(
     })
 }
 
-/// F for variable-length variants of `x` (right-padded in batches).
+/// F for variable-length variants of `x`, padded in batches (on the right, or on the left for
+/// XLNet, whose position targets then move by the padding).
 fn forward_rows(
     m: &ExplainModel,
-    rows: &[(Vec<u32>, Vec<u32>)],
+    rows: &[Row],
     target: &Target,
     batch_size: usize,
 ) -> Result<Vec<f64>> {
@@ -123,19 +151,34 @@ fn forward_rows(
     for chunk in rows.chunks(batch_size.max(1)) {
         let encs: Vec<prism_model::Encoded> = chunk
             .iter()
-            .map(|(ids, types)| prism_model::Encoded {
-                tokens: vec![String::new(); ids.len()],
-                ids: ids.clone(),
-                type_ids: types.clone(),
-                offsets: vec![(0, 0); ids.len()],
-                sequence_ids: vec![None; ids.len()],
-                special_tokens_mask: vec![0; ids.len()],
+            .map(|r| prism_model::Encoded {
+                tokens: vec![String::new(); r.ids.len()],
+                ids: r.ids.clone(),
+                type_ids: r.types.clone(),
+                offsets: vec![(0, 0); r.ids.len()],
+                sequence_ids: vec![None; r.ids.len()],
+                special_tokens_mask: vec![0; r.ids.len()],
                 truncated: false,
             })
             .collect();
         let input = tok.batch(&encs, m.device())?;
+        let width = chunk.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+        let targets: Vec<Target> = chunk
+            .iter()
+            .map(|r| match r.target_at {
+                Some(p) => {
+                    let pad = if tok.pads_left() {
+                        width - r.ids.len()
+                    } else {
+                        0
+                    };
+                    target.at(p + pad)
+                }
+                None => *target,
+            })
+            .collect();
         out.extend(
-            m.f_from_input(&input, target)?
+            m.f_from_input_each(&input, &targets)?
                 .into_iter()
                 .map(|v| v as f64),
         );

@@ -79,6 +79,26 @@ pub struct ExplainModel<'a> {
 }
 
 impl Target {
+    /// The token position a tag or QA target names.
+    pub fn position(&self) -> Option<usize> {
+        match self {
+            Target::Tag { position, .. }
+            | Target::AnswerStart { position }
+            | Target::AnswerEnd { position } => Some(*position),
+            Target::Class { .. } | Target::Value => None,
+        }
+    }
+
+    /// The same target at another token position (unchanged for sequence-level targets).
+    pub fn at(&self, position: usize) -> Target {
+        match *self {
+            Target::Tag { tag, .. } => Target::Tag { position, tag },
+            Target::AnswerStart { .. } => Target::AnswerStart { position },
+            Target::AnswerEnd { .. } => Target::AnswerEnd { position },
+            t => t,
+        }
+    }
+
     /// Whether the target's class or tag is below `n` labels and its position below `t` tokens.
     fn in_range(&self, n: usize, t: usize) -> bool {
         match self {
@@ -316,7 +336,11 @@ impl<'a> ExplainModel<'a> {
     fn select(&self, logits: &Tensor, target: &Target) -> Result<Tensor> {
         let f = self.select_one(logits, target)?;
         match &self.foil {
-            Some(foil) => Ok((f - self.select_one(logits, foil)?)?),
+            // A tag foil is at the target's token, wherever that token now is.
+            Some(foil) => {
+                let foil = target.position().map_or(*foil, |p| foil.at(p));
+                Ok((f - self.select_one(logits, &foil)?)?)
+            }
             None => Ok(f),
         }
     }
@@ -513,6 +537,25 @@ impl<'a> ExplainModel<'a> {
             .detach()
             .to_dtype(DType::F32)?
             .to_vec1()?)
+    }
+
+    /// F for each row of a padded batch, each row with its own target (position targets
+    /// that moved when tokens were removed).
+    pub fn f_from_input_each(&self, input: &EncoderInput, targets: &[Target]) -> Result<Vec<f32>> {
+        let enc = self.model.base.encoder.forward(input, &Mode::Eval)?;
+        let logits = self.model.tasks[self.task]
+            .logits(&enc, &Mode::Eval)?
+            .detach();
+        targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                Ok(self
+                    .select(&logits.narrow(0, i, 1)?, t)?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?[0])
+            })
+            .collect()
     }
 
     /// The target a user most likely means: the predicted class (or tag at `position`), the
