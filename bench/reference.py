@@ -249,6 +249,50 @@ def bench_size(size, args, rows):
             times, _ = measure(args.warmup, args.reps, f)
             one = encoder_flops(cfg, 1, t) + 2 * c * c
             row = make_row(size, work, "ex/s", 1, times, one * (3 * args.ig_steps + 2))
+        elif work in ("gradient-shap", "conductance", "conductance-map"):
+            # Captum on the word embeddings as inputs (what prism attributes): GradientShap with
+            # the [PAD] and [MASK] baselines and 20 samples in one pass; LayerConductance of the
+            # last layer, or of every layer (one call per layer: a Captum user's layer map).
+            from captum.attr import GradientShap, LayerConductance
+
+            cls.eval()
+            ids = random_ids(g, 1, t, v)
+            mask = torch.ones_like(ids)
+            emb = cls.bert.embeddings.word_embeddings
+            pad = torch.full_like(ids, cfg.pad_token_id or 0)
+            pad[:, 0], pad[:, -1] = ids[:, 0], ids[:, -1]
+            msk = torch.full_like(ids, min(103, v - 1))
+            msk[:, 0], msk[:, -1] = ids[:, 0], ids[:, -1]
+            with torch.no_grad():
+                e, b_pad, b_mask = emb(ids), emb(pad), emb(msk)
+
+            def fe(x):
+                return torch.softmax(cls(inputs_embeds=x, attention_mask=mask.expand(x.shape[0], -1)).logits, -1)
+
+            if work == "gradient-shap":
+                gs = GradientShap(fe)
+
+                def f():
+                    gs.attribute(e, baselines=torch.cat([b_pad, b_mask]), n_samples=20, stdevs=0.0,
+                                 target=1).sum(-1).tolist()
+                    return None
+
+                flops_n = 3 * 20 + 3
+            else:
+                layers = list(cls.bert.encoder.layer)
+                chosen = layers[-1:] if work == "conductance" else layers
+
+                def f():
+                    for layer in chosen:
+                        LayerConductance(fe, layer).attribute(
+                            e, baselines=b_pad, target=1, n_steps=args.ig_steps, method="gausslegendre",
+                            internal_batch_size=b).sum(-1).tolist()
+                    return None
+
+                flops_n = 3 * (args.ig_steps + 1) + 2
+            times, _ = measure(args.warmup, args.reps, f)
+            one = encoder_flops(cfg, 1, t) + 2 * c * c
+            row = make_row(size, work, "ex/s", 1, times, one * flops_n)
         elif work in ("mlm", "mlm-bf16"):
             import contextlib
 

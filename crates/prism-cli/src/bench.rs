@@ -6,7 +6,8 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use prism_explain::gradient::IntegratedGradients;
+use prism_explain::gradient::{GradientShap, IntegratedGradients};
+use prism_explain::layer::LayerConductance;
 use prism_explain::{ExplainInput, ExplainModel, Method, Target};
 use prism_model::heads::MaskedLm;
 use prism_model::tasks::MultiTaskModel;
@@ -25,13 +26,16 @@ use std::time::Instant;
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
 pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
-pub const WORKLOADS: [&str; 9] = [
+pub const WORKLOADS: [&str; 12] = [
     "infer",
     "infer-bf16",
     "train",
     "train-bf16",
     "ig",
     "ig-bf16",
+    "gradient-shap",
+    "conductance",
+    "conductance-map",
     "mlm",
     "mlm-bf16",
     "allreduce",
@@ -44,8 +48,11 @@ pub struct BenchArgs {
     pub sizes: Vec<String>,
     /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX or AVX512-BF16), train,
     /// train-bf16 (mixed precision: the linear layers' forward, dx and dW in bf16, f32 master
-    /// weights), ig, ig-bf16, mlm, mlm-bf16; allreduce (the model's whole gradient summed over the ranks of
-    /// an MPI job, as a data-parallel update does: run under `mpirun -np N`).
+    /// weights), ig, ig-bf16, gradient-shap (20 samples, one pass), conductance (layer
+    /// conductance of the last layer, --ig-steps + 1 points), conductance-map (every layer's,
+    /// prism's one set of passes against Captum's one call per layer), mlm, mlm-bf16;
+    /// allreduce (the model's whole gradient summed over the ranks of an MPI job, as a
+    /// data-parallel update does: run under `mpirun -np N`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -218,6 +225,37 @@ fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
 }
 
 /// Random ids that avoid the specials, with [CLS] first and [SEP] last.
+/// A random example of `t` tokens (the first and last special), as `ExplainModel::encode`
+/// builds it for a sequence head.
+fn explain_input(
+    mt: &MultiTaskModel,
+    t: usize,
+    v: usize,
+    rng: &mut StdRng,
+    dev: &Device,
+) -> Result<ExplainInput> {
+    let ids = random_ids(1, t, v, rng);
+    let mut special = vec![0u32; t];
+    special[0] = 1;
+    special[t - 1] = 1;
+    Ok(ExplainInput {
+        input: batch_input(ids.clone(), 1, t, dev)?
+            .with_first_token_only(mt.tasks[0].reads_first_token_only()),
+        enc: Encoded {
+            tokens: ids.iter().map(|i| format!("w{i}")).collect(),
+            type_ids: vec![0; t],
+            offsets: vec![(0, 0); t],
+            sequence_ids: (0..t)
+                .map(|j| (j != 0 && j + 1 != t).then_some(0))
+                .collect(),
+            special_tokens_mask: special,
+            ids,
+            truncated: false,
+        },
+        texts: vec![String::new()],
+    })
+}
+
 fn random_ids(b: usize, t: usize, vocab: usize, rng: &mut StdRng) -> Vec<u32> {
     let mut ids = Vec::with_capacity(b * t);
     for _ in 0..b {
@@ -484,27 +522,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                     // as `prism explain --bf16` (linear layers forward and backward on AMX).
                     let frozen = crate::common::frozen(mt, work == "ig-bf16")?;
                     let m = ExplainModel::new(&frozen, None)?;
-                    let ids = random_ids(1, t, v, &mut rng);
-                    let mut special = vec![0u32; t];
-                    special[0] = 1;
-                    special[t - 1] = 1;
-                    let x = ExplainInput {
-                        // As `ExplainModel::encode` builds it for a sequence head.
-                        input: batch_input(ids.clone(), 1, t, dev)?
-                            .with_first_token_only(frozen.tasks[0].reads_first_token_only()),
-                        enc: Encoded {
-                            tokens: ids.iter().map(|i| format!("w{i}")).collect(),
-                            type_ids: vec![0; t],
-                            offsets: vec![(0, 0); t],
-                            sequence_ids: (0..t)
-                                .map(|j| (j != 0 && j + 1 != t).then_some(0))
-                                .collect(),
-                            special_tokens_mask: special,
-                            ids,
-                            truncated: false,
-                        },
-                        texts: vec![String::new()],
-                    };
+                    let x = explain_input(&frozen, t, v, &mut rng, dev)?;
                     let ig = IntegratedGradients {
                         steps: args.ig_steps,
                         batch_size: b,
@@ -518,6 +536,54 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                     // Each interpolation: forward + backward (= 2 forwards); plus F(x), F(b).
                     let one = encoder_flops(&cfg, 1, t) + 2.0 * c * c;
                     let flops = one * (3.0 * args.ig_steps as f64 + 2.0);
+                    row(size, work, "ex/s", 1.0, &times, flops, None)
+                }
+                "gradient-shap" | "conductance" | "conductance-map" => {
+                    let mt = mt.as_ref().context("classification model")?;
+                    let frozen = crate::common::frozen(mt, false)?;
+                    let m = ExplainModel::new(&frozen, None)?;
+                    let x = explain_input(&frozen, t, v, &mut rng, dev)?;
+                    let target = Target::Class { class: 1 };
+                    let one = encoder_flops(&cfg, 1, t) + 2.0 * c * c;
+                    let layers = cfg.num_hidden_layers;
+                    let ig = IntegratedGradients {
+                        steps: args.ig_steps,
+                        batch_size: b,
+                        ..Default::default()
+                    };
+                    let (times, flops) = match work.as_str() {
+                        "gradient-shap" => {
+                            // 20 samples in one pass, as Captum's GradientShap runs them.
+                            let shap = GradientShap {
+                                batch_size: 20,
+                                ..Default::default()
+                            };
+                            let (times, _) = measure(args.warmup, args.reps, || {
+                                shap.attribute(&m, &x, &target)?;
+                                Ok(Phases::default())
+                            })?;
+                            (times, one * (3.0 * shap.samples as f64 + 3.0))
+                        }
+                        "conductance" => {
+                            let lc = LayerConductance {
+                                layer: Some(layers - 1),
+                                ig,
+                            };
+                            let (times, _) = measure(args.warmup, args.reps, || {
+                                lc.attribute(&m, &x, &target)?;
+                                Ok(Phases::default())
+                            })?;
+                            (times, one * (3.0 * (args.ig_steps + 1) as f64 + 2.0))
+                        }
+                        _ => {
+                            let lc = LayerConductance { layer: None, ig };
+                            let (times, _) = measure(args.warmup, args.reps, || {
+                                lc.map(&m, &x, &target)?;
+                                Ok(Phases::default())
+                            })?;
+                            (times, one * (3.0 * (args.ig_steps + 1) as f64 + 2.0))
+                        }
+                    };
                     row(size, work, "ex/s", 1.0, &times, flops, None)
                 }
                 "mlm" | "mlm-bf16" => {

@@ -491,6 +491,13 @@ fn a_bbc_article_longer_than_the_model_is_explained_and_predicted_in_windows() {
         })
         .expect("a dev article of 1,000 to 1,600 tokens");
     let n_tokens = tok.encode_untruncated(&article, None).unwrap().ids.len();
+    // As a user would: the article in a JSONL file, through --input.
+    let file = tempfile::NamedTempFile::with_suffix(".jsonl").unwrap();
+    std::fs::write(
+        file.path(),
+        format!("{}\n", serde_json::json!({ "text": article })),
+    )
+    .unwrap();
     let (ok, out, err) = prism(&[
         "explain",
         "--model",
@@ -498,7 +505,8 @@ fn a_bbc_article_longer_than_the_model_is_explained_and_predicted_in_windows() {
         "--method",
         "ig,occlusion",
         "--json",
-        &article,
+        "--input",
+        file.path().to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -175,14 +175,29 @@ impl LayerConductance {
         x: &ExplainInput,
         target: &Target,
     ) -> Result<(Vec<Vec<f32>>, f32, f32)> {
+        self.conduct(m, x, target, None)
+    }
+
+    /// Conductance of `only` layer (one row), or of every layer. Every layer: one forward and
+    /// backward per point with a tap on each layer's output. One layer: its outputs from a
+    /// forward without gradients, then the rest of the encoder run from them as given
+    /// activations, so the backward pass stops at that layer (as Captum's does).
+    fn conduct(
+        &self,
+        m: &ExplainModel,
+        x: &ExplainInput,
+        target: &Target,
+        only: Option<usize>,
+    ) -> Result<(Vec<Vec<f32>>, f32, f32)> {
         m.check(target, x)?;
         let e = m.embeddings(x)?;
         let b = self.ig.baseline_embeddings(m, x)?;
         let diff = (&e - &b)?;
         let (alphas, _) = self.ig.rule.points(self.ig.steps + 1);
         let (l, _) = m.model.base.encoder.layers_and_heads();
+        let rows = if only.is_some() { 1 } else { l };
         let t = x.enc.ids.len();
-        let mut acc: Vec<Tensor> = (0..l)
+        let mut acc: Vec<Tensor> = (0..rows)
             .map(|_| Ok(Tensor::zeros(t, candle_core::DType::F32, e.device())?))
             .collect::<Result<_>>()?;
         // The last point's layer outputs and gradients, carried into the next chunk.
@@ -195,20 +210,45 @@ impl LayerConductance {
                 e.device(),
             )?;
             let path = b.broadcast_add(&diff.broadcast_mul(&a)?)?; // (S, T, C)
-            let taps = taps(m, &path)?;
-            let (_, grads, out) =
-                m.probed_with_output(&path, x, target, tap_probes(&taps), true)?;
-            let mut last = Vec::with_capacity(l);
-            for (layer, tap) in taps.iter().enumerate() {
-                let h = hidden(&out, layer)?;
-                let g = grads
-                    .get(tap.as_tensor())
-                    .cloned()
-                    .unwrap_or(h.zeros_like()?);
+                                                                   // (h, dF/dh) at each point, per layer read.
+            let pairs: Vec<(Tensor, Tensor)> = match only {
+                Some(n) => {
+                    let h = layer_outputs(m, x, &path)?.swap_remove(n);
+                    let given = Var::from_tensor(&h)?;
+                    let probes = Probes {
+                        layer_output: Some((n, given.as_tensor().clone())),
+                        ..Default::default()
+                    };
+                    let (_, grads) = m.probed(&path, x, target, probes, false)?;
+                    let g = grads
+                        .get(given.as_tensor())
+                        .cloned()
+                        .unwrap_or(h.zeros_like()?);
+                    vec![(h, g)]
+                }
+                None => {
+                    let taps = taps(m, &path)?;
+                    let (_, grads, out) =
+                        m.probed_with_output(&path, x, target, tap_probes(&taps), true)?;
+                    taps.iter()
+                        .enumerate()
+                        .map(|(layer, tap)| {
+                            let h = hidden(&out, layer)?;
+                            let g = grads
+                                .get(tap.as_tensor())
+                                .cloned()
+                                .unwrap_or(h.zeros_like()?);
+                            Ok((h, g))
+                        })
+                        .collect::<Result<_>>()?
+                }
+            };
+            let mut last = Vec::with_capacity(rows);
+            for (r, (h, g)) in pairs.into_iter().enumerate() {
                 let (h, g) = match &carry {
                     Some(c) => (
-                        Tensor::cat(&[&c[layer].0, &h], 0)?,
-                        Tensor::cat(&[&c[layer].1, &g], 0)?,
+                        Tensor::cat(&[&c[r].0, &h], 0)?,
+                        Tensor::cat(&[&c[r].1, &g], 0)?,
                     ),
                     None => (h, g),
                 };
@@ -216,7 +256,7 @@ impl LayerConductance {
                 if k > 1 {
                     let dh = (h.narrow(0, 1, k - 1)? - h.narrow(0, 0, k - 1)?)?;
                     let c = (g.narrow(0, 0, k - 1)? * dh)?.sum(0)?.sum(D::Minus1)?; // (T)
-                    acc[layer] = (&acc[layer] + c)?;
+                    acc[r] = (&acc[r] + c)?;
                 }
                 last.push((h.narrow(0, k - 1, 1)?, g.narrow(0, k - 1, 1)?));
             }
@@ -242,8 +282,8 @@ impl Method for LayerConductance {
         target: &Target,
     ) -> Result<Attributions> {
         let n = resolve(m, self.layer)?;
-        let (mut map, fx, fb) = self.map(m, x, target)?;
-        let scores = map.swap_remove(n);
+        let (mut row, fx, fb) = self.conduct(m, x, target, Some(n))?;
+        let scores = row.swap_remove(0);
         let delta = scores.iter().map(|&v| v as f64).sum::<f64>() - (fx - fb) as f64;
         Ok(m.attributions(x, self.name(), target, scores, fx, Some(delta as f32)))
     }

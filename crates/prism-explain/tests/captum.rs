@@ -404,7 +404,8 @@ fn layer_ig_gradient_x_activation_conductance_and_head_importance_match_captum()
             }
             .attribute(&m, &x, &target)
             .unwrap();
-            assert_eq!(a.scores, map[n]);
+            // One layer alone (its backward stops there) equals that layer's row of the map.
+            close(&format!("layer {n} alone vs map"), &a.scores, &map[n], 1e-6);
             let d = a.delta.unwrap();
             assert!(
                 (d - want.conductance_delta).abs() < 1e-3,

@@ -126,7 +126,10 @@ fn model_predict_explain_and_faithfulness() {
         .iter()
         .map(|v| v.as_f64().unwrap())
         .collect();
-    assert_eq!(row, got);
+    assert_eq!(row.len(), got.len());
+    for (a, b) in row.iter().zip(&got) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
     let (st, bad) = post_json(
         a,
         "/api/explain",
