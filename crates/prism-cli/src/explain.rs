@@ -176,6 +176,16 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
             .encode_windows(text, text2.as_deref(), a.stride)
             .with_context(|| format!("example {}", ei + 1))?;
         let x = w.windows[0].clone();
+        if x.enc.truncated {
+            eprintln!(
+                "warning: example {} is longer than the task's {} tokens and is not windowed \
+                 (a tag or QA target, or a second text that leaves too little room); only the \
+                 first {} tokens are explained",
+                ei + 1,
+                m.tokenizer()?.max_len(),
+                x.enc.ids.len()
+            );
+        }
         let target = match &a.target {
             None if w.len() > 1 => m.default_target_windows(&w)?,
             None => m.default_target(&x)?,

@@ -159,12 +159,18 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         prism_model::AnyEncoder::Bert(b) => b.has_pooler(),
         prism_model::AnyEncoder::Xlnet(_) => false,
     };
+    // ELECTRA's embeddings can be narrower than the layers (projected up).
+    let embedding_size = match &m.config {
+        prism_model::ModelConfig::Bert(b) => b.embedding_width(),
+        prism_model::ModelConfig::Xlnet(_) => c.hidden,
+    };
     let v = json!({
         "folder": m.dir,
         "model_type": m.config.model_type(),
         "architecture": m.config.base_architecture(),
         "layers": c.layers,
         "hidden_size": c.hidden,
+        "embedding_size": embedding_size,
         "heads": c.heads,
         "intermediate_size": c.intermediate,
         "vocab_size": c.vocab,
@@ -198,6 +204,9 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
             c.hidden / c.heads.max(1),
             c.intermediate
         );
+        if embedding_size != c.hidden {
+            println!("embeddings    {embedding_size} (projected to {})", c.hidden);
+        }
         println!("vocabulary    {}", c.vocab);
         println!("max tokens    {}", m.config.max_tokens());
         println!("activation    {}", c.activation);

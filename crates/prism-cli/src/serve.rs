@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// Longest accepted text, in characters.
     #[arg(long, default_value_t = 4000)]
     pub max_text_chars: usize,
+    /// Most overlapping windows a text longer than a task's max_length may be read in
+    /// (predict and explain); longer texts get 413.
+    #[arg(long, default_value_t = 16)]
+    pub max_windows: usize,
     /// Linear layers in bf16 on AMX or AVX512-BF16, for predictions and explanations (2-2.5x
     /// the f32 inference throughput, IG ~1.5x; see README "Performance").
     #[arg(long)]
@@ -35,6 +39,7 @@ pub fn run(a: ServeArgs, dev: &Device) -> Result<()> {
         a.port,
         a.workers,
         a.max_text_chars,
+        a.max_windows,
         a.bf16,
         dev,
     )
@@ -46,6 +51,7 @@ fn serve(
     port: u16,
     workers: usize,
     max_text_chars: usize,
+    max_windows: usize,
     bf16: bool,
     dev: &Device,
 ) -> Result<()> {
@@ -54,6 +60,7 @@ fn serve(
     let opts = prism_serve::ServeOptions {
         workers: workers.max(1),
         max_text_chars,
+        max_windows: max_windows.max(1),
         ..Default::default()
     };
     // The server never trains: frozen parameters, so explanations skip weight gradients.

@@ -188,3 +188,64 @@ fn bench_reports_every_workload_as_json() {
     let (ok, _, err) = prism(&["bench", "--sizes", "tiny", "--workloads", "sing"]);
     assert!(!ok && err.contains("unknown workload `sing`"), "{err}");
 }
+
+#[test]
+fn info_describes_xlm_roberta_and_electra_and_they_fine_tune_and_explain() {
+    for (fixture, arch) in [
+        ("tiny-xlmr", "XLMRobertaModel"),
+        ("tiny-electra", "ElectraModel"),
+    ] {
+        let m = fixtures().join(fixture);
+        let (ok, out, err) = prism(&["info", m.to_str().unwrap(), "--json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["architecture"], arch);
+        if fixture == "tiny-electra" {
+            assert_eq!(v["embedding_size"], 16);
+            assert_eq!(v["hidden_size"], 32);
+            assert_eq!(v["pooler"], false);
+        }
+        // Fine-tuned briefly, it is explained by IG, rollout and occlusion.
+        let dir = tempfile::tempdir().unwrap();
+        let d = fixtures().join("data");
+        let cfg = dir.path().join("run.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "model = \"{}\"\noutput = \"{}\"\nsteps = 4\nbatch_size = 4\neval_every = 4\n\n[[task]]\nname = \"sentiment\"\nkind = \"classification\"\ntrain = \"{}\"\ndev = \"{}\"\nmax_length = 32\n",
+                m.display(),
+                dir.path().join("run").display(),
+                d.join("sentiment.train.jsonl").display(),
+                d.join("sentiment.dev.jsonl").display()
+            ),
+        )
+        .unwrap();
+        let (ok, _, err) = prism(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
+        assert!(ok, "{fixture}: {err}");
+        let model = dir.path().join("run/model");
+        let (ok, out, err) = prism(&[
+            "explain",
+            "--model",
+            model.to_str().unwrap(),
+            "--method",
+            "ig,rollout,occlusion",
+            "--json",
+            "The man walks into a bar.",
+        ]);
+        assert!(ok, "{fixture}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ex = v["examples"][0].as_array().unwrap();
+        assert_eq!(ex.len(), 3);
+        for a in ex {
+            assert!(a["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s.as_f64().unwrap().is_finite()));
+        }
+        assert!(
+            ex[0]["delta"].as_f64().unwrap().abs() < 1e-3,
+            "{fixture}: IG delta"
+        );
+    }
+}

@@ -253,12 +253,15 @@ impl<'a> ExplainModel<'a> {
     /// The target in words, with the output when it is not the probability and the foil when
     /// there is one, e.g. `class positive`, `class positive (logit) − class negative (logit)`.
     pub fn describe(&self, target: &Target) -> String {
-        let one = |t: &Target| match self.output_for(t) {
-            Output::Prob if !matches!(t, Target::Class { .. } | Target::Tag { .. }) => {
-                self.describe_bare(t)
+        let one = |t: &Target| {
+            if !matches!(t, Target::Class { .. } | Target::Tag { .. }) {
+                // Regression values and QA logits are always explained raw.
+                return self.describe_bare(t);
             }
-            Output::Prob if self.foil.is_none() => self.describe_bare(t),
-            o => format!("{} ({})", self.describe_bare(t), o.name()),
+            match self.output {
+                Output::Prob if self.foil.is_none() => self.describe_bare(t),
+                o => format!("{} ({})", self.describe_bare(t), o.name()),
+            }
         };
         match &self.foil {
             Some(f) => format!("{} − {}", one(target), one(f)),

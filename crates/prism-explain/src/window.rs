@@ -1,6 +1,6 @@
 //! Long inputs. A text longer than the task's `max_length` is read in overlapping windows
-//! (consecutive windows share `overlap` tokens, by default half a window; a pair's second text
-//! is whole in every window), as `prism predict`, `prism eval` and `prism serve` read it: the
+//! (consecutive windows share `overlap` tokens, by default half a window; of a pair, the longer
+//! text is cut and the other is whole in every window), as `prism predict`, `prism eval` and `prism serve` read it: the
 //! prediction is the mean of the windows' probabilities. An explanation runs the method on each
 //! window with the same target, and stitches the scores back over the whole text: each token's
 //! score is the mean of its scores in the windows that contain it (special tokens: over every
@@ -12,7 +12,6 @@ use crate::{Attributions, Error, Method, Result};
 use prism_model::tasks::TaskKind;
 use prism_model::Mode;
 use prism_model::{Encoded, Encoder};
-use std::collections::HashMap;
 
 /// A text as windows, with where each window's tokens sit in the whole text.
 pub struct Windows {
@@ -34,7 +33,8 @@ impl Windows {
 }
 
 impl ExplainModel<'_> {
-    /// `text` (and `text2`) as windows of the task's `max_length` (one when it fits).
+    /// `text` (and `text2`) as windows of the task's `max_length` (one when it fits). Tag and
+    /// QA tasks name token positions, so their input is one encoding, truncated as before.
     pub fn encode_windows(
         &self,
         text: &str,
@@ -42,29 +42,55 @@ impl ExplainModel<'_> {
         overlap: Option<usize>,
     ) -> Result<Windows> {
         let tok = self.tokenizer()?;
+        if matches!(self.kind(), TaskKind::Qa | TaskKind::Token) {
+            let x = self.encode(text, text2)?;
+            return Ok(Windows {
+                full: x.enc.clone(),
+                positions: vec![(0..x.enc.ids.len()).collect()],
+                windows: vec![x],
+            });
+        }
         let full = tok.encode_untruncated(text, text2)?;
+        let long = tok.encode_long_windows(text, text2, overlap)?;
+        if long.windows.len() == 1 {
+            let (enc, _) = long.windows.into_iter().next().expect("one window");
+            let x = self.input_of(enc, text, text2)?;
+            return Ok(Windows {
+                full: x.enc.clone(),
+                positions: vec![(0..x.enc.ids.len()).collect()],
+                windows: vec![x],
+            });
+        }
+        // Where each text's tokens and the special tokens sit in the whole input.
         let specials: Vec<usize> = (0..full.ids.len())
             .filter(|&j| full.special_tokens_mask[j] == 1)
             .collect();
-        let by_place: HashMap<(Option<usize>, (usize, usize)), usize> = (0..full.ids.len())
-            .filter(|&j| full.special_tokens_mask[j] == 0)
-            .map(|j| ((full.sequence_ids[j], full.offsets[j]), j))
-            .collect();
+        let mut of_text: [Vec<usize>; 2] = [Vec::new(), Vec::new()];
+        for j in 0..full.ids.len() {
+            if let (0, Some(s @ (0 | 1))) = (full.special_tokens_mask[j], full.sequence_ids[j]) {
+                of_text[s].push(j);
+            }
+        }
         let mut windows = Vec::new();
         let mut positions = Vec::new();
-        for enc in tok.encode_long(text, text2, overlap)? {
-            let mut k = 0;
+        for (enc, start) in long.windows {
+            let (mut k, mut seen) = (0, [0usize; 2]);
             let pos = (0..enc.ids.len())
                 .map(|j| {
-                    if enc.special_tokens_mask[j] == 1 {
+                    let at = if enc.special_tokens_mask[j] == 1 {
                         k += 1;
                         specials.get(k - 1).copied()
                     } else {
-                        by_place
-                            .get(&(enc.sequence_ids[j], enc.offsets[j]))
-                            .copied()
-                    }
-                    .ok_or_else(|| {
+                        match enc.sequence_ids[j] {
+                            Some(s @ (0 | 1)) => {
+                                let i = seen[s] + if s == long.cut { start } else { 0 };
+                                seen[s] += 1;
+                                of_text[s].get(i).copied()
+                            }
+                            _ => None,
+                        }
+                    };
+                    at.filter(|&g| full.ids[g] == enc.ids[j]).ok_or_else(|| {
                         Error::Invalid(format!(
                             "window token {j} (`{}`) has no place in the whole text",
                             enc.tokens[j]

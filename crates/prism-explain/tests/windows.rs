@@ -145,3 +145,62 @@ fn a_long_text_is_explained_window_by_window_and_stitched() {
         ig.attribute(&m, &short.windows[0], &target).unwrap().scores
     );
 }
+
+/// Byte-level BPE splits an emoji into several tokens with the same offsets: windows are mapped
+/// back by position, not by offsets, so every token keeps its own score.
+#[test]
+fn windows_map_back_tokens_that_share_their_offsets() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/task-models/roberta-seq");
+    let mt = MultiTaskModel::load(&dir, &Device::Cpu)
+        .unwrap()
+        .frozen()
+        .unwrap();
+    let m = ExplainModel::new(&mt, None).unwrap();
+    let text = "The man walks into a bar 🍺🎉 and orders a drink. ".repeat(12);
+    let w = m.encode_windows(&text, None, None).unwrap();
+    assert!(w.len() > 2, "{} windows", w.len());
+    let shared = (1..w.full.ids.len())
+        .filter(|&j| {
+            w.full.offsets[j] == w.full.offsets[j - 1] && w.full.special_tokens_mask[j] == 0
+        })
+        .count();
+    assert!(shared > 0, "the text has tokens sharing their offsets");
+    for (x, pos) in w.windows.iter().zip(&w.positions) {
+        for (j, &g) in pos.iter().enumerate() {
+            assert_eq!(x.enc.ids[j], w.full.ids[g]);
+        }
+        // No two tokens of a window land on one place.
+        let mut p = pos.clone();
+        p.sort();
+        p.dedup();
+        assert_eq!(p.len(), pos.len());
+    }
+    let t = m.default_target_windows(&w).unwrap();
+    let a = m
+        .attribute_windows(method_by_name("saliency", 0).unwrap().as_ref(), &w, &t)
+        .unwrap();
+    assert_eq!(a.scores.len(), w.full.ids.len());
+    assert!(a.scores.iter().all(|s| *s > 0.0), "every token scored");
+    // A long second text is the one cut; the first stays whole in every window.
+    let w = m
+        .encode_windows("Is it about a bar?", Some(&text), None)
+        .unwrap();
+    assert!(w.len() > 2);
+    for x in &w.windows {
+        let first: Vec<u32> = (0..x.enc.ids.len())
+            .filter(|&j| x.enc.sequence_ids[j] == Some(0))
+            .map(|j| x.enc.ids[j])
+            .collect();
+        let whole: Vec<u32> = (0..w.full.ids.len())
+            .filter(|&j| w.full.sequence_ids[j] == Some(0))
+            .map(|j| w.full.ids[j])
+            .collect();
+        assert_eq!(first, whole);
+    }
+    // A first text that leaves less than a quarter of the window: truncated, as before.
+    let long_first = "a long first text ".repeat(12);
+    let w = m.encode_windows(&long_first, Some(&text), None).unwrap();
+    assert_eq!(w.len(), 1);
+    assert!(w.windows[0].enc.truncated);
+}

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Checkpoint key prefixes of transformers' task classes wrapping the base model.
-const BASE_PREFIXES: [&str; 3] = ["bert.", "roberta.", "transformer."];
+const BASE_PREFIXES: [&str; 4] = ["bert.", "roberta.", "electra.", "transformer."];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
 const HEAD_PREFIXES: [&str; 9] = [
     "cls.",
@@ -69,7 +69,9 @@ impl ModelConfig {
             .unwrap_or("bert")
             .to_string();
         let cfg = match model_type.as_str() {
-            "bert" | "roberta" => {
+            // XLM-RoBERTa and CamemBERT are RoBERTa's architecture (their own tokenizers).
+            // ELECTRA's encoder is BERT's with an embedding projection (see `models::bert`).
+            "bert" | "roberta" | "xlm-roberta" | "camembert" | "electra" => {
                 let mut c: BertConfig = serde_json::from_value(value)
                     .map_err(|e| Error::InvalidConfig(e.to_string()))?;
                 c.model_type = model_type;
@@ -83,7 +85,8 @@ impl ModelConfig {
             }
             other => {
                 return Err(Error::InvalidConfig(format!(
-                    "`model_type` \"{other}\" is not supported (supported: bert, roberta, xlnet)"
+                    "`model_type` \"{other}\" is not supported (supported: bert, roberta, \
+                     xlm-roberta, camembert, electra, xlnet)"
                 )))
             }
         };
@@ -109,6 +112,9 @@ impl ModelConfig {
     pub fn base_architecture(&self) -> &'static str {
         match self {
             ModelConfig::Bert(c) if c.model_type == "roberta" => "RobertaModel",
+            ModelConfig::Bert(c) if c.model_type == "xlm-roberta" => "XLMRobertaModel",
+            ModelConfig::Bert(c) if c.model_type == "camembert" => "CamembertModel",
+            ModelConfig::Bert(c) if c.is_electra() => "ElectraModel",
             ModelConfig::Bert(_) => "BertModel",
             ModelConfig::Xlnet(_) => "XLNetModel",
         }

@@ -27,4 +27,4 @@ pub use grad::{embedding_gradients, embedding_gradients_with, EmbeddingGrads};
 pub use models::bert::{mean_pool, Bert, BertConfig, Flavor};
 pub use models::{Encoder, EncoderInput, EncoderOutput, Probes};
 pub use nn::{Mode, ParamStore};
-pub use tokenizer::{Encoded, PrismTokenizer};
+pub use tokenizer::{Encoded, LongWindows, PrismTokenizer};

@@ -48,6 +48,15 @@ impl Encoded {
     }
 }
 
+/// A long input's windows ([`PrismTokenizer::encode_long_windows`]).
+#[derive(Clone, Debug)]
+pub struct LongWindows {
+    /// The text that was cut (0: the first, 1: the second); the other is whole in each window.
+    pub cut: usize,
+    /// Each window, and the index (among the cut text's tokens) where its piece starts.
+    pub windows: Vec<(Encoded, usize)>,
+}
+
 /// The tokenizer of a model folder.
 #[derive(Clone)]
 pub struct PrismTokenizer {
@@ -237,35 +246,64 @@ impl PrismTokenizer {
     }
 
     /// A text (or pair) as overlapping windows of at most `max_len` tokens each, special tokens
-    /// in every window: one window when it fits, else the first text is cut into windows whose
-    /// consecutive pieces share `overlap` tokens (default: half a window's text tokens), the
-    /// second text (if any) whole in each. Offsets index into the original texts.
+    /// in every window (see [`PrismTokenizer::encode_long_windows`]).
     pub fn encode_long(
         &self,
         text: &str,
         pair: Option<&str>,
         overlap: Option<usize>,
     ) -> Result<Vec<Encoded>> {
-        let first = self.encode(text, pair)?;
-        if !first.truncated {
-            return Ok(vec![first]);
-        }
-        self.windows(text, pair, 0, overlap)
+        Ok(self
+            .encode_long_windows(text, pair, overlap)?
+            .windows
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
     }
 
-    /// `first` (and `second`) with sequence `cut` (0 or 1) split into pieces of the room the
-    /// other sequence and the special tokens leave in `max_len`, consecutive pieces sharing
-    /// `overlap` tokens (default: half the room), each piece post-processed (special tokens,
-    /// type ids) with the other sequence whole. Done by hand because tokenizers 0.23.2 cuts a
-    /// sequence to `max_length` before its truncation can window it (the overflow, and so
-    /// every window after the first, is lost).
+    /// A text (or pair) as overlapping windows: one window when it fits; else the longer text
+    /// is cut into pieces whose consecutive windows share `overlap` tokens (default: half a
+    /// window's room), the other text whole in each. When the other text leaves less than a
+    /// quarter of the window for the cut one, windowing would make a window per few tokens:
+    /// the input is then truncated as [`PrismTokenizer::encode`] does (`truncated` set).
+    /// Offsets index into the original texts.
+    pub fn encode_long_windows(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        overlap: Option<usize>,
+    ) -> Result<LongWindows> {
+        let first = self.encode(text, pair)?;
+        if !first.truncated {
+            return Ok(LongWindows {
+                cut: 0,
+                windows: vec![(first, 0)],
+            });
+        }
+        match self.windows(text, pair, None, overlap, (self.max_len / 4).max(2))? {
+            Some(w) => Ok(w),
+            None => Ok(LongWindows {
+                cut: 0,
+                windows: vec![(first, 0)],
+            }),
+        }
+    }
+
+    /// `first` (and `second`) with one sequence (`cut`, or the longer) split into pieces of the
+    /// room the other sequence and the special tokens leave in `max_len`, consecutive pieces
+    /// sharing `overlap` tokens (default: half the room), each piece post-processed (special
+    /// tokens, type ids) with the other sequence whole; `None` when the room is below
+    /// `min_room`. Done by hand because tokenizers 0.23.2 cuts a sequence to `max_length`
+    /// before its truncation can window it (the overflow, and so every window after the first,
+    /// is lost).
     fn windows(
         &self,
         first: &str,
         second: Option<&str>,
-        cut: usize,
+        cut: Option<usize>,
         overlap: Option<usize>,
-    ) -> Result<Vec<Encoded>> {
+        min_room: usize,
+    ) -> Result<Option<LongWindows>> {
         use tokenizers::PostProcessor;
         let mut tk = self.inner.clone();
         tk.with_truncation(None)
@@ -283,19 +321,18 @@ impl PrismTokenizer {
         let added = tk
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(b.is_some()));
+        let cut = cut.unwrap_or(match &b {
+            Some(b) if b.get_ids().len() > a.get_ids().len() => 1,
+            _ => 0,
+        });
         let (mut long, other) = match (cut, b) {
             (1, Some(b)) => (b, Some(a)),
             (_, b) => (a, b),
         };
         let other_len = other.as_ref().map_or(0, |o| o.get_ids().len());
         let room = self.max_len.saturating_sub(added + other_len);
-        if room < 2 {
-            return Err(Error::Encode(format!(
-                "the {} leaves {room} of the {} tokens for the text it windows: it cannot be \
-                 cut into windows (shorten it or raise max_length)",
-                if cut == 1 { "question" } else { "second text" },
-                self.max_len
-            )));
+        if room < min_room {
+            return Ok(None);
         }
         let stride = overlap.unwrap_or(room / 2);
         if stride >= room {
@@ -312,8 +349,8 @@ impl PrismTokenizer {
         }
         long.truncate(room, stride, tokenizers::TruncationDirection::Right);
         let rest = long.take_overflowing();
-        let mut out = Vec::with_capacity(rest.len() + 1);
-        for piece in std::iter::once(long).chain(rest) {
+        let mut windows = Vec::with_capacity(rest.len() + 1);
+        for (k, piece) in std::iter::once(long).chain(rest).enumerate() {
             let (x, y) = match (cut, &other) {
                 (1, Some(o)) => (o.clone(), Some(piece)),
                 (_, o) => (piece, o.clone()),
@@ -321,9 +358,9 @@ impl PrismTokenizer {
             let enc = tk
                 .post_process(x, y, true)
                 .map_err(|e| Error::Encode(e.to_string()))?;
-            out.push(Encoded::from_encoding(&enc, false));
+            windows.push((Encoded::from_encoding(&enc, false), k * (room - stride)));
         }
-        Ok(out)
+        Ok(Some(LongWindows { cut, windows }))
     }
 
     /// A text (or pair) whole, however long (for mapping windows back onto it).
@@ -352,7 +389,14 @@ impl PrismTokenizer {
         if !whole.truncated {
             return Ok(vec![whole]);
         }
-        self.windows(question, Some(context), 1, Some(stride))
+        match self.windows(question, Some(context), Some(1), Some(stride), 2)? {
+            Some(w) => Ok(w.windows.into_iter().map(|(e, _)| e).collect()),
+            None => Err(Error::Encode(format!(
+                "the question leaves no room for the context in a {}-token window (shorten \
+                 it or raise max_length)",
+                self.max_len
+            ))),
+        }
     }
 
     /// Tokenise pre-split words (token classification); also returns, per token, the index of

@@ -232,8 +232,9 @@ function renderExplained(name, text, r) {
   if (r.rollout) {
     box.append(el("h4", {}, "Attention rollout (click to enlarge)"));
     const c = el("canvas", { width: "200", height: "200", class: "rollout" });
-    drawMatrix(c, r.rollout, r.tokens, false);
-    c.addEventListener("click", () => zoom(`Input ${name}: attention rollout`, r.rollout, r.tokens));
+    const at = r.attention_tokens || r.tokens;
+    drawMatrix(c, r.rollout, at, false);
+    c.addEventListener("click", () => zoom(`Input ${name}: attention rollout`, r.rollout, at));
     box.append(c);
   }
   if (r.attention) {
@@ -247,8 +248,9 @@ function renderExplained(name, text, r) {
       grid.append(el("span", { class: "lbl" }, `layer ${l}`));
       for (let h = 0; h < heads; h++) {
         const c = el("canvas", { width: "64", height: "64", "data-layer": l, "data-head": h });
-        drawMatrix(c, r.attention[l][h], r.tokens, false);
-        c.addEventListener("click", () => zoom(`Input ${name}: layer ${l}, head ${h}`, r.attention[l][h], r.tokens));
+        const at = r.attention_tokens || r.tokens;
+        drawMatrix(c, r.attention[l][h], at, false);
+        c.addEventListener("click", () => zoom(`Input ${name}: layer ${l}, head ${h}`, r.attention[l][h], at));
         grid.append(c);
       }
     }

@@ -157,6 +157,20 @@ async fn run_model<T: Send + 'static>(
     .map_err(|e| ApiError::internal(format!("model worker failed: {e}")))?
 }
 
+/// A text read in more windows than `--max-windows` allows is refused (413).
+fn check_windows(max_windows: usize, n: usize) -> Result<(), ApiError> {
+    if n > max_windows {
+        return Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "the text is read in {n} windows of the task's max_length; the limit is \
+                 {max_windows}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn check_text(s: &AppState, text: &str, text2: Option<&str>) -> Result<(), ApiError> {
     if text.trim().is_empty() {
         return Err(ApiError::bad("`text` is empty"));
@@ -211,6 +225,7 @@ async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
             "max_text_chars": s.opts.max_text_chars,
             "max_steps": s.opts.max_steps,
             "max_examples": s.opts.max_examples,
+            "max_windows": s.opts.max_windows,
         },
     }))
 }
@@ -235,6 +250,7 @@ async fn predict(
     if let Some(t) = &req.task {
         s.model.task_index(t)?;
     }
+    let max_windows = s.opts.max_windows;
     let out = run_model(&s, move |m| {
         let mut rows = Vec::new();
         for (ti, t) in m.tasks.iter().enumerate() {
@@ -245,7 +261,12 @@ async fn predict(
                 rows.push(json!({"task": t.spec.name, "kind": t.spec.kind, "skipped": "this task needs a second text (text2)"}));
                 continue;
             }
-            let p = m.predict_text(ti, &req.text, m.second_text(ti, req.text2.as_deref(), false))?;
+            let text2 = m.second_text(ti, req.text2.as_deref(), false);
+            if t.spec.kind.is_sequence_level() {
+                let n = t.tokenizer().encode_long(&req.text, text2, None)?.len();
+                check_windows(max_windows, n)?;
+            }
+            let p = m.predict_text(ti, &req.text, text2)?;
             rows.push(json!({"task": t.spec.name, "kind": t.spec.kind, "prediction": p}));
         }
         Ok(json!({ "predictions": rows }))
@@ -313,6 +334,13 @@ fn build_methods(
     if names.len() > prism_explain::METHODS.len() {
         return Err(ApiError::bad("too many methods"));
     }
+    if let Some(dup) = names
+        .iter()
+        .enumerate()
+        .find_map(|(i, n)| names[..i].contains(n).then_some(n))
+    {
+        return Err(ApiError::bad(format!("method `{dup}` is asked for twice")));
+    }
     let steps = steps.unwrap_or(50);
     if steps == 0 || steps > max_steps {
         return Err(ApiError::bad(format!("`steps` must be in 1..={max_steps}")));
@@ -343,6 +371,7 @@ async fn explain(
         req.layer,
         s.opts.max_steps,
     )?;
+    let max_windows = s.opts.max_windows;
     let out = run_model(&s, move |model| {
         let output = match req.output.as_deref() {
             None => prism_explain::Output::Prob,
@@ -352,6 +381,7 @@ async fn explain(
         // A text longer than the task's max_length is explained in overlapping windows (half
         // a window shared), stitched over the whole text; attention comes from the first.
         let w = m.encode_windows(&req.text, req.text2.as_deref(), None)?;
+        check_windows(max_windows, w.len())?;
         let x = w.windows[0].clone();
         let target: Target = match &req.target {
             None if w.len() > 1 => m.default_target_windows(&w)?,
@@ -419,6 +449,8 @@ async fn explain(
             "output_kind": m.output_for(&target),
             "foil": m.foil.as_ref().map(|_| attributions.first().and_then(|a| a.foil.clone())),
             "tokens": w.full.tokens,
+            // The attention grid and rollout are the first window's.
+            "attention_tokens": x.enc.tokens,
             "windows": w.len(),
             "attributions": attributions,
             "attention": att,

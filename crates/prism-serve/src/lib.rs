@@ -31,6 +31,9 @@ pub struct ServeOptions {
     pub max_steps: usize,
     /// Most examples in one faithfulness request.
     pub max_examples: usize,
+    /// Most windows a text longer than the task's max_length may be read in (predict and
+    /// explain); longer texts get 413.
+    pub max_windows: usize,
 }
 
 impl Default for ServeOptions {
@@ -42,6 +45,7 @@ impl Default for ServeOptions {
             max_text_chars: 4000,
             max_steps: 300,
             max_examples: 16,
+            max_windows: 16,
         }
     }
 }

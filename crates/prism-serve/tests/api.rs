@@ -91,6 +91,41 @@ fn model_predict_explain_and_faithfulness() {
     );
     assert_eq!(st, 400, "{bad}");
 
+    // A method asked for twice, and a text read in more windows than the server allows.
+    let (st, bad) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "x", "methods": ["ig", "ig"]}),
+    );
+    assert_eq!(st, 400, "{bad}");
+    assert!(bad["error"].as_str().unwrap().contains("twice"), "{bad}");
+    let long = "A gorgeous, witty movie. ".repeat(150);
+    for (path, body) in [
+        (
+            "/api/explain",
+            json!({"text": long, "methods": ["saliency"]}),
+        ),
+        ("/api/predict", json!({ "text": long })),
+    ] {
+        let (st, bad) = post_json(a, path, &body);
+        assert_eq!(st, 413, "{path}: {bad}");
+        assert!(bad["error"].as_str().unwrap().contains("windows"), "{bad}");
+    }
+    // A text of a few windows is explained over its whole length.
+    let medium = "A gorgeous, witty movie. ".repeat(12);
+    let (st, e) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": medium, "methods": ["saliency"]}),
+    );
+    assert_eq!(st, 200, "{e}");
+    assert!(e["windows"].as_u64().unwrap() > 1, "{e}");
+    assert_eq!(
+        e["attributions"][0]["scores"].as_array().unwrap().len(),
+        e["tokens"].as_array().unwrap().len()
+    );
+    assert!(e["attention_tokens"].as_array().unwrap().len() <= 64);
+
     // A layer method at layer 0, with the layer maps.
     let (st, e5) = post_json(
         a,

@@ -1,6 +1,7 @@
 //! prism-train's integration tests, one binary (each file below is a module).
 
 mod examples;
+mod families;
 mod multi_label;
 mod pretrain;
 mod trainer;

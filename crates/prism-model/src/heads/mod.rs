@@ -11,6 +11,6 @@ mod token;
 pub use domain::DomainHead;
 pub use mlm::{is_tied_decoder_copy, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
 pub use plm::PermutationLm;
-pub use sequence::SequenceHead;
+pub use sequence::{DenseAct, SequenceHead};
 pub use span::SpanHead;
 pub use token::TokenHead;

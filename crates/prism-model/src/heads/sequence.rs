@@ -1,6 +1,6 @@
 //! Sequence classification and regression: one vector per input, as transformers'
-//! `BertForSequenceClassification` (pooler -> dropout -> linear). Encoders without a pooler use
-//! RoBERTa's head instead (first token -> dropout -> dense -> tanh -> dropout -> linear); XLNet
+//! `BertForSequenceClassification` (pooler -> dropout -> linear). The RoBERTa family (RoBERTa,
+//! XLM-RoBERTa, CamemBERT) and encoders without a pooler use RoBERTa's head instead (first token -> dropout -> dense -> tanh -> dropout -> linear); XLNet
 //! summarises its last real token the same way (its `SequenceSummary`: last -> projection ->
 //! tanh), chosen by the encoder's `summary_positions`.
 
@@ -9,22 +9,45 @@ use crate::models::EncoderOutput;
 use crate::nn::{Linear, Mode, ParamBuilder};
 use candle_core::Tensor;
 
+/// The non-linearity after the dense layer of a head that does not read the pooler: tanh
+/// (RoBERTa's `RobertaClassificationHead`, XLNet's `SequenceSummary`) or exact GELU
+/// (`ElectraClassificationHead`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseAct {
+    Tanh,
+    Gelu,
+}
+
 pub struct SequenceHead {
     dense: Option<Linear>,
+    act: DenseAct,
     out: Linear,
     dropout: f64,
 }
 
 impl SequenceHead {
-    /// `n_out` classes (or 1 for regression). `use_pooler`: the encoder has a pooler.
+    /// `n_out` classes (or 1 for regression). `has_pooler`: the encoder has a pooler;
+    /// `pooler_head`: a new head reads it (BERT's convention — the RoBERTa family's classes
+    /// ignore the pooler and use their own dense + tanh head, as transformers builds them). A
+    /// head already in the checkpoint keeps its layout: with `dense` it is RoBERTa's, without
+    /// it the pooler's.
     pub fn load(
         pb: &ParamBuilder,
         hidden: usize,
         n_out: usize,
         dropout: f64,
-        use_pooler: bool,
+        has_pooler: bool,
+        pooler_head: bool,
+        act: DenseAct,
         std: f64,
     ) -> Result<Self> {
+        let use_pooler = if pb.source_has("dense.weight") {
+            false
+        } else if pb.source_has("out_proj.weight") {
+            has_pooler
+        } else {
+            has_pooler && pooler_head
+        };
         let dense = if use_pooler {
             None
         } else {
@@ -33,6 +56,7 @@ impl SequenceHead {
         let out = Linear::load_or_init(&pb.pp("out_proj"), hidden, n_out, std)?;
         Ok(Self {
             dense,
+            act,
             out,
             dropout,
         })
@@ -48,7 +72,11 @@ impl SequenceHead {
             }
             (Some(dense), _) => {
                 let cls = enc.summary_token()?; // (B, C)
-                dense.forward(&mode.dropout(&cls, self.dropout)?)?.tanh()?
+                let h = dense.forward(&mode.dropout(&cls, self.dropout)?)?;
+                match self.act {
+                    DenseAct::Tanh => h.tanh()?,
+                    DenseAct::Gelu => crate::ops::gelu_erf(&h)?,
+                }
             }
         };
         self.out.forward(&mode.dropout(&x, self.dropout)?)

@@ -66,6 +66,10 @@ pub struct BertConfig {
     pub pad_token_id: Option<u32>,
     #[serde(default = "default_pos_type")]
     pub position_embedding_type: String,
+    /// ELECTRA: the width of the embeddings when it is not `hidden_size`; they are then
+    /// projected to `hidden_size` (`embeddings_project`, transformers' `ElectraModel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -80,9 +84,20 @@ pub enum Flavor {
 impl BertConfig {
     pub fn flavor(&self) -> Flavor {
         match self.model_type.as_str() {
-            "roberta" => Flavor::Roberta,
+            "roberta" | "xlm-roberta" | "camembert" => Flavor::Roberta,
             _ => Flavor::Bert,
         }
+    }
+
+    /// The embeddings' width: `embedding_size` (ELECTRA) or `hidden_size`.
+    pub fn embedding_width(&self) -> usize {
+        self.embedding_size.unwrap_or(self.hidden_size)
+    }
+
+    /// ELECTRA's encoder is BERT's (transformers copies `BertLayer`), with its embeddings
+    /// projected to the hidden size when narrower and no pooler.
+    pub fn is_electra(&self) -> bool {
+        self.model_type == "electra"
     }
 
     pub fn head_dim(&self) -> usize {
@@ -100,6 +115,7 @@ impl BertConfig {
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
+            ("embedding_size", self.embedding_width()),
         ] {
             if v == 0 {
                 return bad(format!("`{k}` must be positive"));
@@ -228,24 +244,28 @@ impl Embeddings {
             word: Embedding::load(
                 &pb.pp("word_embeddings"),
                 cfg.vocab_size,
-                cfg.hidden_size,
+                cfg.embedding_width(),
                 std,
             )?
             .with_padding_idx(pad),
             position: Embedding::load(
                 &pb.pp("position_embeddings"),
                 cfg.max_position_embeddings,
-                cfg.hidden_size,
+                cfg.embedding_width(),
                 std,
             )?
             .with_padding_idx(pos_pad),
             token_type: Embedding::load(
                 &pb.pp("token_type_embeddings"),
                 cfg.type_vocab_size,
-                cfg.hidden_size,
+                cfg.embedding_width(),
                 std,
             )?,
-            norm: LayerNorm::load(&pb.pp("LayerNorm"), cfg.hidden_size, cfg.layer_norm_eps)?,
+            norm: LayerNorm::load(
+                &pb.pp("LayerNorm"),
+                cfg.embedding_width(),
+                cfg.layer_norm_eps,
+            )?,
             dropout: cfg.hidden_dropout_prob,
             flavor: cfg.flavor(),
             pad: cfg.pad_token_id.unwrap_or(match cfg.flavor() {
@@ -507,6 +527,8 @@ impl Layer {
 /// A BERT or RoBERTa encoder with its (optional) pooler.
 pub struct Bert {
     embeddings: Embeddings,
+    /// ELECTRA's `embeddings_project` (embedding width -> hidden size), when they differ.
+    project: Option<Linear>,
     layers: Vec<Arc<Layer>>,
     pooler: Option<Linear>,
     config: BertConfig,
@@ -521,18 +543,32 @@ impl Bert {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(&pb.pp(format!("encoder.layer.{i}")), config).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
-        let pooler = if pb.is_fresh() || pb.source_has("pooler.dense.weight") {
+        // ELECTRA's embeddings, when narrower than the layers, are projected up.
+        let project = if config.embedding_width() != config.hidden_size {
             Some(Linear::load(
-                &pb.pp("pooler.dense"),
-                config.hidden_size,
+                &pb.pp("embeddings_project"),
+                config.embedding_width(),
                 config.hidden_size,
                 config.initializer_range,
             )?)
         } else {
             None
         };
+        // ELECTRA has no pooler (its heads read the first token).
+        let pooler =
+            if (pb.is_fresh() && !config.is_electra()) || pb.source_has("pooler.dense.weight") {
+                Some(Linear::load(
+                    &pb.pp("pooler.dense"),
+                    config.hidden_size,
+                    config.hidden_size,
+                    config.initializer_range,
+                )?)
+            } else {
+                None
+            };
         Ok(Self {
             embeddings,
+            project,
             layers,
             pooler,
             config: config.clone(),
@@ -583,7 +619,10 @@ impl Encoder for Bert {
             )));
         }
         let mask = additive_mask(&input.attention_mask)?; // (B, T)
-        let mut h = self.embeddings.forward(word_embeds, input, mode)?; // (B, T, C)
+        let mut h = self.embeddings.forward(word_embeds, input, mode)?; // (B, T, E)
+        if let Some(p) = &self.project {
+            h = p.forward(&h)?; // (B, T, C)
+        }
         let mut hidden_states = input.output_hidden_states.then(|| vec![h.clone()]);
         let mut attentions = input.output_attentions.then(Vec::new);
         let probes = input.probes.as_ref();
@@ -703,6 +742,7 @@ pub fn tiny_config(flavor: Flavor) -> BertConfig {
         layer_norm_eps: 1e-12,
         pad_token_id: Some(if flavor == Flavor::Bert { 0 } else { 1 }),
         position_embedding_type: "absolute".into(),
+        embedding_size: None,
         extra: Default::default(),
     }
 }

@@ -32,6 +32,14 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
             AnyEncoder::Bert(b) => b.has_pooler(),
             AnyEncoder::Xlnet(_) => false,
         },
+        pooler_head: match &base.config {
+            ModelConfig::Bert(c) => c.flavor() == crate::models::bert::Flavor::Bert,
+            ModelConfig::Xlnet(_) => false,
+        },
+        dense_act: match &base.config {
+            ModelConfig::Bert(c) if c.is_electra() => crate::heads::DenseAct::Gelu,
+            _ => crate::heads::DenseAct::Tanh,
+        },
         dropout,
         init_std,
     }

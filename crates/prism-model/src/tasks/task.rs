@@ -51,6 +51,10 @@ pub struct Task {
 pub struct HeadShape {
     pub hidden: usize,
     pub has_pooler: bool,
+    /// New sequence heads read the pooler (BERT); the RoBERTa family's do not.
+    pub pooler_head: bool,
+    /// The activation of a sequence head's dense layer (GELU for ELECTRA, else tanh).
+    pub dense_act: crate::heads::DenseAct,
     pub dropout: f64,
     /// Standard deviation of freshly initialised head weights (the config's
     /// `initializer_range`, as transformers' `_init_weights`).
@@ -124,23 +128,43 @@ impl Task {
         let HeadShape {
             hidden,
             has_pooler,
+            pooler_head,
+            dense_act,
             dropout,
             init_std: std,
         } = shape;
         let head = match spec.kind {
-            TaskKind::Classification | TaskKind::PairClassification => Head::Sequence(
-                SequenceHead::load(&pb, hidden, spec.labels.len(), dropout, has_pooler, std)?,
-            ),
+            TaskKind::Classification | TaskKind::PairClassification => {
+                Head::Sequence(SequenceHead::load(
+                    &pb,
+                    hidden,
+                    spec.labels.len(),
+                    dropout,
+                    has_pooler,
+                    pooler_head,
+                    dense_act,
+                    std,
+                )?)
+            }
             TaskKind::MultiLabel => Head::Sequence(SequenceHead::load(
                 &pb,
                 hidden,
                 spec.labels.len(),
                 dropout,
                 has_pooler,
+                pooler_head,
+                dense_act,
                 std,
             )?),
             TaskKind::Regression => Head::Sequence(SequenceHead::load(
-                &pb, hidden, 1, dropout, has_pooler, std,
+                &pb,
+                hidden,
+                1,
+                dropout,
+                has_pooler,
+                pooler_head,
+                dense_act,
+                std,
             )?),
             TaskKind::Qa => Head::Span(SpanHead::load(&pb, hidden, std)?),
             TaskKind::Token => Head::Token(TokenHead::load(

@@ -39,12 +39,19 @@ enum HeadClass {
 enum Family {
     Bert,
     Roberta,
+    /// RoBERTa's architecture and task classes under XLM-RoBERTa's and CamemBERT's names.
+    XlmRoberta,
+    Camembert,
+    Electra,
     Xlnet,
 }
 
 impl Family {
     fn of(config: &ModelConfig) -> Self {
         match config {
+            ModelConfig::Bert(c) if c.model_type == "xlm-roberta" => Family::XlmRoberta,
+            ModelConfig::Bert(c) if c.model_type == "camembert" => Family::Camembert,
+            ModelConfig::Bert(c) if c.is_electra() => Family::Electra,
             ModelConfig::Bert(c) if c.flavor() == Flavor::Roberta => Family::Roberta,
             ModelConfig::Bert(_) => Family::Bert,
             ModelConfig::Xlnet(_) => Family::Xlnet,
@@ -55,6 +62,9 @@ impl Family {
         match self {
             Family::Bert => "Bert",
             Family::Roberta => "Roberta",
+            Family::XlmRoberta => "XLMRoberta",
+            Family::Camembert => "Camembert",
+            Family::Electra => "Electra",
             Family::Xlnet => "XLNet",
         }
     }
@@ -63,7 +73,9 @@ impl Family {
     fn base_prefix(self) -> &'static str {
         match self {
             Family::Bert => "bert.",
-            Family::Roberta => "roberta.",
+            // XLM-RoBERTa's and CamemBERT's task classes keep RoBERTa's attribute name.
+            Family::Roberta | Family::XlmRoberta | Family::Camembert => "roberta.",
+            Family::Electra => "electra.",
             Family::Xlnet => "transformer.",
         }
     }
@@ -87,7 +99,11 @@ impl Family {
             // BertForSequenceClassification: pooler -> dropout -> classifier.
             (HeadClass::Sequence, Family::Bert) => &[("classifier", "out_proj")],
             // RobertaClassificationHead: <s> -> dropout -> dense -> tanh -> dropout -> out_proj.
-            (HeadClass::Sequence, Family::Roberta) => &[
+            // ElectraClassificationHead: the same layout with GELU for tanh.
+            (
+                HeadClass::Sequence,
+                Family::Roberta | Family::XlmRoberta | Family::Camembert | Family::Electra,
+            ) => &[
                 ("classifier.dense", "dense"),
                 ("classifier.out_proj", "out_proj"),
             ],

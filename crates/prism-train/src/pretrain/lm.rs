@@ -312,6 +312,7 @@ pub(crate) fn fresh_model(
         layer_norm_eps: if roberta { 1e-5 } else { 1e-12 },
         pad_token_id: Some(tok.pad_id()),
         position_embedding_type: "absolute".into(),
+        embedding_size: None,
         extra,
     };
     let mut model = PretrainedModel::fresh(ModelConfig::Bert(config), Some(tok), device, cfg.seed)?;
