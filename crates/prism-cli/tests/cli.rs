@@ -190,10 +190,11 @@ fn bench_reports_every_workload_as_json() {
 }
 
 #[test]
-fn info_describes_xlm_roberta_and_electra_and_they_fine_tune_and_explain() {
+fn info_describes_the_other_families_and_they_fine_tune_and_explain() {
     for (fixture, arch) in [
         ("tiny-xlmr", "XLMRobertaModel"),
         ("tiny-electra", "ElectraModel"),
+        ("tiny-distilbert", "DistilBertModel"),
     ] {
         let m = fixtures().join(fixture);
         let (ok, out, err) = prism(&["info", m.to_str().unwrap(), "--json"]);

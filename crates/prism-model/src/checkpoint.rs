@@ -17,7 +17,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Checkpoint key prefixes of transformers' task classes wrapping the base model.
-const BASE_PREFIXES: [&str; 4] = ["bert.", "roberta.", "electra.", "transformer."];
+const BASE_PREFIXES: [&str; 5] = [
+    "bert.",
+    "roberta.",
+    "electra.",
+    "distilbert.",
+    "transformer.",
+];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
 const HEAD_PREFIXES: [&str; 9] = [
     "cls.",
@@ -77,6 +83,13 @@ impl ModelConfig {
                 c.model_type = model_type;
                 ModelConfig::Bert(c)
             }
+            // DistilBERT's own keys, read and written verbatim; its encoder runs as BERT's.
+            "distilbert" => {
+                let c: crate::models::distilbert::DistilBertConfig = serde_json::from_value(value)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                c.validate()?;
+                ModelConfig::Bert(c.to_bert())
+            }
             "xlnet" => {
                 let mut c: XlnetConfig = serde_json::from_value(value)
                     .map_err(|e| Error::InvalidConfig(e.to_string()))?;
@@ -86,7 +99,7 @@ impl ModelConfig {
             other => {
                 return Err(Error::InvalidConfig(format!(
                     "`model_type` \"{other}\" is not supported (supported: bert, roberta, \
-                     xlm-roberta, camembert, electra, xlnet)"
+                     xlm-roberta, camembert, electra, distilbert, xlnet)"
                 )))
             }
         };
@@ -115,6 +128,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) if c.model_type == "xlm-roberta" => "XLMRobertaModel",
             ModelConfig::Bert(c) if c.model_type == "camembert" => "CamembertModel",
             ModelConfig::Bert(c) if c.is_electra() => "ElectraModel",
+            ModelConfig::Bert(c) if c.model_type == "distilbert" => "DistilBertModel",
             ModelConfig::Bert(_) => "BertModel",
             ModelConfig::Xlnet(_) => "XLNetModel",
         }
@@ -167,6 +181,9 @@ impl ModelConfig {
 
     pub fn to_json(&self) -> Result<String> {
         let s = match self {
+            ModelConfig::Bert(c) if c.model_type == "distilbert" => serde_json::to_string_pretty(
+                &crate::models::distilbert::DistilBertConfig::from_bert(c),
+            ),
             ModelConfig::Bert(c) => serde_json::to_string_pretty(c),
             ModelConfig::Xlnet(c) => serde_json::to_string_pretty(c),
         };
@@ -351,6 +368,13 @@ impl PretrainedModel {
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let mut source = read_weights(dir)?;
+        if config.model_type() == "distilbert" {
+            source.tensors = source
+                .tensors
+                .into_iter()
+                .map(|(k, v)| (crate::models::distilbert::to_bert_key(&k), v))
+                .collect();
+        }
         map(&config, &mut source)?;
         let source_path = source.path.clone();
         let params = ParamStore::from_source(source, device, 0);
@@ -468,7 +492,13 @@ impl PretrainedModel {
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let distil = self.config.model_type() == "distilbert";
         for (k, v) in self.params.tensors() {
+            let k = if distil {
+                crate::models::distilbert::from_bert_key(&k)
+            } else {
+                k
+            };
             tensors.insert(k, v.contiguous()?);
         }
         for (k, v) in &self.head_tensors {
@@ -497,6 +527,8 @@ impl PretrainedModel {
         if arch != base_arch {
             let prefix = match &self.config {
                 ModelConfig::Bert(c) if c.flavor() == crate::Flavor::Roberta => "roberta.",
+                ModelConfig::Bert(c) if c.is_electra() => "electra.",
+                ModelConfig::Bert(c) if c.model_type == "distilbert" => "distilbert.",
                 ModelConfig::Bert(_) => "bert.",
                 ModelConfig::Xlnet(_) => "transformer.",
             };

@@ -92,9 +92,15 @@ fn check_model_path(fixture: &str, name: &str, fused: bool) {
         "{name}: parameter count differs from PyTorch"
     );
     for (pname, var) in vars {
+        // DistilBERT's parameters have its own names in PyTorch.
+        let hf_name = if model.config.model_type() == "distilbert" {
+            prism_model::models::distilbert::from_bert_key(&pname)
+        } else {
+            pname.clone()
+        };
         let want = exp
-            .get(&format!("grad.param.{pname}"))
-            .unwrap_or_else(|| panic!("{name}: PyTorch has no parameter {pname}"));
+            .get(&format!("grad.param.{hf_name}"))
+            .unwrap_or_else(|| panic!("{name}: PyTorch has no parameter {hf_name}"));
         let got = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
@@ -135,7 +141,13 @@ fn pytorch_bin_with_task_prefix_loads_the_same_weights() {
 
 #[test]
 fn every_parameter_gets_a_nonzero_gradient_in_training_mode() {
-    for fixture in ["tiny-bert", "tiny-roberta", "tiny-xlmr", "tiny-electra"] {
+    for fixture in [
+        "tiny-bert",
+        "tiny-roberta",
+        "tiny-xlmr",
+        "tiny-electra",
+        "tiny-distilbert",
+    ] {
         let exp = expected(fixture);
         let model = PretrainedModel::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
         let out = model
@@ -383,4 +395,35 @@ fn electra_outputs_and_gradients_match_pytorch() {
     let m = PretrainedModel::load(&fixtures().join("tiny-electra"), &Device::Cpu).unwrap();
     assert_eq!(m.config.base_architecture(), "ElectraModel");
     assert!(m.params.get("embeddings_project.weight").is_some());
+}
+
+/// DistilBERT (its own key names, no token types, no pooler; the encoder runs as BERT's):
+/// outputs, attentions and every gradient, and its folder written back under its own names.
+#[test]
+fn distilbert_outputs_and_gradients_match_pytorch() {
+    check_model("tiny-distilbert", "tiny-distilbert");
+    let m = PretrainedModel::load(&fixtures().join("tiny-distilbert"), &Device::Cpu).unwrap();
+    assert_eq!(m.config.base_architecture(), "DistilBertModel");
+    let out = tempfile::tempdir().unwrap();
+    m.save(out.path()).unwrap();
+    let names: Vec<String> =
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_keys()
+            .collect();
+    assert!(
+        names.contains(&"transformer.layer.1.ffn.lin2.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(!names
+        .iter()
+        .any(|n| n.starts_with("encoder.") || n.contains("token_type")));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["model_type"], "distilbert");
+    assert_eq!(cfg["dim"], 32);
+    assert!(cfg.get("hidden_size").is_none(), "{cfg}");
+    let back = PretrainedModel::load(out.path(), &Device::Cpu).unwrap();
+    assert_eq!(back.num_parameters(), m.num_parameters());
 }

@@ -159,3 +159,8 @@ fn xlm_roberta_fine_tunes_every_task_kind_and_exports_its_classes() {
 fn electra_fine_tunes_every_task_kind_and_exports_its_classes() {
     check_family("tiny-electra", "Electra", false);
 }
+
+#[test]
+fn distilbert_fine_tunes_every_task_kind_and_exports_its_classes() {
+    check_family("tiny-distilbert", "DistilBert", false);
+}

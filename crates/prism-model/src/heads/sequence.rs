@@ -10,12 +10,14 @@ use crate::nn::{Linear, Mode, ParamBuilder};
 use candle_core::Tensor;
 
 /// The non-linearity after the dense layer of a head that does not read the pooler: tanh
-/// (RoBERTa's `RobertaClassificationHead`, XLNet's `SequenceSummary`) or exact GELU
-/// (`ElectraClassificationHead`).
+/// (RoBERTa's `RobertaClassificationHead`, XLNet's `SequenceSummary`), exact GELU
+/// (`ElectraClassificationHead`) or ReLU (DistilBERT's `pre_classifier`, which has no dropout
+/// before it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseAct {
     Tanh,
     Gelu,
+    Relu,
 }
 
 pub struct SequenceHead {
@@ -72,10 +74,15 @@ impl SequenceHead {
             }
             (Some(dense), _) => {
                 let cls = enc.summary_token()?; // (B, C)
-                let h = dense.forward(&mode.dropout(&cls, self.dropout)?)?;
+                let cls = match self.act {
+                    DenseAct::Relu => cls,
+                    _ => mode.dropout(&cls, self.dropout)?,
+                };
+                let h = dense.forward(&cls)?;
                 match self.act {
                     DenseAct::Tanh => h.tanh()?,
                     DenseAct::Gelu => crate::ops::gelu_erf(&h)?,
+                    DenseAct::Relu => h.relu()?,
                 }
             }
         };

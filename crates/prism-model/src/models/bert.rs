@@ -114,7 +114,12 @@ impl BertConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
+            // DistilBERT has no token types.
+            (
+                "type_vocab_size",
+                self.type_vocab_size
+                    .max((self.model_type == "distilbert") as usize),
+            ),
             ("embedding_size", self.embedding_width()),
         ] {
             if v == 0 {
@@ -222,7 +227,8 @@ impl Activation {
 struct Embeddings {
     word: Embedding,
     position: Embedding,
-    token_type: Embedding,
+    /// None for DistilBERT (no token types).
+    token_type: Option<Embedding>,
     norm: LayerNorm,
     dropout: f64,
     flavor: Flavor,
@@ -255,12 +261,16 @@ impl Embeddings {
                 std,
             )?
             .with_padding_idx(pos_pad),
-            token_type: Embedding::load(
-                &pb.pp("token_type_embeddings"),
-                cfg.type_vocab_size,
-                cfg.embedding_width(),
-                std,
-            )?,
+            token_type: if cfg.type_vocab_size == 0 {
+                None
+            } else {
+                Some(Embedding::load(
+                    &pb.pp("token_type_embeddings"),
+                    cfg.type_vocab_size,
+                    cfg.embedding_width(),
+                    std,
+                )?)
+            },
             norm: LayerNorm::load(
                 &pb.pp("LayerNorm"),
                 cfg.embedding_width(),
@@ -319,13 +329,14 @@ impl Embeddings {
                 "input of {t} tokens is longer than the model's position table allows ({max} positions)"
             )));
         }
-        let types = match &input.token_type_ids {
-            Some(tt) => tt.to_dtype(DType::U32)?,
-            None => Tensor::zeros((b, t), DType::U32, word.device())?,
-        };
-        let e = word
-            .broadcast_add(&self.position.forward(&pos)?)?
-            .broadcast_add(&self.token_type.forward(&types)?)?; // (B, T, C)
+        let mut e = word.broadcast_add(&self.position.forward(&pos)?)?; // (B, T, C)
+        if let Some(token_type) = &self.token_type {
+            let types = match &input.token_type_ids {
+                Some(tt) => tt.to_dtype(DType::U32)?,
+                None => Tensor::zeros((b, t), DType::U32, word.device())?,
+            };
+            e = e.broadcast_add(&token_type.forward(&types)?)?;
+        }
         let e = self.norm.forward(&e)?;
         mode.dropout(&e, self.dropout)
     }
@@ -554,18 +565,19 @@ impl Bert {
         } else {
             None
         };
-        // ELECTRA has no pooler (its heads read the first token).
-        let pooler =
-            if (pb.is_fresh() && !config.is_electra()) || pb.source_has("pooler.dense.weight") {
-                Some(Linear::load(
-                    &pb.pp("pooler.dense"),
-                    config.hidden_size,
-                    config.hidden_size,
-                    config.initializer_range,
-                )?)
-            } else {
-                None
-            };
+        // ELECTRA and DistilBERT have no pooler (their heads read the first token).
+        let fresh_pooler =
+            pb.is_fresh() && !config.is_electra() && config.model_type != "distilbert";
+        let pooler = if fresh_pooler || pb.source_has("pooler.dense.weight") {
+            Some(Linear::load(
+                &pb.pp("pooler.dense"),
+                config.hidden_size,
+                config.hidden_size,
+                config.initializer_range,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             embeddings,
             project,

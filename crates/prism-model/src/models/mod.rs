@@ -1,6 +1,7 @@
 //! Encoder model families and the types their forward passes share.
 
 pub mod bert;
+pub mod distilbert;
 pub mod xlnet;
 
 use crate::error::Result;

@@ -38,7 +38,16 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
         },
         dense_act: match &base.config {
             ModelConfig::Bert(c) if c.is_electra() => crate::heads::DenseAct::Gelu,
+            ModelConfig::Bert(c) if c.model_type == "distilbert" => crate::heads::DenseAct::Relu,
             _ => crate::heads::DenseAct::Tanh,
+        },
+        seq_dropout: match &base.config {
+            ModelConfig::Bert(c) => c
+                .extra
+                .get("seq_classif_dropout")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(dropout),
+            ModelConfig::Xlnet(_) => dropout,
         },
         dropout,
         init_std,

@@ -53,8 +53,11 @@ pub struct HeadShape {
     pub has_pooler: bool,
     /// New sequence heads read the pooler (BERT); the RoBERTa family's do not.
     pub pooler_head: bool,
-    /// The activation of a sequence head's dense layer (GELU for ELECTRA, else tanh).
+    /// The activation of a sequence head's dense layer (GELU for ELECTRA, ReLU for
+    /// DistilBERT, else tanh).
     pub dense_act: crate::heads::DenseAct,
+    /// Dropout of sequence heads (DistilBERT's `seq_classif_dropout`, else `dropout`).
+    pub seq_dropout: f64,
     pub dropout: f64,
     /// Standard deviation of freshly initialised head weights (the config's
     /// `initializer_range`, as transformers' `_init_weights`).
@@ -130,6 +133,7 @@ impl Task {
             has_pooler,
             pooler_head,
             dense_act,
+            seq_dropout,
             dropout,
             init_std: std,
         } = shape;
@@ -139,7 +143,7 @@ impl Task {
                     &pb,
                     hidden,
                     spec.labels.len(),
-                    dropout,
+                    seq_dropout,
                     has_pooler,
                     pooler_head,
                     dense_act,
@@ -150,7 +154,7 @@ impl Task {
                 &pb,
                 hidden,
                 spec.labels.len(),
-                dropout,
+                seq_dropout,
                 has_pooler,
                 pooler_head,
                 dense_act,
@@ -160,7 +164,7 @@ impl Task {
                 &pb,
                 hidden,
                 1,
-                dropout,
+                seq_dropout,
                 has_pooler,
                 pooler_head,
                 dense_act,

@@ -43,6 +43,7 @@ enum Family {
     XlmRoberta,
     Camembert,
     Electra,
+    Distilbert,
     Xlnet,
 }
 
@@ -52,6 +53,7 @@ impl Family {
             ModelConfig::Bert(c) if c.model_type == "xlm-roberta" => Family::XlmRoberta,
             ModelConfig::Bert(c) if c.model_type == "camembert" => Family::Camembert,
             ModelConfig::Bert(c) if c.is_electra() => Family::Electra,
+            ModelConfig::Bert(c) if c.model_type == "distilbert" => Family::Distilbert,
             ModelConfig::Bert(c) if c.flavor() == Flavor::Roberta => Family::Roberta,
             ModelConfig::Bert(_) => Family::Bert,
             ModelConfig::Xlnet(_) => Family::Xlnet,
@@ -65,6 +67,7 @@ impl Family {
             Family::XlmRoberta => "XLMRoberta",
             Family::Camembert => "Camembert",
             Family::Electra => "Electra",
+            Family::Distilbert => "DistilBert",
             Family::Xlnet => "XLNet",
         }
     }
@@ -76,6 +79,7 @@ impl Family {
             // XLM-RoBERTa's and CamemBERT's task classes keep RoBERTa's attribute name.
             Family::Roberta | Family::XlmRoberta | Family::Camembert => "roberta.",
             Family::Electra => "electra.",
+            Family::Distilbert => "distilbert.",
             Family::Xlnet => "transformer.",
         }
     }
@@ -107,6 +111,11 @@ impl Family {
                 ("classifier.dense", "dense"),
                 ("classifier.out_proj", "out_proj"),
             ],
+            // DistilBertForSequenceClassification: first token -> pre_classifier -> ReLU ->
+            // dropout -> classifier.
+            (HeadClass::Sequence, Family::Distilbert) => {
+                &[("pre_classifier", "dense"), ("classifier", "out_proj")]
+            }
             // SequenceSummary ("last", projection, tanh) -> logits_proj.
             (HeadClass::Sequence, Family::Xlnet) => &[
                 ("sequence_summary.summary", "dense"),
@@ -322,6 +331,11 @@ pub fn export_tensors(
         {
             dropped.push(k);
         } else {
+            let k = if family == Family::Distilbert {
+                crate::models::distilbert::from_bert_key(&k)
+            } else {
+                k
+            };
             out.push((format!("{}{k}", family.base_prefix()), t));
         }
     }
