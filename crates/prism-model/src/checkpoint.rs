@@ -25,9 +25,15 @@ const BASE_PREFIXES: [&str; 5] = [
     "transformer.",
 ];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
-const HEAD_PREFIXES: [&str; 9] = [
+const HEAD_PREFIXES: [&str; 15] = [
     "cls.",
     "lm_head.",
+    "generator_predictions.",
+    "generator_lm_head.",
+    "discriminator_predictions.",
+    "vocab_transform.",
+    "vocab_layer_norm.",
+    "vocab_projector.",
     "lm_loss.",
     "classifier.",
     "qa_outputs.",

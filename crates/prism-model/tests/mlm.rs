@@ -57,9 +57,15 @@ fn check(name: &str) {
     let names: Vec<&String> = vars.iter().map(|(k, _)| k).collect();
     assert_eq!(vars.len(), n_expected, "{name}: parameters {names:?}");
     for (pname, var) in &vars {
+        // DistilBERT's parameters have its own names in PyTorch.
+        let hf_name = if model.base.config.model_type() == "distilbert" {
+            prism_model::models::distilbert::from_bert_key(pname)
+        } else {
+            pname.clone()
+        };
         let want = exp
-            .get(&format!("grad.param.{pname}"))
-            .unwrap_or_else(|| panic!("{name}: PyTorch has no parameter {pname}"));
+            .get(&format!("grad.param.{hf_name}"))
+            .unwrap_or_else(|| panic!("{name}: PyTorch has no parameter {hf_name}"));
         let got = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("{name}: no gradient for {pname}"));
@@ -109,4 +115,63 @@ fn mlm_folder_round_trips_with_transformers_key_names() {
     assert!(out[0][0].score >= out[0][1].score);
     let e = m.fill_mask("no mask here", 3).unwrap_err().to_string();
     assert!(e.contains("[MASK]"), "{e}");
+}
+
+#[test]
+fn electra_generator_mlm_logits_loss_and_gradients_match_pytorch() {
+    // ElectraForMaskedLM: its head goes down to the embedding width, GELU, tied decoder.
+    check("tiny-electra");
+}
+
+#[test]
+fn distilbert_mlm_logits_loss_and_gradients_match_pytorch() {
+    check("tiny-distilbert");
+}
+
+/// ELECTRA's discriminator (`ElectraForPreTraining`, tiny-electra-disc): replaced-token logits at
+/// every token, transformers' BCE loss over the attended tokens, and every parameter's gradient.
+#[test]
+fn electra_discriminator_logits_loss_and_gradients_match_pytorch() {
+    use prism_model::heads::RtdHead;
+    use prism_model::{Encoder, ModelConfig};
+    let exp = expected("tiny-electra-disc");
+    let base = PretrainedModel::load(&fixtures().join("tiny-electra-disc"), &Device::Cpu).unwrap();
+    let ModelConfig::Bert(cfg) = &base.config else {
+        panic!("ELECTRA is BERT-shaped")
+    };
+    let head = RtdHead::load(&base.params, cfg).unwrap();
+    let get = |k: &str| exp[k].to_dtype(DType::U32).unwrap();
+    let input = EncoderInput::new(get("input_ids"), get("attention_mask"))
+        .with_token_type_ids(get("token_type_ids"));
+    let out = base.encoder.forward(&input, &Mode::Eval).unwrap();
+    let logits = head.forward(&out.last_hidden_state).unwrap(); // (B, T)
+    assert_close("discriminator logits", &logits, &exp["logits"], 1e-4);
+    // BCE with logits, mean over attended tokens: max(z, 0) - z y + log(1 + e^-|z|).
+    let mask = exp["attention_mask"].to_dtype(DType::F32).unwrap();
+    let y = exp["labels"].to_dtype(DType::F32).unwrap();
+    let per = ((logits.relu().unwrap() - (&logits * &y).unwrap()).unwrap()
+        + (logits.abs().unwrap().neg().unwrap().exp().unwrap() + 1.0)
+            .unwrap()
+            .log()
+            .unwrap())
+    .unwrap();
+    let n = mask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    let loss = ((per * &mask).unwrap().sum_all().unwrap() / n).unwrap();
+    assert_close(
+        "discriminator loss",
+        &loss.reshape(1).unwrap(),
+        &exp["loss"],
+        1e-5,
+    );
+    let grads = loss.backward().unwrap();
+    let vars = base.params.vars();
+    let n_expected = exp.keys().filter(|k| k.starts_with("grad.param.")).count();
+    assert_eq!(vars.len(), n_expected);
+    for (pname, var) in &vars {
+        let want = &exp[&format!("grad.param.{pname}")];
+        let got = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {pname}"));
+        assert_rel(&format!("discriminator grad {pname}"), got, want, 1e-3);
+    }
 }

@@ -5,7 +5,10 @@
 //! the sum of both uses, as in PyTorch.
 //!
 //! Key names: BERT `cls.predictions.{transform.dense, transform.LayerNorm, bias}`; RoBERTa
-//! `lm_head.{dense, layer_norm, bias}`.
+//! `lm_head.{dense, layer_norm, bias}`; ELECTRA's generator (`ElectraForMaskedLM`)
+//! `generator_predictions.{dense, LayerNorm}` + `generator_lm_head.bias`, its dense layer going
+//! from the hidden size down to the embedding width, always GELU; DistilBERT
+//! `vocab_transform`, `vocab_layer_norm`, `vocab_projector.bias`.
 
 use crate::error::Result;
 use crate::models::bert::{Activation, BertConfig, Flavor};
@@ -20,15 +23,37 @@ pub struct MlmHead {
     bias: Tensor,
 }
 
-/// The checkpoint names of the head's tensors for a flavour: (dense, layer norm, bias).
-pub fn mlm_head_names(flavor: Flavor) -> (&'static str, &'static str, &'static str) {
-    match flavor {
-        Flavor::Bert => (
+/// The checkpoint names of the head's tensors for a model: (dense, layer norm, bias).
+pub fn mlm_head_names(cfg: &BertConfig) -> (&'static str, &'static str, &'static str) {
+    match (cfg.model_type.as_str(), cfg.flavor()) {
+        ("electra", _) => (
+            "generator_predictions.dense",
+            "generator_predictions.LayerNorm",
+            "generator_lm_head.bias",
+        ),
+        ("distilbert", _) => (
+            "vocab_transform",
+            "vocab_layer_norm",
+            "vocab_projector.bias",
+        ),
+        (_, Flavor::Bert) => (
             "cls.predictions.transform.dense",
             "cls.predictions.transform.LayerNorm",
             "cls.predictions.bias",
         ),
-        Flavor::Roberta => ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+        (_, Flavor::Roberta) => ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+    }
+}
+
+/// transformers' masked-LM class of a model.
+pub fn mlm_class(cfg: &BertConfig) -> &'static str {
+    match (cfg.model_type.as_str(), cfg.flavor()) {
+        ("electra", _) => "ElectraForMaskedLM",
+        ("distilbert", _) => "DistilBertForMaskedLM",
+        ("xlm-roberta", _) => "XLMRobertaForMaskedLM",
+        ("camembert", _) => "CamembertForMaskedLM",
+        (_, Flavor::Bert) => "BertForMaskedLM",
+        (_, Flavor::Roberta) => "RobertaForMaskedLM",
     }
 }
 
@@ -41,6 +66,8 @@ pub fn is_tied_decoder_copy(name: &str) -> bool {
             | "cls.predictions.decoder.bias"
             | "lm_head.decoder.weight"
             | "lm_head.decoder.bias"
+            | "generator_lm_head.weight"
+            | "vocab_projector.weight"
     )
 }
 
@@ -50,19 +77,26 @@ impl MlmHead {
     /// LayerNorm scale) when the checkpoint has none (e.g. sentence-transformers' MiniLM).
     pub fn load(params: &ParamStore, cfg: &BertConfig) -> Result<Self> {
         let root = params.root();
-        let (dense, norm, bias) = mlm_head_names(cfg.flavor());
-        let c = cfg.hidden_size;
-        let dense = Linear::load_or_init(&root.pp(dense), c, c, cfg.initializer_range)?;
+        let (dense, norm, bias) = mlm_head_names(cfg);
+        // The head ends at the decoder's width: the embeddings' (ELECTRA's are narrower).
+        let (c, e) = (cfg.hidden_size, cfg.embedding_width());
+        let dense = Linear::load_or_init(&root.pp(dense), c, e, cfg.initializer_range)?;
         let npb = root.pp(norm);
         let norm = LayerNorm {
-            weight: npb.get_or_init(&[c], "weight", Init::Const(1.0))?,
-            bias: npb.get_or_init(&[c], "bias", Init::Const(0.0))?,
+            weight: npb.get_or_init(&[e], "weight", Init::Const(1.0))?,
+            bias: npb.get_or_init(&[e], "bias", Init::Const(0.0))?,
             eps: cfg.layer_norm_eps,
         };
         let bias = root.get_or_init(&[cfg.vocab_size], bias, Init::Const(0.0))?;
+        // ElectraGeneratorPredictions always uses GELU, whatever `hidden_act` says.
+        let act = if cfg.is_electra() {
+            Activation::parse("gelu")?
+        } else {
+            Activation::parse(&cfg.hidden_act)?
+        };
         Ok(Self {
             dense,
-            act: Activation::parse(&cfg.hidden_act)?,
+            act,
             norm,
             bias,
         })
@@ -109,10 +143,7 @@ impl MaskedLm {
                     .into(),
             ));
         };
-        cfg.architectures = vec![match cfg.flavor() {
-            Flavor::Bert => "BertForMaskedLM".into(),
-            Flavor::Roberta => "RobertaForMaskedLM".into(),
-        }];
+        cfg.architectures = vec![mlm_class(cfg).into()];
         let cfg = cfg.clone();
         let head = MlmHead::load(&base.params, &cfg)?;
         // The head's tensors are parameters now; stale tied-decoder copies are dropped.

@@ -4,13 +4,15 @@
 mod domain;
 mod mlm;
 mod plm;
+mod rtd;
 mod sequence;
 mod span;
 mod token;
 
 pub use domain::DomainHead;
-pub use mlm::{is_tied_decoder_copy, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
+pub use mlm::{is_tied_decoder_copy, mlm_class, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
 pub use plm::PermutationLm;
+pub use rtd::RtdHead;
 pub use sequence::{DenseAct, SequenceHead};
 pub use span::SpanHead;
 pub use token::TokenHead;
