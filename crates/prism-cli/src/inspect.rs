@@ -157,12 +157,12 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
     let c = m.config.sizes();
     let has_pooler = match &m.encoder {
         prism_model::AnyEncoder::Bert(b) => b.has_pooler(),
-        prism_model::AnyEncoder::Xlnet(_) => false,
+        prism_model::AnyEncoder::Xlnet(_) | prism_model::AnyEncoder::ModernBert(_) => false,
     };
     // ELECTRA's embeddings can be narrower than the layers (projected up).
     let embedding_size = match &m.config {
         prism_model::ModelConfig::Bert(b) => b.embedding_width(),
-        prism_model::ModelConfig::Xlnet(_) => c.hidden,
+        prism_model::ModelConfig::Xlnet(_) | prism_model::ModelConfig::ModernBert(_) => c.hidden,
     };
     let v = json!({
         "folder": m.dir,

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, BertConfig};
+use crate::models::modernbert::{ModernBert, ModernBertConfig};
 use crate::models::xlnet::{Xlnet, XlnetConfig};
 use crate::models::{Encoder, EncoderInput, EncoderOutput};
 use crate::nn::{Mode, ParamStore, Source};
@@ -17,11 +18,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Checkpoint key prefixes of transformers' task classes wrapping the base model.
-const BASE_PREFIXES: [&str; 5] = [
+const BASE_PREFIXES: [&str; 6] = [
     "bert.",
     "roberta.",
     "electra.",
     "distilbert.",
+    // ModernBERT's task classes keep the encoder as `model`.
+    "model.",
     "transformer.",
 ];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
@@ -56,6 +59,7 @@ const IGNORED_KEYS: [&str; 2] = ["embeddings.position_ids", "embeddings.token_ty
 pub enum ModelConfig {
     Bert(BertConfig),
     Xlnet(XlnetConfig),
+    ModernBert(ModernBertConfig),
 }
 
 impl ModelConfig {
@@ -96,6 +100,12 @@ impl ModelConfig {
                 c.validate()?;
                 ModelConfig::Bert(c.to_bert())
             }
+            "modernbert" => {
+                let mut c: ModernBertConfig = serde_json::from_value(value)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                c.model_type = model_type;
+                ModelConfig::ModernBert(c)
+            }
             "xlnet" => {
                 let mut c: XlnetConfig = serde_json::from_value(value)
                     .map_err(|e| Error::InvalidConfig(e.to_string()))?;
@@ -105,7 +115,7 @@ impl ModelConfig {
             other => {
                 return Err(Error::InvalidConfig(format!(
                     "`model_type` \"{other}\" is not supported (supported: bert, roberta, \
-                     xlm-roberta, camembert, electra, distilbert, xlnet)"
+                     xlm-roberta, camembert, electra, distilbert, modernbert, xlnet)"
                 )))
             }
         };
@@ -117,6 +127,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.validate(),
             ModelConfig::Xlnet(c) => c.validate(),
+            ModelConfig::ModernBert(c) => c.validate(),
         }
     }
 
@@ -124,6 +135,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => &c.model_type,
             ModelConfig::Xlnet(c) => &c.model_type,
+            ModelConfig::ModernBert(c) => &c.model_type,
         }
     }
 
@@ -137,6 +149,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) if c.model_type == "distilbert" => "DistilBertModel",
             ModelConfig::Bert(_) => "BertModel",
             ModelConfig::Xlnet(_) => "XLNetModel",
+            ModelConfig::ModernBert(_) => "ModernBertModel",
         }
     }
 
@@ -145,6 +158,8 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.max_tokens(),
             // Relative positions: no table to outgrow; 512 as the released models were trained.
             ModelConfig::Xlnet(_) => 512,
+            // Rotary positions: the trained context.
+            ModelConfig::ModernBert(c) => c.max_position_embeddings,
         }
     }
 
@@ -152,6 +167,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.hidden_size,
             ModelConfig::Xlnet(c) => c.d_model,
+            ModelConfig::ModernBert(c) => c.hidden_size,
         }
     }
 
@@ -160,6 +176,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.initializer_range,
             ModelConfig::Xlnet(c) => c.initializer_range,
+            ModelConfig::ModernBert(c) => c.initializer_range,
         }
     }
 
@@ -182,6 +199,14 @@ impl ModelConfig {
                 vocab: c.vocab_size,
                 activation: c.ff_activation.clone(),
             },
+            ModelConfig::ModernBert(c) => Sizes {
+                layers: c.num_hidden_layers,
+                hidden: c.hidden_size,
+                heads: c.num_attention_heads,
+                intermediate: c.intermediate_size,
+                vocab: c.vocab_size,
+                activation: c.hidden_activation.clone(),
+            },
         }
     }
 
@@ -192,6 +217,7 @@ impl ModelConfig {
             ),
             ModelConfig::Bert(c) => serde_json::to_string_pretty(c),
             ModelConfig::Xlnet(c) => serde_json::to_string_pretty(c),
+            ModelConfig::ModernBert(c) => serde_json::to_string_pretty(c),
         };
         s.map_err(|e| Error::InvalidConfig(e.to_string()))
     }
@@ -212,6 +238,7 @@ pub struct Sizes {
 pub enum AnyEncoder {
     Bert(Bert),
     Xlnet(Xlnet),
+    ModernBert(ModernBert),
 }
 
 impl Encoder for AnyEncoder {
@@ -219,12 +246,14 @@ impl Encoder for AnyEncoder {
         match self {
             AnyEncoder::Bert(m) => m.word_embeddings(input_ids),
             AnyEncoder::Xlnet(m) => m.word_embeddings(input_ids),
+            AnyEncoder::ModernBert(m) => m.word_embeddings(input_ids),
         }
     }
     fn word_embedding_table(&self) -> &Tensor {
         match self {
             AnyEncoder::Bert(m) => m.word_embedding_table(),
             AnyEncoder::Xlnet(m) => m.word_embedding_table(),
+            AnyEncoder::ModernBert(m) => m.word_embedding_table(),
         }
     }
     fn forward_from_word_embeddings(
@@ -236,18 +265,21 @@ impl Encoder for AnyEncoder {
         match self {
             AnyEncoder::Bert(m) => m.forward_from_word_embeddings(e, input, mode),
             AnyEncoder::Xlnet(m) => m.forward_from_word_embeddings(e, input, mode),
+            AnyEncoder::ModernBert(m) => m.forward_from_word_embeddings(e, input, mode),
         }
     }
     fn hidden_size(&self) -> usize {
         match self {
             AnyEncoder::Bert(m) => m.hidden_size(),
             AnyEncoder::Xlnet(m) => m.hidden_size(),
+            AnyEncoder::ModernBert(m) => m.hidden_size(),
         }
     }
     fn layers_and_heads(&self) -> (usize, usize) {
         match self {
             AnyEncoder::Bert(m) => m.layers_and_heads(),
             AnyEncoder::Xlnet(m) => m.layers_and_heads(),
+            AnyEncoder::ModernBert(m) => m.layers_and_heads(),
         }
     }
 }
@@ -387,6 +419,9 @@ impl PretrainedModel {
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
             ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
+            ModelConfig::ModernBert(c) => {
+                AnyEncoder::ModernBert(ModernBert::load(&params.root(), c)?)
+            }
         };
         let mut head_tensors = Vec::new();
         for (name, t) in params.unused_source_tensors() {
@@ -431,6 +466,9 @@ impl PretrainedModel {
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
             ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
+            ModelConfig::ModernBert(c) => {
+                AnyEncoder::ModernBert(ModernBert::load(&params.root(), c)?)
+            }
         };
         Ok(Self {
             config,
@@ -459,6 +497,9 @@ impl PretrainedModel {
         let encoder = match &self.config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
             ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
+            ModelConfig::ModernBert(c) => {
+                AnyEncoder::ModernBert(ModernBert::load(&params.root(), c)?)
+            }
         };
         Ok(Self {
             config: self.config.clone(),
@@ -492,6 +533,7 @@ impl PretrainedModel {
         let extra = match &self.config {
             ModelConfig::Bert(c) => &c.extra,
             ModelConfig::Xlnet(c) => &c.extra,
+            ModelConfig::ModernBert(c) => &c.extra,
         };
         let tied = extra
             .get("tie_word_embeddings")
@@ -525,6 +567,7 @@ impl PretrainedModel {
         let archs = match &mut config {
             ModelConfig::Bert(c) => &mut c.architectures,
             ModelConfig::Xlnet(c) => &mut c.architectures,
+            ModelConfig::ModernBert(c) => &mut c.architectures,
         };
         if archs.is_empty() || !has_hf_head {
             *archs = vec![base_arch.clone()];
@@ -537,6 +580,7 @@ impl PretrainedModel {
                 ModelConfig::Bert(c) if c.model_type == "distilbert" => "distilbert.",
                 ModelConfig::Bert(_) => "bert.",
                 ModelConfig::Xlnet(_) => "transformer.",
+                ModelConfig::ModernBert(_) => "model.",
             };
             tensors = tensors
                 .into_iter()

@@ -173,3 +173,12 @@ fn xlm_roberta_and_distilbert_tokenizers_match_transformers() {
         true,
     );
 }
+
+#[test]
+fn modernbert_tokenizer_matches_transformers() {
+    check(
+        &fixtures().join("tiny-modernbert"),
+        "tiny-modernbert_tokenizer_expected.json",
+        true,
+    );
+}

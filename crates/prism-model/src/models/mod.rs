@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod distilbert;
+pub mod modernbert;
 pub mod xlnet;
 
 use crate::error::Result;

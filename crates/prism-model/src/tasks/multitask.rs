@@ -25,16 +25,17 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
     let (dropout, init_std) = match &base.config {
         ModelConfig::Bert(c) => (c.hidden_dropout_prob, c.initializer_range),
         ModelConfig::Xlnet(c) => (c.dropout, c.initializer_range),
+        ModelConfig::ModernBert(c) => (c.embedding_dropout, c.initializer_range),
     };
     HeadShape {
         hidden: base.config.hidden_size(),
         has_pooler: match &base.encoder {
             AnyEncoder::Bert(b) => b.has_pooler(),
-            AnyEncoder::Xlnet(_) => false,
+            AnyEncoder::Xlnet(_) | AnyEncoder::ModernBert(_) => false,
         },
         pooler_head: match &base.config {
             ModelConfig::Bert(c) => c.flavor() == crate::models::bert::Flavor::Bert,
-            ModelConfig::Xlnet(_) => false,
+            ModelConfig::Xlnet(_) | ModelConfig::ModernBert(_) => false,
         },
         dense_act: match &base.config {
             ModelConfig::Bert(c) if c.is_electra() => crate::heads::DenseAct::Gelu,
@@ -47,7 +48,7 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
                 .get("seq_classif_dropout")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(dropout),
-            ModelConfig::Xlnet(_) => dropout,
+            ModelConfig::Xlnet(_) | ModelConfig::ModernBert(_) => dropout,
         },
         dropout,
         init_std,
@@ -65,6 +66,15 @@ impl MultiTaskModel {
     /// Heads for `specs` on `base`, drawing any new parameter from the store's generator as it
     /// stands (no reseed).
     fn with_heads(base: PretrainedModel, specs: Vec<TaskSpec>) -> Result<Self> {
+        if matches!(base.config, ModelConfig::ModernBert(_)) && !specs.is_empty() {
+            // Its task classes put a prediction head (dense, GELU, LayerNorm) and CLS or mean
+            // pooling before the classifier; those heads are not built yet.
+            return Err(Error::InvalidConfig(
+                "task heads on ModernBERT are not supported yet (its encoder is: prism info, \
+                 embed, tokenize and convert read it at PyTorch parity)"
+                    .into(),
+            ));
+        }
         let tok = base.tokenizer()?.clone();
         let shape = head_shape(&base);
         let root = base.params.root();
@@ -193,6 +203,7 @@ impl MultiTaskModel {
         let (archs, extra) = match &mut config {
             ModelConfig::Bert(c) => (&mut c.architectures, &mut c.extra),
             ModelConfig::Xlnet(c) => (&mut c.architectures, &mut c.extra),
+            ModelConfig::ModernBert(c) => (&mut c.architectures, &mut c.extra),
         };
         *archs = vec![export.architecture.clone()];
         for k in ["id2label", "label2id", "problem_type", "num_labels"] {

@@ -44,6 +44,8 @@ enum Family {
     Camembert,
     Electra,
     Distilbert,
+    /// Its task heads are not built yet (refused in `MultiTaskModel`); named for errors.
+    ModernBert,
     Xlnet,
 }
 
@@ -57,6 +59,7 @@ impl Family {
             ModelConfig::Bert(c) if c.flavor() == Flavor::Roberta => Family::Roberta,
             ModelConfig::Bert(_) => Family::Bert,
             ModelConfig::Xlnet(_) => Family::Xlnet,
+            ModelConfig::ModernBert(_) => Family::ModernBert,
         }
     }
 
@@ -68,6 +71,7 @@ impl Family {
             Family::Camembert => "Camembert",
             Family::Electra => "Electra",
             Family::Distilbert => "DistilBert",
+            Family::ModernBert => "ModernBert",
             Family::Xlnet => "XLNet",
         }
     }
@@ -80,6 +84,7 @@ impl Family {
             Family::Roberta | Family::XlmRoberta | Family::Camembert => "roberta.",
             Family::Electra => "electra.",
             Family::Distilbert => "distilbert.",
+            Family::ModernBert => "model.",
             Family::Xlnet => "transformer.",
         }
     }
@@ -101,7 +106,9 @@ impl Family {
     fn head_keys(self, head: HeadClass) -> &'static [(&'static str, &'static str)] {
         match (head, self) {
             // BertForSequenceClassification: pooler -> dropout -> classifier.
-            (HeadClass::Sequence, Family::Bert) => &[("classifier", "out_proj")],
+            (HeadClass::Sequence, Family::Bert | Family::ModernBert) => {
+                &[("classifier", "out_proj")]
+            }
             // RobertaClassificationHead: <s> -> dropout -> dense -> tanh -> dropout -> out_proj.
             // ElectraClassificationHead: the same layout with GELU for tanh.
             (
@@ -147,6 +154,7 @@ fn config_fields(config: &ModelConfig) -> (&[String], &serde_json::Map<String, s
     match config {
         ModelConfig::Bert(c) => (&c.architectures, &c.extra),
         ModelConfig::Xlnet(c) => (&c.architectures, &c.extra),
+        ModelConfig::ModernBert(c) => (&c.architectures, &c.extra),
     }
 }
 
