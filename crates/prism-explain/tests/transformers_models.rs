@@ -278,3 +278,50 @@ fn unknown_heads_are_clear_errors() {
         assert!(err.contains(arch) || problem.is_some(), "{err}");
     }
 }
+
+/// ModernBERT's task classes saved by transformers (make_fixtures.py --families): CLS and mean
+/// pooling, tags and QA give transformers' outputs; each exports back under the same class and
+/// reads back the same; IG explains the classifier with a small convergence delta.
+#[test]
+fn modernbert_task_models_give_transformers_outputs_and_export_back() {
+    let p = fixtures().join("modernbert_tasks_expected.json");
+    let all: BTreeMap<String, Model> =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    assert_eq!(all.len(), 4);
+    for (name, want) in all {
+        let m = MultiTaskModel::load(&fixtures().join("task-models").join(&name), &Device::Cpu)
+            .unwrap();
+        assert_eq!(m.tasks.len(), 1, "{name}");
+        let kind = m.tasks[0].spec.kind;
+        for c in &want.cases {
+            let (ids, got) = logits(&m, c);
+            assert_eq!(ids, c.ids, "{name}: ids");
+            close(
+                &format!("{name} {:?}", c.text),
+                &got,
+                &want_logits(kind, c),
+                1e-4,
+            );
+        }
+        let out = tempfile::tempdir().unwrap();
+        let e = m.export_transformers(0, out.path()).unwrap();
+        assert_eq!(e.architecture, want.architecture, "{name}");
+        let back = MultiTaskModel::load(out.path(), &Device::Cpu).unwrap();
+        for c in &want.cases {
+            assert_eq!(logits(&back, c).1, logits(&m, c).1, "{name}: exported");
+        }
+        if kind == TaskKind::Classification {
+            let mt = m.frozen().unwrap();
+            let em = ExplainModel::new(&mt, None).unwrap();
+            let x = em.encode(&want.cases[0].text, None).unwrap();
+            let a = IntegratedGradients::default()
+                .attribute(&em, &x, &Target::Class { class: 0 })
+                .unwrap();
+            assert!(
+                a.delta.unwrap().abs() < 1e-3,
+                "{name}: IG delta {:?}",
+                a.delta
+            );
+        }
+    }
+}

@@ -164,3 +164,8 @@ fn electra_fine_tunes_every_task_kind_and_exports_its_classes() {
 fn distilbert_fine_tunes_every_task_kind_and_exports_its_classes() {
     check_family("tiny-distilbert", "DistilBert", false);
 }
+
+#[test]
+fn modernbert_fine_tunes_every_task_kind_and_exports_its_classes() {
+    check_family("tiny-modernbert", "ModernBert", false);
+}

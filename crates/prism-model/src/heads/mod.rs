@@ -4,6 +4,7 @@
 mod domain;
 mod mlm;
 mod plm;
+mod prediction;
 mod rtd;
 mod sequence;
 mod span;
@@ -12,6 +13,7 @@ mod token;
 pub use domain::DomainHead;
 pub use mlm::{is_tied_decoder_copy, mlm_class, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
 pub use plm::PermutationLm;
+pub use prediction::{Pooling, PredictionHead, PredictionSpec};
 pub use rtd::RtdHead;
 pub use sequence::{DenseAct, SequenceHead};
 pub use span::SpanHead;

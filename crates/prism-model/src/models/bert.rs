@@ -707,6 +707,7 @@ impl Encoder for Bert {
             hidden_states,
             attentions,
             summary_positions: None,
+            attention_mask: Some(input.attention_mask.clone()),
         })
     }
 

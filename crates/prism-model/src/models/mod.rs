@@ -135,6 +135,8 @@ pub struct EncoderOutput {
     /// (B) u32: the token a sequence head summarises when the model has no pooler and it is
     /// not the first token (XLNet: the last real token, its `<cls>`).
     pub summary_positions: Option<Tensor>,
+    /// The input's attention mask (B, T), for heads that pool over the real tokens.
+    pub attention_mask: Option<Tensor>,
 }
 
 impl EncoderOutput {

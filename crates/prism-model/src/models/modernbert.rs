@@ -180,6 +180,26 @@ impl ModernBertConfig {
         for s in [Span::Global, Span::Local] {
             self.theta(s)?;
         }
+        if let Some(a) = self
+            .extra
+            .get("classifier_activation")
+            .and_then(|v| v.as_str())
+        {
+            crate::models::bert::Activation::parse(a).map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "`classifier_activation` \"{a}\" is not supported (gelu, gelu_new, relu)"
+                ))
+            })?;
+        }
+        if let Some(p) = self
+            .extra
+            .get("classifier_pooling")
+            .and_then(|v| v.as_str())
+        {
+            if p != "cls" && p != "mean" {
+                return bad(format!("`classifier_pooling` \"{p}\" (cls or mean)"));
+            }
+        }
         if self.hidden_activation != "gelu" {
             return bad(format!(
                 "`hidden_activation` \"{}\" is not supported (gelu)",
@@ -478,6 +498,7 @@ impl Encoder for ModernBert {
             hidden_states,
             attentions,
             summary_positions: None,
+            attention_mask: Some(input.attention_mask.clone()),
         })
     }
 

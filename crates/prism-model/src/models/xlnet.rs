@@ -752,6 +752,7 @@ impl Encoder for Xlnet {
             hidden_states: out.hidden_states,
             attentions: out.attentions,
             summary_positions: Some(last_token_positions(&input.attention_mask)?),
+            attention_mask: Some(input.attention_mask.clone()),
         })
     }
 

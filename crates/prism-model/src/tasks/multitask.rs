@@ -25,7 +25,37 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
     let (dropout, init_std) = match &base.config {
         ModelConfig::Bert(c) => (c.hidden_dropout_prob, c.initializer_range),
         ModelConfig::Xlnet(c) => (c.dropout, c.initializer_range),
-        ModelConfig::ModernBert(c) => (c.embedding_dropout, c.initializer_range),
+        ModelConfig::ModernBert(c) => (
+            c.extra
+                .get("classifier_dropout")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0),
+            c.initializer_range,
+        ),
+    };
+    let modern = match &base.config {
+        ModelConfig::ModernBert(c) => {
+            let flag = |k: &str| c.extra.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+            let act = c
+                .extra
+                .get("classifier_activation")
+                .and_then(|v| v.as_str())
+                .unwrap_or("gelu");
+            Some(crate::heads::PredictionSpec {
+                dense_bias: flag("classifier_bias"),
+                norm_bias: c.norm_bias,
+                eps: c.norm_eps,
+                // An unknown activation was refused by the config's validation.
+                act: crate::models::bert::Activation::parse(act)
+                    .unwrap_or(crate::models::bert::Activation::Gelu),
+                dropout,
+                pooling: match c.extra.get("classifier_pooling").and_then(|v| v.as_str()) {
+                    Some("mean") => crate::heads::Pooling::Mean,
+                    _ => crate::heads::Pooling::Cls,
+                },
+            })
+        }
+        _ => None,
     };
     HeadShape {
         hidden: base.config.hidden_size(),
@@ -50,6 +80,7 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
                 .unwrap_or(dropout),
             ModelConfig::Xlnet(_) | ModelConfig::ModernBert(_) => dropout,
         },
+        modern,
         dropout,
         init_std,
     }
@@ -66,15 +97,6 @@ impl MultiTaskModel {
     /// Heads for `specs` on `base`, drawing any new parameter from the store's generator as it
     /// stands (no reseed).
     fn with_heads(base: PretrainedModel, specs: Vec<TaskSpec>) -> Result<Self> {
-        if matches!(base.config, ModelConfig::ModernBert(_)) && !specs.is_empty() {
-            // Its task classes put a prediction head (dense, GELU, LayerNorm) and CLS or mean
-            // pooling before the classifier; those heads are not built yet.
-            return Err(Error::InvalidConfig(
-                "task heads on ModernBERT are not supported yet (its encoder is: prism info, \
-                 embed, tokenize and convert read it at PyTorch parity)"
-                    .into(),
-            ));
-        }
         let tok = base.tokenizer()?.clone();
         let shape = head_shape(&base);
         let root = base.params.root();

@@ -37,6 +37,8 @@ enum Head {
     Sequence(SequenceHead),
     Span(SpanHead),
     Token(TokenHead),
+    /// ModernBERT's heads, of every kind (its prediction head, then one output layer).
+    Modern(crate::heads::PredictionHead),
 }
 
 /// One task on the shared encoder: its spec, its head, and its tokenizer settings.
@@ -58,6 +60,8 @@ pub struct HeadShape {
     pub dense_act: crate::heads::DenseAct,
     /// Dropout of sequence heads (DistilBERT's `seq_classif_dropout`, else `dropout`).
     pub seq_dropout: f64,
+    /// ModernBERT: every head is its prediction head and one output layer.
+    pub modern: Option<crate::heads::PredictionSpec>,
     pub dropout: f64,
     /// Standard deviation of freshly initialised head weights (the config's
     /// `initializer_range`, as transformers' `_init_weights`).
@@ -134,12 +138,37 @@ impl Task {
             pooler_head,
             dense_act,
             seq_dropout,
+            modern,
             dropout,
             init_std: std,
         } = shape;
-        let head = match spec.kind {
-            TaskKind::Classification | TaskKind::PairClassification => {
-                Head::Sequence(SequenceHead::load(
+        let head = match (modern, spec.kind) {
+            (Some(m), kind) => {
+                let (n, name) = match kind {
+                    TaskKind::Qa => (2, "qa_outputs"),
+                    TaskKind::Token => (spec.labels.len(), "classifier"),
+                    TaskKind::Regression => (1, "out_proj"),
+                    _ => (spec.labels.len(), "out_proj"),
+                };
+                let sequence = kind.is_sequence_level();
+                Head::Modern(crate::heads::PredictionHead::load(
+                    &pb, hidden, n, name, sequence, &m, std,
+                )?)
+            }
+            (None, kind) => match kind {
+                TaskKind::Classification | TaskKind::PairClassification => {
+                    Head::Sequence(SequenceHead::load(
+                        &pb,
+                        hidden,
+                        spec.labels.len(),
+                        seq_dropout,
+                        has_pooler,
+                        pooler_head,
+                        dense_act,
+                        std,
+                    )?)
+                }
+                TaskKind::MultiLabel => Head::Sequence(SequenceHead::load(
                     &pb,
                     hidden,
                     spec.labels.len(),
@@ -148,36 +177,26 @@ impl Task {
                     pooler_head,
                     dense_act,
                     std,
-                )?)
-            }
-            TaskKind::MultiLabel => Head::Sequence(SequenceHead::load(
-                &pb,
-                hidden,
-                spec.labels.len(),
-                seq_dropout,
-                has_pooler,
-                pooler_head,
-                dense_act,
-                std,
-            )?),
-            TaskKind::Regression => Head::Sequence(SequenceHead::load(
-                &pb,
-                hidden,
-                1,
-                seq_dropout,
-                has_pooler,
-                pooler_head,
-                dense_act,
-                std,
-            )?),
-            TaskKind::Qa => Head::Span(SpanHead::load(&pb, hidden, std)?),
-            TaskKind::Token => Head::Token(TokenHead::load(
-                &pb,
-                hidden,
-                spec.labels.len(),
-                dropout,
-                std,
-            )?),
+                )?),
+                TaskKind::Regression => Head::Sequence(SequenceHead::load(
+                    &pb,
+                    hidden,
+                    1,
+                    seq_dropout,
+                    has_pooler,
+                    pooler_head,
+                    dense_act,
+                    std,
+                )?),
+                TaskKind::Qa => Head::Span(SpanHead::load(&pb, hidden, std)?),
+                TaskKind::Token => Head::Token(TokenHead::load(
+                    &pb,
+                    hidden,
+                    spec.labels.len(),
+                    dropout,
+                    std,
+                )?),
+            },
         };
         let tokenizer = tokenizer.with_max_len(spec.max_length)?;
         Ok(Self {
@@ -284,6 +303,8 @@ impl Task {
                 let (s, e) = h.forward(enc)?;
                 Tensor::stack(&[s, e], 2)?
             }
+            // Already (B, n), (B, T, n), or (B, T, 2) start/end for QA.
+            Head::Modern(h) => h.forward(enc, mode)?,
         })
     }
 }

@@ -44,7 +44,6 @@ enum Family {
     Camembert,
     Electra,
     Distilbert,
-    /// Its task heads are not built yet (refused in `MultiTaskModel`); named for errors.
     ModernBert,
     Xlnet,
 }
@@ -106,9 +105,23 @@ impl Family {
     fn head_keys(self, head: HeadClass) -> &'static [(&'static str, &'static str)] {
         match (head, self) {
             // BertForSequenceClassification: pooler -> dropout -> classifier.
-            (HeadClass::Sequence, Family::Bert | Family::ModernBert) => {
-                &[("classifier", "out_proj")]
-            }
+            (HeadClass::Sequence, Family::Bert) => &[("classifier", "out_proj")],
+            // ModernBertPredictionHead then `classifier`, for every head kind.
+            (HeadClass::Sequence, Family::ModernBert) => &[
+                ("head.dense", "head.dense"),
+                ("head.norm", "head.norm"),
+                ("classifier", "out_proj"),
+            ],
+            (HeadClass::Token, Family::ModernBert) => &[
+                ("head.dense", "head.dense"),
+                ("head.norm", "head.norm"),
+                ("classifier", "classifier"),
+            ],
+            (HeadClass::Qa, Family::ModernBert) => &[
+                ("head.dense", "head.dense"),
+                ("head.norm", "head.norm"),
+                ("classifier", "qa_outputs"),
+            ],
             // RobertaClassificationHead: <s> -> dropout -> dense -> tanh -> dropout -> out_proj.
             // ElectraClassificationHead: the same layout with GELU for tanh.
             (
@@ -245,13 +258,16 @@ pub fn adopt(dir: &Path, config: &ModelConfig, source: &mut Source) -> Result<Op
     for (hf, ours) in family.head_keys(head) {
         for part in ["weight", "bias"] {
             let from = format!("{hf}.{part}");
-            let t = source
-                .tensors
-                .remove(&from)
-                .ok_or_else(|| Error::Checkpoint {
+            let Some(t) = source.tensors.remove(&from) else {
+                // ModernBERT's head layers may have no bias (`classifier_bias`, `norm_bias`).
+                if part == "bias" && family == Family::ModernBert {
+                    continue;
+                }
+                return Err(Error::Checkpoint {
                     path: source.path.clone(),
                     msg: format!("missing weight `{from}` of the {arch} head"),
-                })?;
+                });
+            };
             source
                 .tensors
                 .insert(format!("prism.heads.{name}.{ours}.{part}"), t);
@@ -347,7 +363,16 @@ pub fn export_tensors(
             out.push((format!("{}{k}", family.base_prefix()), t));
         }
     }
-    if found != 2 * keys.len() {
+    let weights = out
+        .iter()
+        .filter(|(k, _)| keys.iter().any(|(hf, _)| *k == format!("{hf}.weight")))
+        .count();
+    let complete = if family == Family::ModernBert {
+        weights == keys.len()
+    } else {
+        found == 2 * keys.len()
+    };
+    if !complete {
         return Err(Error::Input(format!(
             "task `{}`: its head is not the {} head (a head on an encoder with a pooler \
              exported as RoBERTa's, or one written by another prism version)",
