@@ -54,6 +54,14 @@ SIZES = {
     "mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, vocab_size=30522),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=30522),
 }
+# ModernBERT at prism bench's sizes: mini (H256, L4) and base (ModernBERT-base's shape), a
+# global layer every third, local windows of 128 tokens, rotary thetas 160,000 / 10,000.
+MODERNBERT_SIZES = {
+    "modernbert-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=384,
+                            vocab_size=30522),
+    "modernbert-base": dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+                            vocab_size=30522),
+}
 
 
 def peak_rss_mb():
@@ -94,7 +102,16 @@ def measure(warmup, reps, f):
 
 def encoder_flops(cfg, b, t):
     c, f, l = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    if cfg.model_type == "modernbert":
+        f = 1.5 * f  # GeGLU: Wi is C x 2F, Wo F x C (6CF per token, BERT's 4CF with F' = 1.5F)
     return b * t * l * (8 * c * c + 4 * c * f + 4 * t * c)
+
+
+def word_embeddings(cls):
+    """The word-embedding layer a LayerIntegratedGradients attributes to."""
+    if hasattr(cls, "model"):
+        return cls.model.embeddings.tok_embeddings  # ModernBERT
+    return cls.bert.embeddings.word_embeddings
 
 
 def make_row(size, work, unit, per_rep, times, flops, phases=None):
@@ -124,6 +141,13 @@ def minilm_dir(args):
 def build(size, args, seq):
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
+    if size in MODERNBERT_SIZES:
+        from transformers import ModernBertConfig, ModernBertForSequenceClassification
+        cfg = ModernBertConfig(max_position_embeddings=max(512, seq), num_labels=2, local_attention=128,
+                               global_attn_every_n_layers=3, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                               cls_token_id=2, sep_token_id=3, **MODERNBERT_SIZES[size])
+        torch.manual_seed(0)
+        return cfg, ModernBertForSequenceClassification(cfg).to(DEV), None
     if size == "minilm":
         d = minilm_dir(args)
         cls = BertForSequenceClassification.from_pretrained(d, num_labels=2)
@@ -233,7 +257,7 @@ def bench_size(size, args, rows):
             def forward(x, m):
                 return torch.softmax(cls(input_ids=x, attention_mask=m.expand(x.shape[0], -1)).logits, -1)
 
-            lig = LayerIntegratedGradients(forward, cls.bert.embeddings.word_embeddings)
+            lig = LayerIntegratedGradients(forward, word_embeddings(cls))
 
             amp = (torch.autocast(DEV.type, dtype=torch.bfloat16) if work == "ig-bf16"
                    else contextlib.nullcontext())
@@ -258,7 +282,7 @@ def bench_size(size, args, rows):
             cls.eval()
             ids = random_ids(g, 1, t, v)
             mask = torch.ones_like(ids)
-            emb = cls.bert.embeddings.word_embeddings
+            emb = word_embeddings(cls)
             pad = torch.full_like(ids, cfg.pad_token_id or 0)
             pad[:, 0], pad[:, -1] = ids[:, 0], ids[:, -1]
             msk = torch.full_like(ids, min(103, v - 1))
@@ -279,7 +303,7 @@ def bench_size(size, args, rows):
 
                 flops_n = 3 * 20 + 3
             else:
-                layers = list(cls.bert.encoder.layer)
+                layers = list(cls.model.layers if hasattr(cls, "model") else cls.bert.encoder.layer)
                 chosen = layers[-1:] if work == "conductance" else layers
 
                 def f():
@@ -293,6 +317,9 @@ def bench_size(size, args, rows):
             times, _ = measure(args.warmup, args.reps, f)
             one = encoder_flops(cfg, 1, t) + 2 * c * c
             row = make_row(size, work, "ex/s", 1, times, one * flops_n)
+        elif work in ("mlm", "mlm-bf16") and mlm is None:
+            print(f"{size}: no masked-LM workload (prism bench has none for it either)", file=sys.stderr)
+            continue
         elif work in ("mlm", "mlm-bf16"):
             import contextlib
 

@@ -25,7 +25,14 @@ use std::time::Instant;
 
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
-pub const SIZES: [&str; 4] = ["tiny", "mini", "minilm", "base"];
+pub const SIZES: [&str; 6] = [
+    "tiny",
+    "mini",
+    "minilm",
+    "base",
+    "modernbert-mini",
+    "modernbert-base",
+];
 pub const WORKLOADS: [&str; 12] = [
     "infer",
     "infer-bf16",
@@ -43,7 +50,8 @@ pub const WORKLOADS: [&str; 12] = [
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12).
+    /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12),
+    /// modernbert-mini (H256 L4), modernbert-base (H768 L22).
     #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
     pub sizes: Vec<String>,
     /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX or AVX512-BF16), train,
@@ -180,7 +188,7 @@ pub fn size_config(size: &str) -> Result<Option<BertConfig>> {
         "tiny" => Some(base.clone()),
         "mini" => Some(shaped(256, 4, 4, 1024, 30522)),
         "base" => Some(shaped(768, 12, 12, 3072, 30522)),
-        "minilm" => None,
+        "minilm" | "modernbert-mini" | "modernbert-base" => None,
         other => bail!("unknown size `{other}` (one of {})", SIZES.join(", ")),
     })
 }
@@ -199,7 +207,39 @@ fn synthetic_tokenizer(n: usize, dir: &Path, max_len: usize) -> Result<PrismToke
     Ok(tok?)
 }
 
+/// ModernBERT at the benchmark's sizes: mini (H256, L4, GeGLU 384) and ModernBERT-base's shape
+/// (H768, L22, GeGLU 1152), a global layer every third, 128-token local windows.
+pub fn modernbert_size(size: &str) -> Option<prism_model::models::modernbert::ModernBertConfig> {
+    let (c, l, h, f) = match size {
+        "modernbert-mini" => (256, 4, 4, 384),
+        "modernbert-base" => (768, 22, 12, 1152),
+        _ => return None,
+    };
+    let json = serde_json::json!({
+        "model_type": "modernbert", "vocab_size": 30522, "hidden_size": c,
+        "num_hidden_layers": l, "num_attention_heads": h, "intermediate_size": f,
+        "max_position_embeddings": 512, "local_attention": 128,
+        "global_attn_every_n_layers": 3, "pad_token_id": 0,
+    });
+    serde_json::from_value(json).ok()
+}
+
 fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
+    if let Some(mut cfg) = modernbert_size(size) {
+        cfg.max_position_embeddings = cfg.max_position_embeddings.max(seq);
+        let dir = std::env::temp_dir().join(format!(
+            "prism-bench-vocab-{}-{}",
+            cfg.vocab_size,
+            std::process::id()
+        ));
+        let tok = synthetic_tokenizer(cfg.vocab_size, &dir, cfg.max_position_embeddings)?;
+        return Ok(PretrainedModel::fresh(
+            ModelConfig::ModernBert(cfg),
+            Some(tok),
+            dev,
+            0,
+        )?);
+    }
     match size_config(size)? {
         None => {
             let dir = fetch::resolve_model(size)?;
@@ -384,9 +424,20 @@ fn classification_model(base: PretrainedModel) -> Result<MultiTaskModel> {
     Ok(MultiTaskModel::new(base, vec![spec], 0)?)
 }
 
+/// The BERT-shaped sizes the flop counts read. ModernBERT's GeGLU (Wi C x 2F, Wo F x C) costs
+/// what BERT's feed-forward does with 1.5 F.
 fn bert_config(m: &PretrainedModel) -> Result<BertConfig> {
     match &m.config {
         ModelConfig::Bert(c) => Ok(c.clone()),
+        ModelConfig::ModernBert(c) => Ok(BertConfig {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            intermediate_size: c.intermediate_size * 3 / 2,
+            max_position_embeddings: c.max_position_embeddings,
+            ..prism_model::models::bert::tiny_config(Flavor::Bert)
+        }),
         _ => bail!("the benchmark sizes are BERT models"),
     }
 }
@@ -453,10 +504,12 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         let c = cfg.hidden_size as f64;
         // One model per size: MLM needs the tied head, the others a classification head.
         let is_mlm = |w: &String| w == "mlm" || w == "mlm-bf16";
+        let modern = matches!(base.config, ModelConfig::ModernBert(_));
         let needs_cls = args.workloads.iter().any(|w| !is_mlm(w));
-        let (mt, lm) = if needs_cls {
+        let (mt, lm) = if needs_cls || modern {
             let mt = classification_model(base)?;
-            let lm = if args.workloads.iter().any(is_mlm) {
+            // ModernBERT's masked-LM head is not built: its mlm rows are skipped.
+            let lm = if args.workloads.iter().any(is_mlm) && !modern {
                 Some(MaskedLm::new(load_size(size, t, dev)?)?)
             } else {
                 None
@@ -466,6 +519,10 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
             (None, Some(MaskedLm::new(base)?))
         };
         for work in &args.workloads {
+            if modern && is_mlm(work) {
+                eprintln!("{size}: no {work} row (ModernBERT's masked-LM head is not built)");
+                continue;
+            }
             reset_peak_rss();
             // `*-bf16` training: forward and backward under mixed precision, as a run with
             // `precision = "bf16"` (the training loop's autocast).

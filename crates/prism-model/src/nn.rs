@@ -353,6 +353,24 @@ impl Linear {
         Ok(self)
     }
 
+    /// A layer from `pb`'s weight and optional bias, with or without a bias as its model says
+    /// (ModernBERT's bias-free layers), prepared for the store as [`Linear::load`] is.
+    pub fn load_with_bias(
+        pb: &ParamBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        std: f64,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = pb.get(&[out_dim, in_dim], "weight", Init::Normal(std))?;
+        let bias = if bias {
+            Some(pb.get(&[out_dim], "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Self::new(weight, bias).packed_for(pb.store())
+    }
+
     /// A frozen layer of its own from separate weights (snapshots: BERT's query, key and value
     /// concatenated), prepared for `store` as [`Linear::load`] does.
     pub fn frozen_from(weight: Tensor, bias: Option<Tensor>, store: &ParamStore) -> Result<Self> {

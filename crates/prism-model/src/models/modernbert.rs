@@ -224,13 +224,7 @@ fn norm(pb: &ParamBuilder, dim: usize, eps: f64, bias: bool) -> Result<LayerNorm
 }
 
 fn linear(pb: &ParamBuilder, i: usize, o: usize, std: f64, bias: bool) -> Result<Linear> {
-    let weight = pb.get(&[o, i], "weight", Init::Normal(std))?;
-    let bias = if bias {
-        Some(pb.get(&[o], "bias", Init::Const(0.0))?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
+    Linear::load_with_bias(pb, i, o, std, bias)
 }
 
 struct Layer {
