@@ -318,7 +318,7 @@ def bench_size(size, args, rows):
             one = encoder_flops(cfg, 1, t) + 2 * c * c
             row = make_row(size, work, "ex/s", 1, times, one * flops_n)
         elif work in ("mlm", "mlm-bf16") and mlm is None:
-            print(f"{size}: no masked-LM workload (prism bench has none for it either)", file=sys.stderr)
+            print(f"{size}: no masked-LM row (the MLM bench is BERT-shaped, in prism bench too)", file=sys.stderr)
             continue
         elif work in ("mlm", "mlm-bf16"):
             import contextlib

@@ -28,9 +28,12 @@ const BASE_PREFIXES: [&str; 6] = [
     "transformer.",
 ];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
-const HEAD_PREFIXES: [&str; 15] = [
+const HEAD_PREFIXES: [&str; 17] = [
     "cls.",
     "lm_head.",
+    // ModernBERT's prediction head and masked-LM decoder.
+    "head.",
+    "decoder.",
     "generator_predictions.",
     "generator_lm_head.",
     "discriminator_predictions.",

@@ -175,3 +175,9 @@ fn electra_discriminator_logits_loss_and_gradients_match_pytorch() {
         assert_rel(&format!("discriminator grad {pname}"), got, want, 1e-3);
     }
 }
+
+#[test]
+fn modernbert_mlm_logits_loss_and_gradients_match_pytorch() {
+    // ModernBertForMaskedLM: prediction head (dense, GELU, bias-free norm), tied decoder.
+    check("tiny-modernbert");
+}

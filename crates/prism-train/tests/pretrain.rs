@@ -481,3 +481,57 @@ intermediate_size = 32
     bad.model.model_type = "bert".into();
     assert!(bad.validate().unwrap_err().to_string().contains("plm"));
 }
+
+/// Continued MLM pre-training of the other families with their own heads: ELECTRA's generator,
+/// DistilBERT's vocab_* head and ModernBERT's prediction head + decoder; each output folder is
+/// its transformers MLM class, with the head from the checkpoint and fill-mask working.
+#[test]
+fn continued_mlm_pretraining_runs_on_the_other_families() {
+    for (fixture, class, head_key) in [
+        (
+            "tiny-electra-mlm",
+            "ElectraForMaskedLM",
+            "generator_lm_head.bias",
+        ),
+        (
+            "tiny-distilbert-mlm",
+            "DistilBertForMaskedLM",
+            "vocab_projector.bias",
+        ),
+        (
+            "tiny-modernbert-mlm",
+            "ModernBertForMaskedLM",
+            "decoder.bias",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = format!(
+            "[model]\nfrom = \"{}\"\n",
+            fixtures().join(fixture).display()
+        );
+        let cfg = config(&dir.path().join("cont"), 4, &model);
+        let r = pretrain(&cfg, &Device::Cpu, &quiet()).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        assert!(r.completed, "{fixture}");
+        let after = MaskedLm::load(&r.model_dir, &Device::Cpu).unwrap();
+        assert!(
+            after.base.params.source_has(head_key),
+            "{fixture}: {head_key}"
+        );
+        let cfg = std::fs::read_to_string(r.model_dir.join("config.json")).unwrap();
+        assert!(cfg.contains(class), "{fixture}: {cfg}");
+        let mask = after
+            .base
+            .tokenizer()
+            .unwrap()
+            .inner()
+            .get_added_tokens_decoder()
+            .values()
+            .find(|t| t.content.contains("MASK"))
+            .map(|t| t.content.clone())
+            .unwrap_or("[MASK]".into());
+        let out = after
+            .fill_mask(&format!("the jury {mask} the election."), 3)
+            .unwrap();
+        assert_eq!(out[0].len(), 3, "{fixture}");
+    }
+}

@@ -68,6 +68,7 @@ pub fn is_tied_decoder_copy(name: &str) -> bool {
             | "lm_head.decoder.bias"
             | "generator_lm_head.weight"
             | "vocab_projector.weight"
+            | "decoder.weight"
     )
 }
 
@@ -97,6 +98,52 @@ impl MlmHead {
         Ok(Self {
             dense,
             act,
+            norm,
+            bias,
+        })
+    }
+
+    /// ModernBERT's (`ModernBertForMaskedLM`): `head.dense` (bias per `classifier_bias`),
+    /// `classifier_activation`, `head.norm` (bias per `norm_bias`), and the tied `decoder` with
+    /// its bias per `decoder_bias`.
+    pub fn load_modernbert(
+        params: &ParamStore,
+        cfg: &crate::models::modernbert::ModernBertConfig,
+    ) -> Result<Self> {
+        let root = params.root();
+        let c = cfg.hidden_size;
+        let flag = |k: &str, d: bool| cfg.extra.get(k).and_then(|v| v.as_bool()).unwrap_or(d);
+        let dpb = root.pp("head").pp("dense");
+        let weight = dpb.get_or_init(&[c, c], "weight", Init::Normal(cfg.initializer_range))?;
+        let dense_bias = if flag("classifier_bias", false) {
+            Some(dpb.get_or_init(&[c], "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let npb = root.pp("head").pp("norm");
+        let zeros = |n: usize| Tensor::zeros(n, candle_core::DType::F32, params.device());
+        let norm = LayerNorm {
+            weight: npb.get_or_init(&[c], "weight", Init::Const(1.0))?,
+            bias: if cfg.norm_bias {
+                npb.get_or_init(&[c], "bias", Init::Const(0.0))?
+            } else {
+                zeros(c)?
+            },
+            eps: cfg.norm_eps,
+        };
+        let bias = if flag("decoder_bias", true) {
+            root.get_or_init(&[cfg.vocab_size], "decoder.bias", Init::Const(0.0))?
+        } else {
+            zeros(cfg.vocab_size)?
+        };
+        let act = cfg
+            .extra
+            .get("classifier_activation")
+            .and_then(|v| v.as_str())
+            .unwrap_or("gelu");
+        Ok(Self {
+            dense: Linear::new(weight, dense_bias),
+            act: Activation::parse(act)?,
             norm,
             bias,
         })
@@ -137,15 +184,23 @@ impl MaskedLm {
     /// Put an MLM head on `base`: the checkpoint's, or a fresh one (continued pre-training of an
     /// encoder released without one, e.g. MiniLM).
     pub fn new(mut base: crate::PretrainedModel) -> Result<Self> {
-        let crate::ModelConfig::Bert(cfg) = &mut base.config else {
-            return Err(crate::Error::InvalidConfig(
-                "masked-LM heads are for BERT and RoBERTa; XLNet is trained with permutation LM"
-                    .into(),
-            ));
+        let head = match &mut base.config {
+            crate::ModelConfig::Bert(cfg) => {
+                cfg.architectures = vec![mlm_class(cfg).into()];
+                let cfg = cfg.clone();
+                MlmHead::load(&base.params, &cfg)?
+            }
+            crate::ModelConfig::ModernBert(cfg) => {
+                cfg.architectures = vec!["ModernBertForMaskedLM".into()];
+                let cfg = cfg.clone();
+                MlmHead::load_modernbert(&base.params, &cfg)?
+            }
+            crate::ModelConfig::Xlnet(_) => {
+                return Err(crate::Error::InvalidConfig(
+                    "XLNet is trained with permutation LM, not a masked-LM head".into(),
+                ))
+            }
         };
-        cfg.architectures = vec![mlm_class(cfg).into()];
-        let cfg = cfg.clone();
-        let head = MlmHead::load(&base.params, &cfg)?;
         // The head's tensors are parameters now; stale tied-decoder copies are dropped.
         let params = base.params.clone();
         base.head_tensors
