@@ -157,13 +157,17 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
     let c = m.config.sizes();
     let has_pooler = match &m.encoder {
         prism_model::AnyEncoder::Bert(b) => b.has_pooler(),
-        prism_model::AnyEncoder::Xlnet(_) | prism_model::AnyEncoder::ModernBert(_) => false,
+        prism_model::AnyEncoder::Xlnet(_)
+        | prism_model::AnyEncoder::ModernBert(_)
+        | prism_model::AnyEncoder::DebertaV2(_) => false,
     };
     // ELECTRA's embeddings can be narrower than the layers (projected up).
     let embedding_size = match &m.config {
         prism_model::ModelConfig::Bert(b) => b.embedding_width(),
+        prism_model::ModelConfig::DebertaV2(d) => d.embedding_width(),
         prism_model::ModelConfig::Xlnet(_) | prism_model::ModelConfig::ModernBert(_) => c.hidden,
     };
+    let positions = m.config.positions();
     let v = json!({
         "folder": m.dir,
         "model_type": m.config.model_type(),
@@ -175,6 +179,7 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         "intermediate_size": c.intermediate,
         "vocab_size": c.vocab,
         "max_tokens": m.config.max_tokens(),
+        "positions": positions,
         "hidden_act": c.activation,
         "parameters": m.num_parameters(),
         "pooler": has_pooler,
@@ -209,6 +214,7 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         }
         println!("vocabulary    {}", c.vocab);
         println!("max tokens    {}", m.config.max_tokens());
+        println!("positions     {positions}");
         println!("activation    {}", c.activation);
         println!(
             "parameters    {} ({:.1} M)",

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::bert::{Bert, BertConfig};
+use crate::models::deberta_v2::{DebertaV2, DebertaV2Config};
 use crate::models::modernbert::{ModernBert, ModernBertConfig};
 use crate::models::xlnet::{Xlnet, XlnetConfig};
 use crate::models::{Encoder, EncoderInput, EncoderOutput};
@@ -18,8 +19,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Checkpoint key prefixes of transformers' task classes wrapping the base model.
-const BASE_PREFIXES: [&str; 6] = [
+const BASE_PREFIXES: [&str; 7] = [
     "bert.",
+    "deberta.",
     "roberta.",
     "electra.",
     "distilbert.",
@@ -28,8 +30,12 @@ const BASE_PREFIXES: [&str; 6] = [
     "transformer.",
 ];
 /// Keys of task heads that a base model does not use; kept so that nothing is lost on save.
-const HEAD_PREFIXES: [&str; 17] = [
+const HEAD_PREFIXES: [&str; 19] = [
     "cls.",
+    // DeBERTa's masked-LM head (non-legacy) and the enhanced mask decoder of the original
+    // checkpoints (which transformers does not load).
+    "lm_predictions.",
+    "mask_predictions.",
     "lm_head.",
     // ModernBERT's prediction head and masked-LM decoder.
     "head.",
@@ -63,6 +69,7 @@ pub enum ModelConfig {
     Bert(BertConfig),
     Xlnet(XlnetConfig),
     ModernBert(ModernBertConfig),
+    DebertaV2(DebertaV2Config),
 }
 
 impl ModelConfig {
@@ -109,6 +116,12 @@ impl ModelConfig {
                 c.model_type = model_type;
                 ModelConfig::ModernBert(c)
             }
+            "deberta-v2" => {
+                let mut c: DebertaV2Config = serde_json::from_value(value)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                c.model_type = model_type;
+                ModelConfig::DebertaV2(c)
+            }
             "xlnet" => {
                 let mut c: XlnetConfig = serde_json::from_value(value)
                     .map_err(|e| Error::InvalidConfig(e.to_string()))?;
@@ -118,7 +131,7 @@ impl ModelConfig {
             other => {
                 return Err(Error::InvalidConfig(format!(
                     "`model_type` \"{other}\" is not supported (supported: bert, roberta, \
-                     xlm-roberta, camembert, electra, distilbert, modernbert, xlnet)"
+                     xlm-roberta, camembert, electra, distilbert, modernbert, deberta-v2, xlnet)"
                 )))
             }
         };
@@ -131,6 +144,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.validate(),
             ModelConfig::Xlnet(c) => c.validate(),
             ModelConfig::ModernBert(c) => c.validate(),
+            ModelConfig::DebertaV2(c) => c.validate(),
         }
     }
 
@@ -139,6 +153,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => &c.model_type,
             ModelConfig::Xlnet(c) => &c.model_type,
             ModelConfig::ModernBert(c) => &c.model_type,
+            ModelConfig::DebertaV2(c) => &c.model_type,
         }
     }
 
@@ -153,6 +168,7 @@ impl ModelConfig {
             ModelConfig::Bert(_) => "BertModel",
             ModelConfig::Xlnet(_) => "XLNetModel",
             ModelConfig::ModernBert(_) => "ModernBertModel",
+            ModelConfig::DebertaV2(_) => "DebertaV2Model",
         }
     }
 
@@ -163,6 +179,8 @@ impl ModelConfig {
             ModelConfig::Xlnet(_) => 512,
             // Rotary positions: the trained context.
             ModelConfig::ModernBert(c) => c.max_position_embeddings,
+            // Relative positions when there is no absolute table; the trained context either way.
+            ModelConfig::DebertaV2(c) => c.max_position_embeddings,
         }
     }
 
@@ -171,6 +189,52 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.hidden_size,
             ModelConfig::Xlnet(c) => c.d_model,
             ModelConfig::ModernBert(c) => c.hidden_size,
+            ModelConfig::DebertaV2(c) => c.hidden_size,
+        }
+    }
+
+    /// How the family encodes positions, in words (`prism info`).
+    pub fn positions(&self) -> String {
+        match self {
+            ModelConfig::Bert(c) => format!("absolute ({} learned)", c.max_position_embeddings),
+            ModelConfig::Xlnet(_) => "relative (sinusoidal, two-stream)".into(),
+            ModelConfig::ModernBert(c) => format!(
+                "rotary (global theta {}, local theta {} within {} tokens)",
+                c.theta(crate::models::modernbert::Span::Global)
+                    .unwrap_or_default(),
+                c.theta(crate::models::modernbert::Span::Local)
+                    .unwrap_or_default(),
+                c.local_attention
+            ),
+            ModelConfig::DebertaV2(c) => {
+                let p = c.pos_att().unwrap_or_default();
+                let terms: Vec<&str> = [(p.c2p, "c2p"), (p.p2c, "p2c")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, n)| *n)
+                    .collect();
+                let rel = if !c.relative_attention {
+                    "no relative attention".to_string()
+                } else if c.position_buckets > 0 {
+                    format!(
+                        "disentangled {} over {} log buckets of {} positions",
+                        terms.join("+"),
+                        c.position_buckets,
+                        c.max_relative()
+                    )
+                } else {
+                    format!(
+                        "disentangled {} within {} positions",
+                        terms.join("+"),
+                        c.max_relative()
+                    )
+                };
+                if c.position_biased_input {
+                    format!("{rel}; absolute ({} learned)", c.max_position_embeddings)
+                } else {
+                    rel
+                }
+            }
         }
     }
 
@@ -180,6 +244,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.initializer_range,
             ModelConfig::Xlnet(c) => c.initializer_range,
             ModelConfig::ModernBert(c) => c.initializer_range,
+            ModelConfig::DebertaV2(c) => c.initializer_range,
         }
     }
 
@@ -210,6 +275,14 @@ impl ModelConfig {
                 vocab: c.vocab_size,
                 activation: c.hidden_activation.clone(),
             },
+            ModelConfig::DebertaV2(c) => Sizes {
+                layers: c.num_hidden_layers,
+                hidden: c.hidden_size,
+                heads: c.num_attention_heads,
+                intermediate: c.intermediate_size,
+                vocab: c.vocab_size,
+                activation: c.hidden_act.clone(),
+            },
         }
     }
 
@@ -221,6 +294,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => serde_json::to_string_pretty(c),
             ModelConfig::Xlnet(c) => serde_json::to_string_pretty(c),
             ModelConfig::ModernBert(c) => serde_json::to_string_pretty(c),
+            ModelConfig::DebertaV2(c) => serde_json::to_string_pretty(c),
         };
         s.map_err(|e| Error::InvalidConfig(e.to_string()))
     }
@@ -242,6 +316,7 @@ pub enum AnyEncoder {
     Bert(Bert),
     Xlnet(Xlnet),
     ModernBert(ModernBert),
+    DebertaV2(DebertaV2),
 }
 
 impl Encoder for AnyEncoder {
@@ -250,6 +325,7 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Bert(m) => m.word_embeddings(input_ids),
             AnyEncoder::Xlnet(m) => m.word_embeddings(input_ids),
             AnyEncoder::ModernBert(m) => m.word_embeddings(input_ids),
+            AnyEncoder::DebertaV2(m) => m.word_embeddings(input_ids),
         }
     }
     fn word_embedding_table(&self) -> &Tensor {
@@ -257,6 +333,7 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Bert(m) => m.word_embedding_table(),
             AnyEncoder::Xlnet(m) => m.word_embedding_table(),
             AnyEncoder::ModernBert(m) => m.word_embedding_table(),
+            AnyEncoder::DebertaV2(m) => m.word_embedding_table(),
         }
     }
     fn forward_from_word_embeddings(
@@ -269,6 +346,7 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Bert(m) => m.forward_from_word_embeddings(e, input, mode),
             AnyEncoder::Xlnet(m) => m.forward_from_word_embeddings(e, input, mode),
             AnyEncoder::ModernBert(m) => m.forward_from_word_embeddings(e, input, mode),
+            AnyEncoder::DebertaV2(m) => m.forward_from_word_embeddings(e, input, mode),
         }
     }
     fn hidden_size(&self) -> usize {
@@ -276,6 +354,7 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Bert(m) => m.hidden_size(),
             AnyEncoder::Xlnet(m) => m.hidden_size(),
             AnyEncoder::ModernBert(m) => m.hidden_size(),
+            AnyEncoder::DebertaV2(m) => m.hidden_size(),
         }
     }
     fn layers_and_heads(&self) -> (usize, usize) {
@@ -283,6 +362,7 @@ impl Encoder for AnyEncoder {
             AnyEncoder::Bert(m) => m.layers_and_heads(),
             AnyEncoder::Xlnet(m) => m.layers_and_heads(),
             AnyEncoder::ModernBert(m) => m.layers_and_heads(),
+            AnyEncoder::DebertaV2(m) => m.layers_and_heads(),
         }
     }
 }
@@ -416,6 +496,15 @@ impl PretrainedModel {
                 .map(|(k, v)| (crate::models::distilbert::to_bert_key(&k), v))
                 .collect();
         }
+        if let ModelConfig::DebertaV2(c) = &config {
+            // transformers ignores a position table the model does not use
+            // (`_keys_to_ignore_on_load_unexpected`).
+            if !c.position_biased_input {
+                source
+                    .tensors
+                    .remove("embeddings.position_embeddings.weight");
+            }
+        }
         map(&config, &mut source)?;
         let source_path = source.path.clone();
         let params = ParamStore::from_source(source, device, 0);
@@ -425,6 +514,7 @@ impl PretrainedModel {
             ModelConfig::ModernBert(c) => {
                 AnyEncoder::ModernBert(ModernBert::load(&params.root(), c)?)
             }
+            ModelConfig::DebertaV2(c) => AnyEncoder::DebertaV2(DebertaV2::load(&params.root(), c)?),
         };
         let mut head_tensors = Vec::new();
         for (name, t) in params.unused_source_tensors() {
@@ -439,9 +529,15 @@ impl PretrainedModel {
                 });
             }
         }
-        let has_tokenizer = ["tokenizer.json", "vocab.txt", "vocab.json"]
-            .iter()
-            .any(|f| dir.join(f).is_file());
+        let has_tokenizer = [
+            "tokenizer.json",
+            "vocab.txt",
+            "vocab.json",
+            "spiece.model",
+            "spm.model",
+        ]
+        .iter()
+        .any(|f| dir.join(f).is_file());
         let tokenizer = if has_tokenizer {
             Some(PrismTokenizer::load(dir, config.max_tokens())?)
         } else {
@@ -472,6 +568,7 @@ impl PretrainedModel {
             ModelConfig::ModernBert(c) => {
                 AnyEncoder::ModernBert(ModernBert::load(&params.root(), c)?)
             }
+            ModelConfig::DebertaV2(c) => AnyEncoder::DebertaV2(DebertaV2::load(&params.root(), c)?),
         };
         Ok(Self {
             config,
@@ -503,6 +600,7 @@ impl PretrainedModel {
             ModelConfig::ModernBert(c) => {
                 AnyEncoder::ModernBert(ModernBert::load(&params.root(), c)?)
             }
+            ModelConfig::DebertaV2(c) => AnyEncoder::DebertaV2(DebertaV2::load(&params.root(), c)?),
         };
         Ok(Self {
             config: self.config.clone(),
@@ -537,6 +635,7 @@ impl PretrainedModel {
             ModelConfig::Bert(c) => &c.extra,
             ModelConfig::Xlnet(c) => &c.extra,
             ModelConfig::ModernBert(c) => &c.extra,
+            ModelConfig::DebertaV2(c) => &c.extra,
         };
         let tied = extra
             .get("tie_word_embeddings")
@@ -571,6 +670,7 @@ impl PretrainedModel {
             ModelConfig::Bert(c) => &mut c.architectures,
             ModelConfig::Xlnet(c) => &mut c.architectures,
             ModelConfig::ModernBert(c) => &mut c.architectures,
+            ModelConfig::DebertaV2(c) => &mut c.architectures,
         };
         if archs.is_empty() || !has_hf_head {
             *archs = vec![base_arch.clone()];
@@ -584,6 +684,7 @@ impl PretrainedModel {
                 ModelConfig::Bert(_) => "bert.",
                 ModelConfig::Xlnet(_) => "transformer.",
                 ModelConfig::ModernBert(_) => "model.",
+                ModelConfig::DebertaV2(_) => "deberta.",
             };
             tensors = tensors
                 .into_iter()
@@ -610,6 +711,8 @@ impl PretrainedModel {
                     "vocab.txt",
                     "vocab.json",
                     "merges.txt",
+                    "spiece.model",
+                    "spm.model",
                     "tokenizer_config.json",
                     "special_tokens_map.json",
                 ] {

@@ -4,7 +4,12 @@
 //! marking, and a Unigram model (scores as log-probabilities) or a BPE model whose merges are
 //! recovered from the vocabulary. Models with `<sep>` and `<cls>` get XLNet's conventions:
 //! `A <sep> <cls>` / `A <sep> B <sep> <cls>` (type id 2 for `<cls>`), left padding, and
-//! XLNetTokenizer's normalisation (quotes, accents stripped).
+//! XLNetTokenizer's normalisation (quotes, accents stripped). Models with `[CLS]` and `[SEP]`
+//! get DeBERTa-v2/v3's (transformers 5's `DebertaV2Tokenizer`): `[CLS] A [SEP]` /
+//! `[CLS] A [SEP] B [SEP]` (type id 1 for B), the precompiled normaliser with the trailing
+//! space stripped (or NFC and whitespace folding when the model has none), optional
+//! lower-casing and punctuation splitting, and `[MASK]` added after the pieces when the model
+//! lacks it (the released checkpoints' id 128000).
 
 use crate::error::{Error, Result};
 use sentencepiece_model::{ModelType, SentencePieceModel, Type};
@@ -24,6 +29,8 @@ use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 pub struct SpmInfo {
     /// XLNet's conventions apply (`<sep>`, `<cls>` at the end, left padding).
     pub xlnet: bool,
+    /// DeBERTa's conventions apply (`[CLS]` ... `[SEP]`).
+    pub deberta: bool,
     pub unigram: bool,
     pub pieces: usize,
 }
@@ -35,8 +42,48 @@ fn err(path: &Path, msg: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Build a tokenizer from a SentencePiece model file.
+/// The settings of `tokenizer_config.json` that change a DeBERTa tokenizer built from its
+/// `spm.model` (transformers' defaults: no lower-casing, no punctuation split, a prefix space).
+#[derive(Clone, Debug)]
+pub struct SpmOptions {
+    pub do_lower_case: bool,
+    pub split_by_punct: bool,
+    pub add_prefix_space: bool,
+}
+
+impl Default for SpmOptions {
+    fn default() -> Self {
+        Self {
+            do_lower_case: false,
+            split_by_punct: false,
+            add_prefix_space: true,
+        }
+    }
+}
+
+impl SpmOptions {
+    /// Read from a folder's `tokenizer_config.json` (defaults when it is absent).
+    pub fn from_folder(dir: &Path) -> Self {
+        let v: serde_json::Value = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        let flag = |k: &str, d: bool| v.get(k).and_then(|b| b.as_bool()).unwrap_or(d);
+        Self {
+            do_lower_case: flag("do_lower_case", false),
+            split_by_punct: flag("split_by_punct", false),
+            add_prefix_space: flag("add_prefix_space", true),
+        }
+    }
+}
+
+/// Build a tokenizer from a SentencePiece model file (default [`SpmOptions`]).
 pub fn tokenizer_from_spm(path: &Path) -> Result<(Tokenizer, SpmInfo)> {
+    tokenizer_from_spm_with(path, &SpmOptions::default())
+}
+
+/// Build a tokenizer from a SentencePiece model file with a folder's settings.
+pub fn tokenizer_from_spm_with(path: &Path, opts: &SpmOptions) -> Result<(Tokenizer, SpmInfo)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let model = SentencePieceModel::from_slice(&bytes)
         .map_err(|e| err(path, format!("not a SentencePiece model: {e}")))?;
@@ -107,6 +154,20 @@ pub fn tokenizer_from_spm(path: &Path) -> Result<(Tokenizer, SpmInfo)> {
     };
     let has = |t: &str| vocab.iter().position(|(p, _)| p == t);
     let xlnet = has("<sep>").is_some() && has("<cls>").is_some();
+    let deberta = !xlnet && has("[CLS]").is_some() && has("[SEP]").is_some();
+    if deberta {
+        return deberta_pipeline(path, tk, &model, opts, has("[MASK]").is_none()).map(|tk| {
+            (
+                tk,
+                SpmInfo {
+                    xlnet,
+                    deberta,
+                    unigram: model_type == ModelType::Unigram,
+                    pieces: pieces.len(),
+                },
+            )
+        });
+    }
     // -- normaliser
     let norm = model.normalizer();
     let mut steps: Vec<NormalizerWrapper> = Vec::new();
@@ -173,8 +234,89 @@ pub fn tokenizer_from_spm(path: &Path) -> Result<(Tokenizer, SpmInfo)> {
         tk,
         SpmInfo {
             xlnet,
+            deberta,
             unigram: model_type == ModelType::Unigram,
             pieces: pieces.len(),
         },
     ))
+}
+
+/// transformers 5's `DebertaV2Tokenizer` around the model's pieces.
+fn deberta_pipeline(
+    path: &Path,
+    mut tk: Tokenizer,
+    model: &SentencePieceModel,
+    opts: &SpmOptions,
+    add_mask: bool,
+) -> Result<Tokenizer> {
+    use tokenizers::normalizers::replace::ReplacePattern;
+    use tokenizers::normalizers::{Lowercase, NFC};
+    use tokenizers::pre_tokenizers::punctuation::Punctuation;
+    use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
+    use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
+    let mut steps: Vec<NormalizerWrapper> = Vec::new();
+    if opts.do_lower_case {
+        steps.push(Lowercase.into());
+    }
+    let charsmap = model
+        .normalizer()
+        .map(|n| n.precompiled_charsmap())
+        .filter(|m| !m.is_empty());
+    let regex = |p: &str| -> Result<NormalizerWrapper> {
+        Ok(Replace::new(ReplacePattern::Regex(p.into()), " ")
+            .map_err(|e| err(path, e))?
+            .into())
+    };
+    match charsmap {
+        Some(map) => {
+            steps.push(
+                Precompiled::from(map)
+                    .map_err(|e| err(path, format!("precompiled normaliser: {e}")))?
+                    .into(),
+            );
+            steps.push(Strip::new(false, true).into());
+            steps.push(regex(" {2,}")?);
+        }
+        None => {
+            steps.push(regex(r"\s{2,}|[\n\r\t]")?);
+            steps.push(NFC.into());
+            steps.push(Strip::new(false, true).into());
+        }
+    }
+    tk.with_normalizer(Some(NormSeq::new(steps)))
+        .map_err(|e| err(path, e))?;
+    let prepend = if opts.add_prefix_space {
+        PrependScheme::Always
+    } else {
+        PrependScheme::First
+    };
+    let mut pre: Vec<PreTokenizerWrapper> = Vec::new();
+    if opts.split_by_punct {
+        pre.push(Punctuation::new(SplitDelimiterBehavior::Isolated).into());
+    }
+    pre.push(Metaspace::new('▁', prepend, true).into());
+    tk.with_pre_tokenizer(Some(PreSeq::new(pre)));
+    tk.with_decoder(Some(Metaspace::new('▁', prepend, true)));
+    let mut specials: Vec<AddedToken> = model
+        .pieces()
+        .iter()
+        .filter(|p| matches!(p.r#type(), Type::Control | Type::Unknown))
+        .map(|p| AddedToken::from(p.piece().to_string(), true))
+        .collect();
+    if add_mask {
+        specials.push(AddedToken::from("[MASK]", true));
+    }
+    tk.add_special_tokens(specials)
+        .map_err(|e| err(path, format!("special tokens: {e}")))?;
+    let id = |t: &str| tk.token_to_id(t).unwrap_or(0);
+    let (cls, sep) = (id("[CLS]"), id("[SEP]"));
+    let tp = TemplateProcessing::builder()
+        .try_single("[CLS]:0 $A:0 [SEP]:0")
+        .and_then(|b| b.try_pair("[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1"))
+        .map_err(|e| err(path, e))?
+        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+        .build()
+        .map_err(|e| err(path, e))?;
+    tk.with_post_processor(Some(tp));
+    Ok(tk)
 }

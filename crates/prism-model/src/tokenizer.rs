@@ -90,7 +90,11 @@ impl PrismTokenizer {
         let json = dir.join("tokenizer.json");
         let vocab_txt = dir.join("vocab.txt");
         let (vocab_json, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
-        let spiece = dir.join("spiece.model");
+        // XLNet's and ALBERT's `spiece.model`, DeBERTa's `spm.model`.
+        let spiece = [dir.join("spiece.model"), dir.join("spm.model")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| dir.join("spiece.model"));
         let mut spm_xlnet = false;
         let (inner, path) = if json.is_file() {
             (
@@ -105,13 +109,17 @@ impl PrismTokenizer {
         } else if vocab_json.is_file() && merges.is_file() {
             (Self::roberta_from_bpe(&vocab_json, &merges)?, vocab_json)
         } else if spiece.is_file() {
-            let (tk, info) = crate::sentencepiece::tokenizer_from_spm(&spiece)?;
+            let (tk, info) = crate::sentencepiece::tokenizer_from_spm_with(
+                &spiece,
+                &crate::sentencepiece::SpmOptions::from_folder(dir),
+            )?;
             spm_xlnet = info.xlnet;
             (tk, spiece)
         } else {
             return Err(Error::Tokenizer {
                 path: dir.to_path_buf(),
-                msg: "no tokenizer.json, vocab.txt, vocab.json + merges.txt, or spiece.model"
+                msg: "no tokenizer.json, vocab.txt, vocab.json + merges.txt, spiece.model or \
+                      spm.model"
                     .into(),
             });
         };
@@ -235,8 +243,8 @@ impl PrismTokenizer {
     /// Tokenise a text, or a text pair (NLI premise + hypothesis, QA question + context).
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoded> {
         let enc = match pair {
-            Some(b) => self.inner.encode((text, b), true),
-            None => self.inner.encode(text, true),
+            Some(b) => self.inner.encode_char_offsets((text, b), true),
+            None => self.inner.encode_char_offsets(text, true),
         }
         .map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded::from_encoding(
@@ -313,7 +321,7 @@ impl PrismTokenizer {
         let mut bare = tk.clone();
         bare.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         let raw = |t: &str| -> Result<tokenizers::Encoding> {
-            bare.encode(t, false)
+            bare.encode_char_offsets(t, false)
                 .map_err(|e| Error::Encode(e.to_string()))
         };
         let a = raw(first)?;
@@ -369,8 +377,8 @@ impl PrismTokenizer {
         tk.with_truncation(None)
             .map_err(|e| Error::Encode(e.to_string()))?;
         let enc = match pair {
-            Some(b) => tk.encode((text, b), true),
-            None => tk.encode(text, true),
+            Some(b) => tk.encode_char_offsets((text, b), true),
+            None => tk.encode_char_offsets(text, true),
         }
         .map_err(|e| Error::Encode(e.to_string()))?;
         Ok(Encoded::from_encoding(&enc, false))
@@ -404,7 +412,7 @@ impl PrismTokenizer {
     pub fn encode_words(&self, words: &[String]) -> Result<(Encoded, Vec<Option<u32>>)> {
         let enc = self
             .inner
-            .encode(words, true)
+            .encode_char_offsets(words, true)
             .map_err(|e| Error::Encode(e.to_string()))?;
         Ok((
             Encoded::from_encoding(&enc, !enc.get_overflowing().is_empty()),

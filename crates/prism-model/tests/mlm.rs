@@ -181,3 +181,21 @@ fn modernbert_mlm_logits_loss_and_gradients_match_pytorch() {
     // ModernBertForMaskedLM: prediction head (dense, GELU, bias-free norm), tied decoder.
     check("tiny-modernbert");
 }
+
+#[test]
+fn deberta_mlm_logits_loss_and_gradients_match_pytorch() {
+    // DebertaV2ForMaskedLM: v3's `lm_predictions.lm_head` (legacy = false) and v2's legacy
+    // `cls.predictions` (dense down to the 16-wide embeddings), both decoding with the tied
+    // word-embedding table.
+    check("tiny-deberta-v3");
+    check("tiny-deberta-v2");
+    let m = MaskedLm::load(&fixtures().join("tiny-deberta-v3-mlm"), &Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    m.base.save(out.path()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["architectures"][0], "DebertaV2ForMaskedLM");
+    let back = MaskedLm::load(out.path(), &Device::Cpu).unwrap();
+    assert_eq!(back.base.num_parameters(), m.base.num_parameters());
+}

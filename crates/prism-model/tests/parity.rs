@@ -148,6 +148,8 @@ fn every_parameter_gets_a_nonzero_gradient_in_training_mode() {
         "tiny-electra",
         "tiny-distilbert",
         "tiny-modernbert",
+        "tiny-deberta-v3",
+        "tiny-deberta-v2",
     ] {
         let exp = expected(fixture);
         let model = PretrainedModel::load(&fixtures().join(fixture), &Device::Cpu).unwrap();
@@ -443,4 +445,27 @@ fn modernbert_outputs_and_gradients_match_pytorch() {
     let back = PretrainedModel::load(out.path(), &Device::Cpu).unwrap();
     assert_eq!(back.config, m.config);
     assert_eq!(back.num_parameters(), m.num_parameters());
+}
+
+/// DeBERTa-v3 (disentangled attention: content→position and position→content terms over a
+/// LayerNorm'd relative table with 8 log buckets, shared attention keys, no absolute positions
+/// or token types) and DeBERTa-v2's older settings (separate position projections, distances
+/// clamped at 12, absolute positions, token types, a narrower embedding with `embed_proj`):
+/// outputs, attentions and every gradient; written back, each reads the same.
+#[test]
+fn deberta_outputs_and_gradients_match_pytorch() {
+    for name in ["tiny-deberta-v3", "tiny-deberta-v2"] {
+        check_model(name, name);
+        let m = PretrainedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        assert_eq!(m.config.base_architecture(), "DebertaV2Model");
+        let out = tempfile::tempdir().unwrap();
+        m.save(out.path()).unwrap();
+        let back = PretrainedModel::load(out.path(), &Device::Cpu).unwrap();
+        assert_eq!(back.config, m.config);
+        assert_eq!(back.num_parameters(), m.num_parameters());
+        assert!(
+            out.path().join("spm.model").is_file(),
+            "{name}: spm.model copied"
+        );
+    }
 }

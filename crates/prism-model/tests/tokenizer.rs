@@ -182,3 +182,25 @@ fn modernbert_tokenizer_matches_transformers() {
         true,
     );
 }
+
+/// DeBERTa-v3's tokenizer from its tokenizer.json and from `spm.model` alone (transformers
+/// builds the same pipeline from it): ids, tokens, offsets and type ids; and, for a model
+/// whose spm.model carries a precompiled NFKC charsmap as the released checkpoints' do
+/// (full-width letters, ligatures, tabs, quotes, accents), from spm.model alone.
+#[test]
+fn deberta_tokenizers_from_spm_model_match_transformers() {
+    for name in ["tiny-deberta-v3", "tiny-deberta-v2"] {
+        let expected = format!("{name}_tokenizer_expected.json");
+        check(&fixtures().join(name), &expected, true);
+        let spm_only = only(name, &["spm.model"]);
+        check(spm_only.path(), &expected, true);
+    }
+    check(
+        &fixtures().join("deberta-spm-nfkc"),
+        "deberta-spm-nfkc_tokenizer_expected.json",
+        true,
+    );
+    // [MASK] is a piece of the tiny model; the released models add it after the pieces.
+    let tok = PrismTokenizer::load(&fixtures().join("deberta-spm-nfkc"), 64).unwrap();
+    assert!(tok.token_to_id("[MASK]").is_some());
+}

@@ -8,7 +8,8 @@
 //! `lm_head.{dense, layer_norm, bias}`; ELECTRA's generator (`ElectraForMaskedLM`)
 //! `generator_predictions.{dense, LayerNorm}` + `generator_lm_head.bias`, its dense layer going
 //! from the hidden size down to the embedding width, always GELU; DistilBERT
-//! `vocab_transform`, `vocab_layer_norm`, `vocab_projector.bias`.
+//! `vocab_transform`, `vocab_layer_norm`, `vocab_projector.bias`; DeBERTa-v2/v3
+//! `cls.predictions.*` (legacy) or `lm_predictions.lm_head.{dense, LayerNorm, bias}`.
 
 use crate::error::Result;
 use crate::models::bert::{Activation, BertConfig, Flavor};
@@ -149,6 +150,59 @@ impl MlmHead {
         })
     }
 
+    /// DeBERTa-v2/v3's (`DebertaV2ForMaskedLM`). With `legacy` (transformers' default) BERT's
+    /// layout, `cls.predictions.{transform.dense, transform.LayerNorm, bias}`, the dense layer
+    /// going down to the embedding width; otherwise the head DeBERTa's checkpoints were
+    /// trained with, `lm_predictions.lm_head.{dense, LayerNorm, bias}` (hidden to hidden). Both
+    /// decode with the word-embedding table and use `hidden_act`.
+    pub fn load_deberta(
+        params: &ParamStore,
+        cfg: &crate::models::deberta_v2::DebertaV2Config,
+    ) -> Result<Self> {
+        let root = params.root();
+        let legacy = cfg
+            .extra
+            .get("legacy")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(true);
+        let (c, e) = (cfg.hidden_size, cfg.embedding_width());
+        let (dense, norm, bias, width) = if legacy {
+            (
+                "cls.predictions.transform.dense",
+                "cls.predictions.transform.LayerNorm",
+                "cls.predictions.bias",
+                e,
+            )
+        } else {
+            if e != c {
+                return Err(crate::Error::InvalidConfig(format!(
+                    "`legacy = false`: DeBERTa's lm_predictions head decodes hidden states of \
+                     width {c} with the word embeddings, which are {e} wide (`embedding_size`)"
+                )));
+            }
+            (
+                "lm_predictions.lm_head.dense",
+                "lm_predictions.lm_head.LayerNorm",
+                "lm_predictions.lm_head.bias",
+                c,
+            )
+        };
+        let dense = Linear::load_or_init(&root.pp(dense), c, width, cfg.initializer_range)?;
+        let npb = root.pp(norm);
+        let norm = LayerNorm {
+            weight: npb.get_or_init(&[width], "weight", Init::Const(1.0))?,
+            bias: npb.get_or_init(&[width], "bias", Init::Const(0.0))?,
+            eps: cfg.layer_norm_eps,
+        };
+        let bias = root.get_or_init(&[cfg.vocab_size], bias, Init::Const(0.0))?;
+        Ok(Self {
+            dense,
+            act: Activation::parse(&cfg.hidden_act)?,
+            norm,
+            bias,
+        })
+    }
+
     /// Vocabulary logits for hidden states; `table` is the word-embedding table (tied decoder).
     ///
     /// # Shapes
@@ -194,6 +248,11 @@ impl MaskedLm {
                 cfg.architectures = vec!["ModernBertForMaskedLM".into()];
                 let cfg = cfg.clone();
                 MlmHead::load_modernbert(&base.params, &cfg)?
+            }
+            crate::ModelConfig::DebertaV2(cfg) => {
+                cfg.architectures = vec!["DebertaV2ForMaskedLM".into()];
+                let cfg = cfg.clone();
+                MlmHead::load_deberta(&base.params, &cfg)?
             }
             crate::ModelConfig::Xlnet(_) => {
                 return Err(crate::Error::InvalidConfig(

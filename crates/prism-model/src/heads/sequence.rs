@@ -2,7 +2,9 @@
 //! `BertForSequenceClassification` (pooler -> dropout -> linear). The RoBERTa family (RoBERTa,
 //! XLM-RoBERTa, CamemBERT) and encoders without a pooler use RoBERTa's head instead (first token -> dropout -> dense -> tanh -> dropout -> linear); XLNet
 //! summarises its last real token the same way (its `SequenceSummary`: last -> projection ->
-//! tanh), chosen by the encoder's `summary_positions`.
+//! tanh), chosen by the encoder's `summary_positions`. DeBERTa's `ContextPooler` + classifier
+//! is the same layout (first token -> dropout -> dense -> `pooler_hidden_act` -> dropout ->
+//! linear) with its own dropout before the dense layer.
 
 use crate::error::{Error, Result};
 use crate::models::EncoderOutput;
@@ -25,6 +27,8 @@ pub struct SequenceHead {
     act: DenseAct,
     out: Linear,
     dropout: f64,
+    /// Dropout before the dense layer when it differs from `dropout` (DeBERTa's ContextPooler).
+    input_dropout: Option<f64>,
 }
 
 impl SequenceHead {
@@ -61,7 +65,15 @@ impl SequenceHead {
             act,
             out,
             dropout,
+            input_dropout: None,
         })
+    }
+
+    /// A different dropout before the dense layer (DeBERTa's `pooler_dropout`); `None` keeps
+    /// the head's one dropout.
+    pub fn with_input_dropout(mut self, p: Option<f64>) -> Self {
+        self.input_dropout = p;
+        self
     }
 
     /// # Shapes
@@ -74,9 +86,10 @@ impl SequenceHead {
             }
             (Some(dense), _) => {
                 let cls = enc.summary_token()?; // (B, C)
-                let cls = match self.act {
-                    DenseAct::Relu => cls,
-                    _ => mode.dropout(&cls, self.dropout)?,
+                let cls = match (self.input_dropout, self.act) {
+                    (Some(p), _) => mode.dropout(&cls, p)?,
+                    (None, DenseAct::Relu) => cls,
+                    (None, _) => mode.dropout(&cls, self.dropout)?,
                 };
                 let h = dense.forward(&cls)?;
                 match self.act {

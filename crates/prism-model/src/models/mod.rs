@@ -1,6 +1,7 @@
 //! Encoder model families and the types their forward passes share.
 
 pub mod bert;
+pub mod deberta_v2;
 pub mod distilbert;
 pub mod modernbert;
 pub mod xlnet;

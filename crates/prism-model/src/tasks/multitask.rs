@@ -32,6 +32,7 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
                 .unwrap_or(0.0),
             c.initializer_range,
         ),
+        ModelConfig::DebertaV2(c) => (c.hidden_dropout_prob, c.initializer_range),
     };
     let modern = match &base.config {
         ModelConfig::ModernBert(c) => {
@@ -61,15 +62,23 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
         hidden: base.config.hidden_size(),
         has_pooler: match &base.encoder {
             AnyEncoder::Bert(b) => b.has_pooler(),
-            AnyEncoder::Xlnet(_) | AnyEncoder::ModernBert(_) => false,
+            AnyEncoder::Xlnet(_) | AnyEncoder::ModernBert(_) | AnyEncoder::DebertaV2(_) => false,
         },
         pooler_head: match &base.config {
             ModelConfig::Bert(c) => c.flavor() == crate::models::bert::Flavor::Bert,
-            ModelConfig::Xlnet(_) | ModelConfig::ModernBert(_) => false,
+            ModelConfig::Xlnet(_) | ModelConfig::ModernBert(_) | ModelConfig::DebertaV2(_) => false,
         },
         dense_act: match &base.config {
             ModelConfig::Bert(c) if c.is_electra() => crate::heads::DenseAct::Gelu,
             ModelConfig::Bert(c) if c.model_type == "distilbert" => crate::heads::DenseAct::Relu,
+            // ContextPooler's `pooler_hidden_act` (validated: gelu, tanh or relu).
+            ModelConfig::DebertaV2(c) => {
+                match c.extra.get("pooler_hidden_act").and_then(|v| v.as_str()) {
+                    Some("tanh") => crate::heads::DenseAct::Tanh,
+                    Some("relu") => crate::heads::DenseAct::Relu,
+                    _ => crate::heads::DenseAct::Gelu,
+                }
+            }
             _ => crate::heads::DenseAct::Tanh,
         },
         seq_dropout: match &base.config {
@@ -78,7 +87,23 @@ fn head_shape(base: &PretrainedModel) -> HeadShape {
                 .get("seq_classif_dropout")
                 .and_then(|v| v.as_f64())
                 .unwrap_or(dropout),
+            // DebertaV2ForSequenceClassification: `cls_dropout`, else the hidden dropout.
+            ModelConfig::DebertaV2(c) => c
+                .extra
+                .get("cls_dropout")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(dropout),
             ModelConfig::Xlnet(_) | ModelConfig::ModernBert(_) => dropout,
+        },
+        // ContextPooler's own dropout before its dense layer (`pooler_dropout`, default 0).
+        pooler_dropout: match &base.config {
+            ModelConfig::DebertaV2(c) => Some(
+                c.extra
+                    .get("pooler_dropout")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0),
+            ),
+            _ => None,
         },
         modern,
         dropout,
@@ -226,6 +251,7 @@ impl MultiTaskModel {
             ModelConfig::Bert(c) => (&mut c.architectures, &mut c.extra),
             ModelConfig::Xlnet(c) => (&mut c.architectures, &mut c.extra),
             ModelConfig::ModernBert(c) => (&mut c.architectures, &mut c.extra),
+            ModelConfig::DebertaV2(c) => (&mut c.architectures, &mut c.extra),
         };
         *archs = vec![export.architecture.clone()];
         for k in ["id2label", "label2id", "problem_type", "num_labels"] {

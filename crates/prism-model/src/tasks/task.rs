@@ -58,8 +58,12 @@ pub struct HeadShape {
     /// The activation of a sequence head's dense layer (GELU for ELECTRA, ReLU for
     /// DistilBERT, else tanh).
     pub dense_act: crate::heads::DenseAct,
-    /// Dropout of sequence heads (DistilBERT's `seq_classif_dropout`, else `dropout`).
+    /// Dropout of sequence heads (DistilBERT's `seq_classif_dropout`, DeBERTa's
+    /// `cls_dropout`, else `dropout`).
     pub seq_dropout: f64,
+    /// A different dropout before a sequence head's dense layer (DeBERTa's ContextPooler:
+    /// `pooler_dropout`); `None`: `seq_dropout` there too.
+    pub pooler_dropout: Option<f64>,
     /// ModernBERT: every head is its prediction head and one output layer.
     pub modern: Option<crate::heads::PredictionSpec>,
     pub dropout: f64,
@@ -138,6 +142,7 @@ impl Task {
             pooler_head,
             dense_act,
             seq_dropout,
+            pooler_dropout,
             modern,
             dropout,
             init_std: std,
@@ -156,8 +161,8 @@ impl Task {
                 )?)
             }
             (None, kind) => match kind {
-                TaskKind::Classification | TaskKind::PairClassification => {
-                    Head::Sequence(SequenceHead::load(
+                TaskKind::Classification | TaskKind::PairClassification => Head::Sequence(
+                    SequenceHead::load(
                         &pb,
                         hidden,
                         spec.labels.len(),
@@ -166,28 +171,35 @@ impl Task {
                         pooler_head,
                         dense_act,
                         std,
-                    )?)
-                }
-                TaskKind::MultiLabel => Head::Sequence(SequenceHead::load(
-                    &pb,
-                    hidden,
-                    spec.labels.len(),
-                    seq_dropout,
-                    has_pooler,
-                    pooler_head,
-                    dense_act,
-                    std,
-                )?),
-                TaskKind::Regression => Head::Sequence(SequenceHead::load(
-                    &pb,
-                    hidden,
-                    1,
-                    seq_dropout,
-                    has_pooler,
-                    pooler_head,
-                    dense_act,
-                    std,
-                )?),
+                    )?
+                    .with_input_dropout(pooler_dropout),
+                ),
+                TaskKind::MultiLabel => Head::Sequence(
+                    SequenceHead::load(
+                        &pb,
+                        hidden,
+                        spec.labels.len(),
+                        seq_dropout,
+                        has_pooler,
+                        pooler_head,
+                        dense_act,
+                        std,
+                    )?
+                    .with_input_dropout(pooler_dropout),
+                ),
+                TaskKind::Regression => Head::Sequence(
+                    SequenceHead::load(
+                        &pb,
+                        hidden,
+                        1,
+                        seq_dropout,
+                        has_pooler,
+                        pooler_head,
+                        dense_act,
+                        std,
+                    )?
+                    .with_input_dropout(pooler_dropout),
+                ),
                 TaskKind::Qa => Head::Span(SpanHead::load(&pb, hidden, std)?),
                 TaskKind::Token => Head::Token(TokenHead::load(
                     &pb,

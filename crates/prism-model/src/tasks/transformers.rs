@@ -1,6 +1,6 @@
 //! transformers' task classes as prism tasks, both ways. A folder saved by
 //! `BertForSequenceClassification.save_pretrained` (or the token-classification and QA classes,
-//! for BERT, RoBERTa and XLNet) is read as a one-task prism model: the head's weights are taken
+//! for every family prism loads) is read as a one-task prism model: the head's weights are taken
 //! under transformers' names, the labels from `id2label`, the kind from the architecture. And
 //! one task of a prism model is written back as the folder of that class, so that
 //! `AutoModelFor…` and `pipeline(...)` load it with no missing or unexpected weights.
@@ -45,6 +45,7 @@ enum Family {
     Electra,
     Distilbert,
     ModernBert,
+    DebertaV2,
     Xlnet,
 }
 
@@ -59,6 +60,7 @@ impl Family {
             ModelConfig::Bert(_) => Family::Bert,
             ModelConfig::Xlnet(_) => Family::Xlnet,
             ModelConfig::ModernBert(_) => Family::ModernBert,
+            ModelConfig::DebertaV2(_) => Family::DebertaV2,
         }
     }
 
@@ -71,6 +73,7 @@ impl Family {
             Family::Electra => "Electra",
             Family::Distilbert => "DistilBert",
             Family::ModernBert => "ModernBert",
+            Family::DebertaV2 => "DebertaV2",
             Family::Xlnet => "XLNet",
         }
     }
@@ -84,6 +87,7 @@ impl Family {
             Family::Electra => "electra.",
             Family::Distilbert => "distilbert.",
             Family::ModernBert => "model.",
+            Family::DebertaV2 => "deberta.",
             Family::Xlnet => "transformer.",
         }
     }
@@ -136,6 +140,12 @@ impl Family {
             (HeadClass::Sequence, Family::Distilbert) => {
                 &[("pre_classifier", "dense"), ("classifier", "out_proj")]
             }
+            // DebertaV2ForSequenceClassification: ContextPooler (first token -> dropout ->
+            // dense -> pooler_hidden_act), at the top level of the checkpoint, -> dropout ->
+            // classifier.
+            (HeadClass::Sequence, Family::DebertaV2) => {
+                &[("pooler.dense", "dense"), ("classifier", "out_proj")]
+            }
             // SequenceSummary ("last", projection, tanh) -> logits_proj.
             (HeadClass::Sequence, Family::Xlnet) => &[
                 ("sequence_summary.summary", "dense"),
@@ -168,6 +178,7 @@ fn config_fields(config: &ModelConfig) -> (&[String], &serde_json::Map<String, s
         ModelConfig::Bert(c) => (&c.architectures, &c.extra),
         ModelConfig::Xlnet(c) => (&c.architectures, &c.extra),
         ModelConfig::ModernBert(c) => (&c.architectures, &c.extra),
+        ModelConfig::DebertaV2(c) => (&c.architectures, &c.extra),
     }
 }
 
