@@ -76,6 +76,7 @@ fn demo(
             stride: None,
             steps: 50,
             rule: "gausslegendre".into(),
+            baseline: "pad".into(),
             html: Some(html),
             svg: None,
             json: false,

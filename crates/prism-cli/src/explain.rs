@@ -74,6 +74,13 @@ pub struct ExplainArgs {
     /// Integrated-gradients rule: gausslegendre, riemann_left/right/middle/trapezoid.
     #[arg(long, default_value = "gausslegendre")]
     pub rule: String,
+    /// Integrated-gradients baseline: `pad` (every text token replaced by the pad token,
+    /// special tokens kept), `mask` (by the mask token) or `zero` (the zero embedding). A pad
+    /// row of zeros makes `pad` and `zero` the same path; on an encoder whose embedding
+    /// LayerNorm sees the word embedding alone (DeBERTa-v3: no absolute positions or token
+    /// types) that path is flat but for its start, so use `mask` there.
+    #[arg(long, default_value = "pad")]
+    pub baseline: String,
     /// Write a self-contained HTML report here.
     #[arg(long)]
     pub html: Option<PathBuf>,
@@ -114,6 +121,7 @@ fn build_method(name: &str, a: &ExplainArgs) -> Result<Box<dyn Method>> {
         steps: a.steps,
         rule: Rule::parse(&a.rule)?,
         layer: a.layer,
+        baseline: prism_explain::gradient::Baseline::parse(&a.baseline)?,
     };
     Ok(method_with(name, &opts)?)
 }
@@ -256,6 +264,7 @@ pub fn explain(a: &ExplainArgs, dev: &Device) -> Result<()> {
             let ig = IntegratedGradients {
                 steps: a.steps,
                 rule: Rule::parse(&a.rule)?,
+                baseline: prism_explain::gradient::Baseline::parse(&a.baseline)?,
                 ..Default::default()
             };
             let maps = LayerMaps::compute(&m, &x, &target, &ig)

@@ -196,6 +196,7 @@ fn info_describes_the_other_families_and_they_fine_tune_and_explain() {
         ("tiny-electra", "ElectraModel"),
         ("tiny-distilbert", "DistilBertModel"),
         ("tiny-modernbert", "ModernBertModel"),
+        ("tiny-deberta-v3", "DebertaV2Model"),
     ] {
         let m = fixtures().join(fixture);
         let (ok, out, err) = prism(&["info", m.to_str().unwrap(), "--json"]);
@@ -206,6 +207,12 @@ fn info_describes_the_other_families_and_they_fine_tune_and_explain() {
             assert_eq!(v["embedding_size"], 16);
             assert_eq!(v["hidden_size"], 32);
             assert_eq!(v["pooler"], false);
+        }
+        if fixture == "tiny-deberta-v3" {
+            assert_eq!(
+                v["positions"],
+                "disentangled c2p+p2c over 8 log buckets of 32 positions"
+            );
         }
         // Fine-tuned briefly, it is explained by IG, rollout and occlusion.
         let dir = tempfile::tempdir().unwrap();
@@ -225,12 +232,22 @@ fn info_describes_the_other_families_and_they_fine_tune_and_explain() {
         let (ok, _, err) = prism(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]);
         assert!(ok, "{fixture}: {err}");
         let model = dir.path().join("run/model");
+        // DeBERTa-v3's embedding LayerNorm sees the word embedding alone (no positions or
+        // token types), so the path from its zero pad row is flat but at its start: IG's
+        // baseline there is the mask token.
+        let baseline = if fixture == "tiny-deberta-v3" {
+            "mask"
+        } else {
+            "pad"
+        };
         let (ok, out, err) = prism(&[
             "explain",
             "--model",
             model.to_str().unwrap(),
             "--method",
             "ig,rollout,occlusion",
+            "--baseline",
+            baseline,
             "--json",
             "The man walks into a bar.",
         ]);

@@ -126,7 +126,7 @@ pub fn aggregate_words(a: &Attributions, texts: &[&str]) -> Attributions {
 
 /// Options a method takes from the command line, the API or the web UI; each method reads
 /// the ones it has (integrated gradients: `steps` and `rule`; sampling methods: `seed`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct MethodOptions {
     pub seed: u64,
     /// Integrated gradients' interpolation steps (Captum's default: 50).
@@ -135,6 +135,8 @@ pub struct MethodOptions {
     pub rule: gradient::Rule,
     /// The encoder layer (0-based) layer methods attribute at (default: the last).
     pub layer: Option<usize>,
+    /// Integrated gradients' baseline (and so that of the methods built on it).
+    pub baseline: gradient::Baseline,
 }
 
 impl Default for MethodOptions {
@@ -145,6 +147,7 @@ impl Default for MethodOptions {
             steps: ig.steps,
             rule: ig.rule,
             layer: None,
+            baseline: ig.baseline,
         }
     }
 }
@@ -172,6 +175,7 @@ fn ig_with(o: &MethodOptions) -> gradient::IntegratedGradients {
     gradient::IntegratedGradients {
         steps: o.steps,
         rule: o.rule,
+        baseline: o.baseline.clone(),
         ..Default::default()
     }
 }

@@ -284,7 +284,19 @@ fn unknown_heads_are_clear_errors() {
 /// reads back the same; IG explains the classifier with a small convergence delta.
 #[test]
 fn modernbert_task_models_give_transformers_outputs_and_export_back() {
-    let p = fixtures().join("modernbert_tasks_expected.json");
+    family_task_models("modernbert_tasks_expected.json");
+}
+
+/// DeBERTa-v3's task classes saved by transformers (make_fixtures.py --deberta): ContextPooler
+/// with GELU and with tanh, tags and QA, the same checks; IG on both classifiers equals Captum's
+/// (scores and convergence delta).
+#[test]
+fn deberta_task_models_give_transformers_outputs_and_export_back() {
+    family_task_models("deberta_tasks_expected.json");
+}
+
+fn family_task_models(expected: &str) {
+    let p = fixtures().join(expected);
     let all: BTreeMap<String, Model> =
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     assert_eq!(all.len(), 4);
@@ -310,7 +322,36 @@ fn modernbert_task_models_give_transformers_outputs_and_export_back() {
         for c in &want.cases {
             assert_eq!(logits(&back, c).1, logits(&m, c).1, "{name}: exported");
         }
-        if kind == TaskKind::Classification {
+        let captum: Vec<&Case> = want.cases.iter().filter(|c| c.ig.is_some()).collect();
+        if !captum.is_empty() {
+            // Captum's LayerIntegratedGradients on the same classifier: scores and delta.
+            let mt = m.frozen().unwrap();
+            let em = ExplainModel::new(&mt, None).unwrap();
+            for c in captum {
+                let x = em.encode(&c.text, c.pair.as_deref()).unwrap();
+                let a = IntegratedGradients::default()
+                    .attribute(
+                        &em,
+                        &x,
+                        &Target::Class {
+                            class: c.target.unwrap(),
+                        },
+                    )
+                    .unwrap();
+                close(
+                    &format!("{name} ig {:?}", c.text),
+                    &a.scores,
+                    c.ig.as_ref().unwrap(),
+                    1e-4,
+                );
+                let d = c.ig_delta.unwrap();
+                assert!(
+                    (a.delta.unwrap() - d).abs() < 1e-4,
+                    "{name}: delta {:?} vs Captum's {d}",
+                    a.delta
+                );
+            }
+        } else if kind == TaskKind::Classification {
             let mt = m.frozen().unwrap();
             let em = ExplainModel::new(&mt, None).unwrap();
             let x = em.encode(&want.cases[0].text, None).unwrap();

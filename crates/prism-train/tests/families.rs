@@ -169,3 +169,8 @@ fn distilbert_fine_tunes_every_task_kind_and_exports_its_classes() {
 fn modernbert_fine_tunes_every_task_kind_and_exports_its_classes() {
     check_family("tiny-modernbert", "ModernBert", false);
 }
+
+#[test]
+fn deberta_fine_tunes_every_task_kind_and_exports_its_classes() {
+    check_family("tiny-deberta-v3", "DebertaV2", false);
+}

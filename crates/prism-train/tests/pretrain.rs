@@ -483,7 +483,8 @@ intermediate_size = 32
 }
 
 /// Continued MLM pre-training of the other families with their own heads: ELECTRA's generator,
-/// DistilBERT's vocab_* head and ModernBERT's prediction head + decoder; each output folder is
+/// DistilBERT's vocab_* head, ModernBERT's prediction head + decoder and DeBERTa's two heads
+/// (`lm_predictions`, legacy `cls.predictions`); each output folder is
 /// its transformers MLM class, with the head from the checkpoint and fill-mask working.
 #[test]
 fn continued_mlm_pretraining_runs_on_the_other_families() {
@@ -502,6 +503,16 @@ fn continued_mlm_pretraining_runs_on_the_other_families() {
             "tiny-modernbert-mlm",
             "ModernBertForMaskedLM",
             "decoder.bias",
+        ),
+        (
+            "tiny-deberta-v3-mlm",
+            "DebertaV2ForMaskedLM",
+            "lm_predictions.lm_head.bias",
+        ),
+        (
+            "tiny-deberta-v2-mlm",
+            "DebertaV2ForMaskedLM",
+            "cls.predictions.bias",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

@@ -122,6 +122,22 @@ pub enum Baseline {
     Ids(Vec<u32>),
 }
 
+impl Baseline {
+    /// `pad`, `zero` or `mask` (the CLI's `--baseline`).
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pad" => Baseline::Pad,
+            "zero" => Baseline::Zero,
+            "mask" => Baseline::Mask,
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown IG baseline `{other}` (pad, zero, mask)"
+                )))
+            }
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct IntegratedGradients {
     pub steps: usize,
