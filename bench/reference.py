@@ -63,6 +63,14 @@ MODERNBERT_SIZES = {
                             vocab_size=30522),
 }
 
+# DeBERTa-v3 at prism bench's sizes: mini (H256, L4) and base (DeBERTa-v3-base's shape), v3's
+# disentangled attention (c2p + p2c, 256 log buckets over 512 positions, shared keys, a
+# LayerNorm'd relative table, no absolute positions) and its 128,100-token vocabulary.
+DEBERTA_SIZES = {
+    "deberta-v3-mini": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "deberta-v3-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
 
 def peak_rss_mb():
     try:
@@ -111,6 +119,8 @@ def word_embeddings(cls):
     """The word-embedding layer a LayerIntegratedGradients attributes to."""
     if hasattr(cls, "model"):
         return cls.model.embeddings.tok_embeddings  # ModernBERT
+    if hasattr(cls, "deberta"):
+        return cls.deberta.embeddings.word_embeddings
     return cls.bert.embeddings.word_embeddings
 
 
@@ -148,6 +158,15 @@ def build(size, args, seq):
                                cls_token_id=2, sep_token_id=3, **MODERNBERT_SIZES[size])
         torch.manual_seed(0)
         return cfg, ModernBertForSequenceClassification(cfg).to(DEV), None
+    if size in DEBERTA_SIZES:
+        from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+        cfg = DebertaV2Config(vocab_size=128100, max_position_embeddings=max(512, seq), num_labels=2,
+                              relative_attention=True, position_buckets=256, max_relative_positions=-1,
+                              pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                              position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
+                              hidden_act="gelu", pad_token_id=0, **DEBERTA_SIZES[size])
+        torch.manual_seed(0)
+        return cfg, DebertaV2ForSequenceClassification(cfg).to(DEV), None
     if size == "minilm":
         d = minilm_dir(args)
         cls = BertForSequenceClassification.from_pretrained(d, num_labels=2)

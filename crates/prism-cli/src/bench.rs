@@ -25,13 +25,15 @@ use std::time::Instant;
 
 /// The model sizes of the benchmark (issue 7): the tiny test fixture's shape, "mini" (hidden
 /// 256, 4 layers), the real MiniLM checkpoint, and BERT-base's shape.
-pub const SIZES: [&str; 6] = [
+pub const SIZES: [&str; 8] = [
     "tiny",
     "mini",
     "minilm",
     "base",
     "modernbert-mini",
     "modernbert-base",
+    "deberta-v3-mini",
+    "deberta-v3-base",
 ];
 pub const WORKLOADS: [&str; 12] = [
     "infer",
@@ -51,7 +53,8 @@ pub const WORKLOADS: [&str; 12] = [
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Model sizes: tiny, mini (H256 L4), minilm (the real checkpoint), base (H768 L12),
-    /// modernbert-mini (H256 L4), modernbert-base (H768 L22).
+    /// modernbert-mini (H256 L4), modernbert-base (H768 L22), deberta-v3-mini (H256 L4),
+    /// deberta-v3-base (H768 L12).
     #[arg(long, value_delimiter = ',', default_value = "tiny,mini,minilm,base")]
     pub sizes: Vec<String>,
     /// Workloads: infer, infer-bf16 (linear layers in bf16 on AMX or AVX512-BF16), train,
@@ -188,7 +191,8 @@ pub fn size_config(size: &str) -> Result<Option<BertConfig>> {
         "tiny" => Some(base.clone()),
         "mini" => Some(shaped(256, 4, 4, 1024, 30522)),
         "base" => Some(shaped(768, 12, 12, 3072, 30522)),
-        "minilm" | "modernbert-mini" | "modernbert-base" => None,
+        "minilm" | "modernbert-mini" | "modernbert-base" | "deberta-v3-mini"
+        | "deberta-v3-base" => None,
         other => bail!("unknown size `{other}` (one of {})", SIZES.join(", ")),
     })
 }
@@ -224,21 +228,46 @@ pub fn modernbert_size(size: &str) -> Option<prism_model::models::modernbert::Mo
     serde_json::from_value(json).ok()
 }
 
+/// DeBERTa-v3 at the benchmark's sizes: mini (H256, L4, FFN 1024) and DeBERTa-v3-base's shape
+/// (H768, L12, FFN 3072), with v3's attention (c2p + p2c over 256 log buckets of 512 positions,
+/// shared keys, a LayerNorm'd relative table, no absolute positions) and its 128,100 tokens.
+pub fn deberta_size(size: &str) -> Option<prism_model::models::deberta_v2::DebertaV2Config> {
+    let (c, l, h, f) = match size {
+        "deberta-v3-mini" => (256, 4, 4, 1024),
+        "deberta-v3-base" => (768, 12, 12, 3072),
+        _ => return None,
+    };
+    let json = serde_json::json!({
+        "model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": c,
+        "num_hidden_layers": l, "num_attention_heads": h, "intermediate_size": f,
+        "max_position_embeddings": 512, "relative_attention": true, "position_buckets": 256,
+        "max_relative_positions": -1, "pos_att_type": ["p2c", "c2p"], "share_att_key": true,
+        "norm_rel_ebd": "layer_norm", "position_biased_input": false, "type_vocab_size": 0,
+        "layer_norm_eps": 1e-7, "hidden_act": "gelu", "pad_token_id": 0,
+    });
+    serde_json::from_value(json).ok()
+}
+
 fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
-    if let Some(mut cfg) = modernbert_size(size) {
-        cfg.max_position_embeddings = cfg.max_position_embeddings.max(seq);
+    let family = match (modernbert_size(size), deberta_size(size)) {
+        (Some(mut cfg), _) => {
+            cfg.max_position_embeddings = cfg.max_position_embeddings.max(seq);
+            Some(ModelConfig::ModernBert(cfg))
+        }
+        (None, Some(mut cfg)) => {
+            cfg.max_position_embeddings = cfg.max_position_embeddings.max(seq);
+            Some(ModelConfig::DebertaV2(cfg))
+        }
+        (None, None) => None,
+    };
+    if let Some(cfg) = family {
+        let (vocab, max) = (cfg.sizes().vocab, cfg.max_tokens());
         let dir = std::env::temp_dir().join(format!(
-            "prism-bench-vocab-{}-{}",
-            cfg.vocab_size,
+            "prism-bench-vocab-{vocab}-{}",
             std::process::id()
         ));
-        let tok = synthetic_tokenizer(cfg.vocab_size, &dir, cfg.max_position_embeddings)?;
-        return Ok(PretrainedModel::fresh(
-            ModelConfig::ModernBert(cfg),
-            Some(tok),
-            dev,
-            0,
-        )?);
+        let tok = synthetic_tokenizer(vocab, &dir, max)?;
+        return Ok(PretrainedModel::fresh(cfg, Some(tok), dev, 0)?);
     }
     match size_config(size)? {
         None => {
@@ -425,7 +454,9 @@ fn classification_model(base: PretrainedModel) -> Result<MultiTaskModel> {
 }
 
 /// The BERT-shaped sizes the flop counts read. ModernBERT's GeGLU (Wi C x 2F, Wo F x C) costs
-/// what BERT's feed-forward does with 1.5 F.
+/// what BERT's feed-forward does with 1.5 F. DeBERTa's counts are BERT's: its position terms
+/// (two (T x D) x (D x 2S) products per head, with S = 256 buckets) are left out, so its GFLOP/s
+/// understate the work done.
 fn bert_config(m: &PretrainedModel) -> Result<BertConfig> {
     match &m.config {
         ModelConfig::Bert(c) => Ok(c.clone()),
@@ -435,6 +466,15 @@ fn bert_config(m: &PretrainedModel) -> Result<BertConfig> {
             num_hidden_layers: c.num_hidden_layers,
             num_attention_heads: c.num_attention_heads,
             intermediate_size: c.intermediate_size * 3 / 2,
+            max_position_embeddings: c.max_position_embeddings,
+            ..prism_model::models::bert::tiny_config(Flavor::Bert)
+        }),
+        ModelConfig::DebertaV2(c) => Ok(BertConfig {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            intermediate_size: c.intermediate_size,
             max_position_embeddings: c.max_position_embeddings,
             ..prism_model::models::bert::tiny_config(Flavor::Bert)
         }),
@@ -504,7 +544,10 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
         let c = cfg.hidden_size as f64;
         // One model per size: MLM needs the tied head, the others a classification head.
         let is_mlm = |w: &String| w == "mlm" || w == "mlm-bf16";
-        let modern = matches!(base.config, ModelConfig::ModernBert(_));
+        let modern = matches!(
+            base.config,
+            ModelConfig::ModernBert(_) | ModelConfig::DebertaV2(_)
+        );
         let needs_cls = args.workloads.iter().any(|w| !is_mlm(w));
         let (mt, lm) = if needs_cls || modern {
             let mt = classification_model(base)?;

@@ -469,3 +469,22 @@ fn deberta_outputs_and_gradients_match_pytorch() {
         );
     }
 }
+
+/// A 6-token input reaches only part of the relative table, which is all DeBERTa projects:
+/// the same output as transformers' full-table computation.
+#[test]
+fn deberta_short_input_projects_only_the_rows_it_reaches() {
+    for name in ["tiny-deberta-v3", "tiny-deberta-v2"] {
+        let exp = expected(&format!("{name}_short"));
+        let m = PretrainedModel::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let ids = exp["input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let input = prism_model::EncoderInput::new(ids.clone(), ids.ones_like().unwrap());
+        let out = m.encoder.forward(&input, &Mode::Eval).unwrap();
+        assert_close(
+            &format!("{name} short"),
+            &out.last_hidden_state,
+            &exp["last_hidden_state"],
+            1e-4,
+        );
+    }
+}

@@ -347,27 +347,35 @@ pub struct DebertaV2 {
     config: DebertaV2Config,
 }
 
-/// Gather indices for the two position terms, (B, H, T, T) u32 each:
-/// `clamp(δ + span, 0, 2 span − 1)` (content→position) and `clamp(−δ + span, …)`
-/// (position→content).
+/// The rows of the relative table the two position terms read, and their gather indices
+/// into those rows, (B, H, T, T) u32 each: `clamp(δ + span, 0, 2 span − 1)` (content→position)
+/// and `clamp(−δ + span, …)` (position→content), less the first row read. Only these rows are
+/// projected (T tokens reach at most 2T − 1 of the 2 span rows).
 fn gather_indices(
     rel: &[i64],
     t: usize,
     span: usize,
     shape: (usize, usize),
     dev: &candle_core::Device,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<((usize, usize), Tensor, Tensor)> {
     let s = span as i64;
     let clamp = |x: i64| x.clamp(0, 2 * s - 1) as u32;
     let c2p: Vec<u32> = rel.iter().map(|&r| clamp(r + s)).collect();
     let p2c: Vec<u32> = rel.iter().map(|&r| clamp(-r + s)).collect();
+    let lo = c2p.iter().chain(&p2c).copied().min().unwrap_or(0);
+    let hi = c2p.iter().chain(&p2c).copied().max().unwrap_or(0);
     let (b, h) = shape;
     let expand = |v: Vec<u32>| -> Result<Tensor> {
+        let v: Vec<u32> = v.into_iter().map(|i| i - lo).collect();
         Ok(Tensor::from_vec(v, (1, 1, t, t), dev)?
             .broadcast_as((b, h, t, t))?
             .contiguous()?)
     };
-    Ok((expand(c2p)?, expand(p2c)?))
+    Ok((
+        (lo as usize, (hi - lo + 1) as usize),
+        expand(c2p)?,
+        expand(p2c)?,
+    ))
 }
 
 impl DebertaV2 {
@@ -508,24 +516,26 @@ impl DebertaV2 {
         let mut scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, T, T)
         if let Some((table, c2p_idx, p2c_idx)) = rel {
             // The table goes through dropout in every layer (transformers' `pos_dropout`).
-            let table = mode.dropout(table, self.config.hidden_dropout_prob)?; // (2S, C)
-            let s2 = table.dim(0)?;
+            // Only the rows the positions reach are here (dropout is element-wise: the same
+            // computation on them).
+            let table = mode.dropout(table, self.config.hidden_dropout_prob)?; // (R, C)
+            let rows = table.dim(0)?;
             let project = |l: &Linear| -> Result<Tensor> {
-                // (2S, H·D) -> (1, H, D, 2S) for q · pkᵀ.
+                // (R, H·D) -> (1, H, D, R) for q · pkᵀ.
                 Ok(l.forward(&table)?
-                    .reshape((s2, h, d))?
+                    .reshape((rows, h, d))?
                     .permute((1, 2, 0))?
                     .contiguous()?
                     .unsqueeze(0)?)
             };
             if self.pos_att.c2p {
                 let pk = project(layer.pos_key.as_ref().unwrap_or(&layer.key))?;
-                let c2p = q.broadcast_matmul(&pk)?; // (B, H, T, 2S)
+                let c2p = q.broadcast_matmul(&pk)?; // (B, H, T, R)
                 scores = (scores + c2p.gather(c2p_idx, 3)?)?;
             }
             if self.pos_att.p2c {
                 let pq = project(layer.pos_query.as_ref().unwrap_or(&layer.query))?;
-                let p2c = k.broadcast_matmul(&pq)?; // (B, H, T, 2S): key j, position
+                let p2c = k.broadcast_matmul(&pq)?; // (B, H, T, R): key j, position
                 let p2c = p2c.gather(p2c_idx, 3)?.transpose(2, 3)?;
                 scores = (scores + p2c)?;
             }
@@ -626,8 +636,9 @@ impl Encoder for DebertaV2 {
                     self.config.position_buckets,
                     self.config.max_relative() as i64,
                 );
-                let (ci, pi) = gather_indices(&deltas, t, self.config.att_span(), (b, heads), dev)?;
-                Some((table, ci, pi))
+                let ((lo, n), ci, pi) =
+                    gather_indices(&deltas, t, self.config.att_span(), (b, heads), dev)?;
+                Some((table.narrow(0, lo, n)?, ci, pi))
             }
             None => None,
         };
