@@ -262,10 +262,8 @@ fn load_size(size: &str, seq: usize, dev: &Device) -> Result<PretrainedModel> {
     };
     if let Some(cfg) = family {
         let (vocab, max) = (cfg.sizes().vocab, cfg.max_tokens());
-        let dir = std::env::temp_dir().join(format!(
-            "prism-bench-vocab-{vocab}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("prism-bench-vocab-{vocab}-{}", std::process::id()));
         let tok = synthetic_tokenizer(vocab, &dir, max)?;
         return Ok(PretrainedModel::fresh(cfg, Some(tok), dev, 0)?);
     }

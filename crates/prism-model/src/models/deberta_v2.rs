@@ -17,8 +17,9 @@ use super::bert::{additive_mask, Activation};
 use super::{Encoder, EncoderInput, EncoderOutput};
 use crate::error::{Error, Result};
 use crate::nn::{Embedding, LayerNorm, Linear, Mode, ParamBuilder};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 fn d_act() -> String {
     "gelu".into()
@@ -347,35 +348,39 @@ pub struct DebertaV2 {
     config: DebertaV2Config,
 }
 
-/// The rows of the relative table the two position terms read, and their gather indices
-/// into those rows, (B, H, T, T) u32 each: `clamp(δ + span, 0, 2 span − 1)` (content→position)
-/// and `clamp(−δ + span, …)` (position→content), less the first row read. Only these rows are
-/// projected (T tokens reach at most 2T − 1 of the 2 span rows).
-fn gather_indices(
-    rel: &[i64],
-    t: usize,
-    span: usize,
-    shape: (usize, usize),
-    dev: &candle_core::Device,
-) -> Result<((usize, usize), Tensor, Tensor)> {
-    let s = span as i64;
-    let clamp = |x: i64| x.clamp(0, 2 * s - 1) as u32;
-    let c2p: Vec<u32> = rel.iter().map(|&r| clamp(r + s)).collect();
-    let p2c: Vec<u32> = rel.iter().map(|&r| clamp(-r + s)).collect();
-    let lo = c2p.iter().chain(&p2c).copied().min().unwrap_or(0);
-    let hi = c2p.iter().chain(&p2c).copied().max().unwrap_or(0);
-    let (b, h) = shape;
-    let expand = |v: Vec<u32>| -> Result<Tensor> {
-        let v: Vec<u32> = v.into_iter().map(|i| i - lo).collect();
-        Ok(Tensor::from_vec(v, (1, 1, t, t), dev)?
+/// The relative positions of one forward pass: the rows of the (normed) relative table that
+/// the two position terms read, and their row indices, T·T each: `clamp(δ + span, 0,
+/// 2 span − 1)` (content→position) and `clamp(−δ + span, …)` (position→content), less the
+/// first row read. Only these rows are projected (T tokens reach at most 2T − 1 of them).
+struct RelPos {
+    /// (R, C)
+    table: Tensor,
+    c2p: Arc<Vec<u32>>,
+    p2c: Arc<Vec<u32>>,
+}
+
+impl RelPos {
+    fn new(table: &Tensor, deltas: &[i64], span: usize) -> Result<Self> {
+        let s = span as i64;
+        let clamp = |x: i64| x.clamp(0, 2 * s - 1) as u32;
+        let c2p: Vec<u32> = deltas.iter().map(|&r| clamp(r + s)).collect();
+        let p2c: Vec<u32> = deltas.iter().map(|&r| clamp(-r + s)).collect();
+        let lo = c2p.iter().chain(&p2c).copied().min().unwrap_or(0);
+        let hi = c2p.iter().chain(&p2c).copied().max().unwrap_or(0);
+        let shift = |v: Vec<u32>| Arc::new(v.into_iter().map(|i| i - lo).collect::<Vec<_>>());
+        Ok(Self {
+            table: table.narrow(0, lo as usize, (hi - lo + 1) as usize)?,
+            c2p: shift(c2p),
+            p2c: shift(p2c),
+        })
+    }
+
+    /// One index set as a (B, H, T, T) gather index.
+    fn gather_index(v: &[u32], b: usize, h: usize, t: usize, dev: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(v, (1, 1, t, t), dev)?
             .broadcast_as((b, h, t, t))?
             .contiguous()?)
-    };
-    Ok((
-        (lo as usize, (hi - lo + 1) as usize),
-        expand(c2p)?,
-        expand(p2c)?,
-    ))
+    }
 }
 
 impl DebertaV2 {
@@ -503,7 +508,8 @@ impl DebertaV2 {
         x: &Tensor,
         mask: &Tensor,
         query_keep: &Tensor,
-        rel: Option<&(Tensor, Tensor, Tensor)>,
+        rel: Option<&RelPos>,
+        keep: &Tensor,
         head_mask: Option<&Tensor>,
         mode: &Mode,
     ) -> Result<(Tensor, Tensor)> {
@@ -514,11 +520,11 @@ impl DebertaV2 {
         let v = self.heads(&layer.value.forward(x)?)?;
         let factor = 1 + self.pos_att.c2p as usize + self.pos_att.p2c as usize;
         let mut scores = q.matmul(&k.t()?.contiguous()?)?; // (B, H, T, T)
-        if let Some((table, c2p_idx, p2c_idx)) = rel {
+        if let Some(rel) = rel {
             // The table goes through dropout in every layer (transformers' `pos_dropout`).
             // Only the rows the positions reach are here (dropout is element-wise: the same
             // computation on them).
-            let table = mode.dropout(table, self.config.hidden_dropout_prob)?; // (R, C)
+            let table = mode.dropout(&rel.table, self.config.hidden_dropout_prob)?; // (R, C)
             let rows = table.dim(0)?;
             let project = |l: &Linear| -> Result<Tensor> {
                 // (R, H·D) -> (1, H, D, R) for q · pkᵀ.
@@ -528,21 +534,48 @@ impl DebertaV2 {
                     .contiguous()?
                     .unsqueeze(0)?)
             };
-            if self.pos_att.c2p {
-                let pk = project(layer.pos_key.as_ref().unwrap_or(&layer.key))?;
-                let c2p = q.broadcast_matmul(&pk)?; // (B, H, T, R)
-                scores = (scores + c2p.gather(c2p_idx, 3)?)?;
-            }
-            if self.pos_att.p2c {
-                let pq = project(layer.pos_query.as_ref().unwrap_or(&layer.query))?;
-                let p2c = k.broadcast_matmul(&pq)?; // (B, H, T, R): key j, position
-                let p2c = p2c.gather(p2c_idx, 3)?.transpose(2, 3)?;
-                scores = (scores + p2c)?;
-            }
+            let c2p = match self.pos_att.c2p {
+                true => {
+                    let pk = project(layer.pos_key.as_ref().unwrap_or(&layer.key))?;
+                    Some(q.broadcast_matmul(&pk)?) // (B, H, T, R)
+                }
+                false => None,
+            };
+            let p2c = match self.pos_att.p2c {
+                true => {
+                    let pq = project(layer.pos_query.as_ref().unwrap_or(&layer.query))?;
+                    Some(k.broadcast_matmul(&pq)?) // (B, H, T, R): key j, position
+                }
+                false => None,
+            };
+            // A padded query's row is fully masked: transformers' masked_fill makes it uniform
+            // and passes no gradient to its scores; zeroing the row's scores does both here.
+            scores = match (c2p, p2c) {
+                // Both terms (DeBERTa-v2/v3's configuration): one fused pass.
+                (Some(c), Some(p)) => crate::ops::disentangled_scores(
+                    &scores,
+                    &c,
+                    &p,
+                    rel.c2p.clone(),
+                    rel.p2c.clone(),
+                    keep,
+                )?,
+                (c, p) => {
+                    let dev = x.device();
+                    if let Some(c) = c {
+                        let i = RelPos::gather_index(&rel.c2p, b, h, t, dev)?;
+                        scores = (scores + c.gather(&i, 3)?)?;
+                    }
+                    if let Some(p) = p {
+                        let i = RelPos::gather_index(&rel.p2c, b, h, t, dev)?;
+                        scores = (scores + p.gather(&i, 3)?.transpose(2, 3)?)?;
+                    }
+                    scores.broadcast_mul(query_keep)?
+                }
+            };
+        } else {
+            scores = scores.broadcast_mul(query_keep)?;
         }
-        // A padded query's row is fully masked: transformers' masked_fill makes it uniform and
-        // passes no gradient to its scores; zeroing the row's scores does both here.
-        let scores = scores.broadcast_mul(query_keep)?;
         let scale = 1.0 / ((d * factor) as f64).sqrt();
         let probs = crate::ops::masked_softmax(&scores, mask, scale)?;
         let mut dropped = mode.dropout(&probs, self.config.attention_probs_dropout_prob)?;
@@ -636,9 +669,7 @@ impl Encoder for DebertaV2 {
                     self.config.position_buckets,
                     self.config.max_relative() as i64,
                 );
-                let ((lo, n), ci, pi) =
-                    gather_indices(&deltas, t, self.config.att_span(), (b, heads), dev)?;
-                Some((table.narrow(0, lo, n)?, ci, pi))
+                Some(RelPos::new(&table, &deltas, self.config.att_span())?)
             }
             None => None,
         };
@@ -665,6 +696,7 @@ impl Encoder for DebertaV2 {
                         &mask,
                         &query_keep,
                         rel.as_ref(),
+                        &keep,
                         hm.as_ref(),
                         mode,
                     )?;

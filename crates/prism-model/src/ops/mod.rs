@@ -7,6 +7,7 @@
 mod attention;
 pub mod bf16;
 mod cross_entropy;
+mod disentangled;
 mod dropout;
 mod embedding;
 mod gelu;
@@ -17,6 +18,7 @@ mod softmax;
 
 pub use attention::{attention, attention_queries, KEEP_PROBS_BYTES};
 pub use cross_entropy::cross_entropy_rows;
+pub use disentangled::disentangled_scores;
 pub use dropout::{dropout, dropout_add};
 pub use embedding::embedding;
 pub use gelu::gelu_erf;
