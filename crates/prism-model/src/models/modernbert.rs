@@ -327,6 +327,44 @@ impl ModernBert {
         &self.config
     }
 
+    /// One attention block through the fused kernel (`ops::attention`, or
+    /// `ops::attention_windowed` for a local layer), rotary positions applied to the query and
+    /// key blocks of `Wqkv`'s output in place: no probabilities are formed as a tensor.
+    fn attention_fused(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        pad: &Tensor,
+        rope: &(Tensor, Tensor),
+        mode: &Mode,
+    ) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let h = self.config.num_attention_heads;
+        let d = c / h;
+        let qkv = layer.wqkv.forward(x)?; // (B, T, 3C): q | k | v, head-major within each
+        let (cos, sin) = (rope.0.reshape((1, t, 1, d))?, rope.1.reshape((1, t, 1, d))?);
+        let rot = |i: usize| -> Result<Tensor> {
+            let x = qkv.narrow(2, i * c, c)?.reshape((b, t, h, d))?;
+            Ok(
+                (x.broadcast_mul(&cos)? + rotate_half(&x)?.broadcast_mul(&sin)?)?
+                    .reshape((b, t, c))?,
+            )
+        };
+        let qkv = Tensor::cat(&[&rot(0)?, &rot(1)?, &qkv.narrow(2, 2 * c, c)?], 2)?;
+        let dropout = mode.dropout_seed(self.config.attention_dropout);
+        let ctx = match layer.span {
+            Span::Global => crate::ops::attention(&qkv, pad, h, dropout)?,
+            Span::Local => crate::ops::attention_windowed(
+                &qkv,
+                pad,
+                h,
+                self.config.local_attention / 2,
+                dropout,
+            )?,
+        };
+        mode.dropout(&layer.wo.forward(&ctx)?, self.config.attention_dropout)
+    }
+
     /// One attention block: (output (B, T, C), probabilities (B, H, T, T)).
     #[allow(clippy::too_many_arguments)]
     fn attention(
@@ -416,21 +454,26 @@ impl Encoder for ModernBert {
         let d = self.config.head_dim();
         let pad = additive_mask(&input.attention_mask)?; // (B, T): 0 or MIN
         let global = pad.clone();
-        // Local layers: a key more than local_attention / 2 tokens away is masked too (one mask
-        // row per batch, head and query, as the fused softmax reads them).
-        let w = (self.config.local_attention / 2) as i64;
-        let band: Vec<f32> = (0..t as i64)
-            .flat_map(|i| {
-                (0..t as i64).map(move |j| if (i - j).abs() <= w { 0.0 } else { f32::MIN })
-            })
-            .collect();
-        let band = Tensor::from_vec(band, (1, 1, t, t), dev)?;
-        let local = pad
-            .reshape((b, 1, 1, t))?
-            .broadcast_minimum(&band)? // either mask: MIN
-            .broadcast_as((b, heads, t, t))?
-            .contiguous()?
-            .reshape((b * heads * t, t))?;
+        // Local layers on the unfused path (attentions or probes asked for): a key more than
+        // local_attention / 2 tokens away is masked too (one mask row per batch, head and
+        // query, as the softmax reads them). The fused kernel applies the window itself.
+        let unfused = input.output_attentions || input.probes.is_some();
+        let local = if unfused {
+            let w = (self.config.local_attention / 2) as i64;
+            let band: Vec<f32> = (0..t as i64)
+                .flat_map(|i| {
+                    (0..t as i64).map(move |j| if (i - j).abs() <= w { 0.0 } else { f32::MIN })
+                })
+                .collect();
+            let band = Tensor::from_vec(band, (1, 1, t, t), dev)?;
+            pad.reshape((b, 1, 1, t))?
+                .broadcast_minimum(&band)? // either mask: MIN
+                .broadcast_as((b, heads, t, t))?
+                .contiguous()?
+                .reshape((b * heads * t, t))?
+        } else {
+            pad.clone()
+        };
         let rope_g = rotary(t, d, self.config.theta(Span::Global)?, dev)?;
         let rope_l = rotary(t, d, self.config.theta(Span::Local)?, dev)?;
 
@@ -458,14 +501,20 @@ impl Encoder for ModernBert {
                         Some(n) => n.forward(&h)?,
                         None => h.clone(),
                     };
-                    let hm = match probes {
-                        Some(p) => p.head_row(i)?,
-                        None => None,
+                    let a = if probes.is_none() && attentions.is_none() {
+                        self.attention_fused(layer, &x, &global, rope, mode)?
+                    } else {
+                        let hm = match probes {
+                            Some(p) => p.head_row(i)?,
+                            None => None,
+                        };
+                        let (a, probs) =
+                            self.attention(layer, &x, mask, rope, hm.as_ref(), mode)?;
+                        if let Some(at) = attentions.as_mut() {
+                            at.push(probs);
+                        }
+                        a
                     };
-                    let (a, probs) = self.attention(layer, &x, mask, rope, hm.as_ref(), mode)?;
-                    if let Some(at) = attentions.as_mut() {
-                        at.push(probs);
-                    }
                     let h1 = (&h + a)?;
                     let m = self.mlp(layer, &layer.mlp_norm.forward(&h1)?, mode)?;
                     let out = (h1 + m)?;

@@ -44,6 +44,22 @@ pub fn attention(
     attention_queries(qkv, mask, heads, t, dropout)
 }
 
+/// [`attention`] within a sliding window: query i attends to keys j with |i − j| ≤ `window`
+/// (and not masked by `mask`), ModernBERT's local layers.
+///
+/// # Shapes
+/// `qkv`: (B, T, 3C); `mask`: (B, T) -> (B, T, C)
+pub fn attention_windowed(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    window: usize,
+    dropout: Option<(f64, u64)>,
+) -> Result<Tensor> {
+    let t = qkv.dims3()?.1;
+    attention_impl(qkv, mask, heads, t, Some(window), dropout)
+}
+
 /// [`attention`] for the queries of the first `rows` tokens only, against every key and value:
 /// the context of those rows, (B, rows, C). The dropout mask of row i, head h, key j is the one
 /// `ops::dropout` draws for element (b, h, i, j) of a contiguous (B, H, rows, T) tensor.
@@ -55,6 +71,17 @@ pub fn attention_queries(
     mask: &Tensor,
     heads: usize,
     rows: usize,
+    dropout: Option<(f64, u64)>,
+) -> Result<Tensor> {
+    attention_impl(qkv, mask, heads, rows, None, dropout)
+}
+
+fn attention_impl(
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    rows: usize,
+    window: Option<usize>,
     dropout: Option<(f64, u64)>,
 ) -> Result<Tensor> {
     let (b, t, c3) = qkv.dims3()?;
@@ -89,6 +116,7 @@ pub fn attention_queries(
             d,
             scale: scale as f32,
             mask,
+            window,
             dropout,
             keep_probs: qkv.track_op() && b * heads * rows * t * 4 <= KEEP_PROBS_BYTES,
             saved: OnceLock::new(),
@@ -104,7 +132,24 @@ pub fn attention_queries(
             .contiguous()
     };
     let scores = split(0, rows)?.matmul(&split(1, t)?.t()?)?; // (B, H, rows, T)
-    let mut probs = super::masked_softmax(&scores, mask, scale)?;
+    let mut probs = match window {
+        None => super::masked_softmax(&scores, mask, scale)?,
+        Some(w) => {
+            // One mask row per (example, head, query): the key mask, and MIN outside the band.
+            let band: Vec<f32> = (0..rows)
+                .flat_map(|i| (0..t).map(move |j| if i.abs_diff(j) <= w { 0.0 } else { f32::MIN }))
+                .collect();
+            let band = Tensor::from_vec(band, (1, 1, rows, t), qkv.device())?;
+            let m = mask
+                .to_dtype(DType::F32)?
+                .reshape((b, 1, 1, t))?
+                .broadcast_minimum(&band)?
+                .broadcast_as((b, heads, rows, t))?
+                .contiguous()?
+                .reshape((b * heads * rows, t))?;
+            super::masked_softmax(&scores, &m, scale)?
+        }
+    };
     if let Some((p, seed)) = dropout {
         probs = super::dropout(&probs, p, seed)?;
     }
@@ -124,6 +169,8 @@ struct Attention {
     scale: f32,
     /// Additive mask, (B, T) row-major.
     mask: Vec<f32>,
+    /// Query i attends to keys within `window` positions only (a sliding window).
+    window: Option<usize>,
     dropout: Option<(f64, u64)>,
     /// Whether the forward pass keeps its probabilities in `saved` for the backward pass.
     keep_probs: bool,
@@ -227,8 +274,18 @@ impl Attention {
             std::slice::from_raw_parts_mut(p, self.head_len())
         };
         let mrow = &self.mask[bi * t..(bi + 1) * t];
-        for row in p.chunks_mut(t) {
-            super::softmax::masked_softmax_in_place(mrow, row);
+        match self.window {
+            None => {
+                for row in p.chunks_mut(t) {
+                    super::softmax::masked_softmax_in_place(mrow, row);
+                }
+            }
+            Some(w) => {
+                for (i, row) in p.chunks_mut(t).enumerate() {
+                    let (lo, hi) = (i.saturating_sub(w), (i + w + 1).min(t));
+                    super::softmax::banded_masked_softmax_in_place(mrow, row, lo, hi);
+                }
+            }
         }
         p
     }
@@ -499,6 +556,82 @@ mod tests {
             .unwrap()
     }
 
+    /// The sliding-window kernel against the composition with a per-query mask (the key mask,
+    /// and MIN outside |i − j| ≤ w), forward and every input gradient, with dropout, including a
+    /// query whose whole window is padding.
+    #[test]
+    fn windowed_attention_matches_the_banded_composition() {
+        let dev = Device::Cpu;
+        let (b, t, c, heads, w) = (2, 9, 8, 2, 2);
+        let var = |s| Var::from_tensor(&Tensor::randn(0f32, 1.0, s, &dev).unwrap()).unwrap();
+        let (q, k, v) = (var((b, t, c)), var((b, t, c)), var((b, t, c)));
+        let mut m = vec![0f32; b * t];
+        for j in 5..t {
+            m[t + j] = f32::MIN; // example 1: keys 5.. padded (query 8's window is all padding)
+        }
+        let mask = Tensor::from_vec(m.clone(), (b, t), &dev).unwrap();
+        let d = c / heads;
+        let split = |x: &Tensor| {
+            x.reshape((b, t, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let rows: Vec<f32> = (0..b * heads * t)
+            .flat_map(|r| {
+                let (bi, i) = (r / (heads * t), r % t);
+                let m = &m;
+                (0..t).map(move |j| {
+                    if i.abs_diff(j) <= w {
+                        m[bi * t + j]
+                    } else {
+                        f32::MIN
+                    }
+                })
+            })
+            .collect();
+        let band = Tensor::from_vec(rows, (b * heads * t, t), &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (b, t, c), &dev).unwrap();
+        for dropout in [None, Some((0.25, 5u64))] {
+            let qkv = Tensor::cat(&[q.as_tensor(), k.as_tensor(), v.as_tensor()], 2).unwrap();
+            let fused = attention_windowed(&qkv, &mask, heads, w, dropout).unwrap();
+            let s = split(&q).matmul(&split(&k).t().unwrap()).unwrap();
+            let mut p = crate::ops::masked_softmax(&s, &band, 1.0 / (d as f64).sqrt()).unwrap();
+            if let Some((pr, seed)) = dropout {
+                p = crate::ops::dropout(&p, pr, seed).unwrap();
+            }
+            let plain = p
+                .matmul(&split(&v))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, t, c))
+                .unwrap();
+            assert!(max_diff(&fused, &plain) < 1e-5, "forward {dropout:?}");
+            let g1 = (&fused * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&plain * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+                let (a, r) = (
+                    g1.get(x.as_tensor()).unwrap(),
+                    g2.get(x.as_tensor()).unwrap(),
+                );
+                assert!(max_diff(a, r) < 1e-5, "d{name} {dropout:?}");
+            }
+        }
+    }
+
     /// Forward and every input gradient against the unfused path, for all queries and for the
     /// first rows only, with and without dropout, with the probabilities kept (inputs that
     /// track gradients) and recomputed (the backward of a second, untracked-input op).
@@ -551,6 +684,7 @@ mod tests {
                     d: c / heads,
                     scale: 1.0 / ((c / heads) as f32).sqrt(),
                     mask: mask.flatten_all().unwrap().to_vec1().unwrap(),
+                    window: None,
                     dropout,
                     keep_probs: false,
                     saved: OnceLock::new(),

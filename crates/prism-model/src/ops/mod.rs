@@ -16,7 +16,7 @@ mod linear;
 pub mod simd;
 mod softmax;
 
-pub use attention::{attention, attention_queries, KEEP_PROBS_BYTES};
+pub use attention::{attention, attention_queries, attention_windowed, KEEP_PROBS_BYTES};
 pub use cross_entropy::cross_entropy_rows;
 pub use disentangled::disentangled_scores;
 pub use dropout::{dropout, dropout_add};

@@ -91,6 +91,18 @@ crate::multiversion! {
 }
 
 crate::multiversion! {
+    /// `row := softmax(row + mask)` in place where key j lies in `lo..hi`; outside it the
+    /// additive mask is the most negative f32 whatever `mask` says (a sliding window over a
+    /// padding mask: masked by either, as `min(pad, band)`).
+    pub(crate) fn banded_masked_softmax_in_place(mask: &[f32], row: &mut [f32], lo: usize, hi: usize) {
+        for (j, (y, &m)) in row.iter_mut().zip(mask).enumerate() {
+            *y += if j >= lo && j < hi { m } else { f32::MIN };
+        }
+        softmax_row(row);
+    }
+}
+
+crate::multiversion! {
     /// Softmax backward of one row: `dx = scale * y * (dy - sum(dy * y))`.
     fn softmax_backward_row(y: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], scale: f32) {
         assert!(y.len() == dx.len() && dy.len() == dx.len(), "softmax row lengths differ");
