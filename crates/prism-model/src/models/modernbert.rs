@@ -338,19 +338,9 @@ impl ModernBert {
         rope: &(Tensor, Tensor),
         mode: &Mode,
     ) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
         let h = self.config.num_attention_heads;
-        let d = c / h;
         let qkv = layer.wqkv.forward(x)?; // (B, T, 3C): q | k | v, head-major within each
-        let (cos, sin) = (rope.0.reshape((1, t, 1, d))?, rope.1.reshape((1, t, 1, d))?);
-        let rot = |i: usize| -> Result<Tensor> {
-            let x = qkv.narrow(2, i * c, c)?.reshape((b, t, h, d))?;
-            Ok(
-                (x.broadcast_mul(&cos)? + rotate_half(&x)?.broadcast_mul(&sin)?)?
-                    .reshape((b, t, c))?,
-            )
-        };
-        let qkv = Tensor::cat(&[&rot(0)?, &rot(1)?, &qkv.narrow(2, 2 * c, c)?], 2)?;
+        let qkv = crate::ops::rotary_qkv(&qkv, &rope.0, &rope.1, h)?;
         let dropout = mode.dropout_seed(self.config.attention_dropout);
         let ctx = match layer.span {
             Span::Global => crate::ops::attention(&qkv, pad, h, dropout)?,

@@ -13,6 +13,7 @@ mod embedding;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod rotary;
 pub mod simd;
 mod softmax;
 
@@ -24,6 +25,7 @@ pub use embedding::embedding;
 pub use gelu::gelu_erf;
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_gelu, linear_with, TransposedWeight};
+pub use rotary::rotary_qkv;
 pub use softmax::{masked_softmax, softmax_last_dim};
 
 use candle_core::{CpuStorage, Layout, Result};
