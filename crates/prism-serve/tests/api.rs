@@ -375,3 +375,60 @@ fn the_server_answers_while_a_long_explanation_runs_and_stops_gracefully() {
         "still listening after shutdown"
     );
 }
+
+/// Every encoder family behind the server: a classifier on each tiny fixture (XLM-RoBERTa,
+/// ELECTRA, DistilBERT, ModernBERT, DeBERTa-v3) answers predict and explain (IG, rollout,
+/// occlusion) with finite scores and the attention of every layer.
+#[test]
+fn every_family_is_served() {
+    use prism_model::tasks::{MultiTaskModel, TaskKind, TaskSpec};
+    use prism_model::PretrainedModel;
+    for fixture in [
+        "tiny-xlmr",
+        "tiny-electra",
+        "tiny-distilbert",
+        "tiny-modernbert",
+        "tiny-deberta-v3",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let base =
+            PretrainedModel::load(&fixtures().join(fixture), &candle_core::Device::Cpu).unwrap();
+        let layers = base.config.sizes().layers;
+        let spec = TaskSpec {
+            name: "sentiment".into(),
+            kind: TaskKind::Classification,
+            labels: vec!["negative".into(), "positive".into()],
+            max_length: 32,
+            doc_stride: 8,
+            threshold: None,
+        };
+        MultiTaskModel::new(base, vec![spec], 3)
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let srv = Server::start_with(dir.path().to_path_buf(), ServeOptions::default());
+        let (st, p) = post_json(srv.addr, "/api/predict", &json!({"text": "A witty movie."}));
+        assert_eq!(st, 200, "{fixture}: {p}");
+        let (st, e) = post_json(
+            srv.addr,
+            "/api/explain",
+            &json!({"text": "A witty movie.", "methods": ["ig", "rollout", "occlusion"], "steps": 16}),
+        );
+        assert_eq!(st, 200, "{fixture}: {e}");
+        let n = e["tokens"].as_array().unwrap().len();
+        for at in e["attributions"].as_array().unwrap() {
+            let s = at["scores"].as_array().unwrap();
+            assert_eq!(s.len(), n, "{fixture}");
+            assert!(
+                s.iter().all(|v| v.as_f64().is_some_and(f64::is_finite)),
+                "{fixture}"
+            );
+        }
+        assert_eq!(
+            e["attention"].as_array().unwrap().len(),
+            layers,
+            "{fixture}"
+        );
+        srv.stop();
+    }
+}

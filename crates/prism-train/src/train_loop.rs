@@ -377,7 +377,9 @@ fn checkpoint<O: Objective>(
 }
 
 /// `metrics.jsonl`: one JSON record per line, appended; a resumed run first cuts it back to
-/// the length its checkpoint recorded.
+/// the length its checkpoint recorded, and never further than its last complete record: a file
+/// shorter than that length (or ending in a torn line) is cut to its last full line, never
+/// padded.
 pub struct Log {
     file: std::fs::File,
     path: PathBuf,
@@ -391,7 +393,19 @@ impl Log {
             .read(true)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
-        file.set_len(keep_bytes).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let keep = keep_bytes.min(len);
+        let keep = if keep == 0 {
+            0
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let head = &bytes[..keep as usize];
+            match head.iter().rposition(|&c| c == b'\n') {
+                Some(i) => i as u64 + 1,
+                None => 0,
+            }
+        };
+        file.set_len(keep).map_err(|e| Error::io(path, e))?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -493,4 +507,42 @@ fn progress_bar(total: usize, at: usize) -> indicatif::ProgressBar {
     );
     b.set_position(at as u64);
     b
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::Log;
+
+    fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(p).unwrap();
+        assert!(!text.contains('\0'), "NUL bytes in {text:?}");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+
+    /// A log shorter than the checkpoint's offset (records lost or cut elsewhere) is kept as it
+    /// is up to its last complete line: never padded with NUL bytes, never a torn line.
+    #[test]
+    fn resuming_a_short_or_torn_log_keeps_every_complete_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n{\"st").unwrap();
+        let mut log = Log::open(&p, 4096).unwrap();
+        log.write(serde_json::json!({"step": 3})).unwrap();
+        let got: Vec<i64> = lines(&p)
+            .iter()
+            .map(|v| v["step"].as_i64().unwrap())
+            .collect();
+        assert_eq!(got, [1, 2, 3]);
+        // An offset inside a line cuts back to the line before it.
+        drop(log);
+        let log = Log::open(&p, 15).unwrap();
+        drop(log);
+        assert_eq!(lines(&p).len(), 1);
+        // The offset of a complete prefix keeps exactly that prefix.
+        std::fs::write(&p, "{\"step\":1}\n{\"step\":2}\n").unwrap();
+        drop(Log::open(&p, 11).unwrap());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"step\":1}\n");
+    }
 }
