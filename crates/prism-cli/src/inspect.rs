@@ -168,6 +168,19 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         prism_model::ModelConfig::Xlnet(_) | prism_model::ModelConfig::ModernBert(_) => c.hidden,
     };
     let positions = m.config.positions();
+    // A tokenizer that can produce ids past the embedding table fails on those inputs only.
+    let mut warnings = Vec::new();
+    if let Some(t) = &m.tokenizer {
+        if t.vocab_size() > c.vocab {
+            warnings.push(format!(
+                "the tokenizer has {} tokens but the embedding table {} rows: ids from {} on \
+                 cannot be embedded (a mismatched tokenizer or config.json `vocab_size`)",
+                t.vocab_size(),
+                c.vocab,
+                c.vocab
+            ));
+        }
+    }
     let v = json!({
         "folder": m.dir,
         "model_type": m.config.model_type(),
@@ -184,6 +197,7 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         "parameters": m.num_parameters(),
         "pooler": has_pooler,
         "tokenizer": m.tokenizer.as_ref().map(|t| t.path().display().to_string()),
+        "warnings": warnings,
         "head_tensors": m.head_tensors.iter().map(|(k, t)| json!({"name": k, "shape": t.dims()})).collect::<Vec<_>>(),
     });
     if args.json {
@@ -231,6 +245,9 @@ pub fn info(args: &ModelArgs, dev: &Device) -> Result<()> {
         }
         for (k, t) in &m.head_tensors {
             println!("head tensor   {k} {:?}", t.dims());
+        }
+        for w in &warnings {
+            println!("warning       {w}");
         }
     }
     Ok(())

@@ -30,41 +30,34 @@ pub struct ServeArgs {
     /// the f32 inference throughput, IG ~1.5x; see README "Performance").
     #[arg(long)]
     pub bf16: bool,
+    /// Also answer requests whose `Host` header is this (`name` or `name:port`, repeatable):
+    /// the name a reverse proxy forwards. Any other `Host` but the bound address and
+    /// `localhost` gets 403 (no DNS-rebinding page can reach the API).
+    #[arg(long = "allow-host")]
+    pub allow_hosts: Vec<String>,
 }
 
 pub fn run(a: ServeArgs, dev: &Device) -> Result<()> {
-    serve(
-        &a.model,
-        &a.host,
-        a.port,
-        a.workers,
-        a.max_text_chars,
-        a.max_windows,
-        a.bf16,
-        dev,
-    )
+    serve(&a, dev)
 }
 
-fn serve(
-    model: &str,
-    host: &str,
-    port: u16,
-    workers: usize,
-    max_text_chars: usize,
-    max_windows: usize,
-    bf16: bool,
-    dev: &Device,
-) -> Result<()> {
+fn serve(a: &ServeArgs, dev: &Device) -> Result<()> {
+    let (host, port) = (a.host.as_str(), a.port);
     let t0 = std::time::Instant::now();
-    let (m, dir) = load_tasks(model, dev)?;
+    let (m, dir) = load_tasks(&a.model, dev)?;
     let opts = prism_serve::ServeOptions {
-        workers: workers.max(1),
-        max_text_chars,
-        max_windows: max_windows.max(1),
+        workers: a.workers.max(1),
+        max_text_chars: a.max_text_chars,
+        max_windows: a.max_windows.max(1),
+        allow_hosts: a
+            .allow_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
         ..Default::default()
     };
     // The server never trains: frozen parameters, so explanations skip weight gradients.
-    let frozen = frozen(&m, bf16)?;
+    let frozen = frozen(&m, a.bf16)?;
     let state = prism_serve::AppState::new(frozen, dir.clone(), opts);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

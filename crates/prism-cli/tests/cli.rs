@@ -268,3 +268,72 @@ fn info_describes_the_other_families_and_they_fine_tune_and_explain() {
         );
     }
 }
+
+/// A NaN in the weights makes `predict` and `explain` fail with a message, never a label with
+/// null probabilities or an explanation of F = NaN with exit status 0.
+#[test]
+fn a_nan_weight_is_an_error_not_a_null_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-bert-cls");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let w = dir.path().join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    let key = t
+        .keys()
+        .find(|k| k.ends_with("attention.output.dense.weight"))
+        .unwrap()
+        .clone();
+    let nan = (t[&key].ones_like().unwrap() * f64::NAN).unwrap();
+    t.insert(key, nan);
+    candle_core::safetensors::save(&t, &w).unwrap();
+    let m = dir.path().to_str().unwrap();
+    let (ok, out, err) = prism(&["predict", "--model", m, "A witty movie."]);
+    assert!(!ok, "predict succeeded: {out}");
+    assert!(err.contains("not finite"), "{err}");
+    let (ok, out, err) = prism(&["explain", "--model", m, "--method", "ig", "A witty movie."]);
+    assert!(!ok, "explain succeeded: {out}");
+    assert!(err.contains("not finite"), "{err}");
+}
+
+/// `info` flags a tokenizer larger than the embedding table; a `model.safetensors` that is a
+/// folder is named as such, not reported missing.
+#[test]
+fn info_flags_a_tokenizer_larger_than_the_embeddings_and_odd_weight_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-bert");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let cfg = dir.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    let n = v["vocab_size"].as_u64().unwrap();
+    // A smaller table: the checkpoint's rows no longer fit, so shrink the weights too.
+    let w = dir.path().join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    let key = "embeddings.word_embeddings.weight".to_string();
+    let small = t[&key].narrow(0, 0, (n - 10) as usize).unwrap();
+    t.insert(key, small);
+    candle_core::safetensors::save(&t, &w).unwrap();
+    v["vocab_size"] = serde_json::json!(n - 10);
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let (ok, out, err) = prism(&["info", dir.path().to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let warn = info["warnings"][0].as_str().unwrap_or_default();
+    assert!(warn.contains("embedding table"), "{out}");
+
+    let odd = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("config.json"), odd.path().join("config.json")).unwrap();
+    std::fs::create_dir(odd.path().join("model.safetensors")).unwrap();
+    let (ok, _, err) = prism(&["info", odd.path().to_str().unwrap()]);
+    assert!(!ok && err.contains("not a regular file"), "{err}");
+}

@@ -152,6 +152,36 @@ impl Default for MethodOptions {
     }
 }
 
+impl Attributions {
+    /// An error naming the method and the first token whose score (or the explained output
+    /// F, or the delta) is NaN or infinite: a damaged model or an overflow, never a `null`
+    /// in the JSON.
+    pub fn ensure_finite(&self) -> Result<()> {
+        if !self.output.is_finite() {
+            return Err(Error::Invalid(format!(
+                "{}: the explained output F = {} is not finite (the model's weights hold NaN or \
+                 infinite values, or the input overflowed them)",
+                self.method, self.output
+            )));
+        }
+        if let Some(i) = self.scores.iter().position(|s| !s.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "{}: the score of token {i} ({:?}) is {} (not finite)",
+                self.method,
+                self.tokens.get(i).map(String::as_str).unwrap_or(""),
+                self.scores[i]
+            )));
+        }
+        if let Some(d) = self.delta.filter(|d| !d.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "{}: the convergence delta is {d} (not finite)",
+                self.method
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// One registered method: its name, the other names it answers to, and how to build it.
 struct Registered {
     name: &'static str,

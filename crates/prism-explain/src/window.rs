@@ -165,6 +165,17 @@ impl ExplainModel<'_> {
         w: &Windows,
         target: &Target,
     ) -> Result<Attributions> {
+        let a = self.attribute_windows_unchecked(method, w, target)?;
+        a.ensure_finite()?;
+        Ok(a)
+    }
+
+    fn attribute_windows_unchecked(
+        &self,
+        method: &dyn Method,
+        w: &Windows,
+        target: &Target,
+    ) -> Result<Attributions> {
         if w.len() == 1 {
             return method.attribute(self, &w.windows[0], target);
         }

@@ -415,6 +415,16 @@ pub fn read_weights(dir: &Path) -> Result<Source> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let bin = dir.join("pytorch_model.bin");
+    // A weights name that exists but is not a regular file (a folder, a device) is named as
+    // such, not reported missing.
+    for p in [&single, &index, &bin] {
+        if p.exists() && !p.is_file() {
+            return Err(checkpoint_err(
+                p,
+                "exists but is not a regular file (a folder or a device?)",
+            ));
+        }
+    }
     let mut raw = HashMap::new();
     let path = if single.is_file() {
         read_safetensors(&single, &mut raw)?;

@@ -325,7 +325,7 @@ async function onExplain() {
         text: i.text, text2: i.text2, task: currentTask().name, methods: ms, steps,
         target: $("target").value || null, words: $("words").checked,
         output: $("output").value, foil: $("foil").value || null,
-        layer: layerChoice(), layer_maps: $("layer-maps").checked,
+        layer: layerChoice(), layer_maps: $("layer-maps").checked, attention: true,
       });
       row.append(renderExplained(i.name, i.text, r));
     }

@@ -34,6 +34,12 @@ impl ApiError {
             message: msg.into(),
         }
     }
+    fn unprocessable(msg: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: msg.into(),
+        }
+    }
     fn internal(msg: impl Into<String>) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -46,6 +52,51 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({"error": self.message}))).into_response()
     }
+}
+
+/// Refuse a request whose `Host` header is not one the server answers to (403): the defence
+/// against DNS rebinding, where a page on another site resolves its own name to 127.0.0.1.
+pub async fn check_host(
+    allowed: &[String],
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.to_ascii_lowercase());
+    match host {
+        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => next.run(req).await,
+        other => ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "`Host: {}` is not this server (it answers to {}; pass --allow-host NAME for a \
+                 proxy's name)",
+                other.unwrap_or_default(),
+                allowed.join(", ")
+            ),
+        }
+        .into_response(),
+    }
+}
+
+/// A request body as `T`, only from a JSON object: serde would read a struct from an array of
+/// its fields in order too (`["text"]` as `{"text": ...}`), which the API does not promise.
+fn object<T: serde::de::DeserializeOwned>(Json(v): Json<Value>) -> Result<T, ApiError> {
+    if !v.is_object() {
+        let kind = match &v {
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(ApiError::unprocessable(format!(
+            "invalid request: the body must be a JSON object, not {kind}"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::unprocessable(format!("invalid request: {e}")))
 }
 
 impl From<JsonRejection> for ApiError {
@@ -210,7 +261,9 @@ async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
         })
         .collect();
     Json(json!({
-        "model_dir": s.model_dir,
+        // The folder's name only: an absolute path tells a page more about the machine than
+        // it needs.
+        "model_dir": s.model_dir.file_name().map(|n| n.to_string_lossy().to_string()),
         "model_type": m.base.config.model_type(),
         "architecture": m.base.config.base_architecture(),
         "hidden_size": z.hidden,
@@ -226,6 +279,8 @@ async fn model_info(State(s): State<Arc<AppState>>) -> Json<Value> {
             "max_steps": s.opts.max_steps,
             "max_examples": s.opts.max_examples,
             "max_windows": s.opts.max_windows,
+            "max_attention_values": s.opts.max_attention_values,
+            "max_work": s.opts.max_work,
         },
     }))
 }
@@ -243,9 +298,9 @@ pub struct PredictRequest {
 
 async fn predict(
     State(s): State<Arc<AppState>>,
-    body: Result<Json<PredictRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Value> {
-    let Json(req) = body?;
+    let req: PredictRequest = object(body?)?;
     check_text(&s, &req.text, req.text2.as_deref())?;
     if let Some(t) = &req.task {
         s.model.task_index(t)?;
@@ -279,10 +334,6 @@ fn default_methods() -> Vec<String> {
     vec!["ig".into(), "saliency".into()]
 }
 
-fn d_true() -> bool {
-    true
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainRequest {
@@ -308,8 +359,9 @@ pub struct ExplainRequest {
     /// Sum sub-word scores into words.
     #[serde(default)]
     pub words: bool,
-    /// Return every layer's attention and the rollout matrix.
-    #[serde(default = "d_true")]
+    /// Return every layer's attention and the rollout matrix (only on request: layers × heads
+    /// × tokens² values, capped by the server's `max_attention_values`).
+    #[serde(default)]
     pub attention: bool,
     /// The encoder layer (0-based) of the layer methods (default: the last).
     #[serde(default)]
@@ -360,9 +412,9 @@ fn round4(v: f32) -> f32 {
 
 async fn explain(
     State(s): State<Arc<AppState>>,
-    body: Result<Json<ExplainRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Value> {
-    let Json(req) = body?;
+    let req: ExplainRequest = object(body?)?;
     check_text(&s, &req.text, req.text2.as_deref())?;
     let methods = build_methods(
         &req.methods,
@@ -372,17 +424,47 @@ async fn explain(
         s.opts.max_steps,
     )?;
     let max_windows = s.opts.max_windows;
+    let (max_att, max_work) = (s.opts.max_attention_values, s.opts.max_work);
+    let n_methods = methods.len();
+    let steps = req.steps.unwrap_or(50);
     let out = run_model(&s, move |model| {
         let output = match req.output.as_deref() {
             None => prism_explain::Output::Prob,
             Some(o) => prism_explain::Output::parse(o)?,
         };
         let mut m = ExplainModel::new(model, req.task.as_deref())?.with_output(output);
+        if m.kind().is_pair() && req.text2.is_none() {
+            return Err(ApiError::bad(
+                "this task reads a pair of texts: give the second as `text2`",
+            ));
+        }
         // A text longer than the task's max_length is explained in overlapping windows (half
         // a window shared), stitched over the whole text; attention comes from the first.
         let w = m.encode_windows(&req.text, req.text2.as_deref(), None)?;
         check_windows(max_windows, w.len())?;
         let x = w.windows[0].clone();
+        // The work asked for, before any of it is done.
+        let tokens: usize = w.windows.iter().map(|x| x.enc.ids.len()).sum();
+        let work = tokens * n_methods * steps;
+        if work > max_work {
+            return Err(ApiError::unprocessable(format!(
+                "this explanation is {tokens} tokens × {n_methods} methods × {steps} steps = \
+                 {work} units of work, above the server's limit of {max_work}: ask for fewer \
+                 methods or steps, or a shorter text"
+            )));
+        }
+        if req.attention {
+            let (layers, heads) = prism_model::Encoder::layers_and_heads(&model.base.encoder);
+            let t = x.enc.ids.len();
+            let values = layers * heads * t * t;
+            if values > max_att {
+                return Err(ApiError::unprocessable(format!(
+                    "`attention` for {t} tokens is {layers} layers × {heads} heads × {t}² = \
+                     {values} values, above the server's limit of {max_att}: ask without \
+                     `attention` or for a shorter text"
+                )));
+            }
+        }
         let target: Target = match &req.target {
             None if w.len() > 1 => m.default_target_windows(&w)?,
             None => m.default_target(&x)?,
@@ -497,9 +579,9 @@ struct FaithRow {
 
 async fn faithfulness_table(
     State(s): State<Arc<AppState>>,
-    body: Result<Json<FaithfulnessRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Value> {
-    let Json(req) = body?;
+    let req: FaithfulnessRequest = object(body?)?;
     if req.examples.is_empty() || req.examples.len() > s.opts.max_examples {
         return Err(ApiError::bad(format!(
             "`examples` must hold 1 to {} texts",

@@ -34,6 +34,16 @@ pub struct ServeOptions {
     /// Most windows a text longer than the task's max_length may be read in (predict and
     /// explain); longer texts get 413.
     pub max_windows: usize,
+    /// The most attention values (layers × heads × tokens²) an explain request may ask to be
+    /// returned; more is a 422 (`"attention": true` on a long text would be hundreds of MB).
+    pub max_attention_values: usize,
+    /// The most work one explain request may ask for, counted as tokens × methods × IG steps
+    /// (summed over the windows of a long text); more is a 422 naming the three factors.
+    pub max_work: usize,
+    /// `Host` header values accepted besides the bound address itself (and `localhost` at its
+    /// port): the names a reverse proxy forwards. Any other `Host` is refused with 403, so a page
+    /// on another site cannot reach the API through DNS rebinding.
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for ServeOptions {
@@ -46,6 +56,9 @@ impl Default for ServeOptions {
             max_steps: 300,
             max_examples: 16,
             max_windows: 16,
+            max_attention_values: 1 << 20,
+            max_work: 500_000,
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -77,7 +90,21 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(state))
+    let local = listener.local_addr()?;
+    let mut allowed = vec![local.to_string(), format!("localhost:{}", local.port())];
+    if local.ip().is_unspecified() || local.ip().is_loopback() {
+        allowed.push(format!("127.0.0.1:{}", local.port()));
+        allowed.push(format!("[::1]:{}", local.port()));
+    }
+    allowed.extend(state.opts.allow_hosts.iter().cloned());
+    let allowed = Arc::new(allowed);
+    let app = api::router(state).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let allowed = allowed.clone();
+            async move { api::check_host(&allowed, req, next).await }
+        },
+    ));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -17,6 +17,12 @@ fn model_predict_explain_and_faithfulness() {
     assert_eq!(m["tasks"][0]["name"], "sentiment");
     assert_eq!(m["tasks"][0]["labels"], json!(["negative", "positive"]));
     assert_eq!(m["layers"], 2);
+    // No absolute path of the model folder in the answer.
+    assert_eq!(m["model_dir"], "tiny-bert-cls");
+    assert!(
+        !m.to_string().contains(&*fixtures().display().to_string()),
+        "{m}"
+    );
 
     let (st, p) = post_json(
         a,
@@ -31,7 +37,7 @@ fn model_predict_explain_and_faithfulness() {
     let (st, e) = post_json(
         a,
         "/api/explain",
-        &json!({"text": "A gorgeous, witty movie.", "methods": ["ig", "saliency", "rollout"], "steps": 20}),
+        &json!({"text": "A gorgeous, witty movie.", "methods": ["ig", "saliency", "rollout"], "steps": 20, "attention": true}),
     );
     assert_eq!(st, 200, "{e}");
     let n = e["tokens"].as_array().unwrap().len();
@@ -238,6 +244,9 @@ fn bad_requests_get_4xx_with_a_message() {
             "`methods` is empty",
         ),
         (json!({"text": 5}), 422, "invalid type"),
+        // Only an object is a request (serde would read a struct from an array of its fields).
+        (json!(["fine"]), 422, "must be a JSON object, not an array"),
+        (json!("fine"), 422, "not a string"),
     ];
     for (body, status, msg) in cases {
         let (st, v) = post_json(a, "/api/explain", &body);
@@ -402,7 +411,13 @@ fn every_family_is_served() {
             doc_stride: 8,
             threshold: None,
         };
-        MultiTaskModel::new(base, vec![spec], 3)
+        let nli = TaskSpec {
+            name: "nli".into(),
+            kind: TaskKind::PairClassification,
+            labels: vec!["entailment".into(), "contradiction".into()],
+            ..spec.clone()
+        };
+        MultiTaskModel::new(base, vec![spec, nli], 3)
             .unwrap()
             .save(dir.path())
             .unwrap();
@@ -412,7 +427,7 @@ fn every_family_is_served() {
         let (st, e) = post_json(
             srv.addr,
             "/api/explain",
-            &json!({"text": "A witty movie.", "methods": ["ig", "rollout", "occlusion"], "steps": 16}),
+            &json!({"text": "A witty movie.", "task": "sentiment", "methods": ["ig", "rollout", "occlusion"], "steps": 16, "attention": true}),
         );
         assert_eq!(st, 200, "{fixture}: {e}");
         let n = e["tokens"].as_array().unwrap().len();
@@ -429,6 +444,89 @@ fn every_family_is_served() {
             layers,
             "{fixture}"
         );
+        // A pair task explained without its second text is a 400, not an answer.
+        let (st, e) = post_json(
+            srv.addr,
+            "/api/explain",
+            &json!({"text": "A man walks.", "task": "nli", "methods": ["saliency"]}),
+        );
+        assert_eq!(st, 400, "{fixture}: {e}");
+        assert!(e["error"].as_str().unwrap().contains("text2"), "{e}");
         srv.stop();
     }
+}
+
+/// Attention only on request and capped; a work budget (tokens × methods × steps) per request:
+/// over either, a 422 naming the numbers, before any work is done.
+#[test]
+fn attention_is_opt_in_and_capped_and_work_has_a_budget() {
+    let srv = Server::start(ServeOptions {
+        max_attention_values: 2 * 4 * 10 * 10,
+        max_work: 20 * 2 * 50,
+        ..ServeOptions::default()
+    });
+    let a = srv.addr;
+    let (st, e) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": "A witty movie.", "methods": ["saliency"]}),
+    );
+    assert_eq!(st, 200, "{e}");
+    assert!(e["attention"].is_null(), "attention without asking: {e}");
+    let long = "A gorgeous, witty, seductive movie with a plot.";
+    let (st, e) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": long, "methods": ["saliency"], "attention": true}),
+    );
+    assert_eq!(st, 422, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    assert!(msg.contains("attention") && msg.contains("800"), "{msg}");
+    let (st, e) = post_json(
+        a,
+        "/api/explain",
+        &json!({"text": long, "methods": ["ig", "saliency", "occlusion"], "steps": 300}),
+    );
+    assert_eq!(st, 422, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    assert!(
+        msg.contains("3 methods") && msg.contains("300 steps") && msg.contains("2000"),
+        "{msg}"
+    );
+    srv.stop();
+}
+
+/// The `Host` header must name this server: a DNS-rebinding page (another site's name resolved
+/// to 127.0.0.1) gets 403; `localhost` at the port and `allow_hosts` names are answered.
+#[test]
+fn requests_for_another_host_are_refused() {
+    use std::io::{Read, Write};
+    let srv = Server::start(ServeOptions {
+        allow_hosts: vec!["prism.example:443".into()],
+        ..ServeOptions::default()
+    });
+    let status = |host: &str| -> (u16, String) {
+        let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+        write!(
+            s,
+            "GET /api/model HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, out)
+    };
+    let port = srv.addr.port();
+    assert_eq!(status(&srv.addr.to_string()).0, 200);
+    assert_eq!(status(&format!("localhost:{port}")).0, 200);
+    assert_eq!(status("prism.example:443").0, 200);
+    let (code, body) = status(&format!("attacker.example:{port}"));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("--allow-host"), "{body}");
+    srv.stop();
 }

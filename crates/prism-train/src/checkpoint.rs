@@ -1,6 +1,11 @@
 //! The resumable-run plumbing shared by fine-tuning and pre-training: the output folder, the
 //! `checkpoint-last/` folder (model, AdamW moments, a JSON state) written to a temporary folder
 //! and swapped into place, and reading it back with a check that the config did not change.
+//!
+//! Every checkpoint proves itself: `manifest.json`, written last, holds the size and SHA-256 of
+//! each file; a resume verifies all of them before reading anything, so a damaged, truncated
+//! or edited file (a flipped bit in the weights, an edited optimiser step or data cursor) is an
+//! error naming the file and what differs, never a silently wrong run.
 
 use crate::error::{Error, Result};
 use crate::optim::AdamW;
@@ -63,6 +68,104 @@ pub struct Resumed<S> {
     pub moments: Moments,
 }
 
+/// The file a checkpoint's checksums are in.
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Serialize, serde::Deserialize)]
+struct Manifest {
+    /// File name -> (bytes, lower-case hex SHA-256).
+    files: std::collections::BTreeMap<String, (u64, String)>,
+}
+
+fn sha256_of(path: &Path) -> Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((n, hex))
+}
+
+/// Write `dir/manifest.json` over every file in `dir` (written last: its presence means the
+/// rest is complete).
+pub fn write_manifest(dir: &Path) -> Result<()> {
+    let mut files = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name == MANIFEST || name.starts_with('.') {
+            continue;
+        }
+        if !p.is_file() {
+            return Err(Error::File {
+                path: p,
+                msg: "a checkpoint holds files only".into(),
+            });
+        }
+        files.insert(name, sha256_of(&p)?);
+    }
+    write_json(&dir.join(MANIFEST), &Manifest { files })
+}
+
+/// Check every file `dir/manifest.json` lists: present, of its size and its SHA-256.
+pub fn verify_manifest(dir: &Path) -> Result<()> {
+    let mp = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&mp).map_err(|e| Error::File {
+        path: mp.clone(),
+        msg: format!(
+            "cannot read the checkpoint's manifest ({e}): it was written by an older prism or \
+             damaged; run with --restart to start over"
+        ),
+    })?;
+    let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::File {
+        path: mp.clone(),
+        msg: format!("corrupt manifest: {e}"),
+    })?;
+    for (name, (bytes, sum)) in &m.files {
+        let p = dir.join(name);
+        if !p.is_file() {
+            return Err(Error::File {
+                path: p,
+                msg: "listed in the checkpoint's manifest but missing; run with --restart to \
+                      start over"
+                    .into(),
+            });
+        }
+        let (n, got) = sha256_of(&p)?;
+        if n != *bytes {
+            return Err(Error::File {
+                path: p,
+                msg: format!(
+                    "is {n} bytes, the checkpoint's manifest says {bytes}: the file was cut or \
+                     replaced; run with --restart to start over"
+                ),
+            });
+        }
+        if got != *sum {
+            return Err(Error::File {
+                path: p,
+                msg: format!(
+                    "its SHA-256 {got} differs from the manifest's {sum}: the file was damaged \
+                     or edited since the checkpoint was written; run with --restart to start \
+                     over"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Read the state and moments of the checkpoint in `dir`; `same_config` tells whether the
 /// config the state was written with is the one given now. (Where the output folder is does
 /// not count: a run folder moved to another disk or machine, or copied, resumes.)
@@ -71,6 +174,7 @@ pub fn read_checkpoint<S: DeserializeOwned>(
     state_file: &str,
     same_config: impl Fn(&S) -> bool,
 ) -> Result<Resumed<S>> {
+    verify_manifest(dir)?;
     let sp = dir.join(state_file);
     let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
     let state: S = serde_json::from_str(&text).map_err(|e| Error::File {
@@ -97,6 +201,27 @@ pub fn read_checkpoint<S: DeserializeOwned>(
     })
 }
 
+/// A state consistent with its run: no more updates done than the run has, AdamW's step count
+/// not beyond them.
+pub fn check_progress(
+    dir: &Path,
+    state_file: &str,
+    p: &crate::train_loop::Progress,
+    steps: usize,
+) -> Result<()> {
+    if p.step > steps || p.adam_t > p.step as u64 {
+        return Err(Error::File {
+            path: dir.join(state_file),
+            msg: format!(
+                "records update {} (AdamW step {}) of a {steps}-update run: not a state this run \
+                 can have written; run with --restart to start over",
+                p.step, p.adam_t
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Write `checkpoint-last/`: the model (by `save_model` into the folder it is given), the
 /// optimiser moments and the state, all into a temporary folder that is then swapped in.
 pub fn write_checkpoint<S: Serialize>(
@@ -115,6 +240,7 @@ pub fn write_checkpoint<S: Serialize>(
         msg: e.to_string(),
     })?;
     write_json(&tmp.join(state_file), state)?;
+    write_manifest(&tmp)?;
     swap_dir(&tmp, &checkpoint_dir(out))
 }
 

@@ -296,11 +296,51 @@ impl TrainConfig {
             return bad("`steps`, `batch_size` and `grad_accum` must be positive".into());
         }
         self.multitask.validate(self.tasks.len())?;
-        if !(self.lr > 0.0) {
-            return bad(format!("`lr` {} must be positive", self.lr));
+        // Every number in its range (NaN fails every comparison, so each check is written to
+        // accept only what is in range).
+        let finite_above = |key: &str, v: f64, min: f64| -> Result<()> {
+            if v.is_finite() && v > min {
+                Ok(())
+            } else {
+                bad(format!("`{key}` {v} must be a finite number above {min}"))
+            }
+        };
+        let finite_from = |key: &str, v: f64, min: f64| -> Result<()> {
+            if v.is_finite() && v >= min {
+                Ok(())
+            } else {
+                bad(format!(
+                    "`{key}` {v} must be a finite number of at least {min}"
+                ))
+            }
+        };
+        let fraction = |key: &str, v: f64| -> Result<()> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                bad(format!("`{key}` {v} must be in [0, 1]"))
+            }
+        };
+        finite_above("lr", self.lr, 0.0)?;
+        finite_from("weight_decay", self.weight_decay, 0.0)?;
+        finite_from("warmup", self.warmup, 0.0)?;
+        if self.warmup >= 1.0 && self.warmup > self.steps as f64 {
+            return bad(format!(
+                "`warmup` {} steps is longer than the run's {} `steps` (a fraction below 1, or \
+                 a number of steps up to `steps`)",
+                self.warmup, self.steps
+            ));
+        }
+        finite_from("max_grad_norm", self.max_grad_norm, 0.0)?;
+        if self.eval_batch_size == 0 {
+            return bad("`eval_batch_size` must be at least 1".into());
+        }
+        if self.eval_train_examples == Some(0) {
+            return bad("`eval_train_examples` must be at least 1 (leave it out for none)".into());
         }
         let mut names = std::collections::HashSet::new();
-        for t in &self.tasks {
+        for (i, t) in self.tasks.iter().enumerate() {
+            let key = |field: &str| format!("task[{i}].{field}");
             if !names.insert(&t.name) {
                 return bad(format!("task name `{}` is used twice", t.name));
             }
@@ -309,6 +349,70 @@ impl TrainConfig {
                     "task `{}` needs `data = \"NAME/SUBSET\"` or a `train` file",
                     t.name
                 ));
+            }
+            if let (Some(d), Some(f)) = (&t.data, &t.train) {
+                return bad(format!(
+                    "task `{}`: both `data = \"{d}\"` and `train = \"{}\"` are given; keep one \
+                     (with `data` the set's own train/dev/test files are used)",
+                    t.name,
+                    f.display()
+                ));
+            }
+            finite_above(&key("weight"), t.weight, 0.0)?;
+            if let Some(labels) = &t.labels {
+                let mut seen = std::collections::HashSet::new();
+                for l in labels {
+                    if l.trim().is_empty() || l.trim() != l {
+                        return bad(format!(
+                            "`{}`: label {l:?} is empty or has surrounding spaces",
+                            key("labels")
+                        ));
+                    }
+                    if !seen.insert(l) {
+                        return bad(format!("`{}`: label {l:?} is listed twice", key("labels")));
+                    }
+                }
+            }
+            if t.max_length < 8 {
+                return bad(format!(
+                    "`{}` {} must be at least 8",
+                    key("max_length"),
+                    t.max_length
+                ));
+            }
+            if t.kind == TaskKind::Qa && t.doc_stride >= t.max_length {
+                return bad(format!(
+                    "`{}` {} must be below `{}` {} (the windows' overlap, in tokens)",
+                    key("doc_stride"),
+                    t.doc_stride,
+                    key("max_length"),
+                    t.max_length
+                ));
+            }
+            for (field, v) in [
+                ("max_train_examples", t.max_train_examples),
+                ("max_eval_examples", t.max_eval_examples),
+            ] {
+                if v == Some(0) {
+                    return bad(format!(
+                        "`{}` must be at least 1 (leave it out for all examples)",
+                        key(field)
+                    ));
+                }
+            }
+            if let Some(p) = &t.perturbed_dev {
+                fraction(&key("perturbed_dev.typo_rate"), p.typo_rate)?;
+                fraction(&key("perturbed_dev.word_dropout"), p.word_dropout)?;
+            }
+            if let Some(a) = &t.adversarial {
+                a.validate(&key("adversarial")).map_err(Error::Config)?;
+            }
+            if let Some(d) = &t.dann {
+                finite_above(&key("dann.weight"), d.weight, 0.0)?;
+                finite_above(&key("dann.gamma"), d.gamma, 0.0)?;
+                if d.max_examples == Some(0) {
+                    return bad(format!("`{}` must be at least 1", key("dann.max_examples")));
+                }
             }
             if t.dann.is_some() && t.adversarial.is_some() {
                 return bad(format!(
@@ -343,9 +447,6 @@ impl TrainConfig {
                     ));
                 }
             }
-            if !(t.weight > 0.0) {
-                return bad(format!("task `{}`: `weight` must be positive", t.name));
-            }
         }
         if let Some(es) = &self.early_stopping {
             let Some((task, _)) = es.metric.split_once('.') else {
@@ -358,8 +459,8 @@ impl TrainConfig {
                 return bad(format!("early_stopping.metric names unknown task `{task}`"));
             }
         }
-        if self.sampling.kind == SamplingKind::Temperature && !(self.sampling.temperature > 0.0) {
-            return bad("sampling.temperature must be positive".into());
+        if self.sampling.kind == SamplingKind::Temperature {
+            finite_above("sampling.temperature", self.sampling.temperature, 0.0)?;
         }
         Ok(())
     }
@@ -444,5 +545,124 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("needs `data"));
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    const BASE: &str = "model = \"m\"\noutput = \"o\"\nsteps = 10\n";
+    const TASK: &str = "[[task]]\nname = \"a\"\nkind = \"classification\"\ntrain = \"x.jsonl\"\n";
+
+    fn check(top: &str, task: &str, says: &[&str]) {
+        let text = format!("{BASE}{top}\n{TASK}{task}\n");
+        let cfg: TrainConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let e = cfg
+            .validate()
+            .err()
+            .unwrap_or_else(|| panic!("accepted:\n{text}"))
+            .to_string();
+        for s in says {
+            assert!(e.contains(s), "{text}\n-> {e} (wanted {s:?})");
+        }
+    }
+
+    /// Every out-of-range or contradictory value the reliability review found accepted is
+    /// refused, the message naming the key path and the allowed range.
+    #[test]
+    fn out_of_range_values_are_refused_with_the_key_and_range() {
+        // A valid config is accepted.
+        let ok: TrainConfig = toml::from_str(&format!("{BASE}{TASK}")).unwrap();
+        ok.validate().unwrap();
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("lr = inf", "", &["`lr` inf", "finite", "above 0"]),
+            ("lr = nan", "", &["`lr` NaN"]),
+            (
+                "weight_decay = -0.1",
+                "",
+                &["`weight_decay` -0.1", "at least 0"],
+            ),
+            ("weight_decay = nan", "", &["`weight_decay` NaN"]),
+            ("warmup = -1.0", "", &["`warmup` -1"]),
+            ("warmup = nan", "", &["`warmup` NaN"]),
+            ("warmup = 50.0", "", &["`warmup` 50", "`steps`"]),
+            ("max_grad_norm = nan", "", &["`max_grad_norm` NaN"]),
+            ("max_grad_norm = -1.0", "", &["`max_grad_norm` -1"]),
+            (
+                "eval_batch_size = 0",
+                "",
+                &["`eval_batch_size`", "at least 1"],
+            ),
+            ("", "weight = inf", &["`task[0].weight` inf"]),
+            (
+                "",
+                "labels = [\"pos\", \"neg\", \"pos\"]",
+                &["`task[0].labels`", "\"pos\"", "twice"],
+            ),
+            (
+                "",
+                "labels = [\"negative \", \"positive\"]",
+                &["`task[0].labels`", "spaces"],
+            ),
+            (
+                "",
+                "labels = [\"\", \"positive\"]",
+                &["`task[0].labels`", "empty"],
+            ),
+            (
+                "",
+                "data = \"vader/movie_binary\"",
+                &["both `data = ", "`train = "],
+            ),
+            (
+                "",
+                "max_train_examples = 0",
+                &["`task[0].max_train_examples`", "at least 1"],
+            ),
+            (
+                "",
+                "max_length = 4",
+                &["`task[0].max_length` 4", "at least 8"],
+            ),
+            (
+                "",
+                "[task.perturbed_dev]\ntypo_rate = 2.0",
+                &["`task[0].perturbed_dev.typo_rate` 2", "[0, 1]"],
+            ),
+            (
+                "",
+                "[task.perturbed_dev]\nword_dropout = -1.0",
+                &["`task[0].perturbed_dev.word_dropout` -1"],
+            ),
+            (
+                "",
+                "[task.adversarial]\nkind = \"pgd\"\nepsilon = nan",
+                &["`task[0].adversarial.epsilon` NaN"],
+            ),
+            (
+                "",
+                "[task.adversarial]\nkind = \"pgd\"\nsteps = 0",
+                &["`task[0].adversarial.steps`", "at least 1"],
+            ),
+            (
+                "",
+                "[task.adversarial]\nkind = \"fgm\"\nepsilon = -1.0",
+                &["`task[0].adversarial.epsilon` -1"],
+            ),
+        ];
+        for (top, task, says) in cases {
+            check(top, task, says);
+        }
+        // QA: the windows' overlap must be below their length.
+        let text = format!(
+            "{BASE}[[task]]\nname = \"q\"\nkind = \"qa\"\ntrain = \"s.json\"\nmax_length = 24\ndoc_stride = 24\n"
+        );
+        let cfg: TrainConfig = toml::from_str(&text).unwrap();
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("`task[0].doc_stride` 24") && e.contains("`task[0].max_length` 24"),
+            "{e}"
+        );
     }
 }

@@ -832,3 +832,109 @@ max_length = 32
         .to_string();
     assert!(err.contains("keeps its labels"), "{err}");
 }
+
+/// A checkpoint proves itself: a flipped bit in its weights, an edited optimiser step or data
+/// cursor is refused on resume, naming the file; a state whose step is past the run's end is
+/// refused even with a matching manifest; a run folder moved elsewhere resumes.
+#[test]
+fn damaged_or_edited_checkpoints_are_refused_and_moved_runs_resume() {
+    let out = tempfile::tempdir().unwrap();
+    let stop = RunOptions {
+        stop_after: Some(2),
+        ..Default::default()
+    };
+    train(&config(out.path(), 6, ""), &Device::Cpu, &stop).unwrap();
+    let ck = out.path().join("checkpoint-last");
+    assert!(ck.join("manifest.json").is_file());
+    let pristine = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&ck).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, pristine.path().join(f.file_name().unwrap())).unwrap();
+    }
+    let restore = || {
+        for f in std::fs::read_dir(pristine.path()).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, ck.join(f.file_name().unwrap())).unwrap();
+        }
+    };
+    let resume_err = || {
+        train(
+            &config(out.path(), 6, ""),
+            &Device::Cpu,
+            &RunOptions::default(),
+        )
+        .err()
+        .expect("resumed a damaged checkpoint")
+        .to_string()
+    };
+    // One flipped bit in the weights.
+    let w = ck.join("model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let i = bytes.len() - 17;
+    bytes[i] ^= 0x10;
+    std::fs::write(&w, bytes).unwrap();
+    let e = resume_err();
+    assert!(
+        e.contains("model.safetensors") && e.contains("SHA-256"),
+        "{e}"
+    );
+    restore();
+    // An edited optimiser step and data cursor.
+    let sp = ck.join("trainer_state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&sp).unwrap()).unwrap();
+    st["adam_t"] = serde_json::json!(1);
+    std::fs::write(&sp, serde_json::to_string_pretty(&st).unwrap()).unwrap();
+    let e = resume_err();
+    assert!(
+        e.contains("trainer_state.json") && e.contains("manifest"),
+        "{e}"
+    );
+    // A state past the run's end, with a manifest rewritten to match it.
+    st["step"] = serde_json::json!(60);
+    std::fs::write(&sp, serde_json::to_string_pretty(&st).unwrap()).unwrap();
+    prism_train::checkpoint::write_manifest(&ck).unwrap();
+    let e = resume_err();
+    assert!(e.contains("update 60") && e.contains("6-update run"), "{e}");
+    restore();
+    // A truncated optimiser file.
+    let op = ck.join("optimizer.safetensors");
+    let len = std::fs::metadata(&op).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&op)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e = resume_err();
+    assert!(
+        e.contains("optimizer.safetensors") && e.contains("bytes"),
+        "{e}"
+    );
+    restore();
+    // Moved elsewhere, the run resumes and completes.
+    let moved = tempfile::tempdir().unwrap();
+    let dst = moved.path().join("run");
+    std::fs::rename(out.path(), &dst)
+        .or_else(|_| {
+            // Across file systems: copy the folder.
+            copy_dir(out.path(), &dst);
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap();
+    let r = train(&config(&dst, 6, ""), &Device::Cpu, &RunOptions::default()).unwrap();
+    assert!(r.completed);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let q = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &q);
+        } else {
+            std::fs::copy(&p, &q).unwrap();
+        }
+    }
+}

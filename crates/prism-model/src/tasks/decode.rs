@@ -3,7 +3,7 @@
 //! (up to 30 tokens, as transformers' run_qa), and one tag per word.
 
 use super::{Example, Feature, Task, TaskKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::{EncoderInput, EncoderOutput, Mode};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -110,6 +110,19 @@ impl Task {
         feats: &[Feature],
         logits: &[Tensor],
     ) -> Result<Vec<Prediction>> {
+        // A NaN or infinite output (a damaged weight, an overflow) is an error naming the
+        // input, never a prediction with null probabilities.
+        for (f, l) in feats.iter().zip(logits) {
+            let v: Vec<f32> = l.flatten_all()?.to_vec1()?;
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(Error::Input(format!(
+                    "task `{}`: the model's output for input {} is {x} (not finite): its weights \
+                     hold NaN or infinite values, or the input overflowed them",
+                    self.spec.name,
+                    f.example + 1
+                )));
+            }
+        }
         let labels = &self.spec.labels;
         match self.spec.kind {
             // Sequence-level: one row per feature; an example read in several windows gets

@@ -211,6 +211,9 @@ impl Task {
             },
         };
         let tokenizer = tokenizer.with_max_len(spec.max_length)?;
+        // The model's positions bound the length: what prism.json records is what is used.
+        let mut spec = spec;
+        spec.max_length = spec.max_length.min(tokenizer.max_len());
         Ok(Self {
             spec,
             head,

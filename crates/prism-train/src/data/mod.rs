@@ -108,7 +108,8 @@ impl Record for serde_json::Map<String, serde_json::Value> {
         self.get(field).filter(|v| !v.is_null()).map(|v| match v {
             serde_json::Value::String(s) => Ok(s.clone()),
             serde_json::Value::Number(n) => Ok(n.to_string()),
-            serde_json::Value::Bool(b) => Ok(b.to_string()),
+            // `true` is not the class "true": a boolean where a name belongs is a data error.
+            serde_json::Value::Bool(b) => Err(format!("expected a string, found the boolean {b}")),
             other => Err(format!("expected a string, found {other}")),
         })
     }
@@ -258,14 +259,32 @@ fn example_from(
     }
     ex.target = match kind {
         TargetKind::Label => match str_field(&fields.label)? {
+            // A label with surrounding spaces or none at all would silently become a class of
+            // its own.
+            Some(l) if l.trim().is_empty() => {
+                return Err(err(&fields.label, "is empty".into()));
+            }
+            Some(l) if l.trim() != l => {
+                return Err(err(
+                    &fields.label,
+                    format!(
+                        "{l:?} has surrounding spaces (did you mean {:?}?)",
+                        l.trim()
+                    ),
+                ));
+            }
             Some(l) => Target::Label(l),
             None => Target::None,
         },
         TargetKind::Value => match rec.get_value(&fields.label) {
             Some(v) => {
                 let v = v.map_err(|m| err(&fields.label, m))?;
-                if !v.is_finite() {
-                    return Err(err(&fields.label, format!("{v} is not finite")));
+                // Finite as the f32 the model trains on, not only as f64 (1e300 is not).
+                if !v.is_finite() || !(v as f32).is_finite() {
+                    return Err(err(
+                        &fields.label,
+                        format!("{v} is not a finite 32-bit number"),
+                    ));
                 }
                 Target::Value(v)
             }
@@ -293,7 +312,18 @@ pub fn read_jsonl(
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line_no = i + 1;
-        let line = line.map_err(|e| Error::io(path, e))?;
+        let line = line.map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                Error::data(path, line_no, "(line)", "is not valid UTF-8".to_string())
+            }
+            _ => Error::io(path, e),
+        })?;
+        // A byte-order mark (editors on Windows write one) is not part of the first record.
+        let line = if line_no == 1 {
+            line.strip_prefix('\u{feff}').unwrap_or(&line).to_string()
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -453,6 +483,64 @@ mod tests {
         let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
         f.write_all(body.as_bytes()).unwrap();
         f
+    }
+
+    /// Values that used to be read wrongly are errors naming the file, line and field; a BOM
+    /// is skipped.
+    #[test]
+    fn labels_that_would_become_classes_of_their_own_are_refused() {
+        let d = Fields::default();
+        for (body, kind, field, says) in [
+            (
+                "{\"text\": \"a\", \"label\": true}\n",
+                TargetKind::Label,
+                "label",
+                "boolean true",
+            ),
+            (
+                "{\"text\": \"a\", \"label\": \"negative \"}\n",
+                TargetKind::Label,
+                "label",
+                "surrounding spaces",
+            ),
+            (
+                "{\"text\": \"a\", \"label\": \"\"}\n",
+                TargetKind::Label,
+                "label",
+                "empty",
+            ),
+            (
+                "{\"text\": \"a\", \"label\": 1e300}\n",
+                TargetKind::Value,
+                "label",
+                "32-bit",
+            ),
+        ] {
+            let f = file(".jsonl", body);
+            let e = read_file(f.path(), &d, kind, false)
+                .unwrap_err()
+                .to_string();
+            let at = format!("{}:1: field `{field}`", f.path().display());
+            assert!(e.contains(says) && e.contains(&at), "{body} -> {e}");
+        }
+        // A UTF-8 byte-order mark before the first record is not part of it.
+        let f = file(".jsonl", "\u{feff}{\"text\": \"a\", \"label\": \"pos\"}\n");
+        let ex = read_file(f.path(), &d, TargetKind::Label, false).unwrap();
+        assert_eq!(ex[0].target, Target::Label("pos".into()));
+        // Invalid UTF-8 is named with its line.
+        let mut f = tempfile::Builder::new()
+            .suffix(".jsonl")
+            .tempfile()
+            .unwrap();
+        f.write_all(b"{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"\xff\"}\n")
+            .unwrap();
+        let e = read_file(f.path(), &d, TargetKind::Label, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{}:2:", f.path().display())) && e.contains("UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

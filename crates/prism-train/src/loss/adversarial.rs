@@ -61,6 +61,73 @@ pub enum AdversarialConfig {
     },
 }
 
+impl AdversarialConfig {
+    /// Every field in its range: sizes finite and positive (FreeLB's `max_norm` and SMART's
+    /// `noise` may be 0), at least one ascent step. `key` is the TOML path of the section.
+    pub fn validate(&self, key: &str) -> std::result::Result<(), String> {
+        let positive = |name: &str, v: f64| -> std::result::Result<(), String> {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{key}.{name}` {v} must be a finite number above 0"
+                ))
+            }
+        };
+        let non_negative = |name: &str, v: f64| -> std::result::Result<(), String> {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{key}.{name}` {v} must be a finite number of at least 0"
+                ))
+            }
+        };
+        let steps = |n: usize| -> std::result::Result<(), String> {
+            if n == 0 {
+                Err(format!("`{key}.steps` must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        match *self {
+            AdversarialConfig::Fgm { epsilon } => positive("epsilon", epsilon),
+            AdversarialConfig::Pgd {
+                epsilon,
+                alpha,
+                steps: n,
+            } => {
+                positive("epsilon", epsilon)?;
+                positive("alpha", alpha)?;
+                steps(n)
+            }
+            AdversarialConfig::FreeLb {
+                adv_lr,
+                steps: n,
+                init_mag,
+                max_norm,
+            } => {
+                positive("adv_lr", adv_lr)?;
+                steps(n)?;
+                non_negative("init_mag", init_mag)?;
+                non_negative("max_norm", max_norm)
+            }
+            AdversarialConfig::Smart {
+                epsilon,
+                step_size,
+                noise,
+                weight,
+            } => {
+                positive("epsilon", epsilon)?;
+                positive("step_size", step_size)?;
+                non_negative("noise", noise)?;
+                positive("weight", weight)
+            }
+            AdversarialConfig::RDrop { alpha } => positive("alpha", alpha),
+        }
+    }
+}
+
 fn d_one() -> f64 {
     1.0
 }

@@ -87,6 +87,7 @@ pub fn pretrain(
                             ..cfg.clone()
                         }
                 })?;
+                crate::checkpoint::check_progress(dir, STATE_FILE, &r.state.progress, cfg.steps)?;
                 (
                     PretrainedModel::load(dir, device)?,
                     Some(r.state),

@@ -47,6 +47,7 @@ pub fn train(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Re
                         ..cfg.clone()
                     }
             })?;
+            crate::checkpoint::check_progress(ck, STATE_FILE, &r.state.progress, cfg.steps)?;
             (
                 PretrainedModel::load(ck, device)?,
                 Some(r.state),

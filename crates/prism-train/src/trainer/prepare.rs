@@ -162,6 +162,55 @@ pub fn prepare_with(
             ) => infer_labels(t.kind, &train),
             (None, _) => Vec::new(),
         };
+        let needs_two = matches!(
+            t.kind,
+            TaskKind::Classification | TaskKind::PairClassification | TaskKind::Token
+        );
+        if needs_two && t.labels.is_none() && labels.len() < 2 {
+            let file = train_path.display();
+            return Err(Error::Config(if train.is_empty() {
+                format!("task `{}`: {file} has no training examples", t.name)
+            } else {
+                format!(
+                    "task `{}`: the {} training examples of {file} have {} distinct label(s) \
+                     {labels:?} in their `{}` field; a {:?} task needs at least two (is this the \
+                     right file and `kind`?)",
+                    t.name,
+                    train.len(),
+                    labels.len(),
+                    t.fields.label,
+                    t.kind
+                )
+            }));
+        }
+        // Dev and test examples are scored: each needs a target, and a class the task has
+        // (otherwise it would silently drop out of the metrics, or score 0).
+        for (split, path, set) in [("dev", &dev_path, &dev), ("test", &test_path, &test)] {
+            let Some(path) = path else { continue };
+            for ex in set.iter() {
+                match &ex.target {
+                    Target::None if t.kind != TaskKind::Qa => {
+                        return Err(Error::data(
+                            path,
+                            ex.line,
+                            &t.fields.label,
+                            format!("missing ({split} examples need a label to be scored)"),
+                        ))
+                    }
+                    // Against the configured labels only: inferred ones come from a training
+                    // set that may be capped (`max_train_examples`) below some classes.
+                    Target::Label(l) if t.labels.is_some() && !labels.contains(l) => {
+                        return Err(Error::data(
+                            path,
+                            ex.line,
+                            &t.fields.label,
+                            format!("{l:?} is not one of the configured labels {labels:?}"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
         if let Some(p) = t.label_noise {
             let seed = seed_for(cfg.seed, Stream::LabelNoise, ti as u64);
             data::flip_labels(&mut train, &labels, p, seed);
