@@ -97,10 +97,20 @@ impl PrismTokenizer {
             .unwrap_or_else(|| dir.join("spiece.model"));
         let mut spm_xlnet = false;
         let (inner, path) = if json.is_file() {
-            (
-                Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?,
-                json,
-            )
+            // tokenizers 0.23 panics on some malformed files (a truncated decoder section):
+            // that is an error naming the file here.
+            let read = std::panic::catch_unwind(|| Tokenizer::from_file(&json));
+            let tk = match read {
+                Ok(r) => r.map_err(|e| tok_err(&json, e))?,
+                Err(_) => {
+                    return Err(tok_err(
+                        &json,
+                        "the tokenizers library failed on malformed data (not a valid \
+                         tokenizer.json)",
+                    ))
+                }
+            };
+            (tk, json)
         } else if vocab_txt.is_file() {
             (
                 Self::bert_from_vocab(&vocab_txt, lower_case(dir))?,

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod common;
+mod fuzz;
 mod minilm;
 mod mlm;
 mod parity;

@@ -3,3 +3,4 @@
 mod api;
 mod browser;
 mod common;
+mod fuzz;

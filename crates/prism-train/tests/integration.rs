@@ -2,6 +2,7 @@
 
 mod examples;
 mod families;
+mod fuzz;
 mod multi_label;
 mod pretrain;
 mod trainer;

@@ -156,7 +156,14 @@ impl MultiTaskModel {
             })?;
             p.tasks
         };
-        let model = Self::new(base, specs, 0)?;
+        // A task prism.json describes badly (no labels, a bad name) is its error.
+        let model = Self::new(base, specs, 0).map_err(|e| match e {
+            Error::InvalidConfig(msg) => Error::Config {
+                path: pj.clone(),
+                msg,
+            },
+            other => other,
+        })?;
         // Every head must have come from the checkpoint: a missing head tensor means a damaged folder.
         let vars = model.base.params.vars();
         for t in &model.tasks {
