@@ -54,10 +54,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Refuse a request whose `Host` header is not one the server answers to (403): the defence
-/// against DNS rebinding, where a page on another site resolves its own name to 127.0.0.1.
+/// Refuse a request whose `Host` header is not one the server answers to (403: the defence
+/// against DNS rebinding, where a page on another site resolves its own name to 127.0.0.1),
+/// or whose declared `Content-Length` is over the body limit (413, before reading it).
 pub async fn check_host(
     allowed: &[String],
+    max_body: usize,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -67,7 +69,24 @@ pub async fn check_host(
         .and_then(|h| h.to_str().ok())
         .map(|h| h.to_ascii_lowercase());
     match host {
-        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => next.run(req).await,
+        Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => {
+            // A declared body over the limit is refused before a byte of it is read.
+            let declared = req
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match declared {
+                Some(n) if n > max_body as u64 => ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "the body is {n} bytes; the limit is {max_body} (`max_body_bytes`)"
+                    ),
+                }
+                .into_response(),
+                _ => next.run(req).await,
+            }
+        }
         other => ApiError {
             status: StatusCode::FORBIDDEN,
             message: format!(

@@ -44,6 +44,10 @@ pub struct ServeOptions {
     /// port): the names a reverse proxy forwards. Any other `Host` is refused with 403, so a page
     /// on another site cannot reach the API through DNS rebinding.
     pub allow_hosts: Vec<String>,
+    /// Open connections at once; a connection beyond them is closed on accept.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (a half-sent request is closed after it).
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for ServeOptions {
@@ -59,6 +63,8 @@ impl Default for ServeOptions {
             max_attention_values: 1 << 20,
             max_work: 500_000,
             allow_hosts: Vec::new(),
+            max_connections: 256,
+            header_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -97,16 +103,42 @@ pub async fn serve(
         allowed.push(format!("[::1]:{}", local.port()));
     }
     allowed.extend(state.opts.allow_hosts.iter().cloned());
+    let opts = state.opts.clone();
     let allowed = Arc::new(allowed);
+    let max_body = state.opts.max_body_bytes;
     let app = api::router(state).layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let allowed = allowed.clone();
-            async move { api::check_host(&allowed, req, next).await }
+            async move { api::check_host(&allowed, max_body, req, next).await }
         },
     ));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limit = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                // Over the connection limit: closed at once, nothing read.
+                let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                let mut b = hyper::server::conn::http1::Builder::new();
+                b.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(opts.header_timeout);
+                let conn = graceful.watch(
+                    b.serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    // In-flight requests finish; idle keep-alive connections are closed.
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

@@ -530,3 +530,76 @@ fn requests_for_another_host_are_refused() {
     assert!(body.contains("--allow-host"), "{body}");
     srv.stop();
 }
+
+/// A client that never finishes its headers is disconnected after the header timeout, and
+/// connections beyond the limit are closed on accept, while a normal request is still
+/// answered.
+#[test]
+fn half_sent_headers_time_out_and_connections_are_limited() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let srv = Server::start(ServeOptions {
+        header_timeout: Duration::from_millis(500),
+        max_connections: 3,
+        ..ServeOptions::default()
+    });
+    let closed_within = |s: &mut std::net::TcpStream, limit: Duration| -> bool {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 64];
+        // EOF (0) or a reset is a close; a timeout is not.
+        !matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            || e.kind() == std::io::ErrorKind::TimedOut)
+    };
+    // Three half-sent requests hold every connection slot until the timeout.
+    let t0 = Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+            s.write_all(b"GET /api/model HTTP/1.1\r\nHost: ").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    // A fourth connection beyond the limit is closed at once.
+    let mut extra = std::net::TcpStream::connect(srv.addr).unwrap();
+    let _ = extra.write_all(b"GET /api/model HTTP/1.1\r\n");
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(3)),
+        "over the limit, still open"
+    );
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(5)),
+            "a half-sent request stayed open"
+        );
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // The slots are free again.
+    let (st, _) = http(srv.addr, "GET", "/api/model", None);
+    assert_eq!(st, 200);
+    srv.stop();
+}
+
+/// A `Content-Length` over the body limit is answered with 413 at once, before any of the
+/// body is sent.
+#[test]
+fn an_oversized_content_length_is_refused_before_reading() {
+    use std::io::{Read, Write};
+    let srv = Server::start(ServeOptions::default());
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    write!(
+        s,
+        "POST /api/predict HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n",
+        srv.addr
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s
+        .read(&mut buf)
+        .expect("no answer within 5 s without a body");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    srv.stop();
+}
