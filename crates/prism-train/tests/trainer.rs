@@ -938,3 +938,57 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A SQuAD training question without an answer is an error naming the file, the question and
+/// its id when the data is read, not a failure deep in batching; a dev file without labels is
+/// refused rather than scored as accuracy 0.
+#[test]
+fn unanswerable_training_questions_and_unlabelled_dev_sets_are_named() {
+    let out = tempfile::tempdir().unwrap();
+    let d = fixtures().join("data");
+    let mut squad: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("qa.train.json")).unwrap()).unwrap();
+    squad["data"][0]["paragraphs"][0]["qas"][0]["answers"] = serde_json::json!([]);
+    let qa = out.path().join("qa.json");
+    std::fs::write(&qa, squad.to_string()).unwrap();
+    let extra = format!(
+        "[[task]]\nname = \"qa\"\nkind = \"qa\"\ntrain = \"{}\"\nmax_length = 48\ndoc_stride = 16\n",
+        qa.display()
+    );
+    let e = train(
+        &config(out.path(), 4, &extra),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .err()
+    .expect("trained on an unanswerable question")
+    .to_string();
+    assert!(
+        e.contains(&*qa.display().to_string()) && e.contains("no answer") && e.contains("q1"),
+        "{e}"
+    );
+    // A dev set whose examples carry no label.
+    let dev = out.path().join("dev.jsonl");
+    std::fs::write(
+        &dev,
+        "{\"text\": \"A fine film.\"}\n{\"text\": \"Dull.\"}\n",
+    )
+    .unwrap();
+    let mut cfg = config(out.path(), 4, "");
+    cfg.tasks[0].dev = Some(dev.clone());
+    let e = train(
+        &cfg,
+        &Device::Cpu,
+        &RunOptions {
+            restart: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .expect("scored a dev set without labels")
+    .to_string();
+    assert!(
+        e.contains(&format!("{}:1:", dev.display())) && e.contains("need a label"),
+        "{e}"
+    );
+}

@@ -360,8 +360,13 @@ pub fn read_delimited(
         .clone();
     let mut out = Vec::new();
     for (i, row) in rdr.records().enumerate() {
-        let line_no = i + 2;
-        let row = row.map_err(|e| Error::data(path, line_no, "(row)", e.to_string()))?;
+        // The line the record starts on, as the csv crate counts it (a quoted field may span
+        // lines, so the record index is not the line).
+        let row = row.map_err(|e| {
+            let line = e.position().map(|p| p.line() as usize).unwrap_or(i + 2);
+            Error::data(path, line, "(row)", e.to_string())
+        })?;
+        let line_no = row.position().map(|p| p.line() as usize).unwrap_or(i + 2);
         let rec = CsvRow {
             headers: &headers,
             row: &row,
@@ -483,6 +488,23 @@ mod tests {
         let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
         f.write_all(body.as_bytes()).unwrap();
         f
+    }
+
+    /// A CSV record after a multi-line quoted field is named by the line it starts on, the
+    /// line the csv crate's own message counts.
+    #[test]
+    fn csv_errors_name_the_line_the_record_starts_on() {
+        let f = file(
+            ".csv",
+            "text,label\n\"two\nlines\",pos\n\"three\nmore\nlines\",neg\nshort\n",
+        );
+        let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{}:7:", f.path().display())), "{e}");
+        let f = file(".csv", "text,label\n\"two\nlines\",pos\nnext,neg\n");
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap();
+        assert_eq!((ex[0].line, ex[1].line), (2, 4));
     }
 
     /// Values that used to be read wrongly are errors naming the file, line and field; a BOM

@@ -143,6 +143,22 @@ pub fn prepare_with(
         };
         let dev = read_opt(&dev_path, 1000 + ti as u64)?;
         let test = read_opt(&test_path, 2000 + ti as u64)?;
+        if let Some(ex) = train
+            .iter()
+            .find(|e| matches!(&e.target, Target::Answers(a) if a.is_empty()))
+        {
+            return Err(Error::data(
+                &train_path,
+                ex.line,
+                "answers",
+                format!(
+                    "question {} (`{}`) has no answer: training questions need one \
+                     (unanswerable questions are for evaluation only)",
+                    ex.line,
+                    ex.id.as_deref().unwrap_or("no id")
+                ),
+            ));
+        }
         if let Some(ex) = train.iter().find(|e| e.target == Target::None) {
             return Err(Error::data(
                 &train_path,
