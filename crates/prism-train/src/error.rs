@@ -21,15 +21,20 @@ pub enum Error {
     },
     #[error("config: {0}")]
     Config(String),
-    /// Training diverged: a loss became NaN or infinite.
-    #[error("step {step}: {what} loss is {value}; lower the learning rate")]
+    /// Training diverged: a loss became NaN or infinite. `step` counts updates from 1, as
+    /// metrics.jsonl does.
+    #[error(
+        "update {step}: the {what} loss is {value}. The weights or the loss overflowed: a learning \
+         rate or weight decay too large for this model, or a target out of range (a regression \
+         label far from the others); lower `lr` or `weight_decay`, or check the data"
+    )]
     NonFiniteLoss {
         step: usize,
         what: String,
         value: f64,
     },
     /// An update computed no gradient (an objective that ran no backward pass).
-    #[error("step {step}: no gradient was computed")]
+    #[error("update {step}: no gradient was computed")]
     NoGradient { step: usize },
     /// Ranks of a data-parallel job that cannot go on together (a different config, a
     /// failed engine).

@@ -274,7 +274,7 @@ pub fn run<O: Objective>(
                 }
             });
         }
-        let mut grads = grads.ok_or(Error::NoGradient { step })?;
+        let mut grads = grads.ok_or(Error::NoGradient { step: step + 1 })?;
         // -- all-reduce: weights, values and which parameters have gradients in one small
         //    reduction, then the gradients in buckets; one process has them all already
         if world > 1 {
@@ -287,7 +287,7 @@ pub fn run<O: Objective>(
             let v = &values[micro * per..(micro + 1) * per];
             if let Some(slot) = (1..per).find(|&s| !v[s].is_finite()) {
                 return Err(Error::NonFiniteLoss {
-                    step,
+                    step: step + 1,
                     what: objective.value_name(micro, slot - 1),
                     value: v[slot],
                 });

@@ -992,3 +992,36 @@ fn unanswerable_training_questions_and_unlabelled_dev_sets_are_named() {
         "{e}"
     );
 }
+
+/// A loss that overflows (a regression label far out of range) stops the run with an error
+/// that counts updates as metrics.jsonl does (from 1) and names the causes, not only the
+/// learning rate.
+#[test]
+fn an_overflowing_loss_names_the_update_and_its_causes() {
+    let out = tempfile::tempdir().unwrap();
+    let d = fixtures().join("data");
+    let mut rows = std::fs::read_to_string(d.join("rating.train.jsonl")).unwrap();
+    for _ in 0..8 {
+        rows.push_str("{\"text\": \"An absurd rating.\", \"label\": 3e37}\n");
+    }
+    let f = out.path().join("rating.jsonl");
+    std::fs::write(&f, rows).unwrap();
+    let extra = format!(
+        "[[task]]\nname = \"rating\"\nkind = \"regression\"\ntrain = \"{}\"\nmax_length = 32\n",
+        f.display()
+    );
+    let mut cfg = config(out.path(), 6, &extra);
+    cfg.sampling.kind = prism_train::config::SamplingKind::Proportional;
+    let e = train(&cfg, &Device::Cpu, &RunOptions::default())
+        .err()
+        .expect("trained through an infinite loss")
+        .to_string();
+    assert!(
+        e.starts_with("update ") && !e.starts_with("update 0"),
+        "{e}"
+    );
+    assert!(
+        e.contains("rating") && e.contains("target out of range"),
+        "{e}"
+    );
+}
