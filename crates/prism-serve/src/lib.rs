@@ -118,7 +118,11 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors or the like: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
                 // Over the connection limit: closed at once, nothing read.
                 let Ok(permit) = limit.clone().try_acquire_owned() else { continue };
                 let svc = hyper_util::service::TowerToHyperService::new(app.clone());
