@@ -446,6 +446,7 @@ fn classification_model(base: PretrainedModel) -> Result<MultiTaskModel> {
         labels: vec!["negative".into(), "positive".into()],
         max_length: base.config.max_tokens(),
         doc_stride: 64,
+        max_question_length: None,
         threshold: None,
     };
     Ok(MultiTaskModel::new(base, vec![spec], 0)?)

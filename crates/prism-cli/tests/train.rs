@@ -185,6 +185,123 @@ fn a_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights() {
     );
 }
 
+/// Issue 22: killed with SIGKILL at 20 random (seeded) moments, from model loading through
+/// training steps, checkpoint writes and log appends, and resumed each time, a run ends with
+/// the uninterrupted run's weights and a metrics.jsonl whose every line parses and whose
+/// records are the uninterrupted run's, each step once.
+#[test]
+fn twenty_random_kills_lose_no_step_and_no_log_line() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 300;
+    let config = |name: &str| {
+        let p = write_config(tmp.path(), name, steps);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("checkpoint_every = 10", "checkpoint_every = 5");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let full = config("full");
+    let t0 = Instant::now();
+    let st = prism()
+        .args(["train", "--config", full.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let whole = t0.elapsed();
+    let cfg = config("killed");
+    let state = tmp.path().join("killed/checkpoint-last/trainer_state.json");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    let (mut kills, mut resumed_from) = (0, std::collections::BTreeSet::new());
+    for _ in 0..20 {
+        // On average a twentieth of the whole run, so the kills spread over it.
+        let after = whole.mul_f64(rng.gen_range(0.0..0.1));
+        let mut child = prism()
+            .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+        if let Some(step) = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["step"].as_u64())
+        {
+            resumed_from.insert(step);
+        }
+    }
+    let out = prism()
+        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "{kills} kills; checkpoints reached between them: {resumed_from:?} (whole run {whole:.1?})"
+    );
+    assert!(
+        kills >= 15,
+        "only {kills} of 20 runs were still running when killed"
+    );
+    assert!(
+        resumed_from.len() >= 3,
+        "the kills did not spread over the run: {resumed_from:?}"
+    );
+    assert_eq!(
+        weights(&tmp.path().join("full")),
+        weights(&tmp.path().join("killed")),
+        "final weights"
+    );
+    let log = |name: &str| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(tmp.path().join(name).join("metrics.jsonl")).unwrap();
+        assert!(!text.contains('\0'), "{name}: NUL bytes in the log");
+        assert!(text.ends_with('\n'), "{name}: the log ends mid-line");
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{name} metrics.jsonl line {}: {e}: {l}", i + 1))
+            })
+            .collect()
+    };
+    // Every record but the timings (seconds, throughput) equals the uninterrupted run's.
+    let strip = |v: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        v.into_iter()
+            .map(|mut r| {
+                if let Some(o) = r.as_object_mut() {
+                    o.retain(|k, _| {
+                        !(k.contains("time")
+                            || k.contains("per_s")
+                            || k.contains("seconds")
+                            || k.contains("elapsed")
+                            || k.ends_with("_s"))
+                    });
+                }
+                r
+            })
+            .collect()
+    };
+    let (a, b) = (strip(log("full")), strip(log("killed")));
+    assert!(a.len() >= steps, "{} records", a.len());
+    assert_eq!(a.len(), b.len(), "records");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "metrics.jsonl record {}", i + 1);
+    }
+}
+
 #[test]
 fn sweep_tabulates_configs_over_seeds() {
     let tmp = tempfile::tempdir().unwrap();

@@ -31,6 +31,7 @@ fn main() {
         labels: vec!["negative".into(), "positive".into()],
         max_length: 128,
         doc_stride: 64,
+        max_question_length: None,
         threshold: None,
     };
     let mt = MultiTaskModel::new(base, vec![spec], 0).expect("head");

@@ -298,7 +298,7 @@ impl PrismTokenizer {
                 windows: vec![(first, 0)],
             });
         }
-        match self.windows(text, pair, None, overlap, (self.max_len / 4).max(2))? {
+        match self.windows(text, pair, None, overlap, (self.max_len / 4).max(2), None)? {
             Some(w) => Ok(w),
             None => Ok(LongWindows {
                 cut: 0,
@@ -311,7 +311,8 @@ impl PrismTokenizer {
     /// room the other sequence and the special tokens leave in `max_len`, consecutive pieces
     /// sharing `overlap` tokens (default: half the room), each piece post-processed (special
     /// tokens, type ids) with the other sequence whole; `None` when the room is below
-    /// `min_room`. Done by hand because tokenizers 0.23.2 cuts a sequence to `max_length`
+    /// `min_room`. The other sequence is first cut to `other_max` tokens when given (a QA
+    /// question's budget). Done by hand because tokenizers 0.23.2 cuts a sequence to `max_length`
     /// before its truncation can window it (the overflow, and so every window after the first,
     /// is lost).
     fn windows(
@@ -321,6 +322,7 @@ impl PrismTokenizer {
         cut: Option<usize>,
         overlap: Option<usize>,
         min_room: usize,
+        other_max: Option<usize>,
     ) -> Result<Option<LongWindows>> {
         use tokenizers::PostProcessor;
         let mut tk = self.inner.clone();
@@ -343,10 +345,16 @@ impl PrismTokenizer {
             Some(b) if b.get_ids().len() > a.get_ids().len() => 1,
             _ => 0,
         });
-        let (mut long, other) = match (cut, b) {
+        let (mut long, mut other) = match (cut, b) {
             (1, Some(b)) => (b, Some(a)),
             (_, b) => (a, b),
         };
+        if let (Some(o), Some(m)) = (other.as_mut(), other_max) {
+            if o.get_ids().len() > m {
+                o.truncate(m, 0, tokenizers::TruncationDirection::Right);
+                o.take_overflowing();
+            }
+        }
         let other_len = other.as_ref().map_or(0, |o| o.get_ids().len());
         let room = self.max_len.saturating_sub(added + other_len);
         if room < min_room {
@@ -394,20 +402,37 @@ impl PrismTokenizer {
         Ok(Encoded::from_encoding(&enc, false))
     }
 
-    /// Question + context windows for extractive QA: the context is cut into windows of at
-    /// most `max_len` tokens (question included) that overlap by `stride` tokens, as
-    /// transformers' `doc_stride`; offsets of context tokens index into `context`.
+    /// Question + context windows for extractive QA: the question is cut to `max_question`
+    /// tokens (transformers' `max_query_length`) and the context into windows of at most
+    /// `max_len` tokens (question included) that overlap by `stride` tokens, as transformers'
+    /// `doc_stride`; offsets of context tokens index into `context`.
     pub fn encode_windows(
         &self,
         question: &str,
         context: &str,
         stride: usize,
+        max_question: usize,
     ) -> Result<Vec<Encoded>> {
-        let whole = self.encode(question, Some(context))?;
-        if !whole.truncated {
-            return Ok(vec![whole]);
+        let question_len = self
+            .inner
+            .encode_char_offsets(question, false)
+            .map_err(|e| Error::Encode(e.to_string()))?
+            .get_ids()
+            .len();
+        if question_len <= max_question {
+            let whole = self.encode(question, Some(context))?;
+            if !whole.truncated {
+                return Ok(vec![whole]);
+            }
         }
-        match self.windows(question, Some(context), Some(1), Some(stride), 2)? {
+        match self.windows(
+            question,
+            Some(context),
+            Some(1),
+            Some(stride),
+            2,
+            Some(max_question),
+        )? {
             Some(w) => Ok(w.windows.into_iter().map(|(e, _)| e).collect()),
             None => Err(Error::Encode(format!(
                 "the question leaves no room for the context in a {}-token window (shorten \

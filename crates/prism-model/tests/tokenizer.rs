@@ -124,7 +124,12 @@ fn long_input_windows_match_transformers_overflowing_tokens() {
         let tok = PrismTokenizer::load(&fixtures().join(&c.model), c.max_length).unwrap();
         let got = match c.kind.as_str() {
             "qa" => tok
-                .encode_windows(&c.text, c.pair.as_deref().unwrap(), c.stride)
+                .encode_windows(
+                    &c.text,
+                    c.pair.as_deref().unwrap(),
+                    c.stride,
+                    prism_model::tasks::question_budget(c.max_length, c.stride, None).unwrap(),
+                )
                 .unwrap(),
             _ => tok
                 .encode_long(&c.text, c.pair.as_deref(), Some(c.stride))
@@ -153,9 +158,53 @@ fn long_input_windows_match_transformers_overflowing_tokens() {
     let tok = PrismTokenizer::load(&fixtures().join("tiny-bert"), 24).unwrap();
     let long = "the man walks into a bar and the woman walks into a bar ".repeat(8);
     let e = tok
-        .encode_windows("who walks into the bar?", &long, 20)
+        .encode_windows("who walks into the bar?", &long, 20, 10)
         .unwrap_err();
     assert!(e.to_string().contains("overlap 20"), "{e}");
+}
+
+/// Issue 22: a question of 61-124 tokens with 128-token windows overlapping by 64 panicked in
+/// the tokenizer. The question is now cut to its budget (transformers' `max_query_length`) and
+/// every window holds the same cut question and a context piece longer than the overlap.
+#[test]
+fn long_questions_are_cut_to_their_budget() {
+    use prism_model::tasks::question_budget;
+    let tok = PrismTokenizer::load(&fixtures().join("tiny-bert"), 128).unwrap();
+    let budget = question_budget(128, 64, None).unwrap();
+    assert_eq!(budget, 59);
+    let context = "the man walks into a bar and the woman walks into a bar ".repeat(30);
+    for words in [5usize, 40, 61, 90, 124, 400] {
+        let question = "who walks ".repeat(words / 2) + "?";
+        let q_tokens = tok.encode(&question, None).unwrap().ids.len() - 2;
+        let windows = tok.encode_windows(&question, &context, 64, budget).unwrap();
+        assert!(windows.len() > 1, "{words}: the context is windowed");
+        let kept = q_tokens.min(budget);
+        let first_q = windows[0].ids[1..1 + kept].to_vec();
+        for (i, w) in windows.iter().enumerate() {
+            assert!(
+                w.ids.len() <= 128,
+                "{words}: window {i} has {}",
+                w.ids.len()
+            );
+            assert_eq!(
+                w.ids[1..1 + kept],
+                first_q[..],
+                "{words}: window {i} question"
+            );
+            // [CLS] question [SEP] context [SEP]
+            let context_len = w.ids.len() - kept - 3;
+            if i + 1 < windows.len() {
+                assert!(
+                    context_len > 64,
+                    "{words}: window {i} context {context_len}"
+                );
+            }
+        }
+    }
+    // Values that leave no room for a question have no budget.
+    assert_eq!(question_budget(24, 20, None), None);
+    assert_eq!(question_budget(128, 64, Some(60)), None);
+    assert_eq!(question_budget(384, 128, None), Some(64));
 }
 
 /// XLM-RoBERTa's Unigram tokenizer.json (make_fixtures.py --families) and DistilBERT's

@@ -46,7 +46,10 @@ pub struct ServeOptions {
     pub allow_hosts: Vec<String>,
     /// Open connections at once; a connection beyond them is closed on accept.
     pub max_connections: usize,
-    /// Time a client has to send a request's headers (a half-sent request is closed after it).
+    /// Time a client has to send a request's headers, counted from when the connection is
+    /// ready for one: a half-sent request is closed after it, and so is a keep-alive
+    /// connection idle for this long between requests (hyper starts the timer whenever it
+    /// waits for a request head).
     pub header_timeout: std::time::Duration,
 }
 

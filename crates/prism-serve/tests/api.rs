@@ -409,6 +409,7 @@ fn every_family_is_served() {
             labels: vec!["negative".into(), "positive".into()],
             max_length: 32,
             doc_stride: 8,
+            max_question_length: None,
             threshold: None,
         };
         let nli = TaskSpec {
@@ -454,6 +455,64 @@ fn every_family_is_served() {
         assert!(e["error"].as_str().unwrap().contains("text2"), "{e}");
         srv.stop();
     }
+}
+
+/// Issue 22: a QA question of 61-124 tokens with 128-token windows overlapping by 64 (the
+/// MiniLM defaults) was a 500 with the tokenizer's panic text; the question is now cut to its
+/// budget and answered (here 29-60 tokens in tiny-bert's 64-token windows overlapping by 32).
+#[test]
+fn a_long_question_is_answered() {
+    use prism_model::tasks::{MultiTaskModel, TaskKind, TaskSpec};
+    use prism_model::PretrainedModel;
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        PretrainedModel::load(&fixtures().join("tiny-bert"), &candle_core::Device::Cpu).unwrap();
+    let spec = TaskSpec {
+        name: "squad".into(),
+        kind: TaskKind::Qa,
+        labels: Vec::new(),
+        max_length: 64,
+        doc_stride: 32,
+        max_question_length: None,
+        threshold: None,
+    };
+    // More overlap than the model's 64 positions allow is refused when the model is built.
+    let too_much = TaskSpec {
+        max_length: 128,
+        doc_stride: 64,
+        ..spec.clone()
+    };
+    let again =
+        PretrainedModel::load(&fixtures().join("tiny-bert"), &candle_core::Device::Cpu).unwrap();
+    let e = MultiTaskModel::new(again, vec![too_much], 3)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("doc_stride 64") && e.contains("cut to the model's positions"),
+        "{e}"
+    );
+    MultiTaskModel::new(base, vec![spec], 3)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let srv = Server::start_with(dir.path().to_path_buf(), ServeOptions::default());
+    let context = "the man walks into a bar and the woman walks into a bar . ".repeat(20);
+    for words in [4usize, 30, 45, 60, 124] {
+        let question = "who walks into ".repeat(words / 3) + "?";
+        let (st, p) = post_json(
+            srv.addr,
+            "/api/predict",
+            &json!({"text": question, "text2": context}),
+        );
+        assert_eq!(st, 200, "{words}-word question: {p}");
+        let answer = &p["predictions"][0]["prediction"];
+        assert!(
+            answer["answer"].is_string() || answer["text"].is_string(),
+            "{p}"
+        );
+    }
+    srv.stop();
 }
 
 /// Attention only on request and capped; a work budget (tokens × methods × steps) per request:
@@ -577,6 +636,64 @@ fn half_sent_headers_time_out_and_connections_are_limited() {
     // The slots are free again.
     let (st, _) = http(srv.addr, "GET", "/api/model", None);
     assert_eq!(st, 200);
+    srv.stop();
+}
+
+/// A keep-alive connection serves several requests, and one left idle between requests is
+/// closed after the header timeout (three clients that never send their next request must not
+/// hold the server's connections forever).
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let srv = Server::start(ServeOptions {
+        header_timeout: Duration::from_millis(600),
+        ..ServeOptions::default()
+    });
+    let mut s = std::net::TcpStream::connect(srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // One whole response: its head, then Content-Length bytes.
+    let mut response = |s: &mut std::net::TcpStream| -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).expect("an answer");
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("a Content-Length");
+                if got.len() >= end + 4 + len {
+                    return text[..end].to_string();
+                }
+            }
+        }
+    };
+    for _ in 0..2 {
+        write!(s, "GET /api/model HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
+        let head = response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let idle = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || matches!(&n, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle keep-alive connection stayed open: {n:?}"
+    );
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
     srv.stop();
 }
 

@@ -148,6 +148,10 @@ pub struct TaskConfig {
     pub max_length: usize,
     #[serde(default = "d_stride")]
     pub doc_stride: usize,
+    /// QA: questions are cut to this many tokens (transformers' `max_query_length`; default 64,
+    /// or less so that every window keeps more than `doc_stride` context tokens).
+    #[serde(default)]
+    pub max_question_length: Option<usize>,
     /// Multi-label: predict a label when its probability reaches this (default 0.5).
     #[serde(default)]
     pub threshold: Option<f64>,
@@ -249,6 +253,48 @@ pub struct TrainConfig {
     pub tasks: Vec<TaskConfig>,
 }
 
+/// The optimiser and loop values fine-tuning and pre-training configs share.
+pub(crate) struct Optimiser {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: f64,
+    pub steps: usize,
+    pub max_grad_norm: f64,
+    pub eval_batch_size: usize,
+}
+
+/// Every shared value in its range, the message naming the key and the range (NaN fails every
+/// comparison, so each check is written to accept only what is in range).
+pub(crate) fn check_optimiser(o: &Optimiser) -> Result<()> {
+    let bad = |m: String| Err(Error::Config(m));
+    let finite = |key: &str, v: f64, min: f64, strict: bool| -> Result<()> {
+        if v.is_finite() && (v > min || (!strict && v == min)) {
+            Ok(())
+        } else if strict {
+            bad(format!("`{key}` {v} must be a finite number above {min}"))
+        } else {
+            bad(format!(
+                "`{key}` {v} must be a finite number of at least {min}"
+            ))
+        }
+    };
+    finite("lr", o.lr, 0.0, true)?;
+    finite("weight_decay", o.weight_decay, 0.0, false)?;
+    finite("warmup", o.warmup, 0.0, false)?;
+    if o.warmup >= 1.0 && o.warmup > o.steps as f64 {
+        return bad(format!(
+            "`warmup` {} steps is longer than the run's {} `steps` (a fraction below 1, or a \
+             number of steps up to `steps`)",
+            o.warmup, o.steps
+        ));
+    }
+    finite("max_grad_norm", o.max_grad_norm, 0.0, false)?;
+    if o.eval_batch_size == 0 {
+        return bad("`eval_batch_size` must be at least 1".into());
+    }
+    Ok(())
+}
+
 impl TrainConfig {
     /// The loop's settings: length, optimiser, schedule, evaluation and checkpoint cadence.
     pub fn loop_config(&self) -> crate::train_loop::LoopConfig {
@@ -296,22 +342,19 @@ impl TrainConfig {
             return bad("`steps`, `batch_size` and `grad_accum` must be positive".into());
         }
         self.multitask.validate(self.tasks.len())?;
-        // Every number in its range (NaN fails every comparison, so each check is written to
-        // accept only what is in range).
+        check_optimiser(&Optimiser {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            warmup: self.warmup,
+            steps: self.steps,
+            max_grad_norm: self.max_grad_norm,
+            eval_batch_size: self.eval_batch_size,
+        })?;
         let finite_above = |key: &str, v: f64, min: f64| -> Result<()> {
             if v.is_finite() && v > min {
                 Ok(())
             } else {
                 bad(format!("`{key}` {v} must be a finite number above {min}"))
-            }
-        };
-        let finite_from = |key: &str, v: f64, min: f64| -> Result<()> {
-            if v.is_finite() && v >= min {
-                Ok(())
-            } else {
-                bad(format!(
-                    "`{key}` {v} must be a finite number of at least {min}"
-                ))
             }
         };
         let fraction = |key: &str, v: f64| -> Result<()> {
@@ -321,20 +364,6 @@ impl TrainConfig {
                 bad(format!("`{key}` {v} must be in [0, 1]"))
             }
         };
-        finite_above("lr", self.lr, 0.0)?;
-        finite_from("weight_decay", self.weight_decay, 0.0)?;
-        finite_from("warmup", self.warmup, 0.0)?;
-        if self.warmup >= 1.0 && self.warmup > self.steps as f64 {
-            return bad(format!(
-                "`warmup` {} steps is longer than the run's {} `steps` (a fraction below 1, or \
-                 a number of steps up to `steps`)",
-                self.warmup, self.steps
-            ));
-        }
-        finite_from("max_grad_norm", self.max_grad_norm, 0.0)?;
-        if self.eval_batch_size == 0 {
-            return bad("`eval_batch_size` must be at least 1".into());
-        }
         if self.eval_train_examples == Some(0) {
             return bad("`eval_train_examples` must be at least 1 (leave it out for none)".into());
         }
@@ -387,6 +416,47 @@ impl TrainConfig {
                     t.doc_stride,
                     key("max_length"),
                     t.max_length
+                ));
+            }
+            if t.kind == TaskKind::Qa
+                && prism_model::tasks::question_budget(
+                    t.max_length,
+                    t.doc_stride,
+                    t.max_question_length,
+                )
+                .is_none()
+            {
+                let special = prism_model::tasks::MAX_PAIR_SPECIAL_TOKENS;
+                let most = t.max_length as i64 - special as i64 - t.doc_stride as i64 - 1;
+                return bad(match t.max_question_length {
+                    Some(q) => format!(
+                        "`{}` {q} must be between 1 and {} (`{}` {} less {special} special \
+                         tokens, less `{}` {} + 1 context tokens, so that each window holds \
+                         more context than it shares)",
+                        key("max_question_length"),
+                        most.max(0),
+                        key("max_length"),
+                        t.max_length,
+                        key("doc_stride"),
+                        t.doc_stride
+                    ),
+                    None => format!(
+                        "`{}` {} leaves no room for a question in `{}` {}: a window holds \
+                         {special} special tokens, the question and more than `doc_stride` \
+                         context tokens (lower doc_stride to at most {} or raise max_length)",
+                        key("doc_stride"),
+                        t.doc_stride,
+                        key("max_length"),
+                        t.max_length,
+                        (t.max_length as i64 - special as i64 - 2).max(0)
+                    ),
+                });
+            }
+            if t.kind != TaskKind::Qa && t.max_question_length.is_some() {
+                return bad(format!(
+                    "`{}` applies to qa tasks only (this task is {:?})",
+                    key("max_question_length"),
+                    t.kind
                 ));
             }
             for (field, v) in [
@@ -663,6 +733,37 @@ mod range_tests {
         assert!(
             e.contains("`task[0].doc_stride` 24") && e.contains("`task[0].max_length` 24"),
             "{e}"
+        );
+        // ... and leave room for the question (the issue's `max_length = 24, doc_stride = 20`,
+        // which panicked in the tokenizer on any question).
+        let qa = |extra: &str| -> Result<(), String> {
+            let text = format!(
+                "{BASE}[[task]]\nname = \"q\"\nkind = \"qa\"\ntrain = \"s.json\"\n{extra}\n"
+            );
+            let cfg: TrainConfig = toml::from_str(&text).unwrap();
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        let e = qa("max_length = 24\ndoc_stride = 20").unwrap_err();
+        assert!(
+            e.contains("`task[0].doc_stride` 20")
+                && e.contains("no room for a question")
+                && e.contains("at most 18"),
+            "{e}"
+        );
+        let e = qa("max_question_length = 60").unwrap_err();
+        assert!(
+            e.contains("`task[0].max_question_length` 60") && e.contains("between 1 and 59"),
+            "{e}"
+        );
+        let e = qa("max_question_length = 0").unwrap_err();
+        assert!(e.contains("`task[0].max_question_length` 0"), "{e}");
+        qa("").unwrap();
+        qa("max_question_length = 59").unwrap();
+        qa("max_length = 24\ndoc_stride = 18").unwrap();
+        check(
+            "",
+            "max_question_length = 10",
+            &["`task[0].max_question_length`", "qa tasks only"],
         );
     }
 }

@@ -94,13 +94,50 @@ pub struct TaskSpec {
     /// QA: overlap between context windows, in tokens.
     #[serde(default = "d_stride")]
     pub doc_stride: usize,
+    /// QA: questions are cut to this many tokens (transformers' `max_query_length`); when
+    /// absent, [`question_budget`]'s default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_question_length: Option<usize>,
     /// Multi-label: a label is predicted when its probability is at least this (0.5 when
     /// absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
 }
 
+/// The most special tokens any supported family adds around a question + context pair
+/// (RoBERTa's `<s> q </s></s> c </s>`).
+pub const MAX_PAIR_SPECIAL_TOKENS: usize = 4;
+
+/// The tokens a QA question may take in a `max_length`-token window whose context windows
+/// overlap by `doc_stride`: `explicit` when given, else transformers' `max_query_length` of 64
+/// or less, so that the context always keeps more than `doc_stride` tokens. `None` when no
+/// question can fit (`doc_stride` too close to `max_length`) or `explicit` leaves the context
+/// no more than `doc_stride` tokens.
+pub fn question_budget(
+    max_length: usize,
+    doc_stride: usize,
+    explicit: Option<usize>,
+) -> Option<usize> {
+    // The context needs room > doc_stride after the question and the special tokens.
+    let most = max_length.checked_sub(MAX_PAIR_SPECIAL_TOKENS + doc_stride + 1)?;
+    match explicit {
+        Some(q) if q >= 1 && q <= most => Some(q),
+        Some(_) => None,
+        None if most >= 1 => Some(most.min(64)),
+        None => None,
+    }
+}
+
 impl TaskSpec {
+    /// QA: the question's token budget ([`question_budget`]); at least 1 token, so a spec
+    /// whose values leave no room still encodes (the tokenizer then names the problem).
+    pub fn question_budget(&self) -> usize {
+        question_budget(self.max_length, self.doc_stride, self.max_question_length)
+            .or(self.max_question_length)
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// The multi-label decision threshold.
     pub fn threshold(&self) -> f64 {
         self.threshold.unwrap_or(0.5)

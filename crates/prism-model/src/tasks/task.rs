@@ -213,7 +213,29 @@ impl Task {
         let tokenizer = tokenizer.with_max_len(spec.max_length)?;
         // The model's positions bound the length: what prism.json records is what is used.
         let mut spec = spec;
+        let asked = spec.max_length;
         spec.max_length = spec.max_length.min(tokenizer.max_len());
+        if spec.kind == TaskKind::Qa
+            && super::question_budget(spec.max_length, spec.doc_stride, spec.max_question_length)
+                .is_none()
+        {
+            return Err(Error::InvalidConfig(format!(
+                "task `{}`: doc_stride {}{} leaves no room for a question in {}-token windows{} \
+                 (a window holds {} special tokens, the question and more than doc_stride \
+                 context tokens)",
+                spec.name,
+                spec.doc_stride,
+                spec.max_question_length
+                    .map_or(String::new(), |q| format!(" with max_question_length {q}")),
+                spec.max_length,
+                if asked > spec.max_length {
+                    format!(" (max_length {asked}, cut to the model's positions)")
+                } else {
+                    String::new()
+                },
+                super::MAX_PAIR_SPECIAL_TOKENS
+            )));
+        }
         Ok(Self {
             spec,
             head,
@@ -247,9 +269,12 @@ impl Task {
                 }
                 TaskKind::Qa => {
                     let context = ex.text_b.as_deref().unwrap_or_default();
-                    let windows =
-                        self.tokenizer
-                            .encode_windows(&ex.text, context, self.spec.doc_stride)?;
+                    let windows = self.tokenizer.encode_windows(
+                        &ex.text,
+                        context,
+                        self.spec.doc_stride,
+                        self.spec.question_budget(),
+                    )?;
                     out.extend(windows.into_iter().map(|enc| feature(enc, Vec::new())));
                 }
                 TaskKind::Token => {

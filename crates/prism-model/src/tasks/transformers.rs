@@ -311,6 +311,7 @@ pub fn adopt(dir: &Path, config: &ModelConfig, source: &mut Source) -> Result<Op
         max_length: config.max_tokens().min(512),
         // transformers' question-answering pipeline overlaps windows by 128 of 384 tokens.
         doc_stride: (config.max_tokens().min(512) / 3).min(128),
+        max_question_length: None,
         threshold: None,
     }))
 }

@@ -342,15 +342,15 @@ pub fn read_delimited(
     kind: TargetKind,
     pair: bool,
 ) -> Result<Vec<Example>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if delim == b',' {
+        check_quotes(&bytes, delim).map_err(|(line, msg)| Error::data(path, line, "(row)", msg))?;
+    }
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delim)
         .flexible(false)
         .quoting(delim == b',')
-        .from_path(path)
-        .map_err(|e| Error::File {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        .from_reader(&bytes[..]);
     let headers = rdr
         .headers()
         .map_err(|e| Error::File {
@@ -392,6 +392,81 @@ pub fn read_delimited(
         );
     }
     Ok(out)
+}
+
+/// Quoted fields as RFC 4180 (and Python's `csv` with `strict=True`) writes them: a field
+/// that opens with `"` ends with a `"` followed by the delimiter, a line end or the end of the
+/// file (`""` inside is a quote). The csv crate reads anything else leniently, so an
+/// unterminated quote silently swallows the rows after it, up to the next stray quote or the
+/// end of the file. Returns the line and what is wrong.
+fn check_quotes(bytes: &[u8], delim: u8) -> std::result::Result<(), (usize, String)> {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut line = 1usize;
+    let mut at_field_start = true;
+    let mut i = 0;
+    while i < body.len() {
+        let c = body[i];
+        if at_field_start && c == b'"' {
+            let opened = line;
+            i += 1;
+            loop {
+                match body.get(i) {
+                    None => {
+                        return Err((
+                            opened,
+                            format!(
+                                "the quoted field opened on line {opened} is never closed (an \
+                                 unterminated quote would swallow every row after it)"
+                            ),
+                        ))
+                    }
+                    Some(b'"') if body.get(i + 1) == Some(&b'"') => i += 2,
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(b'\n') => {
+                        line += 1;
+                        i += 1;
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            match body.get(i) {
+                None | Some(b'\n') | Some(b'\r') => {}
+                Some(&d) if d == delim => {}
+                Some(&other) => {
+                    let shown = String::from_utf8_lossy(&body[i..(i + 4).min(body.len())])
+                        .chars()
+                        .next()
+                        .unwrap_or(other as char);
+                    return Err((
+                        line,
+                        if opened == line {
+                            format!(
+                                "a quoted field ends with {shown:?} after its closing quote \
+                                 (write a quote inside a quoted field as \"\")"
+                            )
+                        } else {
+                            format!(
+                                "the quoted field opened on line {opened} closes here and is \
+                                 followed by {shown:?}: an unterminated quote on line {opened} \
+                                 has merged the rows up to this one"
+                            )
+                        },
+                    ));
+                }
+            }
+            at_field_start = false;
+            continue;
+        }
+        at_field_start = c == delim || c == b'\n';
+        if c == b'\n' {
+            line += 1;
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -505,6 +580,38 @@ mod tests {
         let f = file(".csv", "text,label\n\"two\nlines\",pos\nnext,neg\n");
         let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap();
         assert_eq!((ex[0].line, ex[1].line), (2, 4));
+        // Issue 22: an unterminated quote merged two rows without a word.
+        for (body, line, says) in [
+            (
+                "text,label\n\"great movie,pos\nit was \"bad\" really,neg\nfine,pos\n",
+                3,
+                "opened on line 2",
+            ),
+            (
+                "text,label\nok,pos\n\"never closed,neg\nfine,pos\n",
+                3,
+                "never closed",
+            ),
+            ("text,label\n\"a\"b,pos\n", 2, "after its closing quote"),
+        ] {
+            let f = file(".csv", body);
+            let e = read_file(f.path(), &Fields::default(), TargetKind::Label, false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{}:{line}:", f.path().display())) && e.contains(says),
+                "{body:?} -> {e}"
+            );
+        }
+        // Well-formed quoting is read as before: escaped quotes, empty quoted fields, CRLF,
+        // a quote inside an unquoted field, a BOM.
+        let f = file(
+            ".csv",
+            "\u{feff}text,label\r\n\"say \"\"hi\"\"\",pos\r\n\"\",neg\r\n5\" screen,pos\r\n",
+        );
+        let ex = read_file(f.path(), &Fields::default(), TargetKind::Label, false).unwrap();
+        let texts: Vec<&str> = ex.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["say \"hi\"", "", "5\" screen"]);
     }
 
     /// Values that used to be read wrongly are errors naming the file, line and field; a BOM

@@ -53,7 +53,7 @@ impl MaskConfig {
                 self.probability
             ));
         }
-        if self.mask < 0.0 || self.random < 0.0 || self.mask + self.random > 1.0 {
+        if !(self.mask >= 0.0 && self.random >= 0.0 && self.mask + self.random <= 1.0) {
             return Err(format!(
                 "mlm.mask {} + mlm.random {} must be within [0, 1]",
                 self.mask, self.random

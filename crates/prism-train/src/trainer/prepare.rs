@@ -237,6 +237,7 @@ pub fn prepare_with(
             labels,
             max_length: t.max_length,
             doc_stride: t.doc_stride,
+            max_question_length: t.max_question_length,
             threshold: t.threshold,
         });
         let mut extra = Vec::new();
