@@ -491,6 +491,17 @@ impl PretrainedModel {
         device: &Device,
         map: impl FnOnce(&ModelConfig, &mut Source) -> Result<()>,
     ) -> Result<Self> {
+        Self::load_sharing(dir, device, map, &[])
+    }
+
+    /// [`PretrainedModel::load_mapped`] with `shared` parameters of another model put in first
+    /// ([`ParamStore::share`]): the folder's own tensors of those names are not used.
+    pub fn load_sharing(
+        dir: &Path,
+        device: &Device,
+        map: impl FnOnce(&ModelConfig, &mut Source) -> Result<()>,
+        shared: &[(String, candle_core::Var)],
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
@@ -516,8 +527,14 @@ impl PretrainedModel {
             }
         }
         map(&config, &mut source)?;
+        for (name, _) in shared {
+            source.tensors.remove(name);
+        }
         let source_path = source.path.clone();
         let params = ParamStore::from_source(source, device, 0);
+        for (name, var) in shared {
+            params.share(name, var.clone());
+        }
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
             ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),
@@ -570,8 +587,23 @@ impl PretrainedModel {
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
+        Self::fresh_sharing(config, tokenizer, device, seed, &[])
+    }
+
+    /// [`PretrainedModel::fresh`] with `shared` parameters of another model in place of fresh
+    /// ones ([`ParamStore::share`]).
+    pub fn fresh_sharing(
+        config: ModelConfig,
+        tokenizer: Option<PrismTokenizer>,
+        device: &Device,
+        seed: u64,
+        shared: &[(String, candle_core::Var)],
+    ) -> Result<Self> {
         config.validate()?;
         let params = ParamStore::fresh(device, seed);
+        for (name, var) in shared {
+            params.share(name, var.clone());
+        }
         let encoder = match &config {
             ModelConfig::Bert(c) => AnyEncoder::Bert(Bert::load(&params.root(), c)?),
             ModelConfig::Xlnet(c) => AnyEncoder::Xlnet(Xlnet::load(&params.root(), c)?),

@@ -136,6 +136,16 @@ impl ParamStore {
             .collect()
     }
 
+    /// Put `var` (another store's parameter) in this store under `name`: a layer built from
+    /// this store later asks for `name` and gets that very parameter, so the two models share
+    /// it and its gradient sums both uses (ELECTRA's generator reads the discriminator's
+    /// embeddings this way). A checkpoint's tensor of that name is not read.
+    pub fn share(&self, name: &str, var: Var) {
+        let mut inner = self.inner.lock().expect("parameter store lock poisoned");
+        inner.used.insert(name.to_string());
+        inner.vars.insert(name.to_string(), var);
+    }
+
     pub fn get(&self, name: &str) -> Option<Var> {
         self.inner
             .lock()

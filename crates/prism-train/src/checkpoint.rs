@@ -96,25 +96,49 @@ fn sha256_of(path: &Path) -> Result<(u64, String)> {
     Ok((n, hex))
 }
 
-/// Write `dir/manifest.json` over every file in `dir` (written last: its presence means the
+/// Write `dir/manifest.json` over every file in `dir` and its subfolders (e.g. the RTD
+/// generator's), by relative path with `/` separators (written last: its presence means the
 /// rest is complete).
 pub fn write_manifest(dir: &Path) -> Result<()> {
-    let mut files = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let e = e.map_err(|e| Error::io(dir, e))?;
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().to_string();
-        if name == MANIFEST || name.starts_with('.') {
-            continue;
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        files: &mut std::collections::BTreeMap<String, (u64, String)>,
+    ) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(dir, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if (dir == root && name == MANIFEST) || name.starts_with('.') {
+                continue;
+            }
+            let kind = e.file_type().map_err(|e| Error::io(&p, e))?;
+            if kind.is_dir() {
+                walk(root, &p, files)?;
+            } else if kind.is_file() {
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                files.insert(rel, sha256_of(&p)?);
+            } else {
+                return Err(Error::File {
+                    path: p,
+                    msg: "a checkpoint holds files and folders only".into(),
+                });
+            }
         }
-        if !p.is_file() {
-            return Err(Error::File {
-                path: p,
-                msg: "a checkpoint holds files only".into(),
-            });
-        }
-        files.insert(name, sha256_of(&p)?);
+        Ok(())
     }
+    let mut files = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut files)?;
     write_json(&dir.join(MANIFEST), &Manifest { files })
 }
 
@@ -133,6 +157,15 @@ pub fn verify_manifest(dir: &Path) -> Result<()> {
         msg: format!("corrupt manifest: {e}"),
     })?;
     for (name, (bytes, sum)) in &m.files {
+        if name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(Error::File {
+                path: mp.clone(),
+                msg: format!("lists `{name}`, which is not a path inside the checkpoint"),
+            });
+        }
         let p = dir.join(name);
         if !p.is_file() {
             return Err(Error::File {

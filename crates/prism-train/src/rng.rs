@@ -41,6 +41,12 @@ pub enum Stream {
     LmDevMask = 33,
     /// Fresh parameters of the pre-training heads (and of a fresh encoder's store).
     LmInit = 34,
+    /// The generator's sampled replacements of a training micro-batch (RTD).
+    RtdSample = 35,
+    /// The fixed replacements sampled for the held-out set at each evaluation (RTD).
+    RtdDevSample = 36,
+    /// The downstream probe's classifier initialisation and example subsets.
+    Probe = 37,
 }
 
 /// A generator for `stream` at `index` of a run seeded by `seed` (SplitMix64 over the inputs).

@@ -14,7 +14,7 @@ pub use domain::DomainHead;
 pub use mlm::{is_tied_decoder_copy, mlm_class, mlm_head_names, FillCandidate, MaskedLm, MlmHead};
 pub use plm::PermutationLm;
 pub use prediction::{Pooling, PredictionHead, PredictionSpec};
-pub use rtd::RtdHead;
+pub use rtd::{ElectraPretraining, RtdHead};
 pub use sequence::{DenseAct, SequenceHead};
 pub use span::SpanHead;
 pub use token::TokenHead;

@@ -12,9 +12,11 @@ use crate::pretrain::config::{Objective as LmObjective, PretrainConfig};
 use crate::pretrain::corpus::{CorpusStream, Sequence};
 use crate::pretrain::lm::{evaluate_lm, lm_logits, make_batch, LmEval, LmModel};
 use crate::pretrain::masking::Vocab;
+use crate::pretrain::rtd::{rtd_batch, rtd_step_sampling};
 use crate::rng::{rng_for, Stream};
 use crate::train_loop::{Log, Micro, Objective, Progress, Update};
 use candle_core::{Device, Var};
+use prism_model::heads::ElectraPretraining;
 use prism_model::Mode;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -91,22 +93,73 @@ impl<'a> LanguageModelling<'a> {
         match self.cfg.objective {
             LmObjective::Mlm => "mlm",
             LmObjective::Plm => "plm",
+            LmObjective::Rtd => "rtd",
         }
+    }
+
+    /// RTD: the generator's MLM and the discriminator's loss on freshly masked sequences with
+    /// replacements sampled from the generator; the gradient is the batch's mean loss times
+    /// its sequences (the update divides by all micro-batches' sequences).
+    fn rtd_micro_batch(&mut self, model: &ElectraPretraining, k: u64) -> Result<Micro> {
+        let cfg = self.cfg;
+        let seqs = self.next_sequences()?;
+        let refs: Vec<&Sequence> = seqs.iter().collect();
+        let batch = rtd_batch(
+            cfg,
+            &refs,
+            self.vocab,
+            &mut rng_for(cfg.seed, Stream::LmMask, k),
+            &self.device,
+        )?;
+        let mode = Mode::train(rng_for(cfg.seed, Stream::LmDropout, k).random::<u64>());
+        let step = rtd_step_sampling(
+            model,
+            &batch,
+            cfg.rtd.weight,
+            &mode,
+            &mut rng_for(cfg.seed, Stream::RtdSample, k),
+        )?;
+        let n = seqs.len() as f64;
+        let (mlm, rtd) = (
+            step.mlm.to_scalar::<f32>()? as f64,
+            step.rtd.to_scalar::<f32>()? as f64,
+        );
+        let attended = step.replaced.len() as f64;
+        let replaced = step.replaced.iter().sum::<f32>() as f64;
+        let grads = (step.total * n)?.backward()?;
+        Ok(Micro {
+            grads,
+            weight: n,
+            values: vec![
+                mlm,
+                batch.masked.labels.len() as f64,
+                batch.masked.tokens as f64,
+                rtd,
+                attended,
+                replaced,
+            ],
+        })
     }
 }
 
 impl Objective for LanguageModelling<'_> {
     fn params(&self) -> Vec<(String, Var)> {
-        self.model.base().params.vars()
+        self.model.vars()
     }
 
     fn values_per_micro(&self) -> usize {
-        3
+        match self.cfg.objective {
+            LmObjective::Rtd => 6,
+            _ => 3,
+        }
     }
 
     fn micro_batch(&mut self, step: usize, micro: usize) -> Result<Micro> {
         let cfg = self.cfg;
         let k = (step * cfg.grad_accum + micro) as u64;
+        if let LmModel::Rtd(m) = self.model {
+            return self.rtd_micro_batch(m, k);
+        }
         // -- the next packed sequences, masked afresh
         let seqs = self.next_sequences()?;
         let refs: Vec<&Sequence> = seqs.iter().collect();
@@ -135,33 +188,53 @@ impl Objective for LanguageModelling<'_> {
 
     fn value_name(&self, _micro: usize, slot: usize) -> String {
         match slot {
+            0 if self.cfg.objective == LmObjective::Rtd => "the generator's MLM loss".into(),
             0 => format!("the {}", self.name().to_uppercase()),
             1 => "the predicted-token count".into(),
-            _ => "the token count".into(),
+            2 => "the token count".into(),
+            3 => "the discriminator's RTD loss".into(),
+            4 => "the attended-token count".into(),
+            _ => "the replaced-token count".into(),
         }
     }
 
     fn log(&mut self, u: &Update, values: &[f64]) -> Vec<serde_json::Value> {
-        // The update's loss: the mean over its predicted tokens.
+        // The update's loss: the mean over its predicted tokens (RTD: the generator's, plus λ
+        // times the discriminator's mean over its attended tokens).
+        let per = self.values_per_micro();
         let (mut sum, mut predicted, mut tokens) = (0.0, 0.0, 0.0);
-        for v in values.chunks(3) {
+        let (mut rtd_sum, mut attended, mut replaced) = (0.0, 0.0, 0.0);
+        for v in values.chunks(per) {
             sum += v[0] * v[1];
             predicted += v[1];
             tokens += v[2];
+            if per == 6 {
+                rtd_sum += v[3] * v[4];
+                attended += v[4];
+                replaced += v[5];
+            }
         }
-        let loss = if predicted > 0.0 {
-            sum / predicted
+        let mean = |s: f64, n: f64| if n > 0.0 { s / n } else { 0.0 };
+        let mlm = mean(sum, predicted);
+        let loss = if per == 6 {
+            mlm + self.cfg.rtd.weight * mean(rtd_sum, attended)
         } else {
-            0.0
+            mlm
         };
         self.tokens_seen += tokens as u64;
         self.tokens_this_run += tokens as u64;
         self.running = Some(self.running.map_or(loss, |r| 0.95 * r + 0.05 * loss));
         let tps = self.tokens_this_run as f64 / u.run_s.max(1e-9);
-        vec![serde_json::json!({
+        let mut rec = serde_json::json!({
             "step": u.step, "loss": loss, "lr": u.lr, "grad_norm": u.grad_norm,
             "tokens": self.tokens_seen, "tokens_per_s": tps, "elapsed_s": u.elapsed_s,
-        })]
+        });
+        if per == 6 {
+            rec["mlm_loss"] = mlm.into();
+            rec["rtd_loss"] = mean(rtd_sum, attended).into();
+            rec["replaced_fraction"] = mean(replaced, attended).into();
+        }
+        vec![rec]
     }
 
     fn status(&self, u: &Update) -> String {
@@ -178,15 +251,24 @@ impl Objective for LanguageModelling<'_> {
             return Ok(None);
         }
         let r = evaluate_lm(self.model, self.dev, self.cfg, self.vocab, self.cfg.seed)?;
-        log.write(serde_json::json!({
+        let mut rec = serde_json::json!({
             "step": step, "split": "dev", "loss": r.loss,
             "perplexity": r.perplexity, "accuracy": r.accuracy,
-        }))?;
-        self.last_eval = Some(r);
-        Ok(Some(format!(
+        });
+        let mut line = format!(
             "step {step:>6}  held-out  loss {:.4}  perplexity {:.2}  masked-token accuracy {:.4}",
             r.loss, r.perplexity, r.accuracy
-        )))
+        );
+        if let Some(d) = &r.rtd {
+            rec["rtd"] = serde_json::to_value(d).unwrap_or_default();
+            line.push_str(&format!(
+                "  RTD accuracy {:.4} (all-original {:.4}, replaced recall {:.3})",
+                d.accuracy, d.baseline_accuracy, d.replaced_recall
+            ));
+        }
+        log.write(rec)?;
+        self.last_eval = Some(r);
+        Ok(Some(line))
     }
 
     fn checkpoint(&self, out: &Path, opt: &AdamW, progress: &Progress) -> Result<()> {
@@ -196,7 +278,7 @@ impl Objective for LanguageModelling<'_> {
             tokens_seen: self.tokens_seen,
             config: self.cfg.clone(),
         };
-        let save = |d: &Path| Ok(self.model.base().save(d)?);
+        let save = |d: &Path| self.model.save(d, &d.join("generator"));
         write_checkpoint(out, save, opt, PRETRAIN_STATE_FILE, &state)
     }
 }

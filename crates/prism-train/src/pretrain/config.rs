@@ -147,13 +147,17 @@ pub struct PretrainConfig {
     pub gradient_checkpointing: bool,
     pub model: ModelSpec,
     pub corpus: CorpusConfig,
-    /// `mlm` (BERT, RoBERTa) or `plm` (permutation LM, XLNet).
+    /// `mlm` (BERT, RoBERTa), `plm` (permutation LM, XLNet) or `rtd` (replaced-token
+    /// detection, ELECTRA).
     #[serde(default)]
     pub objective: Objective,
     #[serde(default)]
     pub mlm: MaskConfig,
     #[serde(default)]
     pub plm: PlmConfig,
+    /// Replaced-token detection: the generator and λ (`objective = "rtd"`).
+    #[serde(default)]
+    pub rtd: super::rtd::RtdConfig,
 }
 
 /// The pre-training objective.
@@ -165,6 +169,9 @@ pub enum Objective {
     Mlm,
     /// Permutation language modelling (XLNet).
     Plm,
+    /// Replaced-token detection (ELECTRA): a small MLM generator and a discriminator that
+    /// tells original from replaced tokens.
+    Rtd,
 }
 
 impl std::str::FromStr for Objective {
@@ -173,7 +180,8 @@ impl std::str::FromStr for Objective {
         match s {
             "mlm" => Ok(Self::Mlm),
             "plm" => Ok(Self::Plm),
-            o => Err(format!("unknown objective `{o}` (mlm, plm)")),
+            "rtd" => Ok(Self::Rtd),
+            o => Err(format!("unknown objective `{o}` (mlm, plm, rtd)")),
         }
     }
 }
@@ -219,8 +227,49 @@ impl PretrainConfig {
         if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
             return bad("`steps`, `batch_size` and `grad_accum` must be positive".into());
         }
-        if !(self.lr > 0.0) {
-            return bad(format!("`lr` {} must be positive", self.lr));
+        crate::config::check_optimiser(&crate::config::Optimiser {
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            warmup: self.warmup,
+            steps: self.steps,
+            max_grad_norm: self.max_grad_norm,
+            eval_batch_size: self.eval_batch_size,
+        })?;
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return bad(format!(
+                "`model.dropout` {} must be in [0, 1)",
+                self.model.dropout
+            ));
+        }
+        if self.corpus.max_eval_sequences == 0 || self.corpus.shuffle_buffer == 0 {
+            return bad(
+                "`corpus.max_eval_sequences` and `corpus.shuffle_buffer` must be at least 1".into(),
+            );
+        }
+        for (k, v) in [
+            ("hidden_size", self.model.hidden_size),
+            ("num_hidden_layers", self.model.num_hidden_layers),
+            ("num_attention_heads", self.model.num_attention_heads),
+            ("intermediate_size", self.model.intermediate_size),
+        ] {
+            if v == Some(0) {
+                return bad(format!("`model.{k}` must be at least 1"));
+            }
+        }
+        if let (Some(h), Some(n)) = (self.model.hidden_size, self.model.num_attention_heads) {
+            if h % n != 0 {
+                return bad(format!(
+                    "`model.hidden_size` {h} must be a multiple of `model.num_attention_heads` {n}"
+                ));
+            }
+        }
+        if let Some(t) = &self.model.train_tokenizer {
+            if t.vocab_size < 16 {
+                return bad(format!(
+                    "`model.train_tokenizer.vocab_size` {} must be at least 16",
+                    t.vocab_size
+                ));
+            }
         }
         if self.corpus.train.is_empty() {
             return bad("corpus.train lists no files".into());
@@ -233,6 +282,16 @@ impl PretrainConfig {
         }
         self.mlm.validate().map_err(Error::Config)?;
         self.plm.validate().map_err(Error::Config)?;
+        self.rtd.validate().map_err(Error::Config)?;
+        if self.rtd.generator.is_some()
+            && (self.objective != Objective::Rtd || self.model.from.is_none())
+        {
+            return bad(
+                "`rtd.generator` continues a saved generator: it needs `objective = \"rtd\"` and \
+                 `model.from` (the discriminator it was trained with)"
+                    .into(),
+            );
+        }
         let m = &self.model;
         let fresh = m.tokenizer.is_some() || m.train_tokenizer.is_some();
         match (&m.from, fresh) {
@@ -248,15 +307,21 @@ impl PretrainConfig {
                         return bad(format!("[model]: a fresh model needs `{k}`"));
                     }
                 }
-                if !matches!(m.model_type.as_str(), "bert" | "roberta" | "xlnet") {
+                if !matches!(m.model_type.as_str(), "bert" | "roberta" | "xlnet" | "electra") {
                     return bad(format!(
-                        "[model]: model_type `{}` (bert, roberta or xlnet)",
+                        "[model]: model_type `{}` (bert, roberta, xlnet or electra)",
                         m.model_type
                     ));
                 }
-                if (m.model_type == "xlnet") != (self.objective == Objective::Plm) {
+                let expected = match m.model_type.as_str() {
+                    "xlnet" => Objective::Plm,
+                    "electra" => Objective::Rtd,
+                    _ => Objective::Mlm,
+                };
+                if expected != self.objective {
                     return bad(format!(
-                        "objective `{:?}` with model_type `{}`: XLNet pre-trains with `plm`, BERT and RoBERTa with `mlm`",
+                        "objective `{:?}` with model_type `{}`: XLNet pre-trains with `plm`, \
+                         ELECTRA with `rtd`, BERT and RoBERTa with `mlm`",
                         self.objective, m.model_type
                     ));
                 }
@@ -306,4 +371,70 @@ pub fn resolve_corpus(specs: &[String]) -> Result<Vec<PathBuf>> {
         }
     }
     expand_paths(&paths)
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    const BASE: &str = "output = \"o\"\nsteps = 10\n";
+    const MODEL: &str = "[model]\ntokenizer = \"tok\"\nhidden_size = 32\nnum_hidden_layers = 2\n";
+    const CORPUS: &str = "[corpus]\ntrain = [\"c.txt\"]\n";
+
+    /// Issue 22: the pre-training config is range-checked like the fine-tuning one (the same
+    /// optimiser checks), each error naming the key and the range.
+    #[test]
+    fn out_of_range_values_are_refused_with_the_key_and_range() {
+        let parse = |top: &str, model: &str, rest: &str| -> PretrainConfig {
+            let heads = if model.contains("num_attention_heads") {
+                ""
+            } else {
+                "num_attention_heads = 4\n"
+            };
+            let text = format!("{BASE}{top}\n{MODEL}{heads}{model}\n{CORPUS}{rest}\n");
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
+        };
+        parse("", "", "").validate().unwrap();
+        for (top, model, rest, says) in [
+            ("lr = inf", "", "", "`lr` inf"),
+            ("lr = nan", "", "", "`lr` NaN"),
+            ("weight_decay = -1.0", "", "", "`weight_decay` -1"),
+            ("warmup = nan", "", "", "`warmup` NaN"),
+            ("warmup = 50.0", "", "", "`warmup` 50"),
+            ("max_grad_norm = nan", "", "", "`max_grad_norm` NaN"),
+            ("eval_batch_size = 0", "", "", "`eval_batch_size`"),
+            ("", "dropout = 1.5", "", "`model.dropout` 1.5"),
+            ("", "dropout = nan", "", "`model.dropout` NaN"),
+            ("", "intermediate_size = 0", "", "`model.intermediate_size`"),
+            (
+                "",
+                "num_attention_heads = 3",
+                "",
+                "multiple of `model.num_attention_heads` 3",
+            ),
+            (
+                "",
+                "",
+                "max_eval_sequences = 0",
+                "`corpus.max_eval_sequences`",
+            ),
+            ("", "", "[mlm]\nmask = nan", "mlm.mask NaN"),
+            ("", "", "[mlm]\nprobability = 1.0", "mlm.probability 1"),
+            ("", "", "[rtd]\nweight = nan", "`rtd.weight` NaN"),
+            (
+                "",
+                "",
+                "[rtd]\ngenerator_size = 1.5",
+                "`rtd.generator_size` 1.5",
+            ),
+            ("objective = \"rtd\"", "", "", "ELECTRA with `rtd`"),
+            ("", "model_type = \"electra\"", "", "ELECTRA with `rtd`"),
+        ] {
+            let e = parse(top, model, rest).validate().unwrap_err().to_string();
+            assert!(
+                e.contains(says),
+                "{top} {model} {rest} -> {e} (wanted {says:?})"
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ use super::tokenizer::{save_trained_tokenizer_with, train_tokenizer, TokenizerTr
 use crate::error::{Error, Result};
 use crate::rng::{rng_for, Stream};
 use candle_core::{Device, Tensor};
-use prism_model::heads::{MaskedLm, PermutationLm};
+use prism_model::heads::{ElectraPretraining, MaskedLm, PermutationLm};
 use prism_model::models::xlnet::{XlnetConfig, XlnetExtras};
 use prism_model::{BertConfig, EncoderInput, Mode, ModelConfig, PretrainedModel, PrismTokenizer};
 use serde::{Deserialize, Serialize};
@@ -19,10 +19,14 @@ use std::path::PathBuf;
 /// Held-out language-modelling figures (MLM or PLM).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LmEval {
+    /// The (generator's, for RTD) cross-entropy at the predicted positions.
     pub loss: f64,
     pub perplexity: f64,
     pub accuracy: f64,
     pub predicted_tokens: usize,
+    /// RTD: the discriminator's figures on the attended tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtd: Option<super::rtd::RtdEval>,
 }
 
 /// The special ids that masking must know.
@@ -62,7 +66,10 @@ pub(crate) fn vocab_of(tok: &PrismTokenizer) -> Result<(Vocab, u32, u32)> {
     Ok((vocab, cls, sep))
 }
 
-fn batch_input(mb: &MaskedBatch, device: &Device) -> Result<(EncoderInput, Tensor, Tensor)> {
+pub(crate) fn batch_input(
+    mb: &MaskedBatch,
+    device: &Device,
+) -> Result<(EncoderInput, Tensor, Tensor)> {
     let ids = Tensor::from_vec(mb.input_ids.clone(), (mb.batch, mb.len), device)?;
     let mask = Tensor::from_vec(mb.attention_mask.clone(), (mb.batch, mb.len), device)?;
     let types = ids.zeros_like()?;
@@ -79,21 +86,62 @@ fn batch_input(mb: &MaskedBatch, device: &Device) -> Result<(EncoderInput, Tenso
 pub enum LmModel {
     Mlm(MaskedLm),
     Plm(PermutationLm),
+    /// The discriminator (the model being pre-trained) and its generator.
+    Rtd(ElectraPretraining),
 }
 
 impl LmModel {
-    pub fn new(base: PretrainedModel, objective: Objective) -> Result<Self> {
-        Ok(match objective {
+    /// `base` with the head of `cfg.objective`; RTD also gets its generator: the one saved in
+    /// `generator` (a checkpoint's, or `rtd.generator`), else a fresh one drawn from
+    /// `generator_seed` on the discriminator's embeddings.
+    pub fn new(
+        base: PretrainedModel,
+        cfg: &PretrainConfig,
+        generator: Option<&std::path::Path>,
+        generator_seed: u64,
+    ) -> Result<Self> {
+        Ok(match cfg.objective {
             Objective::Mlm => LmModel::Mlm(MaskedLm::new(base)?),
             Objective::Plm => LmModel::Plm(PermutationLm::new(base)?),
+            Objective::Rtd => {
+                let g = match generator {
+                    Some(dir) => ElectraPretraining::load_generator(dir, &base)?,
+                    None => ElectraPretraining::fresh_generator(
+                        &base,
+                        cfg.rtd.generator_size,
+                        generator_seed,
+                    )?,
+                };
+                LmModel::Rtd(ElectraPretraining::new(base, g)?)
+            }
         })
     }
 
+    /// The model being pre-trained (RTD: the discriminator).
     pub fn base(&self) -> &PretrainedModel {
         match self {
             LmModel::Mlm(m) => &m.base,
             LmModel::Plm(m) => &m.base,
+            LmModel::Rtd(m) => &m.discriminator,
         }
+    }
+
+    /// Every trainable parameter once, by name (RTD: the generator's own under `generator.`).
+    pub fn vars(&self) -> Vec<(String, candle_core::Var)> {
+        match self {
+            LmModel::Rtd(m) => m.vars(),
+            _ => self.base().params.vars(),
+        }
+    }
+
+    /// Save the model (RTD: the discriminator) into `dir`, and RTD's generator into
+    /// `generator_dir`.
+    pub fn save(&self, dir: &std::path::Path, generator_dir: &std::path::Path) -> Result<()> {
+        self.base().save(dir)?;
+        if let LmModel::Rtd(m) = self {
+            m.generator.base.save(generator_dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -119,7 +167,8 @@ pub fn make_batch(
     device: &Device,
 ) -> Result<LmBatch> {
     match cfg.objective {
-        Objective::Mlm => {
+        // RTD's batches are made by `rtd::rtd_batch` (the generator's are MLM's).
+        Objective::Mlm | Objective::Rtd => {
             let mb = mask_batch(seqs, &cfg.mlm, vocab, rng);
             let (input, positions, labels) = batch_input(&mb, device)?;
             Ok(LmBatch {
@@ -160,6 +209,7 @@ pub fn make_batch(
 pub fn lm_logits(model: &LmModel, b: &LmBatch, mode: &Mode) -> Result<Tensor> {
     Ok(match (model, &b.extras) {
         (LmModel::Mlm(m), _) => m.logits_at(&b.input, &b.positions, mode)?,
+        (LmModel::Rtd(m), _) => m.generator_logits(&b.input, &b.positions, mode)?,
         (LmModel::Plm(m), Some(x)) => m.logits_at(&b.input, x, &b.positions, mode)?,
         (LmModel::Plm(_), None) => {
             return Err(Error::Config(
@@ -202,11 +252,16 @@ pub fn evaluate_lm(
         n += b.labels_vec.len();
     }
     let loss = nll / n.max(1) as f64;
+    let rtd = match model {
+        LmModel::Rtd(m) => Some(super::rtd::evaluate_rtd(m, dev, cfg, vocab, seed)?),
+        _ => None,
+    };
     Ok(LmEval {
         loss,
         perplexity: loss.exp(),
         accuracy: correct as f64 / n.max(1) as f64,
         predicted_tokens: n,
+        rtd,
     })
 }
 
@@ -283,6 +338,7 @@ pub(crate) fn fresh_model(
         return Ok(model);
     }
     let roberta = m.model_type == "roberta";
+    // ELECTRA's discriminator is BERT-shaped (WordPiece, token types, no pooler).
     let max_pos = cfg.corpus.max_length + if roberta { 2 } else { 0 };
     let tok = PrismTokenizer::load(&tok_dir, cfg.corpus.max_length)?;
     let hidden = m.hidden_size.unwrap_or(256);
@@ -312,7 +368,8 @@ pub(crate) fn fresh_model(
         layer_norm_eps: if roberta { 1e-5 } else { 1e-12 },
         pad_token_id: Some(tok.pad_id()),
         position_embedding_type: "absolute".into(),
-        embedding_size: None,
+        // transformers' ElectraConfig defaults `embedding_size` to 128: write it.
+        embedding_size: (m.model_type == "electra").then_some(hidden),
         extra,
     };
     let mut model = PretrainedModel::fresh(ModelConfig::Bert(config), Some(tok), device, cfg.seed)?;

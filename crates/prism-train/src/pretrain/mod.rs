@@ -12,6 +12,7 @@ pub mod corpus;
 pub(crate) mod lm;
 pub mod masking;
 pub mod plm;
+pub mod rtd;
 pub mod tokenizer;
 
 pub use config::{
@@ -92,6 +93,7 @@ pub fn pretrain(
                     PretrainedModel::load(dir, device)?,
                     Some(r.state),
                     Some(r.moments),
+                    Some(dir.join("generator")),
                 )
             }
             None => {
@@ -99,13 +101,13 @@ pub fn pretrain(
                     Some(name) => PretrainedModel::load(&fetch::resolve_model(name)?, device)?,
                     None => fresh_model(cfg, &train_files, device)?,
                 };
-                (base, None, None)
+                (base, None, None, cfg.rtd.generator.clone())
             }
         })
     };
     // A fresh model may train its tokenizer into the output folder: rank 0 first, the others
     // then read it.
-    let (base, saved, moments) = if comm.is_root() {
+    let (base, saved, moments, generator) = if comm.is_root() {
         let b = load()?;
         comm.barrier()?;
         b
@@ -116,7 +118,13 @@ pub fn pretrain(
     // The LM heads' fresh parameters (a continued model without one) draw from their own stream.
     base.params.reseed(seed_for(cfg.seed, Stream::LmInit, 0));
     let xlnet = matches!(base.config, ModelConfig::Xlnet(_));
-    let model = LmModel::new(base, cfg.objective)?;
+    let generator = generator.filter(|_| cfg.objective == Objective::Rtd);
+    let model = LmModel::new(
+        base,
+        cfg,
+        generator.as_deref(),
+        seed_for(cfg.seed, Stream::LmInit, 1),
+    )?;
     let tok = model.base().tokenizer()?.clone();
     if cfg.corpus.max_length > model.base().config.max_tokens() {
         return Err(Error::Config(format!(
@@ -217,7 +225,12 @@ pub fn pretrain(
         let dir = out.join("model");
         let tmp = out.join(".model-tmp");
         let _ = std::fs::remove_dir_all(&tmp);
-        model.base().save(&tmp)?;
+        let gen_tmp = out.join(".generator-tmp");
+        let _ = std::fs::remove_dir_all(&gen_tmp);
+        model.save(&tmp, &gen_tmp)?;
+        if gen_tmp.is_dir() {
+            swap_dir(&gen_tmp, &out.join("generator"))?;
+        }
         swap_dir(&tmp, &dir)?;
         dir
     } else {
