@@ -769,3 +769,50 @@ fn rtd_pretraining_learns_resumes_and_saves_both_models() {
         );
     }
 }
+
+/// Issue 23: `[probe]` scores a linear classifier on frozen features of a labelled task at
+/// every evaluation and at step 0 (the starting model), logs it in metrics.jsonl and draws it
+/// in report.html; a bad probe section is a config error naming the key.
+#[test]
+fn a_downstream_probe_is_logged_and_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = fixtures().join("data");
+    let mut cfg = config(
+        &dir.path().join("run"),
+        8,
+        &fresh_model(&dir.path().join("tok")),
+    );
+    cfg.probe = Some(
+        toml::from_str(&format!(
+            "train = \"{}\"\ndev = \"{}\"\nsteps = 50\nmax_length = 32\n",
+            d.join("sentiment.train.jsonl").display(),
+            d.join("sentiment.dev.jsonl").display()
+        ))
+        .unwrap(),
+    );
+    cfg.validate().unwrap();
+    let r = pretrain(&cfg, &Device::Cpu, &quiet()).unwrap();
+    let steps: Vec<usize> = r.probe_curve.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [0, 4, 8], "{:?}", r.probe_curve);
+    assert!(r.probe_curve.iter().all(|p| (0.0..=1.0).contains(&p.1)));
+    let log = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let probes: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["split"] == "probe")
+        .collect();
+    assert_eq!(probes.len(), 3);
+    assert!(probes[0]["train_examples"].as_u64().unwrap() > 0);
+    assert!(probes[0]["majority_accuracy"].as_f64().is_some());
+    let html = std::fs::read_to_string(dir.path().join("run/report.html")).unwrap();
+    assert!(html.contains("downstream probe"), "no probe chart");
+    // A probe without data, or with a zero budget, is refused naming the key.
+    let mut bad = cfg.clone();
+    bad.probe.as_mut().unwrap().steps = 0;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("`probe.steps`"), "{e}");
+    bad.probe.as_mut().unwrap().steps = 10;
+    bad.probe.as_mut().unwrap().dev = None;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("[probe]"), "{e}");
+}

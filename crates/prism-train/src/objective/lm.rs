@@ -12,6 +12,7 @@ use crate::pretrain::config::{Objective as LmObjective, PretrainConfig};
 use crate::pretrain::corpus::{CorpusStream, Sequence};
 use crate::pretrain::lm::{evaluate_lm, lm_logits, make_batch, LmEval, LmModel};
 use crate::pretrain::masking::Vocab;
+use crate::pretrain::probe::{Probe, ProbeResult};
 use crate::pretrain::rtd::{rtd_batch, rtd_step_sampling};
 use crate::rng::{rng_for, Stream};
 use crate::train_loop::{Log, Micro, Objective, Progress, Update};
@@ -50,6 +51,10 @@ pub struct LanguageModelling<'a> {
     pub last_eval: Option<LmEval>,
     tokens_this_run: u64,
     running: Option<f64>,
+    /// The downstream probe (`[probe]`), and its score of the starting model, logged with the
+    /// first update as step 0 (a fresh run only).
+    probe: Option<&'a Probe>,
+    pub probe_at_start: Option<ProbeResult>,
 }
 
 impl<'a> LanguageModelling<'a> {
@@ -74,7 +79,17 @@ impl<'a> LanguageModelling<'a> {
             last_eval: None,
             tokens_this_run: 0,
             running: None,
+            probe: None,
+            probe_at_start: None,
         }
+    }
+
+    /// Score `probe` at each evaluation; `at_start` (the starting model's score) is logged as
+    /// step 0 with the first update.
+    pub fn with_probe(mut self, probe: Option<&'a Probe>, at_start: Option<ProbeResult>) -> Self {
+        self.probe = probe;
+        self.probe_at_start = at_start;
+        self
     }
 
     /// The stream's next `batch_size` packed sequences (every rank reads and tokenises the
@@ -225,6 +240,10 @@ impl Objective for LanguageModelling<'_> {
         self.tokens_this_run += tokens as u64;
         self.running = Some(self.running.map_or(loss, |r| 0.95 * r + 0.05 * loss));
         let tps = self.tokens_this_run as f64 / u.run_s.max(1e-9);
+        let mut out = Vec::new();
+        if let Some(p) = self.probe_at_start.take() {
+            out.push(probe_record(0, &p));
+        }
         let mut rec = serde_json::json!({
             "step": u.step, "loss": loss, "lr": u.lr, "grad_norm": u.grad_norm,
             "tokens": self.tokens_seen, "tokens_per_s": tps, "elapsed_s": u.elapsed_s,
@@ -234,7 +253,8 @@ impl Objective for LanguageModelling<'_> {
             rec["rtd_loss"] = mean(rtd_sum, attended).into();
             rec["replaced_fraction"] = mean(replaced, attended).into();
         }
-        vec![rec]
+        out.push(rec);
+        out
     }
 
     fn status(&self, u: &Update) -> String {
@@ -247,8 +267,19 @@ impl Objective for LanguageModelling<'_> {
     }
 
     fn evaluate(&mut self, step: usize, log: &mut Log) -> Result<Option<String>> {
+        let probe = match self.probe {
+            Some(p) => {
+                let r = p.evaluate(self.model.base())?;
+                log.write(probe_record(step, &r))?;
+                Some(format!(
+                    "  probe accuracy {:.4} (majority {:.4})",
+                    r.accuracy, r.majority_accuracy
+                ))
+            }
+            None => None,
+        };
         if self.dev.is_empty() {
-            return Ok(None);
+            return Ok(probe.map(|p| format!("step {step:>6} {p}")));
         }
         let r = evaluate_lm(self.model, self.dev, self.cfg, self.vocab, self.cfg.seed)?;
         let mut rec = serde_json::json!({
@@ -268,6 +299,9 @@ impl Objective for LanguageModelling<'_> {
         }
         log.write(rec)?;
         self.last_eval = Some(r);
+        if let Some(p) = probe {
+            line.push_str(&p);
+        }
         Ok(Some(line))
     }
 
@@ -281,4 +315,13 @@ impl Objective for LanguageModelling<'_> {
         let save = |d: &Path| self.model.save(d, &d.join("generator"));
         write_checkpoint(out, save, opt, PRETRAIN_STATE_FILE, &state)
     }
+}
+
+/// The metrics.jsonl record of a probe score.
+fn probe_record(step: usize, r: &ProbeResult) -> serde_json::Value {
+    serde_json::json!({
+        "step": step, "split": "probe", "accuracy": r.accuracy,
+        "train_accuracy": r.train_accuracy, "majority_accuracy": r.majority_accuracy,
+        "train_examples": r.train_examples, "dev_examples": r.dev_examples,
+    })
 }

@@ -158,6 +158,9 @@ pub struct PretrainConfig {
     /// Replaced-token detection: the generator and λ (`objective = "rtd"`).
     #[serde(default)]
     pub rtd: super::rtd::RtdConfig,
+    /// A linear probe of a labelled task on the frozen features at each evaluation.
+    #[serde(default)]
+    pub probe: Option<super::probe::ProbeConfig>,
 }
 
 /// The pre-training objective.
@@ -206,6 +209,13 @@ impl PretrainConfig {
         if let Some(f) = &mut cfg.model.from {
             if Path::new(f).is_relative() && base.join(&*f).is_dir() {
                 *f = base.join(&*f).to_string_lossy().to_string();
+            }
+        }
+        if let Some(p) = &mut cfg.probe {
+            for f in [&mut p.train, &mut p.dev].into_iter().flatten() {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
             }
         }
         for list in [&mut cfg.corpus.train, &mut cfg.corpus.dev] {
@@ -283,6 +293,9 @@ impl PretrainConfig {
         self.mlm.validate().map_err(Error::Config)?;
         self.plm.validate().map_err(Error::Config)?;
         self.rtd.validate().map_err(Error::Config)?;
+        if let Some(p) = &self.probe {
+            p.validate().map_err(Error::Config)?;
+        }
         if self.rtd.generator.is_some()
             && (self.objective != Objective::Rtd || self.model.from.is_none())
         {

@@ -12,6 +12,7 @@ pub mod corpus;
 pub(crate) mod lm;
 pub mod masking;
 pub mod plm;
+pub mod probe;
 pub mod rtd;
 pub mod tokenizer;
 
@@ -54,6 +55,12 @@ pub struct PretrainReport {
     pub dev: Option<LmEval>,
     /// (step, held-out perplexity) at every evaluation.
     pub perplexity_curve: Vec<(usize, f64)>,
+    /// (step, probe dev accuracy), step 0 being the starting model's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe_curve: Vec<(usize, f64)>,
+    /// RTD: (step, held-out discriminator accuracy, all-original accuracy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rtd_accuracy_curve: Vec<(usize, f64, f64)>,
     pub model_dir: PathBuf,
 }
 
@@ -193,9 +200,27 @@ pub fn pretrain(
             dev.len()
         );
     }
+    let probe = match &cfg.probe {
+        Some(p) if comm.is_root() => Some(probe::Probe::load(p, &tok, cfg.seed)?),
+        _ => None,
+    };
+    // The starting model's probe score (random initialisation for a fresh model), logged as
+    // step 0; a resumed run has it in its log already.
+    let at_start = match &probe {
+        Some(p) if progress.step == 0 => {
+            let r = p.evaluate(model.base())?;
+            eprintln!(
+                "probe at step 0: accuracy {:.4} (majority {:.4}, {} train / {} dev examples)",
+                r.accuracy, r.majority_accuracy, r.train_examples, r.dev_examples
+            );
+            Some(r)
+        }
+        _ => None,
+    };
     let stream = CorpusStream::start(spec, enc, cursor);
     let mut objective =
-        LanguageModelling::new(cfg, &model, &vocab, &dev, stream, cursor, tokens_seen);
+        LanguageModelling::new(cfg, &model, &vocab, &dev, stream, cursor, tokens_seen)
+            .with_probe(probe.as_ref(), at_start);
     let completed = train_loop::run(
         &mut objective,
         &cfg.loop_config(),
@@ -206,14 +231,28 @@ pub fn pretrain(
     )?;
     let (tokens_seen, last_eval) = (objective.tokens_seen, objective.last_eval);
     drop(objective);
-    // The perplexity curve from the whole log (earlier invocations included).
+    // The perplexity and probe curves from the whole log (earlier invocations included).
     let mut curve: Vec<(usize, f64)> = Vec::new();
+    let mut probe_curve: Vec<(usize, f64)> = Vec::new();
+    let mut rtd_curve: Vec<(usize, f64, f64)> = Vec::new();
     if let Ok(text) = std::fs::read_to_string(out.join("metrics.jsonl")) {
         for line in text.lines() {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                let step = v["step"].as_u64().map(|s| s as usize);
                 if v["split"] == "dev" {
-                    if let (Some(s), Some(p)) = (v["step"].as_u64(), v["perplexity"].as_f64()) {
-                        curve.push((s as usize, p));
+                    if let (Some(s), Some(p)) = (step, v["perplexity"].as_f64()) {
+                        curve.push((s, p));
+                    }
+                    if let (Some(s), Some(a), Some(b)) = (
+                        step,
+                        v["rtd"]["accuracy"].as_f64(),
+                        v["rtd"]["baseline_accuracy"].as_f64(),
+                    ) {
+                        rtd_curve.push((s, a, b));
+                    }
+                } else if v["split"] == "probe" {
+                    if let (Some(s), Some(a)) = (step, v["accuracy"].as_f64()) {
+                        probe_curve.push((s, a));
                     }
                 }
             }
@@ -244,6 +283,8 @@ pub fn pretrain(
         parameters: model.base().num_parameters(),
         dev: last_eval,
         perplexity_curve: curve,
+        probe_curve,
+        rtd_accuracy_curve: rtd_curve,
         model_dir,
     };
     if completed && comm.is_root() {
@@ -284,13 +325,41 @@ fn write_html(out: &Path, report: &PretrainReport) -> Result<()> {
         ));
     }
     html.push_str(&crate::report::svg_chart(
-        "training MLM loss (EMA)",
+        "training loss (EMA)",
         &[("loss".into(), crate::report::ema(&loss, 0.05))],
     ));
     html.push_str(&crate::report::svg_chart(
         "held-out perplexity",
         &[("perplexity".into(), ppl)],
     ));
+    if !report.rtd_accuracy_curve.is_empty() {
+        let pts = |f: fn(&(usize, f64, f64)) -> f64| -> Vec<(f64, f64)> {
+            report
+                .rtd_accuracy_curve
+                .iter()
+                .map(|p| (p.0 as f64, f(p)))
+                .collect()
+        };
+        html.push_str(&crate::report::svg_chart(
+            "held-out replaced-token detection accuracy",
+            &[
+                ("discriminator".into(), pts(|p| p.1)),
+                ("all original".into(), pts(|p| p.2)),
+            ],
+        ));
+    }
+    if !report.probe_curve.is_empty() {
+        let pts: Vec<(f64, f64)> = report
+            .probe_curve
+            .iter()
+            .map(|&(s, a)| (s as f64, a))
+            .collect();
+        html.push_str(&crate::report::svg_chart(
+            "downstream probe: dev accuracy of a linear classifier on frozen features (step 0: \
+             the starting model)",
+            &[("probe accuracy".into(), pts)],
+        ));
+    }
     html.push_str("</body></html>\n");
     Ok(write_atomic(&out.join("report.html"), html.as_bytes())?)
 }

@@ -3,7 +3,7 @@
 //! from `checkpoint-last/` when there is one), then save the final model, evaluate it on every
 //! dev and test set and write `report.json` and `report.html`.
 
-mod prepare;
+pub(crate) mod prepare;
 
 pub use crate::objective::{TaskData, TrainerState};
 pub use crate::report::{fmt_metrics, Report, TaskReport};

@@ -49,7 +49,7 @@ fn resolve_splits(
 }
 
 /// A `NAME/SUBSET` of a fetched data set (its `split` file, fetched on first use) or a file path.
-fn resolve_spec(spec: &str, split: &str) -> Result<PathBuf> {
+pub(crate) fn resolve_spec(spec: &str, split: &str) -> Result<PathBuf> {
     let p = PathBuf::from(spec);
     if p.is_file() {
         return Ok(p);
