@@ -17,6 +17,10 @@ Workloads (batch B x T tokens, default 16 x 128), per model size:
   mlm    15% of positions masked; encoder forward, MLM head (tied decoder) at the masked
          positions only, cross-entropy, backward, clip, AdamW                tokens/s
   mlm-bf16  the same under torch.autocast("cpu", bfloat16), as train-bf16
+  rtd    ELECTRA's replaced-token detection: the size as an ElectraForPreTraining
+         discriminator, an ElectraForMaskedLM generator a quarter as wide (whole heads) on its
+         embeddings, 15% masked, replacements sampled from the generator (torch.multinomial),
+         MLM + 50 * BCE, backward, clip, AdamW over both                    tokens/s
 Sizes: tiny (H32 L2, the test fixture's shape), mini (H256 L4 FFN1024 V30522), minilm (the real
 checkpoint prism fetched: `prism fetch model minilm`), base (H768 L12 FFN3072 V30522).
 
@@ -369,6 +373,60 @@ def bench_size(size, args, rows):
             times, phases = measure(args.warmup, args.reps, f)
             head = len(positions) * (2 * c * c + 2 * c * v)
             row = make_row(size, work, "tok/s", b * t, times, 3 * (fwd + head), phases)
+        elif work == "rtd" and mlm is None:
+            print(f"{size}: no rtd row (the RTD bench is BERT-shaped, in prism bench too)", file=sys.stderr)
+            continue
+        elif work == "rtd":
+            from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+            heads, inter, layers = cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers
+            head_dim = c // heads
+            gh = max(1, int(c * 0.25 / head_dim + 0.5))  # as Rust rounds: halves away from zero
+            gc = gh * head_dim
+            common = dict(vocab_size=v, embedding_size=c, num_hidden_layers=layers,
+                          max_position_embeddings=cfg.max_position_embeddings, type_vocab_size=cfg.type_vocab_size,
+                          hidden_act=cfg.hidden_act, layer_norm_eps=cfg.layer_norm_eps, pad_token_id=0)
+            torch.manual_seed(0)
+            disc = ElectraForPreTraining(ElectraConfig(hidden_size=c, num_attention_heads=heads,
+                                                       intermediate_size=inter, **common)).to(DEV)
+            gen = ElectraForMaskedLM(ElectraConfig(hidden_size=gc, num_attention_heads=gh,
+                                                   intermediate_size=int(inter * gc / c + 0.5), **common)).to(DEV)
+            gen.electra.embeddings = disc.electra.embeddings  # ELECTRA's shared embeddings
+            gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
+            both = torch.nn.ModuleDict({"discriminator": disc, "generator": gen})
+            both.train()
+            opt = adamw(both, 1e-4)
+            ids = random_ids(g, b, t, v)
+            inner = torch.rand((b, t), generator=g) < 0.15
+            inner[:, 0] = inner[:, -1] = False
+            inner = inner.to(DEV)
+            positions = inner.flatten().nonzero().squeeze(1)
+            labels = ids.flatten()[positions].clone()
+            masked = ids.masked_fill(inner, 103 if v > 103 else 4)
+            mask = torch.ones_like(ids)
+
+            def rtd_loss():
+                h = gen.electra(input_ids=masked, attention_mask=mask).last_hidden_state
+                logits = gen.generator_lm_head(gen.generator_predictions(h.reshape(b * t, gc)[positions]))
+                mlm_loss = torch.nn.functional.cross_entropy(logits, labels)
+                with torch.no_grad():
+                    sampled = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)
+                    d_ids = ids.flatten().clone()
+                    d_ids[positions] = sampled
+                    d_ids = d_ids.view(b, t)
+                    replaced = (d_ids != ids).float()
+                d_logits = disc(input_ids=d_ids, attention_mask=mask).logits
+                rtd = torch.nn.functional.binary_cross_entropy_with_logits(d_logits, replaced)
+                return mlm_loss + 50.0 * rtd
+
+            def f():
+                return training_step(both, opt, rtd_loss)
+
+            times, phases = measure(args.warmup, args.reps, f)
+            gcfg = ElectraConfig(hidden_size=gc, intermediate_size=int(inter * gc / c + 0.5), **common)
+            gen_flops = encoder_flops(gcfg, b, t) + len(positions) * (2 * gc * c + 2 * c * v)
+            disc_flops = fwd + b * t * (2 * c * c + 2 * c)
+            row = make_row(size, work, "tok/s", b * t, times, 3 * (gen_flops + disc_flops), phases)
         else:
             sys.exit(f"unknown workload {work}")
         print_row(row)

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use prism_explain::gradient::{GradientShap, IntegratedGradients};
 use prism_explain::layer::LayerConductance;
 use prism_explain::{ExplainInput, ExplainModel, Method, Target};
-use prism_model::heads::MaskedLm;
+use prism_model::heads::{ElectraPretraining, MaskedLm};
 use prism_model::tasks::MultiTaskModel;
 use prism_model::{
     fetch, BertConfig, Encoded, Encoder, EncoderInput, Flavor, Mode, ModelConfig, PretrainedModel,
@@ -17,6 +17,8 @@ use prism_model::{
 };
 use prism_train::dist::Comm;
 use prism_train::optim::{AdamW, AdamWConfig};
+use prism_train::pretrain::masking::MaskedBatch;
+use prism_train::pretrain::rtd::{rtd_step_sampling, RtdBatch};
 use prism_train::tasks::{cross_entropy, Batch, BatchTargets, Supervised, TaskKind, TaskSpec};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::Serialize;
@@ -35,7 +37,7 @@ pub const SIZES: [&str; 8] = [
     "deberta-v3-mini",
     "deberta-v3-base",
 ];
-pub const WORKLOADS: [&str; 12] = [
+pub const WORKLOADS: [&str; 13] = [
     "infer",
     "infer-bf16",
     "train",
@@ -47,6 +49,7 @@ pub const WORKLOADS: [&str; 12] = [
     "conductance-map",
     "mlm",
     "mlm-bf16",
+    "rtd",
     "allreduce",
 ];
 
@@ -61,7 +64,9 @@ pub struct BenchArgs {
     /// train-bf16 (mixed precision: the linear layers' forward, dx and dW in bf16, f32 master
     /// weights), ig, ig-bf16, gradient-shap (20 samples, one pass), conductance (layer
     /// conductance of the last layer, --ig-steps + 1 points), conductance-map (every layer's,
-    /// prism's one set of passes against Captum's one call per layer), mlm, mlm-bf16;
+    /// prism's one set of passes against Captum's one call per layer), mlm, mlm-bf16, rtd
+    /// (ELECTRA's replaced-token detection: the size as the discriminator, a generator a
+    /// quarter as wide on its embeddings, sampling, MLM + 50·RTD, one AdamW step);
     /// allreduce (the model's whole gradient summed over the ranks of an MPI job, as a
     /// data-parallel update does: run under `mpirun -np N`).
     #[arg(
@@ -561,8 +566,8 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
             (None, Some(MaskedLm::new(base)?))
         };
         for work in &args.workloads {
-            if modern && is_mlm(work) {
-                eprintln!("{size}: no {work} row (the MLM bench is BERT-shaped)");
+            if modern && (is_mlm(work) || work == "rtd") {
+                eprintln!("{size}: no {work} row (the MLM and RTD benches are BERT-shaped)");
                 continue;
             }
             reset_peak_rss();
@@ -724,6 +729,69 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                         (b * t) as f64,
                         &times,
                         flops,
+                        Some(phases),
+                    )
+                }
+                "rtd" => {
+                    // The size as an ELECTRA discriminator (the same encoder shape), a fresh
+                    // generator a quarter as wide on its embeddings, 15 % of the inner
+                    // positions masked, replacements sampled from the generator.
+                    let mut dcfg = cfg.clone();
+                    dcfg.model_type = "electra".into();
+                    dcfg.embedding_size = Some(dcfg.hidden_size);
+                    let disc = PretrainedModel::fresh(
+                        ModelConfig::Bert(dcfg.clone()),
+                        mt.as_ref().and_then(|m| m.base.tokenizer.clone()),
+                        dev,
+                        3,
+                    )?;
+                    let generator = ElectraPretraining::fresh_generator(&disc, 0.25, 4)?;
+                    let gcfg = match &generator.base.config {
+                        ModelConfig::Bert(g) => g.clone(),
+                        _ => unreachable!("an ELECTRA generator is BERT-shaped"),
+                    };
+                    let model = ElectraPretraining::new(disc, generator)?;
+                    let mut opt = AdamW::new(model.vars(), AdamWConfig::default());
+                    let original = random_ids(b, t, v, &mut rng);
+                    let mut ids = original.clone();
+                    let (mut positions, mut labels) = (Vec::new(), Vec::new());
+                    for (k, id) in ids.iter_mut().enumerate() {
+                        let j = k % t;
+                        if j != 0 && j + 1 != t && rng.random_bool(0.15) {
+                            positions.push(k as u32);
+                            labels.push(*id);
+                            *id = 103.min(v as u32 - 1);
+                        }
+                    }
+                    let p = positions.len();
+                    let masked = MaskedBatch {
+                        batch: b,
+                        len: t,
+                        input_ids: ids,
+                        attention_mask: vec![1; b * t],
+                        positions,
+                        labels,
+                        tokens: b * t,
+                    };
+                    let batch = RtdBatch::new(masked, original, dev)?;
+                    let mode = Mode::train(1);
+                    let mut sample = StdRng::seed_from_u64(11);
+                    let (times, phases) = measure(args.warmup, args.reps, || {
+                        training_step(&mut opt, 1e-4, || {
+                            Ok(rtd_step_sampling(&model, &batch, 50.0, &mode, &mut sample)?.total)
+                        })
+                    })?;
+                    let (gc, e) = (gcfg.hidden_size as f64, dcfg.hidden_size as f64);
+                    let generator =
+                        encoder_flops(&gcfg, b, t) + p as f64 * (2.0 * gc * e + 2.0 * e * v as f64);
+                    let discriminator = fwd_flops + (b * t) as f64 * (2.0 * c * c + 2.0 * c);
+                    row(
+                        size,
+                        work,
+                        "tok/s",
+                        (b * t) as f64,
+                        &times,
+                        3.0 * (generator + discriminator),
                         Some(phases),
                     )
                 }

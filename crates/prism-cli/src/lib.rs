@@ -75,7 +75,8 @@ enum Command {
     /// Train a tokenizer (WordPiece, byte-level BPE or unigram) on text files; writes
     /// tokenizer.json (+ tokenizer_config.json, special_tokens_map.json, vocab.txt).
     Tokenizer(pretrain::TokenizerArgs),
-    /// Pre-train with masked language modelling from a TOML config (fresh or continued);
+    /// Pre-train (masked LM, permutation LM or ELECTRA replaced-token detection) from a TOML
+    /// config (fresh or continued);
     /// resumes from the last checkpoint if the run was interrupted.
     Pretrain(pretrain::PretrainArgs),
     /// Predict the masked token(s) of a text with an MLM model, e.g.

@@ -57,7 +57,8 @@ pub struct PretrainArgs {
     /// The pre-training config (see examples/pretrain/*.toml).
     #[arg(long)]
     pub config: PathBuf,
-    /// mlm (BERT, RoBERTa) or plm (permutation LM, XLNet); overrides the config's.
+    /// mlm (BERT, RoBERTa), plm (permutation LM, XLNet) or rtd (replaced-token detection,
+    /// ELECTRA); overrides the config's.
     #[arg(long)]
     pub objective: Option<Objective>,
     /// Discard any checkpoint in the output folder and start over.
@@ -171,6 +172,25 @@ fn pretrain(
             .map(|(s, p)| format!("{s}:{p:.1}"))
             .collect();
         println!("perplexity curve (step:ppl): {}", pts.join(" "));
+    }
+    if !r.rtd_accuracy_curve.is_empty() {
+        let pts: Vec<String> = r
+            .rtd_accuracy_curve
+            .iter()
+            .map(|(s, a, b)| format!("{s}:{a:.4}/{b:.4}"))
+            .collect();
+        println!(
+            "RTD accuracy curve (step:discriminator/all-original): {}",
+            pts.join(" ")
+        );
+    }
+    if !r.probe_curve.is_empty() {
+        let pts: Vec<String> = r
+            .probe_curve
+            .iter()
+            .map(|(s, a)| format!("{s}:{a:.3}"))
+            .collect();
+        println!("probe accuracy curve (step:accuracy): {}", pts.join(" "));
     }
     println!("model: {}", r.model_dir.display());
     println!("report: {}", cfg.output.join("report.html").display());

@@ -220,7 +220,7 @@ fn twenty_random_kills_lose_no_step_and_no_log_line() {
     let (mut kills, mut resumed_from) = (0, std::collections::BTreeSet::new());
     for _ in 0..20 {
         // On average a twentieth of the whole run, so the kills spread over it.
-        let after = whole.mul_f64(rng.gen_range(0.0..0.1));
+        let after = whole.mul_f64(rng.random_range(0.0..0.1));
         let mut child = prism()
             .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
             .stderr(std::process::Stdio::null())

@@ -157,10 +157,14 @@ pub fn verify_manifest(dir: &Path) -> Result<()> {
         msg: format!("corrupt manifest: {e}"),
     })?;
     for (name, (bytes, sum)) in &m.files {
-        if name
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..")
-        {
+        // Plain names joined by `/` only: no `..`, root, drive or backslash-separated parts.
+        let inside = name.split('/').all(|c| {
+            let mut parts = Path::new(c).components();
+            matches!(parts.next(), Some(std::path::Component::Normal(_)))
+                && parts.next().is_none()
+                && !c.contains('\\')
+        });
+        if !inside {
             return Err(Error::File {
                 path: mp.clone(),
                 msg: format!("lists `{name}`, which is not a path inside the checkpoint"),

@@ -1,7 +1,8 @@
 //! Property-based fuzzing of every file a user hands prism-train: JSONL, CSV and TSV data,
-//! SQuAD JSON, fine-tuning and pre-training TOML configs, each mutated from a real file (bytes
-//! flipped, inserted, deleted, the file cut). The property: no panic, and an error names the
-//! file. `PRISM_FUZZ_CASES` sets the cases per parser (default 48; e.g. 5000 for a longer run).
+//! SQuAD JSON, fine-tuning and pre-training TOML configs, and a checkpoint's run state, each
+//! mutated from a real file (bytes flipped, inserted, deleted, the file cut). The property: no
+//! panic, and an error names the file. `PRISM_FUZZ_CASES` sets the cases per parser (default
+//! 48; e.g. 5000 for a longer run).
 
 use proptest::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -182,5 +183,65 @@ proptest! {
         .unwrap();
         let b = mutate(&raw, &edits);
         check("pre.toml", &b, prism_train::pretrain::PretrainConfig::from_file)?;
+    }
+}
+
+/// A real checkpoint of a 2-update run of the tiny fixture model (made once).
+fn checkpoint() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fixtures();
+        let d = f.join("data");
+        let text = format!(
+            "model = \"{}\"\noutput = \"{}\"\nsteps = 4\nbatch_size = 2\ncheckpoint_every = 2\n\n[[task]]\nname = \"sentiment\"\nkind = \"classification\"\ntrain = \"{}\"\nmax_length = 16\n",
+            f.join("tiny-bert").display(),
+            dir.path().join("run").display(),
+            d.join("sentiment.train.jsonl").display(),
+        );
+        let cfg: prism_train::config::TrainConfig = toml::from_str(&text).unwrap();
+        prism_train::trainer::train(
+            &cfg,
+            &candle_core::Device::Cpu,
+            &prism_train::train_loop::RunOptions {
+                stop_after: Some(2),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        dir
+    })
+    .path()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A damaged or edited run state whose manifest was rewritten to match (so the state's own
+    /// parser and consistency checks are what is tested): no panic, an error naming the file.
+    #[test]
+    fn checkpoint_state(edits in proptest::collection::vec(edit(), 1..6)) {
+        use prism_train::objective::{TrainerState, TRAINER_STATE_FILE};
+        let src = checkpoint().join("run/checkpoint-last");
+        let dir = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let state = dir.path().join(TRAINER_STATE_FILE);
+        let b = mutate(&std::fs::read(&state).unwrap(), &edits);
+        std::fs::write(&state, &b).unwrap();
+        prism_train::checkpoint::write_manifest(dir.path()).unwrap();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            prism_train::checkpoint::read_checkpoint::<TrainerState>(dir.path(), TRAINER_STATE_FILE, |_| true)
+                .and_then(|r| {
+                    prism_train::checkpoint::check_progress(dir.path(), TRAINER_STATE_FILE, &r.state.progress, 4)
+                })
+        }));
+        prop_assert!(r.is_ok(), "the state reader panicked on {:?}", String::from_utf8_lossy(&b));
+        if let Ok(Err(e)) = r {
+            let msg = e.to_string();
+            prop_assert!(msg.contains(&*state.display().to_string()), "the error does not name the file: {msg}");
+        }
     }
 }

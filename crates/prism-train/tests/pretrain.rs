@@ -170,6 +170,7 @@ fn packing_respects_max_length_and_documents() {
         files: files.clone(),
         cls_last: false,
         format: DocFormat::File,
+        exclude: Default::default(),
         max_len: 16,
         cls,
         sep,
@@ -815,4 +816,113 @@ fn a_downstream_probe_is_logged_and_drawn() {
     bad.probe.as_mut().unwrap().dev = None;
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("[probe]"), "{e}");
+}
+
+/// Issue 23: a labelled set's JSON Lines file as a corpus (`format = "jsonl"`: each record's
+/// `text`, labels dropped), `corpus.exclude` keeping the evaluation texts out, a tokenizer
+/// trained on the texts rather than the JSON, and a `.jsonl` corpus read in another format
+/// refused.
+#[test]
+fn jsonl_corpora_read_their_texts_and_exclude_evaluation_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = dir.path().join("train.jsonl");
+    let mut body = String::new();
+    for i in 0..40 {
+        body.push_str(&format!(
+            "{{\"id\": \"a{i}\", \"text\": \"the jury said the election number {i} was fair\", \"label\": \"positive\"}}\n"
+        ));
+    }
+    body.push_str("{\"id\": \"held\", \"text\": \"a sentence only the test set has\", \"label\": \"negative\"}\n");
+    std::fs::write(&train, body).unwrap();
+    let test = dir.path().join("test.jsonl");
+    std::fs::write(
+        &test,
+        "{\"text\": \"a sentence only the test set has\", \"label\": \"negative\"}\n",
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+output = "{out}"
+steps = 2
+batch_size = 2
+[model]
+train_tokenizer = {{ kind = "wordpiece", vocab_size = 120, min_frequency = 1 }}
+hidden_size = 16
+num_hidden_layers = 1
+num_attention_heads = 2
+intermediate_size = 32
+[corpus]
+train = ["{train}"]
+exclude = ["{test}"]
+format = "jsonl"
+max_length = 16
+"#,
+        out = dir.path().join("run").display(),
+        train = train.display(),
+        test = test.display(),
+    );
+    let cfg: PretrainConfig = toml::from_str(&text).unwrap();
+    cfg.validate().unwrap();
+    pretrain(&cfg, &Device::Cpu, &quiet()).unwrap();
+    let vocab: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("run/tokenizer/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let v = vocab["model"]["vocab"].as_object().unwrap();
+    assert!(
+        v.contains_key("jury"),
+        "the texts' words are in the vocabulary"
+    );
+    for json_only in ["label", "positive", "id", "\""] {
+        assert!(
+            !v.contains_key(json_only),
+            "`{json_only}` came from the JSON, not the texts"
+        );
+    }
+    // The packed stream leaves the excluded text out.
+    let tok = PrismTokenizer::load(&dir.path().join("run/tokenizer"), 16).unwrap();
+    let enc = TextEncoder::new(tok.inner()).unwrap();
+    let exclude = prism_train::pretrain::corpus::excluded_texts(&[test.clone()]).unwrap();
+    let spec = PackSpec {
+        files: vec![train.clone()],
+        cls_last: false,
+        format: DocFormat::Jsonl,
+        exclude: std::sync::Arc::new(exclude),
+        max_len: 16,
+        cls: tok.token_to_id("[CLS]").unwrap(),
+        sep: tok.token_to_id("[SEP]").unwrap(),
+        shuffle_buffer: 1,
+        seed: 0,
+    };
+    let ids: Vec<u32> = pack_all(&spec, &enc, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .flat_map(|s| s.ids)
+        .collect();
+    // Exactly the 40 kept texts' tokens, besides [CLS] and [SEP].
+    let (cls, sep) = (spec.cls, spec.sep);
+    let body: usize = ids.iter().filter(|&&i| i != cls && i != sep).count();
+    let kept: usize = (0..40)
+        .map(|i| {
+            enc.encode(&format!("the jury said the election number {i} was fair"))
+                .unwrap()
+                .0
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        body, kept,
+        "an excluded text was packed, or a kept one lost"
+    );
+    // The same file read as plain text is refused, naming it.
+    let mut raw = cfg.clone();
+    raw.corpus.format = DocFormat::File;
+    raw.output = dir.path().join("raw");
+    let e = pretrain(&raw, &Device::Cpu, &quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("train.jsonl") && e.contains("format = \"jsonl\""),
+        "{e}"
+    );
 }

@@ -113,8 +113,11 @@ impl<'a> LanguageModelling<'a> {
     }
 
     /// RTD: the generator's MLM and the discriminator's loss on freshly masked sequences with
-    /// replacements sampled from the generator; the gradient is the batch's mean loss times
-    /// its sequences (the update divides by all micro-batches' sequences).
+    /// replacements sampled from the generator; the gradient is the micro-batch's mean loss
+    /// (mean MLM over its masked tokens + λ · mean BCE over its attended tokens) times its
+    /// sequences, and the update divides by all micro-batches' sequences: with one micro-batch
+    /// on one rank, ELECTRA's (and transformers') per-batch means exactly; with several, their
+    /// sequence-weighted average.
     fn rtd_micro_batch(&mut self, model: &ElectraPretraining, k: u64) -> Result<Micro> {
         let cfg = self.cfg;
         let seqs = self.next_sequences()?;
@@ -152,6 +155,7 @@ impl<'a> LanguageModelling<'a> {
                 rtd,
                 attended,
                 replaced,
+                n,
             ],
         })
     }
@@ -164,7 +168,7 @@ impl Objective for LanguageModelling<'_> {
 
     fn values_per_micro(&self) -> usize {
         match self.cfg.objective {
-            LmObjective::Rtd => 6,
+            LmObjective::Rtd => 7,
             _ => 3,
         }
     }
@@ -209,30 +213,40 @@ impl Objective for LanguageModelling<'_> {
             2 => "the token count".into(),
             3 => "the discriminator's RTD loss".into(),
             4 => "the attended-token count".into(),
-            _ => "the replaced-token count".into(),
+            5 => "the replaced-token count".into(),
+            _ => "the sequence count".into(),
         }
     }
 
     fn log(&mut self, u: &Update, values: &[f64]) -> Vec<serde_json::Value> {
-        // The update's loss: the mean over its predicted tokens (RTD: the generator's, plus λ
-        // times the discriminator's mean over its attended tokens).
+        // The update's loss: the mean over its predicted tokens. RTD: what the update
+        // optimises, each micro-batch's mean MLM + λ · mean BCE weighted by its sequences (as
+        // the gradient is), both parts logged the same way.
         let per = self.values_per_micro();
+        let rtd = per == 7;
         let (mut sum, mut predicted, mut tokens) = (0.0, 0.0, 0.0);
-        let (mut rtd_sum, mut attended, mut replaced) = (0.0, 0.0, 0.0);
+        let (mut mlm_w, mut rtd_w, mut seqs) = (0.0, 0.0, 0.0);
+        let (mut attended, mut replaced) = (0.0, 0.0);
         for v in values.chunks(per) {
             sum += v[0] * v[1];
             predicted += v[1];
             tokens += v[2];
-            if per == 6 {
-                rtd_sum += v[3] * v[4];
+            if rtd {
+                mlm_w += v[0] * v[6];
+                rtd_w += v[3] * v[6];
+                seqs += v[6];
                 attended += v[4];
                 replaced += v[5];
             }
         }
         let mean = |s: f64, n: f64| if n > 0.0 { s / n } else { 0.0 };
-        let mlm = mean(sum, predicted);
-        let loss = if per == 6 {
-            mlm + self.cfg.rtd.weight * mean(rtd_sum, attended)
+        let (mlm, rtd_loss) = if rtd {
+            (mean(mlm_w, seqs), mean(rtd_w, seqs))
+        } else {
+            (mean(sum, predicted), 0.0)
+        };
+        let loss = if rtd {
+            mlm + self.cfg.rtd.weight * rtd_loss
         } else {
             mlm
         };
@@ -248,9 +262,9 @@ impl Objective for LanguageModelling<'_> {
             "step": u.step, "loss": loss, "lr": u.lr, "grad_norm": u.grad_norm,
             "tokens": self.tokens_seen, "tokens_per_s": tps, "elapsed_s": u.elapsed_s,
         });
-        if per == 6 {
+        if rtd {
             rec["mlm_loss"] = mlm.into();
-            rec["rtd_loss"] = mean(rtd_sum, attended).into();
+            rec["rtd_loss"] = rtd_loss.into();
             rec["replaced_fraction"] = mean(replaced, attended).into();
         }
         out.push(rec);

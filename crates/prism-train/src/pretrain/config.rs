@@ -102,6 +102,11 @@ pub struct CorpusConfig {
     /// Held-out sequences evaluated.
     #[serde(default = "d_eval_seqs")]
     pub max_eval_sequences: usize,
+    /// Texts never trained or evaluated on, as corpus entries (files, or `NAME/SUBSET.SPLIT`
+    /// of a labelled set, e.g. the dev and test texts of the task being adapted to): a line (a
+    /// JSON Lines record's `text`) equal to one of theirs is skipped.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -218,7 +223,11 @@ impl PretrainConfig {
                 }
             }
         }
-        for list in [&mut cfg.corpus.train, &mut cfg.corpus.dev] {
+        for list in [
+            &mut cfg.corpus.train,
+            &mut cfg.corpus.dev,
+            &mut cfg.corpus.exclude,
+        ] {
             for p in list.iter_mut() {
                 if Path::new(p).is_relative() && base.join(&*p).exists() {
                     *p = base.join(&*p).to_string_lossy().to_string();
@@ -360,11 +369,23 @@ pub fn resolve_corpus(specs: &[String]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let (name, split) = s.split_once('/').unwrap_or((s.as_str(), "train"));
-        if crate::data::registry::DATASETS
+        let known = crate::data::registry::DATASETS
             .iter()
-            .any(|d| d.name == name)
-            && name == "brown"
-        {
+            .any(|d| d.name == name);
+        if known && name != "brown" {
+            // A labelled set's file as text (`format = "jsonl"`): `vader/amazon_binary.train`.
+            crate::data::registry::fetch_dataset(name, false)?;
+            let f = crate::data::registry::data_dir(name).join(format!("{split}.jsonl"));
+            if !f.is_file() {
+                return Err(Error::Config(format!(
+                    "data set `{name}` has no file `{split}.jsonl` (corpus entries of a labelled \
+                     set are NAME/SUBSET.SPLIT, e.g. `vader/amazon_binary.train`)"
+                )));
+            }
+            paths.push(f);
+            continue;
+        }
+        if known {
             crate::data::registry::fetch_dataset(name, false)?;
             let d = crate::data::registry::data_dir(name).join(split);
             if !d.is_dir() {

@@ -29,6 +29,9 @@ pub enum DocFormat {
     Line,
     /// Documents are separated by blank lines.
     BlankLine,
+    /// JSON Lines (a labelled data set's file): each record's `text` is one document, its
+    /// labels are not read (domain- and task-adaptive pre-training on a task's own text).
+    Jsonl,
 }
 
 /// One packed training sequence.
@@ -192,12 +195,95 @@ impl TextEncoder {
 }
 
 /// Tokenise one file into the packer, document by document.
-fn pack_file(path: &Path, format: DocFormat, enc: &TextEncoder, packer: &mut Packer) -> Result<()> {
+/// The trimmed `text` of one JSON Lines record (`None` for a blank line); an error names the
+/// file, line and field.
+pub fn jsonl_text(line: &str, path: &Path, line_no: usize) -> Result<Option<String>> {
+    let l = line.trim_start_matches('\u{feff}').trim();
+    if l.is_empty() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_str(l)
+        .map_err(|e| Error::data(path, line_no, "(line)", format!("not a JSON object: {e}")))?;
+    match v.get("text") {
+        Some(serde_json::Value::String(t)) => Ok(Some(t.trim().to_string())),
+        Some(other) => Err(Error::data(
+            path,
+            line_no,
+            "text",
+            format!("must be a string, found {other}"),
+        )),
+        None => Err(Error::data(path, line_no, "text", "missing")),
+    }
+}
+
+/// The texts of JSON Lines files, one per line, written to `dir` (what a tokenizer trains on
+/// when the corpus is `format = "jsonl"`, so it learns the text, not the JSON around it).
+pub fn jsonl_to_text_files(files: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::with_capacity(files.len());
+    for (k, f) in files.iter().enumerate() {
+        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let mut body = String::with_capacity(text.len() / 2);
+        for (i, line) in text.lines().enumerate() {
+            if let Some(t) = jsonl_text(line, f, i + 1)? {
+                body.push_str(&t.replace(['\n', '\r'], " "));
+                body.push('\n');
+            }
+        }
+        let p = dir.join(format!("{k:04}.txt"));
+        std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Texts never packed (`corpus.exclude`: e.g. the dev and test texts of the task a model is
+/// being adapted to), compared line by line after trimming.
+pub fn excluded_texts(files: &[PathBuf]) -> Result<std::collections::HashSet<String>> {
+    let mut set = std::collections::HashSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let jsonl = f.extension().is_some_and(|e| e == "jsonl");
+        for (i, line) in text.lines().enumerate() {
+            let t = if jsonl {
+                jsonl_text(line, f, i + 1)?
+            } else {
+                Some(line.trim().to_string()).filter(|t| !t.is_empty())
+            };
+            if let Some(t) = t {
+                set.insert(t);
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn pack_file(
+    path: &Path,
+    format: DocFormat,
+    exclude: &std::collections::HashSet<String>,
+    enc: &TextEncoder,
+    packer: &mut Packer,
+) -> Result<()> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = std::io::BufReader::with_capacity(1 << 16, f);
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| Error::data(path, i + 1, "(text)", e.to_string()))?;
-        let text = line.trim();
+        let record;
+        let text = if format == DocFormat::Jsonl {
+            match jsonl_text(&line, path, i + 1)? {
+                Some(t) => {
+                    record = t;
+                    record.as_str()
+                }
+                None => continue,
+            }
+        } else {
+            line.trim()
+        };
+        if exclude.contains(text) {
+            continue;
+        }
         if text.is_empty() {
             if format == DocFormat::BlankLine {
                 packer.end_document();
@@ -208,7 +294,7 @@ fn pack_file(path: &Path, format: DocFormat, enc: &TextEncoder, packer: &mut Pac
             .encode(text)
             .map_err(|e| Error::data(path, i + 1, "(text)", e))?;
         packer.push_tokens(&ids, &starts);
-        if format == DocFormat::Line {
+        if matches!(format, DocFormat::Line | DocFormat::Jsonl) {
             packer.end_document();
         }
     }
@@ -223,6 +309,8 @@ pub struct PackSpec {
     /// XLNet's layout (`<sep> <cls>` at the end).
     pub cls_last: bool,
     pub format: DocFormat,
+    /// Texts skipped ([`excluded_texts`]).
+    pub exclude: std::sync::Arc<std::collections::HashSet<String>>,
     pub max_len: usize,
     pub cls: u32,
     pub sep: u32,
@@ -235,7 +323,7 @@ pub fn pack_all(spec: &PackSpec, enc: &TextEncoder, limit: usize) -> Result<Vec<
     let mut packer = Packer::new(spec.max_len, spec.cls, spec.sep);
     packer.cls_last = spec.cls_last;
     for f in &spec.files {
-        pack_file(f, spec.format, enc, &mut packer)?;
+        pack_file(f, spec.format, &spec.exclude, enc, &mut packer)?;
         if packer.out.len() >= limit {
             break;
         }
@@ -270,7 +358,9 @@ impl CorpusStream {
                 while fi < files.len() || !packer.out.is_empty() {
                     // Fill the buffer, then shuffle and hand it out.
                     while fi < files.len() && packer.out.len() < spec.shuffle_buffer {
-                        if let Err(e) = pack_file(&files[fi], spec.format, &enc, &mut packer) {
+                        if let Err(e) =
+                            pack_file(&files[fi], spec.format, &spec.exclude, &enc, &mut packer)
+                        {
                             let _ = tx.send(Err(e));
                             return;
                         }

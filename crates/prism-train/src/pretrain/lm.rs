@@ -283,6 +283,13 @@ pub(crate) fn fresh_model(
                     t.vocab_size,
                     train_files.len()
                 );
+                // JSON Lines: the tokenizer learns the `text` fields, not the JSON around them.
+                let text_dir = cfg.output.join(".tokenizer-corpus");
+                let text_files = if cfg.corpus.format == super::corpus::DocFormat::Jsonl {
+                    super::corpus::jsonl_to_text_files(train_files, &text_dir)?
+                } else {
+                    train_files.to_vec()
+                };
                 let tk = train_tokenizer(
                     &TokenizerTrainConfig {
                         kind: t.kind,
@@ -291,8 +298,10 @@ pub(crate) fn fresh_model(
                         lowercase: t.lowercase,
                         xlnet: m.model_type == "xlnet",
                     },
-                    train_files,
-                )?;
+                    &text_files,
+                );
+                let _ = std::fs::remove_dir_all(&text_dir);
+                let tk = tk?;
                 save_trained_tokenizer_with(
                     &tk,
                     t.kind,

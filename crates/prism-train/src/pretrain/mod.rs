@@ -73,7 +73,11 @@ pub fn pretrain(
     let out = cfg.output.clone();
     let comm = &opts.comm;
     if comm.is_root() {
-        prepare_output(&out, opts.restart, &[])?;
+        prepare_output(
+            &out,
+            opts.restart,
+            &["generator", "generator.old", ".generator-tmp", ".model-tmp"],
+        )?;
     }
     comm.barrier()?;
     let train_files = resolve_corpus(&cfg.corpus.train)?;
@@ -82,6 +86,26 @@ pub fn pretrain(
     } else {
         resolve_corpus(&cfg.corpus.dev)?
     };
+    let exclude_files = if cfg.corpus.exclude.is_empty() {
+        Vec::new()
+    } else {
+        resolve_corpus(&cfg.corpus.exclude)?
+    };
+    if cfg.corpus.format != corpus::DocFormat::Jsonl {
+        if let Some(f) = train_files
+            .iter()
+            .chain(&dev_files)
+            .find(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        {
+            return Err(Error::File {
+                path: f.clone(),
+                msg: "a JSON Lines file in the corpus: set `corpus.format = \"jsonl\"` to read \
+                      its `text` fields (otherwise its raw JSON would be the text)"
+                    .into(),
+            });
+        }
+    }
+    let exclude = std::sync::Arc::new(corpus::excluded_texts(&exclude_files)?);
     let ck = checkpoint_dir(&out);
     let resume = find_checkpoint(&out, STATE_FILE);
     let load = || -> Result<_> {
@@ -142,10 +166,18 @@ pub fn pretrain(
     }
     let (vocab, cls, sep) = vocab_of(&tok)?;
     let enc = TextEncoder::new(tok.inner())?;
+    if !exclude.is_empty() && comm.is_root() && resume.is_none() {
+        eprintln!(
+            "leaving out {} texts of {} files (corpus.exclude)",
+            exclude.len(),
+            exclude_files.len()
+        );
+    }
     let spec = PackSpec {
         files: train_files.clone(),
         cls_last: xlnet,
         format: cfg.corpus.format,
+        exclude: exclude.clone(),
         max_len: cfg.corpus.max_length,
         cls,
         sep,
@@ -159,6 +191,8 @@ pub fn pretrain(
         pack_all(
             &PackSpec {
                 files: dev_files,
+                // corpus.exclude keeps texts out of training; the held-out set is what it is.
+                exclude: Default::default(),
                 ..spec.clone()
             },
             &enc,
