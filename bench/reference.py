@@ -212,6 +212,17 @@ def random_ids(g, b, t, vocab):
     return ids.to(DEV)
 
 
+def masked_batch(g, b, t, vocab):
+    """Random ids with 15% of the inner positions (not the first or last) chosen for masking:
+    (ids, the chosen mask, their flat positions, the original tokens there)."""
+    ids = random_ids(g, b, t, vocab)
+    inner = torch.rand((b, t), generator=g) < 0.15
+    inner[:, 0] = inner[:, -1] = False
+    inner = inner.to(DEV)
+    positions = inner.flatten().nonzero().squeeze(1)
+    return ids, inner, positions, ids.flatten()[positions].clone()
+
+
 def bench_size(size, args, rows):
     b, t = args.batch, args.seq
     cfg, cls, mlm = build(size, args, t)
@@ -352,12 +363,7 @@ def bench_size(size, args, rows):
             if args.gradient_checkpointing:
                 mlm.gradient_checkpointing_enable()
             opt = adamw(mlm, 1e-4)
-            ids = random_ids(g, b, t, v)
-            inner = torch.rand((b, t), generator=g) < 0.15
-            inner[:, 0] = inner[:, -1] = False
-            inner = inner.to(DEV)
-            positions = inner.flatten().nonzero().squeeze(1)
-            labels = ids.flatten()[positions].clone()
+            ids, inner, positions, labels = masked_batch(g, b, t, v)
             ids = ids.masked_fill(inner, 103 if v > 103 else 4)
             mask = torch.ones_like(ids)
 
@@ -396,12 +402,7 @@ def bench_size(size, args, rows):
             both = torch.nn.ModuleDict({"discriminator": disc, "generator": gen})
             both.train()
             opt = adamw(both, 1e-4)
-            ids = random_ids(g, b, t, v)
-            inner = torch.rand((b, t), generator=g) < 0.15
-            inner[:, 0] = inner[:, -1] = False
-            inner = inner.to(DEV)
-            positions = inner.flatten().nonzero().squeeze(1)
-            labels = ids.flatten()[positions].clone()
+            ids, inner, positions, labels = masked_batch(g, b, t, v)
             masked = ids.masked_fill(inner, 103 if v > 103 else 4)
             mask = torch.ones_like(ids)
 

@@ -344,6 +344,21 @@ fn random_ids(b: usize, t: usize, vocab: usize, rng: &mut StdRng) -> Vec<u32> {
     ids
 }
 
+/// Mask 15 % of the inner positions (not the first or last of each row of `t`) of `ids`
+/// with `mask_id`: the flat positions and the original tokens there.
+fn mask_inner(ids: &mut [u32], t: usize, mask_id: u32, rng: &mut StdRng) -> (Vec<u32>, Vec<u32>) {
+    let (mut positions, mut labels) = (Vec::new(), Vec::new());
+    for (k, id) in ids.iter_mut().enumerate() {
+        let j = k % t;
+        if j != 0 && j + 1 != t && rng.random_bool(0.15) {
+            positions.push(k as u32);
+            labels.push(*id);
+            *id = mask_id;
+        }
+    }
+    (positions, labels)
+}
+
 fn batch_input(ids: Vec<u32>, b: usize, t: usize, dev: &Device) -> Result<EncoderInput> {
     let ids = Tensor::from_vec(ids, (b, t), dev)?;
     let mask = Tensor::ones((b, t), DType::U32, dev)?;
@@ -699,16 +714,7 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                         .token_to_id("[MASK]")
                         .context("[MASK] token")?;
                     let mut ids = random_ids(b, t, v, &mut rng);
-                    let mut positions = Vec::new();
-                    let mut labels = Vec::new();
-                    for (k, id) in ids.iter_mut().enumerate() {
-                        let j = k % t;
-                        if j != 0 && j + 1 != t && rng.random_bool(0.15) {
-                            positions.push(k as u32);
-                            labels.push(*id);
-                            *id = mask_id;
-                        }
-                    }
+                    let (positions, labels) = mask_inner(&mut ids, t, mask_id, &mut rng);
                     let p = positions.len();
                     let input = batch_input(ids, b, t, dev)?;
                     let positions = Tensor::new(positions, dev)?;
@@ -754,15 +760,8 @@ pub fn run(args: BenchArgs, dev: &Device, comm: &Comm) -> Result<()> {
                     let mut opt = AdamW::new(model.vars(), AdamWConfig::default());
                     let original = random_ids(b, t, v, &mut rng);
                     let mut ids = original.clone();
-                    let (mut positions, mut labels) = (Vec::new(), Vec::new());
-                    for (k, id) in ids.iter_mut().enumerate() {
-                        let j = k % t;
-                        if j != 0 && j + 1 != t && rng.random_bool(0.15) {
-                            positions.push(k as u32);
-                            labels.push(*id);
-                            *id = 103.min(v as u32 - 1);
-                        }
-                    }
+                    let (positions, labels) =
+                        mask_inner(&mut ids, t, 103.min(v as u32 - 1), &mut rng);
                     let p = positions.len();
                     let masked = MaskedBatch {
                         batch: b,

@@ -201,10 +201,9 @@ impl Probe {
         })
     }
 
-    /// Pooled features of `set` from the frozen `model`, (N, C).
-    fn features(&self, model: &PretrainedModel, set: &[(Vec<u32>, usize)]) -> Result<Tensor> {
-        let frozen = model.frozen()?;
-        let device = model.params.device().clone();
+    /// Pooled features of `set` from `frozen` (a [`PretrainedModel::frozen`] copy), (N, C).
+    fn features(&self, frozen: &PretrainedModel, set: &[(Vec<u32>, usize)]) -> Result<Tensor> {
+        let device = frozen.params.device().clone();
         let mut rows = Vec::new();
         for chunk in set.chunks(32) {
             let t = chunk.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);
@@ -239,8 +238,10 @@ impl Probe {
     /// Train the linear classifier on the model's features and score it.
     pub fn evaluate(&self, model: &PretrainedModel) -> Result<ProbeResult> {
         let device = Device::Cpu;
-        let xtr = self.features(model, &self.train)?.to_device(&device)?;
-        let xdev = self.features(model, &self.dev)?.to_device(&device)?;
+        // One frozen copy (no graph, weights transposed once) for both sets.
+        let frozen = model.frozen()?;
+        let xtr = self.features(&frozen, &self.train)?.to_device(&device)?;
+        let xdev = self.features(&frozen, &self.dev)?.to_device(&device)?;
         // Standardise with the training features' statistics.
         let mean = xtr.mean_keepdim(0)?;
         let std = (xtr.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)? + 1e-6)?.sqrt()?;

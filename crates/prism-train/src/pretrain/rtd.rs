@@ -14,7 +14,7 @@ use super::masking::{mask_batch, MaskedBatch, Vocab};
 use crate::error::{Error, Result};
 use crate::loss::{binary_cross_entropy_with_logits, cross_entropy};
 use crate::rng::{rng_for, Stream};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use prism_model::heads::ElectraPretraining;
 use prism_model::{EncoderInput, Mode};
 use rand::Rng;
@@ -77,7 +77,7 @@ impl RtdConfig {
 /// inverse-CDF sampling with `rng` (one uniform draw per position, so the draws are a function
 /// of the seed).
 pub fn sample_replacements(logits: &Tensor, rng: &mut rand::rngs::StdRng) -> Result<Vec<u32>> {
-    let probs = candle_nn_softmax(&logits.detach())?;
+    let probs = prism_model::ops::softmax_last_dim(&logits.detach())?;
     let (p, v) = probs.dims2()?;
     let flat: Vec<f32> = probs.flatten_all()?.to_vec1()?;
     let mut out = Vec::with_capacity(p);
@@ -97,14 +97,6 @@ pub fn sample_replacements(logits: &Tensor, rng: &mut rand::rngs::StdRng) -> Res
         out.push(pick as u32);
     }
     Ok(out)
-}
-
-/// Softmax over the last dimension (rows of probabilities).
-fn candle_nn_softmax(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
 }
 
 /// The discriminator's input ids: `original` (B * T) with the flat `positions` set to
